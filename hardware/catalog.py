@@ -1,0 +1,149 @@
+"""The GPU catalog: built-in entries (catalog.json) plus user files, looked up by name or alias."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import math
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .gpu import GPUSpec, HardwareError
+
+SCHEMA = "gpus/v1"
+
+
+def _key(name: str) -> str:
+    """Lookup key: case-insensitive; '_' and ' ' count as '-'."""
+    return name.strip().lower().replace("_", "-").replace(" ", "-")
+
+
+def _form_factor(gpu: GPUSpec) -> str:
+    if gpu.intra_node_link.lower().startswith("pcie"):
+        return "PCIe"
+    return "OAM" if gpu.vendor == "amd" else "SXM"
+
+
+class Catalog:
+    """Canonical name -> GPUSpec, in catalog order, with case-insensitive alias lookup."""
+
+    def __init__(self, gpus: Iterable[GPUSpec]):
+        self.gpus: dict[str, GPUSpec] = {g.name: g for g in gpus}
+        self._index: dict[str, str] = {}  # lookup key -> canonical name
+        for g in self.gpus.values():
+            for n in [g.name, *g.aliases]:
+                other = self._index.setdefault(_key(n), g.name)
+                if other != g.name:
+                    raise HardwareError(f"GPU name or alias '{n}' is used by both {other} and {g.name}")
+
+    def names(self) -> list[str]:
+        return list(self.gpus)
+
+    def resolve(self, name: str) -> tuple[GPUSpec, str | None]:
+        """Find a GPU by canonical name or alias; the note says which variant an alias picked."""
+        canonical = self._index.get(_key(name))
+        if canonical is None:
+            close = difflib.get_close_matches(_key(name), list(self._index), n=1, cutoff=0.6)
+            hint = f" did you mean {self._index[close[0]]}?" if close else ""
+            raise HardwareError(f"unknown GPU '{name.strip()}';{hint} known: {', '.join(self.gpus)}")
+        gpu = self.gpus[canonical]
+        if _key(name) == _key(canonical):
+            return gpu, None
+        return gpu, f"{name.strip()} -> {gpu.name} ({_form_factor(gpu)}, {gpu.memory_gb:g} GB)"
+
+    def with_file(self, path: str | Path) -> Catalog:
+        """A new catalog with the entries of a gpus/v1 file added, or replacing those of the same name."""
+        entries = _read_entries(Path(path))
+        merged = dict(self.gpus)
+        for g in entries:
+            merged[g.name] = g  # same name: replaced in place, keeping order; new: appended
+        try:
+            return Catalog(merged.values())
+        except HardwareError as e:
+            raise HardwareError(f"hardware file {path}: {e}") from None
+
+    def with_prices(self, prices: dict[str, float]) -> Catalog:
+        """A new catalog with price_usd_per_gpu_hour overridden per (alias-resolvable) GPU name."""
+        merged = dict(self.gpus)
+        for name, price in prices.items():
+            gpu, _ = self.resolve(name)
+            if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price <= 0:
+                raise HardwareError(f"price for {gpu.name} must be a positive number of USD per GPU-hour, got {price!r}")
+            merged[gpu.name] = gpu.model_copy(
+                update={"price_usd_per_gpu_hour": float(price), "price_source": "user override"}
+            )
+        return Catalog(merged.values())
+
+
+def _read_entries(path: Path) -> list[GPUSpec]:
+    """Parse and validate a gpus/v1 file (JSON, or YAML when pyyaml is installed)."""
+    where = f"hardware file {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise HardwareError(f"{where}: cannot read it ({e.strerror or e})") from None
+    data = _parse(text, path, where)
+    if not isinstance(data, dict) or not isinstance(data.get("gpus"), list):
+        raise HardwareError(f'{where}: expected an object {{"schema": "{SCHEMA}", "gpus": [...]}}')
+    if data.get("schema", SCHEMA) != SCHEMA:
+        raise HardwareError(f"{where}: schema must be '{SCHEMA}', got {data.get('schema')!r}")
+    extra = set(data) - {"schema", "gpus"}
+    if extra:
+        raise HardwareError(f"{where}: unknown top-level key(s) {', '.join(sorted(extra))}; allowed: schema, gpus")
+    entries: list[GPUSpec] = []
+    for i, raw in enumerate(data["gpus"]):
+        label = f"entry {i}" + (f" ({raw['name']})" if isinstance(raw, dict) and "name" in raw else "")
+        try:
+            entries.append(GPUSpec.model_validate(raw))
+        except ValidationError as e:
+            raise HardwareError(f"{where}: {label}: {_condense(e)}") from None
+    names = [g.name for g in entries]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise HardwareError(f"{where}: GPU {', '.join(dupes)} appears more than once")
+    return entries
+
+
+def _parse(text: str, path: Path, where: str) -> Any:
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise HardwareError(f"{where}: YAML needs pyyaml (pip install pyyaml); or use JSON") from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise HardwareError(f"{where}: not valid YAML ({' '.join(str(e).split())})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise HardwareError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+
+def _condense(e: ValidationError) -> str:
+    """pydantic errors on one line: "field 'hbm_gbps': Field required; field 'x': ..."."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(entry)"
+        parts.append(f"field '{loc}': {err['msg']}")
+    return "; ".join(parts)
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin() -> tuple[GPUSpec, ...]:
+    """Parse the shipped catalog.json once per process (start-up time matters)."""
+    text = resources.files(__package__).joinpath("catalog.json").read_text(encoding="utf-8")
+    return tuple(GPUSpec.model_validate(g) for g in json.loads(text)["gpus"])
+
+
+def load_catalog(extra_files: Sequence[str | Path] = ()) -> Catalog:
+    """Built-in catalog, then each extra file in order (later files override earlier entries)."""
+    catalog = Catalog(_builtin())
+    for f in extra_files:
+        catalog = catalog.with_file(f)
+    return catalog

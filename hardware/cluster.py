@@ -1,0 +1,87 @@
+"""A homogeneous GPU cluster and the parser for "--cluster 1024xA100" / "128x8xH100"."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .catalog import Catalog, load_catalog
+from .gpu import GPUSpec, HardwareError
+
+MAX_GPUS = 1_000_000  # sanity bound: far beyond any training cluster built so far
+MAX_GPUS_PER_NODE = 64  # largest per-node counts in practice are 8-16; 64 leaves room for NVL-style nodes
+
+FORMS = "COUNTxGPU (e.g. 1024xA100) or NODESxPER_NODExGPU (e.g. 128x8xH100)"
+# COUNT [x|*] [PER_NODE [x|*]] GPU; ASCII digits only, so "1e9" or "-8" do not match.
+_PATTERN = re.compile(r"([0-9]+)\s*[x*]\s*(?:([0-9]+)\s*[x*]\s*)?([a-z][a-z0-9_ .-]*)", re.ASCII | re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    gpu: GPUSpec
+    num_nodes: int
+    gpus_per_node: int
+    note: str | None = None  # alias-resolution note to show the user
+
+    def __post_init__(self) -> None:
+        if self.num_nodes < 1 or not 1 <= self.gpus_per_node <= MAX_GPUS_PER_NODE:
+            raise HardwareError(
+                f"cluster of {self.num_nodes} nodes x {self.gpus_per_node} GPUs: need >= 1 node "
+                f"and 1-{MAX_GPUS_PER_NODE} GPUs per node"
+            )
+
+    @property
+    def num_gpus(self) -> int:
+        return self.num_nodes * self.gpus_per_node
+
+    def describe(self) -> str:
+        nodes = "node" if self.num_nodes == 1 else "nodes"
+        return f"{self.num_gpus} x {self.gpu.name} ({self.num_nodes} {nodes} x {self.gpus_per_node})"
+
+
+def _count(digits: str, what: str, text: str) -> int:
+    if len(digits) > 7 or int(digits) > MAX_GPUS:  # length check first: huge strings stay cheap
+        raise HardwareError(f"cluster '{text}': {what} {digits} is absurd; at most {MAX_GPUS:,} GPUs in all")
+    n = int(digits)
+    if n < 1:
+        raise HardwareError(f"cluster '{text}': {what} must be at least 1; write {FORMS}")
+    return n
+
+
+def parse_cluster(text: str, catalog: Catalog | None = None) -> Cluster:
+    """Parse "1024xA100", "128x8xH100", "8*H100", ...; case-insensitive, 'x' or '*' as separators."""
+    t = text.strip()
+    if not t:
+        raise HardwareError(f"empty cluster; write {FORMS}")
+    if "+" in t:
+        raise HardwareError(f"cluster '{t}': heterogeneous clusters (A+B) are not supported yet; write {FORMS}")
+    m = _PATTERN.fullmatch(t)
+    if m is None:
+        raise HardwareError(f"cluster '{t}' not understood; write {FORMS}")
+    first, per_node_digits, gpu_text = m.groups()
+    try:
+        gpu, note = (catalog or load_catalog()).resolve(gpu_text)
+    except HardwareError as e:
+        raise HardwareError(f"cluster '{t}': {e}") from None
+
+    if per_node_digits is not None:  # NODES x PER_NODE x GPU
+        nodes = _count(first, "node count", t)
+        per_node = _count(per_node_digits, "GPUs per node", t)
+        if per_node > MAX_GPUS_PER_NODE:
+            raise HardwareError(f"cluster '{t}': {per_node} GPUs per node; allowed 1-{MAX_GPUS_PER_NODE}")
+        if nodes * per_node > MAX_GPUS:
+            raise HardwareError(f"cluster '{t}': {nodes * per_node:,} GPUs is absurd; at most {MAX_GPUS:,}")
+        return Cluster(gpu, nodes, per_node, note)
+
+    count = _count(first, "GPU count", t)
+    per_node = gpu.gpus_per_node
+    if count < per_node:  # fewer GPUs than one server: one partial node
+        return Cluster(gpu, 1, count, note)
+    if count % per_node:
+        nodes = count // per_node
+        raise HardwareError(
+            f"cluster '{t}': {count} GPUs do not fill whole nodes of {per_node} {gpu.name}; use a multiple of "
+            f"{per_node} (e.g. {nodes * per_node} or {(nodes + 1) * per_node}) or write NODESxPER_NODExGPU, "
+            f"e.g. {nodes}x{per_node}x{gpu_text}"
+        )
+    return Cluster(gpu, count // per_node, per_node, note)

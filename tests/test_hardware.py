@@ -1,0 +1,314 @@
+"""Tests for hardware/: catalog figures, alias resolution, override files and the --cluster parser."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import hardware
+from hardware import Catalog, Cluster, GPUSpec, HardwareError, load_catalog, parse_cluster
+
+REQUIRED = ["V100-32GB", "A100-40GB", "A100-80GB", "A100-PCIe-80GB", "H100-SXM", "H100-PCIe",
+            "H800", "H200", "B200", "MI300X", "A10", "L40S"]
+PRECISIONS = ["fp32", "tf32", "bf16", "fp16", "fp8"]
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog()
+
+
+def assert_one_line_error(text: str, *needles: str) -> str:
+    with pytest.raises(HardwareError) as info:
+        parse_cluster(text)
+    msg = str(info.value)
+    assert "\n" not in msg
+    for needle in needles:
+        assert needle in msg
+    return msg
+
+
+def spec_dict(catalog: Catalog, base: str, **changes) -> dict:
+    """A complete catalog entry copied from `base`, with some fields changed."""
+    return {**catalog.gpus[base].model_dump(), **changes}
+
+
+# ---------------------------------------------------------------- catalog
+
+
+def test_catalog_has_required_gpus_with_all_precisions(catalog):
+    assert set(REQUIRED) <= set(catalog.names())
+    assert catalog.names() == list(catalog.gpus)
+    for name in REQUIRED:
+        gpu = catalog.gpus[name]
+        assert list(gpu.tflops) == PRECISIONS
+        assert gpu.price_source and gpu.source
+        assert 1 <= gpu.gpus_per_node <= 64
+
+
+def test_datasheet_peaks(catalog):
+    # hardware.md / NVIDIA A100 datasheet: 312 TF bf16 dense (624 is the 2:4 sparse figure)
+    assert catalog.gpus["A100-80GB"].peak_tflops("bf16") == 312
+    # hardware.md / NVIDIA H100 SXM datasheet: 989 TF bf16, 1979 TF fp8 dense
+    h100 = catalog.gpus["H100-SXM"]
+    assert h100.peak_tflops("bf16") == 989
+    assert h100.peak_tflops("fp8") == 1979
+    # fp16 equals bf16 where the datasheet gives one figure
+    assert h100.peak_tflops("fp16") == 989
+    # HGX B200 datasheet: 75 TF FP32 per GPU (600 TF for 8)
+    assert catalog.gpus["B200"].peak_tflops("fp32") == 75
+
+
+def test_v100_has_no_bf16(catalog):
+    v100 = catalog.gpus["V100-32GB"]
+    assert v100.peak_tflops("fp16") == 125  # V100 datasheet: 125 TF fp16 tensor
+    with pytest.raises(HardwareError, match=r"GPU V100-32GB has no bf16 peak; allowed precisions for it: fp32, fp16"):
+        v100.peak_tflops("bf16")
+    with pytest.raises(HardwareError, match="unknown precision 'fp4'"):
+        v100.peak_tflops("fp4")
+
+
+def test_memory_bytes_and_links(catalog):
+    assert catalog.gpus["A100-80GB"].memory_bytes == 80e9
+    # NVLink bidir / 2: A100 600 -> 300, H100 900 -> 450 (hardware.md)
+    assert catalog.gpus["A100-80GB"].intra_node_gbps == 300
+    assert catalog.gpus["H100-SXM"].intra_node_gbps == 450
+    # DGX A100: 200 Gb/s HDR per GPU = 25 GB/s; DGX H100: 400 Gb/s NDR = 50 GB/s (hardware.md)
+    assert catalog.gpus["A100-80GB"].inter_node_gbps == 25
+    assert catalog.gpus["H100-SXM"].inter_node_gbps == 50
+
+
+def test_prices_from_reference(catalog):
+    # hardware.md price table
+    assert catalog.gpus["A100-80GB"].price_usd_per_gpu_hour == 5.12
+    assert catalog.gpus["H100-SXM"].price_usd_per_gpu_hour == 12.29
+    assert catalog.gpus["H200"].price_usd_per_gpu_hour == 3.99
+    assert catalog.gpus["B200"].price_usd_per_gpu_hour == 5.49
+
+
+def test_spec_is_frozen_and_hashable(catalog):
+    gpu = catalog.gpus["H100-SXM"]
+    with pytest.raises(Exception):
+        gpu.memory_gb = 1  # type: ignore[misc]
+    assert hash(gpu) == hash(GPUSpec.model_validate(gpu.model_dump()))
+
+
+def test_tflops_keys_are_checked(catalog):
+    bad = spec_dict(catalog, "A100-80GB", tflops={"bf16": 312})
+    with pytest.raises(ValueError, match="keys must be exactly fp32, tf32, bf16, fp16, fp8"):
+        GPUSpec.model_validate(bad)
+
+
+# ---------------------------------------------------------------- resolve
+
+
+def test_resolve_aliases_and_case(catalog):
+    gpu, note = catalog.resolve("A100")
+    assert gpu.name == "A100-80GB"
+    assert note == "A100 -> A100-80GB (SXM, 80 GB)"
+    assert catalog.resolve("h100")[0].name == "H100-SXM"
+    assert catalog.resolve("H100-SXM5")[0].name == "H100-SXM"
+    assert catalog.resolve("h200-sxm")[0].name == "H200"
+    assert catalog.resolve("a100-80gb") == (catalog.gpus["A100-80GB"], None)  # canonical: no note
+    assert catalog.resolve("  MI300X ")[1] is None
+
+
+def test_resolve_unknown_suggests(catalog):
+    with pytest.raises(HardwareError) as info:
+        catalog.resolve("A1000")
+    msg = str(info.value)
+    assert msg.startswith("unknown GPU 'A1000'; did you mean A100-80GB? known: V100-32GB, A100-40GB")
+    assert "\n" not in msg
+
+
+# ---------------------------------------------------------------- override files
+
+
+def test_with_file_adds_gpu_and_overrides_price(catalog, tmp_path):
+    new = spec_dict(catalog, "H100-SXM", name="H100-NVL", aliases=["h100nvl"], memory_gb=94)
+    cheap = spec_dict(catalog, "A100-80GB", price_usd_per_gpu_hour=1.5, price_source="test offer")
+    path = tmp_path / "hw.json"
+    path.write_text(json.dumps({"schema": "gpus/v1", "gpus": [new, cheap]}))
+
+    extended = load_catalog([path])
+    assert extended.names()[-1] == "H100-NVL"
+    assert extended.resolve("H100NVL")[0].memory_gb == 94
+    assert extended.gpus["A100-80GB"].price_usd_per_gpu_hour == 1.5
+    assert extended.names().index("A100-80GB") == catalog.names().index("A100-80GB")  # order kept
+    assert catalog.gpus["A100-80GB"].price_usd_per_gpu_hour == 5.12  # original untouched
+    assert load_catalog().gpus["A100-80GB"].price_usd_per_gpu_hour == 5.12  # cache untouched
+
+
+def test_with_file_yaml(catalog, tmp_path):
+    yaml = pytest.importorskip("yaml")
+    path = tmp_path / "hw.yaml"
+    path.write_text(yaml.safe_dump({"schema": "gpus/v1", "gpus": [spec_dict(catalog, "L40S", tdp_w=300)]}))
+    assert catalog.with_file(path).gpus["L40S"].tdp_w == 300
+
+
+def test_bad_file_missing_field(catalog, tmp_path):
+    entry = spec_dict(catalog, "H100-SXM", name="X1")
+    del entry["hbm_gbps"]
+    path = tmp_path / "missing.json"
+    path.write_text(json.dumps({"schema": "gpus/v1", "gpus": [entry]}))
+    with pytest.raises(HardwareError) as info:
+        catalog.with_file(path)
+    msg = str(info.value)
+    assert str(path) in msg and "entry 0 (X1)" in msg and "hbm_gbps" in msg
+    assert "\n" not in msg
+
+
+def test_bad_file_not_json(catalog, tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    with pytest.raises(HardwareError, match="not valid JSON") as info:
+        catalog.with_file(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "payload, needle",
+    [
+        ({"schema": "gpus/v2", "gpus": []}, "schema must be 'gpus/v1'"),
+        ([1, 2], "expected an object"),
+        ({"schema": "gpus/v1", "gpus": [{"name": "X", "bogus": 1}]}, "field 'bogus'"),
+    ],
+)
+def test_bad_file_shapes(catalog, tmp_path, payload, needle):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(HardwareError, match=needle) as info:
+        catalog.with_file(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_file(catalog, tmp_path):
+    with pytest.raises(HardwareError, match="cannot read"):
+        catalog.with_file(tmp_path / "nope.json")
+
+
+def test_alias_clash_rejected(catalog, tmp_path):
+    clash = spec_dict(catalog, "H100-SXM", name="H100-NVL", aliases=["a100"])
+    path = tmp_path / "clash.json"
+    path.write_text(json.dumps({"schema": "gpus/v1", "gpus": [clash]}))
+    with pytest.raises(HardwareError, match="'a100' is used by both A100-80GB and H100-NVL"):
+        catalog.with_file(path)
+
+
+def test_with_prices(catalog):
+    cheaper = catalog.with_prices({"h100": 2.25})
+    assert cheaper.gpus["H100-SXM"].price_usd_per_gpu_hour == 2.25
+    assert cheaper.gpus["H100-SXM"].price_source == "user override"
+    assert catalog.gpus["H100-SXM"].price_usd_per_gpu_hour == 12.29
+    with pytest.raises(HardwareError, match="positive"):
+        catalog.with_prices({"A100": -1})
+    with pytest.raises(HardwareError, match="unknown GPU"):
+        catalog.with_prices({"A1000": 1.0})
+
+
+# ---------------------------------------------------------------- cluster parser
+
+
+@pytest.mark.parametrize(
+    "text, gpu, nodes, per_node",
+    [
+        ("1024xA100", "A100-80GB", 128, 8),
+        ("1024xA100-80GB", "A100-80GB", 128, 8),
+        ("128x8xH100", "H100-SXM", 128, 8),
+        ("8xH100", "H100-SXM", 1, 8),
+        ("1xA100", "A100-80GB", 1, 1),
+        ("4xa100", "A100-80GB", 1, 4),
+        ("  16*V100-32gb  ", "V100-32GB", 2, 8),
+        ("2 x 16 x v100", "V100-32GB", 2, 16),
+        ("8XMI300X", "MI300X", 1, 8),
+        ("1000xA100", "A100-80GB", 125, 8),
+    ],
+)
+def test_parse_cluster_forms(text, gpu, nodes, per_node):
+    c = parse_cluster(text)
+    assert (c.gpu.name, c.num_nodes, c.gpus_per_node) == (gpu, nodes, per_node)
+    assert c.num_gpus == nodes * per_node
+
+
+def test_parse_cluster_note_and_describe():
+    c = parse_cluster("128x8xH100")
+    assert c.num_gpus == 1024 and c.num_nodes == 128
+    assert c.describe() == "1024 x H100-SXM (128 nodes x 8)"
+    assert c.note == "H100 -> H100-SXM (SXM, 80 GB)"
+    assert parse_cluster("1024xA100").note == "A100 -> A100-80GB (SXM, 80 GB)"
+    assert parse_cluster("1024xa100-80gb").note is None
+    assert parse_cluster("1xA100").describe() == "1 x A100-80GB (1 node x 1)"
+
+
+def test_parse_cluster_uses_given_catalog(catalog):
+    cheap = catalog.with_prices({"A100": 1.0})
+    assert parse_cluster("8xA100", cheap).gpu.price_usd_per_gpu_hour == 1.0
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("1024A100", "NODESxPER_NODExGPU"),
+        ("0xA100", "at least 1"),
+        ("-8xH100", "COUNTxGPU"),
+        ("1e9xA100", "COUNTxGPU"),
+        ("8xA100+", "heterogeneous clusters (A+B) are not supported yet"),
+        ("8xA100+8xH100", "heterogeneous"),
+        ("2000000xA100", "at most 1,000,000"),
+        ("20000x64xA100", "at most 1,000,000"),
+        ("9" * 5000 + "xA100", "absurd"),
+        ("2x65xA100", "allowed 1-64"),
+        ("2x0xA100", "at least 1"),
+        ("8xA1000", "did you mean A100-80GB?"),
+        ("8x8", "COUNTxGPU"),
+    ],
+)
+def test_parse_cluster_errors(text, needle):
+    assert_one_line_error(text, text.strip()[:60], needle)
+
+
+def test_parse_cluster_empty():
+    for text in ["", "   "]:
+        assert_one_line_error(text, "empty cluster", "COUNTxGPU")
+
+
+def test_parse_cluster_partial_nodes_must_be_whole():
+    msg = assert_one_line_error("1020xA100", "1020xA100")
+    assert msg == (
+        "cluster '1020xA100': 1020 GPUs do not fill whole nodes of 8 A100-80GB; use a multiple of 8 "
+        "(e.g. 1016 or 1024) or write NODESxPER_NODExGPU, e.g. 127x8xA100"
+    )
+
+
+def test_cluster_constructor_checks(catalog):
+    with pytest.raises(HardwareError):
+        Cluster(catalog.gpus["H100-SXM"], 0, 8)
+    assert hash(Cluster(catalog.gpus["H100-SXM"], 2, 8)) == hash(Cluster(catalog.gpus["H100-SXM"], 2, 8))
+
+
+@given(nodes=st.integers(1, 2000), per_node=st.integers(1, 64), sep=st.sampled_from(["x", "X", "*", " x "]))
+def test_parse_cluster_explicit_layout_roundtrip(nodes, per_node, sep):
+    c = parse_cluster(f"{nodes}{sep}{per_node}{sep}h100")
+    assert (c.num_nodes, c.gpus_per_node, c.num_gpus) == (nodes, per_node, nodes * per_node)
+
+
+# ---------------------------------------------------------------- layering
+
+
+def test_hardware_imports_nothing_from_costmodels_or_planner():
+    root = Path(hardware.__file__).parent
+    for source in root.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""] if node.level != 1 else []  # level 1 stays inside hardware/
+            else:
+                continue
+            for m in modules:
+                assert m.split(".")[0] not in {"costmodels", "planner"}, f"{source.name} imports {m}"
