@@ -1,0 +1,63 @@
+"""Collective communication times: alpha-beta model on a two-level (NVLink / network) topology.
+
+Ring all-reduce moves 2(n-1)/n of the buffer per GPU, reduce-scatter and all-gather (n-1)/n each
+(Thakur et al. 2005; NCCL's "bus bandwidth" convention). A group spread over several nodes is run
+hierarchically: the members inside a node share the node's NICs, so the inter-node phase carries 1/g of
+the buffer per GPU over its own NIC (g = members per node), as NCCL's multi-rail rings do.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from costmodels.calibration import Calibration
+from hardware import GPUSpec
+
+# Bytes each GPU sends, as a multiple of the buffer, for a ring of n: (Thakur et al. 2005)
+_VOLUME = {
+    "all_reduce": lambda n: 2.0 * (n - 1) / n,
+    "reduce_scatter": lambda n: (n - 1) / n,
+    "all_gather": lambda n: (n - 1) / n,
+    "all_to_all": lambda n: (n - 1) / n,
+}
+_STEPS = {"all_reduce": 2, "reduce_scatter": 1, "all_gather": 1, "all_to_all": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """Where a process group sits: its size and how many of its members share a node."""
+    size: int
+    per_node: int  # members of the group inside one node (1 .. size)
+
+
+def group_link(size: int, stride: int, gpus_per_node: int) -> Link:
+    """Placement of a group whose members are `stride` ranks apart (Megatron orders ranks tp, cp, dp, pp)."""
+    per_node = max(1, min(size, gpus_per_node // stride)) if stride < gpus_per_node else 1
+    return Link(size=size, per_node=per_node)
+
+
+def collective_time(kind: str, nbytes: float, link: Link, gpu: GPUSpec, cal: Calibration) -> float:
+    """Seconds for one collective of `nbytes` (the full buffer each GPU holds or produces)."""
+    n, g = link.size, link.per_node
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    volume, steps = _VOLUME[kind], _STEPS[kind]
+    intra_bw = gpu.intra_node_gbps * 1e9 * cal.intra_node_efficiency
+    inter_bw = gpu.inter_node_gbps * 1e9 * cal.inter_node_efficiency
+    if g >= n:  # the whole group inside one node
+        return volume(n) * nbytes / intra_bw + steps * (n - 1) * cal.intra_node_latency_s
+    nodes = n // g
+    t = 0.0
+    if g > 1:  # reduce-scatter / all-gather inside the node first (hierarchical; NCCL does this per rail)
+        t += volume(g) * nbytes / intra_bw + steps * (g - 1) * cal.intra_node_latency_s
+    if kind == "all_to_all":  # every GPU exchanges (n-g)/n of its buffer across the network
+        return t + (n - g) / n * nbytes / inter_bw + (nodes - 1) * cal.inter_node_latency_s
+    return t + volume(nodes) * (nbytes / g) / inter_bw + steps * (nodes - 1) * cal.inter_node_latency_s
+
+
+def p2p_time(nbytes: float, across_nodes: bool, gpu: GPUSpec, cal: Calibration) -> float:
+    """One point-to-point send (pipeline activations or gradients)."""
+    if nbytes <= 0:
+        return 0.0
+    if across_nodes:
+        return nbytes / (gpu.inter_node_gbps * 1e9 * cal.inter_node_efficiency) + cal.inter_node_latency_s
+    return nbytes / (gpu.intra_node_gbps * 1e9 * cal.intra_node_efficiency) + cal.intra_node_latency_s

@@ -1,0 +1,27 @@
+"""Kernel times on one GPU: GEMMs at a shape-dependent efficiency, the attention core, and the
+memory-bound element-wise kernels (layer norms, activations, dropout, softmax) at HBM speed.
+
+A GEMM of shape (m, n, k) runs at peak * e * prod(d / (d + d0)) over its three dimensions: large GEMMs
+approach e (hardware.md: 70-80% of dense peak on A100, 60-75% on H100), thin ones lose to tile and wave
+quantisation. Constants e and d0 live in costmodels.calibration.
+"""
+from __future__ import annotations
+
+from costmodels.calibration import Calibration
+
+
+def gemm_efficiency(m: float, n: float, k: float, cal: Calibration) -> float:
+    d0 = cal.gemm_half_dim
+    return cal.gemm_efficiency * (m / (m + d0)) * (n / (n + d0)) * (k / (k + d0))
+
+
+def gemm_time(m: float, n: float, k: float, peak_flops: float, cal: Calibration) -> float:
+    """Seconds for C[m,n] = A[m,k] @ B[k,n] (2mnk FLOPs)."""
+    if m <= 0 or n <= 0 or k <= 0:
+        return 0.0
+    return 2.0 * m * n * k / (peak_flops * gemm_efficiency(m, n, k, cal))
+
+
+def memory_bound_time(nbytes: float, hbm_gbps: float, cal: Calibration) -> float:
+    """Seconds to stream `nbytes` through HBM (element-wise kernels, optimizer step)."""
+    return nbytes / (hbm_gbps * 1e9 * cal.hbm_efficiency)

@@ -1,0 +1,92 @@
+"""Bytes held per GPU: model states (weights, gradients, optimizer states) and activations.
+
+Model states: mixed-precision Adam keeps 2 (bf16/fp16 weights) + 2 (gradients) + 12 (fp32 master weights,
+momentum, variance) = 16 bytes per parameter (Rajbhandari et al. 2020, ZeRO, section 3). ZeRO-1 shards
+the optimizer states over the data-parallel group, ZeRO-2 also the gradients, ZeRO-3 also the weights.
+
+Activations: Korthikanti et al. 2022, section 4 (eqs. 1-6), generalised from 4h GELU MLPs and MHA to any
+ffn size, SwiGLU and GQA by counting the same tensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from costmodels.model import ModelSpec
+from costmodels.strategy import Strategy
+
+
+@dataclass(frozen=True, slots=True)
+class StateBytes:
+    """Bytes per parameter of each kind of model state before any sharding."""
+    weights: float
+    gradients: float
+    optimizer: float
+
+
+def state_bytes_per_param(precision: str, optimizer: str) -> StateBytes:
+    """ZeRO paper section 3: 16-bit weights and grads + fp32 master/momentum/variance (Adam) = 2+2+12.
+
+    fp32 training keeps no separate master copy: 4 + 4 + 8 (Adam) or 4 + 4 + 4 (SGD momentum).
+    fp8 training keeps bf16 weights and fp32 master weights (Transformer Engine), as bf16.
+    """
+    if precision == "fp32":
+        return StateBytes(4.0, 4.0, 8.0 if optimizer == "adam" else 4.0)
+    return StateBytes(2.0, 2.0, 12.0 if optimizer == "adam" else 8.0)
+
+
+def model_state_bytes(params: float, sb: StateBytes, zero_stage: int, shard: int) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer) bytes per GPU for `params` parameters held by this GPU before
+    ZeRO, sharded over `shard` data-parallel ranks as the ZeRO stage says."""
+    w = params * sb.weights / (shard if zero_stage >= 3 else 1)
+    g = params * sb.gradients / (shard if zero_stage >= 2 else 1)
+    o = params * sb.optimizer / (shard if zero_stage >= 1 else 1)
+    return w, g, o
+
+
+@dataclass(frozen=True, slots=True)
+class LayerActivations:
+    """Activation bytes one layer stores for one micro-batch on one GPU."""
+    stored: float        # with the strategy's granularity (none or selective)
+    checkpoint: float    # when the layer is fully recomputed: its input only
+    full: float          # everything (the working set while a recomputed layer runs backward)
+
+
+def layer_activation_bytes(model: ModelSpec, st: Strategy, layer: int = 0) -> LayerActivations:
+    """Korthikanti et al. 2022 Table 2 generalised; 16-bit activations, 1-byte dropout masks.
+
+    Per layer (s sequence per cp rank, b micro-batch, h hidden, t tp, kvd = kv_heads*head_dim):
+      not split by t without sequence parallel: 2 layernorm inputs 4sbh + QKV and MLP inputs 4sbh
+        + 2 dropout masks 2sbh = 10sbh  (with sequence parallel: split by t)
+      split by t: Q 2sbh, K and V 4sb*kvd, output-projection input 2sbh, MLP 4sbf (GELU: its input and
+        output) or 6sbf (SwiGLU: gate, up, product); scores 5as^2b unless flash attention or selective
+        recompute drop them. With MHA and f = 4h this is sbh(34 + 5as/h) (paper eq. 1 at t = 1).
+      full recompute keeps the layer input 2sbh (split by t with sequence parallel).
+    """
+    s = model.seq_len / st.cp
+    b, h, t = st.micro_batch, model.hidden, st.tp
+    sbh = s * b * h
+    unsplit = 10.0 * sbh
+    attn = 4.0 * sbh + 4.0 * s * b * model.kv_dim
+    mlp = _mlp_activation_elems(model, layer) * s * b
+    scores = 5.0 * model.heads * s * (s * st.cp) * b if not st.flash_attention else 0.0
+    sp = st.sequence_parallel
+    base = (unsplit / t if sp else unsplit) + (attn + mlp) / t
+    full = base + scores / t
+    stored = base if st.recompute == "selective" else full
+    checkpoint = 2.0 * sbh / (t if sp else 1)
+    return LayerActivations(stored=stored, checkpoint=checkpoint, full=full)
+
+
+def _mlp_activation_elems(model: ModelSpec, layer: int) -> float:
+    """MLP activation bytes per token (16-bit): GELU 4f (2 tensors of f), SwiGLU 6f (3 tensors)."""
+    per_f = 6.0 if model.ffn_type == "swiglu" else 4.0
+    if model.moe is not None and model.is_moe_layer(layer):
+        moe = model.moe
+        routed = moe.top_k * moe.capacity_factor + moe.shared_experts
+        return per_f * moe.expert_ffn_hidden * routed
+    return per_f * model.ffn_hidden
+
+
+def logits_bytes(model: ModelSpec, st: Strategy) -> float:
+    """Output layer and cross-entropy: 4sbV bytes in fp32, split over tp (Korthikanti et al. 2022, 4.3)."""
+    return 4.0 * model.seq_len / st.cp * st.micro_batch * model.vocab / st.tp

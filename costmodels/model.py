@@ -1,0 +1,282 @@
+"""Transformer model description and exact parameter counts.
+
+Formulas: /work/shared/reference/formulas.md ("Parameters"); Narayanan et al. 2021 eq. 2 for the
+GPT/Megatron block, Touvron et al. 2023 / Llama 3 paper for SwiGLU + GQA, Jiang et al. 2024 (Mixtral)
+for MoE layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+__all__ = ["ModelError", "MoESpec", "ModelSpec"]
+
+# Sanity limits: far above any real model, low enough to catch typos and overflow-sized inputs.
+MAX_LAYERS = 100_000
+MAX_HIDDEN = 1_000_000
+MAX_FFN = 10_000_000
+MAX_VOCAB = 10_000_000
+MAX_SEQ = 10_000_000
+MAX_EXPERTS = 100_000
+MAX_BATCH = 1_000_000_000
+MAX_TOKENS = 1e18
+
+
+class ModelError(ValueError):
+    """One-line user-facing message naming the bad value, where it came from, and what is allowed."""
+
+
+class _Bad(ValueError):
+    """Raised inside validators; _first_error adds the model's name and nesting."""
+
+
+def _first_error(e: ValidationError, what: str) -> ModelError:
+    """Turn pydantic's multi-line ValidationError into a one-line ModelError."""
+    err = e.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "value"
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ModelError):  # from a nested MoESpec(**data): name the model too
+        return ModelError(f"{what} {cause}") if what.startswith("model") else cause
+    if isinstance(cause, _Bad):
+        return ModelError(f"{what}: {cause}")
+    if err["type"] == "extra_forbidden":
+        return ModelError(f"{what}: unknown field '{field}'")
+    if err["type"] == "missing":
+        return ModelError(f"{what}: missing required field '{field}'")
+    got = err.get("input")
+    got_s = "" if isinstance(got, (dict, BaseModel)) else f" (got {got!r})"
+    return ModelError(f"{what}: {field}: {err['msg']}{got_s}".replace("\n", " "))
+
+
+class _Spec(BaseModel):
+    """Frozen, strict base whose construction errors are one-line ModelErrors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise _first_error(e, self._what(data)) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any):  # type: ignore[override]
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as e:
+            raise _first_error(e, cls._what(obj if isinstance(obj, dict) else {})) from None
+
+    @classmethod
+    def _what(cls, data: dict) -> str:
+        return cls.__name__
+
+    _NUMERIC: ClassVar[tuple[str, ...]] = ()  # fields that must be real numbers
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_or_str_numbers(cls, v: Any, info) -> Any:
+        # pydantic's lax mode would accept True as 1 and "4096" as 4096; a model shape wants real numbers.
+        if info.field_name in cls._NUMERIC:
+            if isinstance(v, (bool, str)):
+                raise _Bad(f"{info.field_name} must be a number, got {v!r}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise _Bad(f"{info.field_name} must be finite, got {v!r}")
+        return v
+
+
+def _check_range(field: str, v: int | float | None, lo: float, hi: float) -> None:
+    if v is not None and not (lo <= v <= hi):
+        fmt = lambda x: f"{int(x):_}" if x == int(x) else f"{x:g}"  # noqa: E731
+        raise _Bad(f"{field}={v} is out of range; allowed {fmt(lo)}..{fmt(hi)}")
+
+
+class MoESpec(_Spec):
+    experts: int
+    top_k: int
+    expert_ffn_hidden: int
+    shared_experts: int = 0  # always-active experts of size expert_ffn_hidden
+    layer_freq: int = 1  # every layer_freq-th layer is MoE (1 = all layers)
+    capacity_factor: float = 1.0
+
+    _NUMERIC: ClassVar[tuple[str, ...]] = (
+        "experts", "top_k", "expert_ffn_hidden", "shared_experts", "layer_freq", "capacity_factor")
+
+    @classmethod
+    def _what(cls, data: dict) -> str:
+        return "moe"
+
+    @model_validator(mode="after")
+    def _check(self) -> "MoESpec":
+        _check_range("experts", self.experts, 1, MAX_EXPERTS)
+        _check_range("top_k", self.top_k, 1, MAX_EXPERTS)
+        _check_range("expert_ffn_hidden", self.expert_ffn_hidden, 1, MAX_FFN)
+        _check_range("shared_experts", self.shared_experts, 0, MAX_EXPERTS)
+        _check_range("layer_freq", self.layer_freq, 1, MAX_LAYERS)
+        _check_range("capacity_factor", self.capacity_factor, 1e-6, 1e6)
+        if self.top_k > self.experts:
+            raise _Bad(f"top_k={self.top_k} exceeds experts={self.experts}; top_k must be <= experts")
+        return self
+
+
+def default_ffn_hidden(hidden: int, ffn_type: str) -> int:
+    """4h for GELU; for SwiGLU 8h/3 (same parameters as a 4h GELU MLP) rounded up to a multiple of 64."""
+    if ffn_type == "gelu":
+        return 4 * hidden
+    return -(-int(8 * hidden / 3) // 64) * 64
+
+
+class ModelSpec(_Spec):
+    name: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int | None = None  # normalised to heads
+    ffn_hidden: int | None = None  # normalised by default_ffn_hidden
+    ffn_type: Literal["gelu", "swiglu"] = "gelu"
+    vocab: int
+    seq_len: int  # published training sequence length (planning default)
+    tied_embeddings: bool = False
+    position_embedding: Literal["learned", "rope", "alibi"] = "rope"
+    bias: bool = False  # linear-layer biases (GPT-2/3 style)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    moe: MoESpec | None = None
+    # defaults from the preset's published training run (None where unknown)
+    global_batch: int | None = None  # sequences per optimizer step
+    precision: Literal["fp32", "bf16", "fp16", "fp8"] = "bf16"
+    train_tokens: float | None = None
+    source: str = ""
+
+    _NUMERIC: ClassVar[tuple[str, ...]] = (
+        "layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "seq_len", "global_batch",
+                "train_tokens")
+
+    @classmethod
+    def _what(cls, data: dict) -> str:
+        name = data.get("name") if isinstance(data, dict) else None
+        return f"model '{name}'" if isinstance(name, str) and name else "model"
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        if not self.name.strip():
+            raise _Bad("name must be a non-empty string")
+        _check_range("layers", self.layers, 1, MAX_LAYERS)
+        _check_range("hidden", self.hidden, 1, MAX_HIDDEN)
+        _check_range("heads", self.heads, 1, MAX_HIDDEN)
+        _check_range("kv_heads", self.kv_heads, 1, MAX_HIDDEN)
+        _check_range("ffn_hidden", self.ffn_hidden, 1, MAX_FFN)
+        _check_range("vocab", self.vocab, 1, MAX_VOCAB)
+        _check_range("seq_len", self.seq_len, 1, MAX_SEQ)
+        _check_range("global_batch", self.global_batch, 1, MAX_BATCH)
+        _check_range("train_tokens", self.train_tokens, 1, MAX_TOKENS)
+        if self.hidden % self.heads:
+            raise _Bad(f"hidden={self.hidden} is not divisible by heads={self.heads}; "
+                             "hidden must be a multiple of heads")
+        kv = self.heads if self.kv_heads is None else self.kv_heads
+        if self.heads % kv:
+            raise _Bad(f"heads={self.heads} is not divisible by kv_heads={kv}; "
+                             "kv_heads must divide heads")
+        if self.moe is not None and self.moe.layer_freq > self.layers:
+            raise _Bad(f"moe.layer_freq={self.moe.layer_freq} exceeds layers={self.layers}; "
+                             "no layer would be MoE")
+        # Normalise defaults (frozen model: set the instance dict directly, once, at creation).
+        object.__setattr__(self, "kv_heads", kv)
+        if self.ffn_hidden is None:
+            object.__setattr__(self, "ffn_hidden", default_ffn_hidden(self.hidden, self.ffn_type))
+        return self
+
+    # ---- derived shape -------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim  # type: ignore[operator]
+
+    @property
+    def num_moe_layers(self) -> int:
+        return 0 if self.moe is None else self.layers // self.moe.layer_freq
+
+    def is_moe_layer(self, i: int) -> bool:
+        return self.moe is not None and (i + 1) % self.moe.layer_freq == 0
+
+    # ---- parameter counts (formulas.md "Parameters") -------------------------------------------
+    def params_attention(self) -> int:
+        h, kv = self.hidden, self.kv_dim
+        # Q and output h*h each, K and V h*kv_dim each (GQA); biases h + 2*kv_dim + h.
+        return 2 * h * h + 2 * h * kv + ((2 * h + 2 * kv) if self.bias else 0)
+
+    def _mlp(self, f: int) -> int:
+        h = self.hidden
+        if self.ffn_type == "swiglu":
+            return 3 * h * f + ((2 * f + h) if self.bias else 0)  # gate, up (h x f) and down (f x h)
+        return 2 * h * f + ((f + h) if self.bias else 0)  # up (h x f) and down (f x h)
+
+    def params_mlp_dense(self) -> int:
+        return self._mlp(self.ffn_hidden)  # type: ignore[arg-type]
+
+    def params_expert(self) -> int:
+        return 0 if self.moe is None else self._mlp(self.moe.expert_ffn_hidden)
+
+    def params_router(self) -> int:
+        return 0 if self.moe is None else self.hidden * self.moe.experts  # gate: h x E, no bias
+
+    def _norm(self) -> int:
+        return 2 * self.hidden if self.norm == "layernorm" else self.hidden  # weight (+ bias)
+
+    def params_norms(self) -> int:
+        return 2 * self._norm()  # pre-attention and pre-MLP norms
+
+    def _dense_layer(self) -> int:
+        return self.params_attention() + self.params_mlp_dense() + self.params_norms()
+
+    def _moe_layer(self) -> int:
+        m = self.moe
+        assert m is not None
+        return (self.params_attention() + self.params_norms() + self.params_router()
+                + (m.experts + m.shared_experts) * self.params_expert())
+
+    def _moe_layer_active(self) -> int:
+        m = self.moe
+        assert m is not None
+        return (self.params_attention() + self.params_norms() + self.params_router()
+                + (m.top_k + m.shared_experts) * self.params_expert())
+
+    def _check_layer(self, i: int) -> None:
+        if not 0 <= i < self.layers:
+            raise ModelError(f"model '{self.name}': layer index {i} out of range 0..{self.layers - 1}")
+
+    def params_layer(self, i: int) -> int:
+        self._check_layer(i)
+        return self._moe_layer() if self.is_moe_layer(i) else self._dense_layer()
+
+    def params_layer_active(self, i: int) -> int:
+        self._check_layer(i)
+        return self._moe_layer_active() if self.is_moe_layer(i) else self._dense_layer()
+
+    def params_embedding(self) -> int:
+        pos = self.seq_len * self.hidden if self.position_embedding == "learned" else 0
+        return self.vocab * self.hidden + pos  # token table (+ learned position table)
+
+    def params_output(self) -> int:
+        head = 0 if self.tied_embeddings else self.vocab * self.hidden
+        return head + self._norm()  # final norm + untied LM head
+
+    def params_dense_layers_total(self) -> int:
+        n_moe = self.num_moe_layers
+        total = (self.layers - n_moe) * self._dense_layer()
+        return total + (n_moe * self._moe_layer() if n_moe else 0)
+
+    def params_total(self) -> int:
+        return self.params_embedding() + self.params_dense_layers_total() + self.params_output()
+
+    def params_active(self) -> int:
+        """Parameters one token touches (embeddings and LM head included, as in Mixtral's 12.9B)."""
+        n_moe = self.num_moe_layers
+        layers = (self.layers - n_moe) * self._dense_layer()
+        if n_moe:
+            layers += n_moe * self._moe_layer_active()
+        return self.params_embedding() + layers + self.params_output()

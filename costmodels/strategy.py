@@ -1,0 +1,109 @@
+"""How a training job is split over GPUs: the parallel degrees and the memory-saving options.
+
+`Strategy` is a frozen dataclass validated on creation (one place per setting, as in Megatron-core's
+config dataclasses). Model-dependent rules (heads divisible by tp, layers by pp, ...) are checked by
+`check_strategy` in costmodels.rules, because they need the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+Recompute = Literal["none", "selective", "full"]
+Precision = Literal["fp32", "bf16", "fp16", "fp8"]
+Schedule = Literal["1f1b", "interleaved", "gpipe"]
+Optimizer = Literal["adam", "sgd"]
+
+RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "selective", "full")
+PRECISION_CHOICES: tuple[str, ...] = ("fp32", "bf16", "fp16", "fp8")
+OPTIMIZER_CHOICES: tuple[str, ...] = ("adam", "sgd")
+
+
+class StrategyError(ValueError):
+    """A strategy that cannot run; the message names the bad value and what is allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Strategy:
+    tp: int = 1                      # tensor parallel (Megatron column/row split of every GEMM)
+    pp: int = 1                      # pipeline stages
+    dp: int = 1                      # data-parallel replicas
+    micro_batch: int = 1             # sequences per micro-batch
+    global_batch: int = 1            # sequences per optimizer step
+    zero_stage: int = 0              # 0 none, 1 optimizer states (= Megatron distributed optimizer), 2 +grads, 3 +weights
+    recompute: Recompute = "selective"   # none / selective (attention core) / full (whole layer)
+    sequence_parallel: bool = True   # Megatron sequence parallel (norms and dropout split over tp)
+    precision: Precision = "bf16"
+    optimizer: Optimizer = "adam"
+    # Extension points (later issues): context / expert parallel, interleaving, offload, stage layout.
+    cp: int = 1                      # context parallel (ring attention)
+    ep: int = 1                      # expert parallel (MoE)
+    virtual_stages: int = 1          # interleaved 1F1B model chunks per stage
+    offload_optimizer: bool = False  # optimizer states (and master weights) in host memory
+    offload_params: bool = False     # ZeRO-3 parameter offload
+    flash_attention: bool = True     # fused attention: no s^2 score tensors stored
+    stage_layers: tuple[int, ...] | None = None       # layers per pipeline stage (None: even split)
+    recompute_layers: tuple[int, ...] | None = None   # fully recomputed layers per stage (recompute="full"; None: all)
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "pp", "dp", "micro_batch", "global_batch", "cp", "ep", "virtual_stages"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise StrategyError(f"{name}={value!r} is not allowed; it must be a whole number >= 1")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise StrategyError(f"zero_stage={self.zero_stage!r} is not allowed; choose 0, 1, 2 or 3")
+        if self.recompute not in RECOMPUTE_CHOICES:
+            raise StrategyError(f"recompute={self.recompute!r} is not allowed; choose none, selective or full")
+        if self.precision not in PRECISION_CHOICES:
+            raise StrategyError(f"precision={self.precision!r} is not allowed; choose fp32, bf16, fp16 or fp8")
+        if self.optimizer not in OPTIMIZER_CHOICES:
+            raise StrategyError(f"optimizer={self.optimizer!r} is not allowed; choose adam or sgd")
+        if self.global_batch % (self.dp * self.micro_batch):
+            raise StrategyError(
+                f"global batch {self.global_batch} is not divisible by dp x micro-batch = "
+                f"{self.dp} x {self.micro_batch}; choose a global batch that is a multiple of {self.dp * self.micro_batch}")
+        if self.sequence_parallel and self.tp == 1:
+            object.__setattr__(self, "sequence_parallel", False)  # sequence parallel needs tp > 1
+        if self.virtual_stages > 1 and self.pp == 1:
+            raise StrategyError(f"virtual_stages={self.virtual_stages} needs pp > 1 (interleaving splits pipeline stages)")
+        if self.offload_params and self.zero_stage != 3:
+            raise StrategyError("offload_params needs zero_stage=3 (only ZeRO-3 partitions the weights)")
+        for name in ("stage_layers", "recompute_layers"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(value)
+                object.__setattr__(self, name, value)
+                if len(value) != self.pp or any((not isinstance(x, int)) or x < 0 for x in value):
+                    raise StrategyError(f"{name}={list(value)} must list {self.pp} whole numbers >= 0, one per pipeline stage")
+        if self.stage_layers is not None and min(self.stage_layers) < 1:
+            raise StrategyError(f"stage_layers={list(self.stage_layers)}: every pipeline stage needs at least one layer")
+        if self.recompute_layers is not None:
+            if self.recompute != "full":
+                raise StrategyError("recompute_layers (layers fully recomputed per stage) needs recompute='full'")
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.pp * self.dp * self.cp
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per step and pipeline: m = B / (b * dp)."""
+        return self.global_batch // (self.dp * self.micro_batch)
+
+    @property
+    def schedule(self) -> str:
+        if self.pp == 1:
+            return "none"
+        return "interleaved-1f1b" if self.virtual_stages > 1 else "1f1b"
+
+    def with_(self, **changes) -> "Strategy":
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        for key in ("stage_layers", "recompute_layers"):
+            if out[key] is not None:
+                out[key] = list(out[key])
+        out["micro_batches"] = self.micro_batches
+        out["schedule"] = self.schedule
+        return out

@@ -1,0 +1,178 @@
+"""`search(...)`: the fastest plans that fit, found by bound-and-solve over the structure space.
+
+1. Enumerate every structure the divisibility rules allow (planner.space).
+2. Score each with its StageCosts (costmodels) and a lower bound on its step time (planner.solver).
+3. Visit structures by increasing bound; for each, take Megatron's even split as an incumbent and, unless
+   it already meets the bound, solve the CP-SAT layout model. Stop when the next bound cannot beat the
+   K-th best plan found: every structure skipped has a bound >= that plan, so the result is optimal
+   over the whole space (docs/solver.md has the argument).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from costmodels.model import ModelSpec
+from costmodels.performance import Evaluation, evaluate_layout, stage_costs
+from costmodels.strategy import Strategy
+from hardware import Cluster
+from planner.result import SearchResult, build_result
+from planner.solver import Layout, greedy_layout, lower_bound, memory_infeasible, solve_layout
+from planner.space import Space, SpaceOptions, enumerate_space
+
+
+class NoPlanError(ValueError):
+    """Nothing fits; the message says which resource binds and the smallest change that would fit."""
+
+
+@dataclass
+class Found:
+    step_ns: float
+    strategy: Strategy
+    layout: Layout
+    evaluation: Evaluation
+
+
+def search(model: ModelSpec, cluster: Cluster, *, global_batch: int | None = None, precision: str | None = None,
+           optimizer: str = "adam", top: int = 3, time_limit_s: float = 30.0,
+           space: SpaceOptions | None = None, progress=None) -> SearchResult:
+    """Find the `top` fastest distinct plans for `model` on `cluster` (see module doc)."""
+    t0 = time.perf_counter()
+    opts = space or SpaceOptions(global_batch=global_batch or default_global_batch(model, cluster),
+                                 precision=precision or model.precision, optimizer=optimizer)
+    found, stats = _search(model, cluster, opts, top, time_limit_s, progress)
+    if not found:
+        raise NoPlanError(explain_no_fit(model, cluster, opts, stats["space"]))
+    return build_result(model, cluster, opts, [f.evaluation for f in found], [f.layout for f in found],
+                        seconds=time.perf_counter() - t0, stats=stats)
+
+
+def default_global_batch(model: ModelSpec, cluster: Cluster) -> int:
+    """The preset's published batch; otherwise ~4M tokens rounded to a multiple of the GPU count."""
+    if model.global_batch:
+        return model.global_batch
+    seqs = max(1, round(4 * 2**20 / model.seq_len))
+    n = cluster.num_gpus
+    return max(n, (seqs // n) * n) if seqs >= n else seqs
+
+
+def _search(model: ModelSpec, cluster: Cluster, opts: SpaceOptions, top: int, time_limit_s: float, progress):
+    t0 = time.perf_counter()
+    cap = int(cluster.gpu.memory_bytes)
+    space: Space = enumerate_space(model, cluster.num_gpus, cluster.gpus_per_node, opts)
+    entries = []
+    infeasible = 0
+    for st in space.strategies:
+        sc = stage_costs(model, st, cluster)
+        free = st.recompute == "full"
+        if memory_infeasible(sc, cap, free):
+            infeasible += 1
+            continue
+        lb = lower_bound(sc) / sc.v
+        entries.append((lb, _order_key(st), st, sc, free))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    best: dict[tuple, Found] = {}
+    solved = cp_calls = 0
+    all_optimal = True
+    unsolved_bound = None
+    for idx, (lb, _, st, sc, free) in enumerate(entries):
+        ranked = sorted(best.values(), key=lambda f: (f.step_ns, _order_key(f.strategy)))
+        if len(ranked) >= top and lb >= ranked[top - 1].step_ns:
+            break
+        elapsed = time.perf_counter() - t0
+        if elapsed > time_limit_s:
+            unsolved_bound = lb
+            break
+        if progress is not None:
+            progress(idx, len(entries))
+        key = (st.tp, st.pp, st.dp, st.cp, st.ep, st.zero_stage, st.recompute)
+        if key in best and lb >= best[key].step_ns:
+            continue
+        layout = greedy_layout(sc, cap, free)
+        if layout is None or layout.objective / sc.v > lb:
+            cp_calls += 1
+            layout = solve_layout(sc, cap, free, time_limit_s - elapsed, hint=layout) or layout
+        else:
+            layout = Layout(layout.stage_layers, layout.recompute_layers, layout.objective, True, 0.0)
+        solved += 1
+        if layout is None:
+            continue
+        all_optimal &= layout.optimal
+        step = layout.objective / sc.v
+        if key in best and best[key].step_ns <= step:
+            continue
+        final = _finalise(st, layout)
+        ev = evaluate_layout(model, final, cluster, sc, layout.stage_layers, layout.recompute_layers)
+        best[key] = Found(step, final, layout, ev)
+    ranked = sorted(best.values(), key=lambda f: (f.step_ns, _order_key(f.strategy)))[:top]
+    gap = 0.0
+    if unsolved_bound is not None and ranked:
+        gap = max(0.0, (ranked[0].step_ns - unsolved_bound) / ranked[0].step_ns)
+    stats = {
+        "space": space,
+        "structures": len(space.strategies),
+        "memory_pruned": infeasible,
+        "layouts_solved": solved,
+        "cp_sat_calls": cp_calls,
+        "optimal": all_optimal and unsolved_bound is None,
+        "gap": gap if unsolved_bound is not None else (0.0 if all_optimal else max((f.layout.gap for f in ranked), default=0.0)),
+        "timed_out": unsolved_bound is not None,
+    }
+    return ranked, stats
+
+
+def _order_key(st: Strategy) -> tuple:
+    """Deterministic tie-break: fewer pipeline stages, smaller tp, larger micro-batch, lower ZeRO."""
+    return (st.pp, st.tp, -st.micro_batch, st.virtual_stages, st.zero_stage, st.recompute)
+
+
+def _finalise(st: Strategy, layout: Layout) -> Strategy:
+    """Name the recompute the layout chose: none, full, or block recompute of some layers per stage."""
+    Ls, Rs = layout.stage_layers, layout.recompute_layers
+    if st.recompute == "full":
+        if not any(Rs):
+            return st.with_(recompute="none", stage_layers=tuple(Ls))
+        if list(Rs) == list(Ls):
+            return st.with_(stage_layers=tuple(Ls))
+        return st.with_(stage_layers=tuple(Ls), recompute_layers=tuple(Rs))
+    return st.with_(stage_layers=tuple(Ls))
+
+
+def explain_no_fit(model: ModelSpec, cluster: Cluster, opts: SpaceOptions, space: Space) -> str:
+    """Which resource binds, and the smallest change that fits (computed by searching again)."""
+    if not space.strategies:
+        rules = "; ".join(f"{rule}: {n}" for rule, n in space.removed.most_common(3)) or "no candidates"
+        return (f"no parallel layout of {model.name} fits the rules on {cluster.num_gpus} GPUs ({rules}); "
+                f"try another GPU count or global batch")
+    need = _min_peak_bytes(model, cluster, space)
+    gpu = cluster.gpu
+    msg = (f"{model.name} does not fit on {cluster.describe()}: GPU memory binds; the leanest plan needs "
+           f"{need / 1e9:.1f} GB per GPU, {gpu.name} has {gpu.memory_bytes / 1e9:.0f} GB")
+    more = _min_gpus_that_fit(model, cluster, opts)
+    if more:
+        msg += f"; the smallest {gpu.name} cluster that fits is {more} GPUs"
+    return msg
+
+
+def _min_peak_bytes(model: ModelSpec, cluster: Cluster, space: Space) -> float:
+    best = float("inf")
+    for st in space.strategies:
+        sc = stage_costs(model, st, cluster)
+        R_all = st.recompute == "full"
+        L = -(-model.layers // st.pp)
+        peak = max(sc.stage_bytes(i, L, L if R_all else 0) for i in range(st.pp))
+        best = min(best, peak)
+    return best
+
+
+def _min_gpus_that_fit(model: ModelSpec, cluster: Cluster, opts: SpaceOptions) -> int | None:
+    from hardware import Cluster as _C
+    gpn = cluster.gpus_per_node
+    n = max(gpn, cluster.num_gpus)
+    for _ in range(12):
+        n *= 2
+        bigger = _C(gpu=cluster.gpu, num_nodes=n // gpn, gpus_per_node=gpn)
+        found, _ = _search(model, bigger, opts, 1, 5.0, None)
+        if found:
+            return n
+    return None

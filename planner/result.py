@@ -1,0 +1,129 @@
+"""The search and evaluate results as pydantic models: the JSON contract of `plan --format json`."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from costmodels.model import ModelSpec
+from costmodels.performance import FIXED_BUFFER_BYTES, Evaluation
+from hardware import Cluster
+
+GB = 1e9
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelOut(_Out):
+    name: str
+    params: int
+    params_active: int
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    seq_len: int
+    note: str | None = None
+
+
+class ClusterOut(_Out):
+    gpu: str
+    num_gpus: int
+    num_nodes: int
+    gpus_per_node: int
+    memory_gb_per_gpu: float
+    note: str | None = None
+
+
+class PlanOut(_Out):
+    rank: int
+    strategy: dict
+    step_time_s: float
+    tokens_per_s: float
+    tokens_per_s_per_gpu: float
+    tflops_per_gpu: float
+    mfu: float
+    hfu: float
+    memory_gb: dict[str, float]
+    stage_memory_gb: list[float]
+    time_s: dict[str, float]
+    fits: bool
+    solver: dict
+
+
+class SearchOut(_Out):
+    seconds: float
+    candidates: int
+    structures_solved: int
+    cp_sat_calls: int
+    memory_pruned: int
+    optimal: bool
+    status: str
+    gap: float
+    removed_by_rule: dict[str, int]
+
+
+class SearchResult(_Out):
+    model: ModelOut
+    cluster: ClusterOut
+    assumptions: dict
+    plans: list[PlanOut]
+    search: SearchOut | None = None
+
+
+def model_out(model: ModelSpec, note: str | None = None) -> ModelOut:
+    return ModelOut(name=model.name, params=model.params_total(), params_active=model.params_active(),
+                    layers=model.layers, hidden=model.hidden, heads=model.heads, kv_heads=model.kv_heads,
+                    seq_len=model.seq_len, note=note)
+
+
+def cluster_out(cluster: Cluster) -> ClusterOut:
+    return ClusterOut(gpu=cluster.gpu.name, num_gpus=cluster.num_gpus, num_nodes=cluster.num_nodes,
+                      gpus_per_node=cluster.gpus_per_node, memory_gb_per_gpu=cluster.gpu.memory_bytes / GB,
+                      note=cluster.note)
+
+
+def assumptions(model: ModelSpec, global_batch: int, precision: str, optimizer: str, flash: bool) -> dict:
+    return {
+        "seq_len": model.seq_len,
+        "global_batch_sequences": global_batch,
+        "tokens_per_step": global_batch * model.seq_len,
+        "precision": precision,
+        "optimizer": optimizer + (" (mixed precision: 2 B weights + 2 B grads + 12 B fp32 states per parameter)"
+                                  if optimizer == "adam" and precision != "fp32" else ""),
+        "flash_attention": flash,
+        "memory_capacity": "datasheet GB x 1e9 bytes per GPU (the GiB/GB difference is headroom)",
+        "reserved_buffers_gb": FIXED_BUFFER_BYTES / GB,
+        "rank_order": "tp innermost, then cp, dp, pp (Megatron); tp stays inside a node",
+        "dp_overlap": "gradient sync overlaps the last micro-batch's backward",
+    }
+
+
+def plan_out(rank: int, ev: Evaluation, solver: dict) -> PlanOut:
+    st = ev.strategy
+    d = st.as_dict()
+    d["stage_layers"] = list(ev.stage_layers)
+    d["recompute_layers"] = list(ev.recompute_layers)
+    n = st.num_gpus
+    mem = {k: round(v / GB, 3) for k, v in ev.memory_b.items()}
+    mem["capacity"] = round(ev.capacity_b / GB, 3)
+    return PlanOut(
+        rank=rank, strategy=d, step_time_s=ev.step_time_s, tokens_per_s=ev.tokens_per_s,
+        tokens_per_s_per_gpu=ev.tokens_per_s / n, tflops_per_gpu=ev.tflops_per_gpu, mfu=ev.mfu, hfu=ev.hfu,
+        memory_gb=mem, stage_memory_gb=[round(x / GB, 3) for x in ev.stage_memory_b],
+        time_s={k: v for k, v in ev.time_s.items()}, fits=ev.fits, solver=solver)
+
+
+def build_result(model, cluster, opts, evaluations, layouts, seconds, stats, model_note=None) -> SearchResult:
+    plans = [plan_out(i + 1, ev, {"status": "OPTIMAL" if lay.optimal else "FEASIBLE", "gap": lay.gap if lay.gap != float("inf") else None})
+             for i, (ev, lay) in enumerate(zip(evaluations, layouts))]
+    space = stats["space"]
+    search = SearchOut(
+        seconds=seconds, candidates=stats["structures"], structures_solved=stats["layouts_solved"],
+        cp_sat_calls=stats["cp_sat_calls"], memory_pruned=stats["memory_pruned"], optimal=stats["optimal"],
+        status="OPTIMAL" if stats["optimal"] else "FEASIBLE", gap=stats["gap"],
+        removed_by_rule=dict(sorted(space.removed.items())))
+    return SearchResult(model=model_out(model, model_note), cluster=cluster_out(cluster),
+                        assumptions=assumptions(model, opts.global_batch, opts.precision, opts.optimizer,
+                                                opts.flash_attention),
+                        plans=plans, search=search)

@@ -1,0 +1,122 @@
+"""The search space: every structural choice that satisfies the real divisibility rules.
+
+A structure fixes tp, pp, dp, micro-batch, virtual stages, ZeRO stage, recompute family and sequence
+parallel; the CP-SAT layout model (planner.solver) then chooses the layers and fully recomputed layers
+of every pipeline stage. Each rule that removes candidates is counted, so the output can say which
+rule removed what.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from costmodels.model import ModelSpec
+from costmodels.strategy import Strategy
+
+MAX_VIRTUAL_STAGES = 8
+MAX_MICRO_BATCH = 64
+
+
+@dataclass
+class SpaceOptions:
+    """Which values each dimension may take (None: all the rules allow)."""
+    global_batch: int
+    precision: str = "bf16"
+    optimizer: str = "adam"
+    tp: tuple[int, ...] | None = None
+    pp: tuple[int, ...] | None = None
+    dp: tuple[int, ...] | None = None
+    micro_batch: tuple[int, ...] | None = None
+    virtual_stages: tuple[int, ...] | None = None
+    zero_stage: tuple[int, ...] = (0, 1, 2, 3)
+    recompute: tuple[str, ...] = ("none", "selective", "full")
+    flash_attention: bool = True
+    tp_across_nodes: bool = False
+
+
+@dataclass
+class Space:
+    strategies: list[Strategy]
+    removed: Counter = field(default_factory=Counter)   # rule -> candidates it removed
+
+
+def divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, opt: SpaceOptions) -> Space:
+    """All structures for `model` on `num_gpus` GPUs. Recompute family 'full' stands for block
+    recompute with a free count per stage (0 = none), so 'none' needs no structure of its own unless
+    'full' is not allowed."""
+    removed: Counter = Counter()
+    out: list[Strategy] = []
+    families = _recompute_families(opt.recompute)
+    for tp in divisors(num_gpus):
+        if opt.tp is not None and tp not in opt.tp:
+            continue
+        if tp > gpus_per_node and not opt.tp_across_nodes:
+            removed["tp must stay inside a node (NVLink)"] += 1
+            continue
+        if model.heads % tp or model.kv_heads % tp:
+            removed["tp must divide attention heads and kv heads"] += 1
+            continue
+        for pp in divisors(num_gpus // tp):
+            if opt.pp is not None and pp not in opt.pp:
+                continue
+            if pp > model.layers:
+                removed["pp must not exceed the layers"] += 1
+                continue
+            dp = num_gpus // (tp * pp)
+            if opt.dp is not None and dp not in opt.dp:
+                continue
+            if opt.global_batch % dp:
+                removed["global batch must be divisible by dp"] += 1
+                continue
+            for mb in divisors(opt.global_batch // dp):
+                if mb > MAX_MICRO_BATCH or (opt.micro_batch is not None and mb not in opt.micro_batch):
+                    continue
+                m = opt.global_batch // (dp * mb)
+                for v in _virtual_choices(model, pp, m, opt, removed):
+                    for zero in opt.zero_stage:
+                        if zero >= 2 and pp > 1:
+                            removed["ZeRO-2/3 cannot be combined with pipeline parallelism"] += 1
+                            continue
+                        if zero >= 1 and dp == 1:
+                            removed["ZeRO needs dp > 1"] += 1
+                            continue
+                        for rec in families:
+                            out.append(Strategy(
+                                tp=tp, pp=pp, dp=dp, micro_batch=mb, global_batch=opt.global_batch,
+                                zero_stage=zero, recompute=rec, sequence_parallel=tp > 1,
+                                precision=opt.precision, optimizer=opt.optimizer, virtual_stages=v,
+                                flash_attention=opt.flash_attention))
+    return Space(out, removed)
+
+
+def _recompute_families(allowed: tuple[str, ...]) -> list[str]:
+    fams = []
+    if "selective" in allowed:
+        fams.append("selective")
+    if "full" in allowed:
+        fams.append("full")       # per-stage counts 0..L chosen by the solver; 0 everywhere is 'none'
+    elif "none" in allowed:
+        fams.append("none")
+    return fams
+
+
+def _virtual_choices(model: ModelSpec, pp: int, m: int, opt: SpaceOptions, removed: Counter) -> list[int]:
+    if pp == 1:
+        return [1]
+    out = []
+    for v in range(1, MAX_VIRTUAL_STAGES + 1):
+        if opt.virtual_stages is not None and v not in opt.virtual_stages:
+            continue
+        if v > 1 and model.layers % (pp * v):
+            removed["interleaving needs layers divisible by pp x virtual stages"] += 1
+            continue
+        if v > 1 and m % pp:
+            removed["interleaving needs micro-batches divisible by pp"] += 1
+            continue
+        out.append(v)
+    return out
