@@ -176,3 +176,17 @@ def _min_gpus_that_fit(model: ModelSpec, cluster: Cluster, opts: SpaceOptions) -
         if found:
             return n
     return None
+
+
+def evaluate_strategy(model: ModelSpec, cluster: Cluster, strategy: Strategy) -> SearchResult:
+    """Predict a given strategy (the API behind `plan evaluate`); rules are checked first."""
+    from planner.result import assumptions, cluster_out, model_out, plan_out
+    from planner.space import check_strategy
+    from costmodels.performance import evaluate
+
+    check_strategy(model, strategy, cluster.num_gpus, cluster.gpus_per_node)
+    ev = evaluate(model, strategy, cluster)
+    return SearchResult(model=model_out(model), cluster=cluster_out(cluster),
+                        assumptions=assumptions(model, strategy.global_batch, strategy.precision,
+                                                strategy.optimizer, strategy.flash_attention),
+                        plans=[plan_out(1, ev, {"status": "EVALUATED", "gap": None})])

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from costmodels.model import ModelSpec
-from costmodels.strategy import Strategy
+from costmodels.strategy import Strategy, StrategyError
 
 MAX_VIRTUAL_STAGES = 8
 MAX_MICRO_BATCH = 64
@@ -38,6 +38,34 @@ class SpaceOptions:
 class Space:
     strategies: list[Strategy]
     removed: Counter = field(default_factory=Counter)   # rule -> candidates it removed
+
+
+def check_strategy(model: ModelSpec, st: Strategy, num_gpus: int, gpus_per_node: int,
+                   tp_across_nodes: bool = False) -> None:
+    """Raise StrategyError naming the first rule a user-given strategy breaks (the same rules the
+    enumeration applies)."""
+    if st.num_gpus != num_gpus:
+        raise StrategyError(f"tp x pp x dp x cp = {st.tp} x {st.pp} x {st.dp} x {st.cp} = {st.num_gpus} GPUs, "
+                            f"but the cluster has {num_gpus}; choose degrees whose product is {num_gpus}")
+    if st.tp > gpus_per_node and not tp_across_nodes:
+        raise StrategyError(f"tp={st.tp} is larger than a node ({gpus_per_node} GPUs); tp must stay inside a node")
+    if model.heads % st.tp or model.kv_heads % st.tp:
+        raise StrategyError(f"tp={st.tp} does not divide the {model.heads} attention heads and {model.kv_heads} kv heads "
+                            f"of {model.name}; allowed tp: {[d for d in divisors(model.kv_heads) if d <= gpus_per_node]}")
+    if st.pp > model.layers:
+        raise StrategyError(f"pp={st.pp} exceeds the {model.layers} layers of {model.name}")
+    if st.stage_layers is not None and sum(st.stage_layers) != model.layers:
+        raise StrategyError(f"stage layers {list(st.stage_layers)} sum to {sum(st.stage_layers)}, "
+                            f"but {model.name} has {model.layers} layers")
+    if st.virtual_stages > 1 and model.layers % (st.pp * st.virtual_stages):
+        raise StrategyError(f"virtual_stages={st.virtual_stages}: {model.layers} layers are not divisible by "
+                            f"pp x virtual stages = {st.pp * st.virtual_stages}")
+    if st.virtual_stages > 1 and st.micro_batches % st.pp:
+        raise StrategyError(f"virtual_stages={st.virtual_stages} needs the {st.micro_batches} micro-batches per step "
+                            f"to be a multiple of pp={st.pp}")
+    if st.zero_stage >= 2 and st.pp > 1:
+        raise StrategyError(f"ZeRO-{st.zero_stage} cannot be combined with pipeline parallelism (pp={st.pp}); "
+                            f"use ZeRO-1 or pp=1")
 
 
 def divisors(n: int) -> list[int]:

@@ -1,0 +1,280 @@
+"""`plan`: the command line, a thin layer over planner.search / planner.evaluate_strategy.
+
+Bad input gets one line on stderr naming the value and what is allowed, and exit code 2.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+EXAMPLES = """\b
+Examples:
+  plan --model 175b --gpus 1024xA100
+  plan --model llama3-405b --gpus 16384xH100 --global-batch 2048 --top 5
+  plan --model ./config.json --gpus 64x8xH100 --format json
+  plan evaluate --model 175b --gpus 1024xA100 --tp 8 --pp 16 --micro-batch 1
+  plan models | plan gpus
+"""
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # one line, no usage block
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _common(f):
+    """Options shared by the search and `evaluate`."""
+    opts = [
+        click.option("--model", "model_name", required=True,
+                     help="Preset name or alias (see `plan models`), or a Hugging Face config.json path."),
+        click.option("--gpus", required=True,
+                     help="Cluster: COUNTxGPU or NODESxPER_NODExGPU, e.g. 1024xA100, 128x8xH100 (see `plan gpus`)."),
+        click.option("--hardware", "hardware_files", multiple=True, type=click.Path(),
+                     help="JSON/YAML file adding or overriding GPU catalog entries (same schema as the catalog)."),
+        click.option("--seq-len", type=int, help="Training sequence length in tokens [default: the preset's]."),
+        click.option("--global-batch", type=int,
+                     help="Sequences per optimizer step [default: the preset's published batch]."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "fp8"]),
+                     help="Compute precision [default: the preset's]."),
+        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
+                     help="Optimizer (sets optimizer-state bytes and step traffic)."),
+        click.option("--no-flash-attention", is_flag=True,
+                     help="Model unfused attention (stores the s^2 score tensors)."),
+        click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _load(model_name: str, gpus: str, hardware_files, seq_len, global_batch, precision):
+    from costmodels.model import ModelSpec
+    from costmodels.presets import get_model
+    from hardware import load_catalog, parse_cluster
+
+    catalog = load_catalog(hardware_files)
+    cluster = parse_cluster(gpus, catalog)
+    model, note = get_model(model_name)
+    if seq_len is not None:
+        if seq_len < 1:
+            raise UserError(f"--seq-len {seq_len} is not allowed; give a positive number of tokens")
+        model = ModelSpec(**{**model.model_dump(), "seq_len": seq_len})
+    if global_batch is not None and global_batch < 1:
+        raise UserError(f"--global-batch {global_batch} is not allowed; give a positive number of sequences")
+    if precision is not None:
+        cluster.gpu.peak_tflops(precision)  # raises if the GPU has no such peak
+    return model, note, cluster
+
+
+def _emit(result, fmt: str, title: str = "Best plan") -> None:
+    if fmt == "json":
+        click.echo(json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True))
+        return
+
+    from planner.report import render_search
+    render_search(result, _console(), title=title)
+
+
+def _console():
+    from rich.console import Console
+    console = Console(highlight=False)
+    if not console.is_terminal:  # pipes and files: wide enough that tables keep their columns
+        console = Console(highlight=False, width=140)
+    return console
+
+
+def _int_tuple(text: str | None, name: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--{name} {text!r} is not a comma-separated list of whole numbers, e.g. 2,4,8") from None
+    if any(v < 0 for v in vals):
+        raise UserError(f"--{name} {text!r} has a negative value; use whole numbers >= 0")
+    return vals
+
+
+@click.group(invoke_without_command=True, epilog=EXAMPLES,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--model", "model_name", help="Preset name or alias (see `plan models`), or a Hugging Face config.json path.")
+@click.option("--gpus", help="Cluster: COUNTxGPU or NODESxPER_NODExGPU, e.g. 1024xA100, 128x8xH100.")
+@click.option("--hardware", "hardware_files", multiple=True, type=click.Path(),
+              help="JSON/YAML file adding or overriding GPU catalog entries.")
+@click.option("--seq-len", type=int, help="Training sequence length in tokens [default: the preset's].")
+@click.option("--global-batch", type=int, help="Sequences per optimizer step [default: the preset's published batch].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "fp8"]), help="Compute precision [default: the preset's].")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option("--no-flash-attention", is_flag=True, help="Model unfused attention (stores s^2 scores).")
+@click.option("--tp", "tp_only", help="Only these tensor-parallel sizes, e.g. 4,8.")
+@click.option("--pp", "pp_only", help="Only these pipeline sizes, e.g. 8,16.")
+@click.option("--zero", "zero_only", help="Only these ZeRO stages, e.g. 0,1.")
+@click.option("--recompute", "recompute_only", help="Only these recompute kinds: none, selective, full (comma-separated).")
+@click.option("--top", type=int, default=3, show_default=True, help="How many distinct plans to show.")
+@click.option("--time-limit", type=float, default=30.0, show_default=True,
+              help="Seconds the search may take; it returns the best plan found so far, with its gap.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
+        tp_only, pp_only, zero_only, recompute_only, top, time_limit, fmt):
+    """Find the fastest parallelism plan for training MODEL on GPUS that fits in GPU memory.
+
+    Searches tensor / pipeline / data parallel sizes, micro-batch, interleaving, ZeRO stage, activation
+    recompute (per pipeline stage) and the layers of each pipeline stage, with OR-Tools CP-SAT, and prints
+    the best plan, its step time, throughput, MFU, memory and time breakdown, and the runner-ups.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not model_name or not gpus:
+        missing = "--model" if not model_name else "--gpus"
+        raise UserError(f"{missing} is required, e.g. `plan --model 175b --gpus 1024xA100` (see plan --help)")
+    if top < 1:
+        raise UserError(f"--top {top} is not allowed; give 1 or more plans")
+    if time_limit <= 0:
+        raise UserError(f"--time-limit {time_limit} is not allowed; give a positive number of seconds")
+    from planner.optimize import default_global_batch, search
+    from planner.space import SpaceOptions
+
+    model, note, cluster = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision)
+    recompute = tuple(x.strip() for x in recompute_only.split(",")) if recompute_only else ("none", "selective", "full")
+    bad = [r for r in recompute if r not in ("none", "selective", "full")]
+    if bad:
+        raise UserError(f"--recompute {bad[0]!r} is not allowed; choose from none, selective, full")
+    zero = _int_tuple(zero_only, "zero") or (0, 1, 2, 3)
+    if any(z > 3 for z in zero):
+        raise UserError(f"--zero {zero_only!r} is not allowed; ZeRO stages are 0, 1, 2, 3")
+    opts = SpaceOptions(global_batch=global_batch or default_global_batch(model, cluster),
+                        precision=precision or model.precision, optimizer=optimizer,
+                        tp=_int_tuple(tp_only, "tp"), pp=_int_tuple(pp_only, "pp"), zero_stage=zero,
+                        recompute=recompute, flash_attention=not no_flash_attention)
+    result = search(model, cluster, top=top, time_limit_s=time_limit, space=opts)
+    result.model.note = note
+    _emit(result, fmt)
+
+
+@cli.command()
+@_common
+@click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel size.")
+@click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages.")
+@click.option("--dp", type=int, help="Data-parallel size [default: GPUs / (tp x pp)].")
+@click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per micro-batch.")
+@click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True, help="ZeRO stage (1 = distributed optimizer).")
+@click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="selective", show_default=True)
+@click.option("--recompute-layers", help="With --recompute full: layers recomputed per stage, e.g. 4,2,0,0.")
+@click.option("--sequence-parallel/--no-sequence-parallel", default=True, show_default=True)
+@click.option("--virtual-stages", type=int, default=1, show_default=True, help="Interleaved 1F1B chunks per stage.")
+@click.option("--stage-layers", help="Layers per pipeline stage, e.g. 11,12,12,...,13 [default: even split].")
+def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention, fmt,
+             tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages, stage_layers):
+    """Predict step time, throughput, MFU and memory of one given strategy."""
+    from costmodels.strategy import Strategy
+    from planner.optimize import default_global_batch, evaluate_strategy
+
+    model, note, cluster = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision)
+    n = cluster.num_gpus
+    if dp is None:
+        if tp < 1 or pp < 1 or n % (tp * pp):
+            raise UserError(f"tp x pp = {tp} x {pp} does not divide the {n} GPUs; choose sizes whose product divides {n}")
+        dp = n // (tp * pp)
+    st = Strategy(tp=tp, pp=pp, dp=dp, micro_batch=micro_batch,
+                  global_batch=global_batch or default_global_batch(model, cluster), zero_stage=zero,
+                  recompute=recompute, sequence_parallel=sequence_parallel,
+                  precision=precision or model.precision, optimizer=optimizer, virtual_stages=virtual_stages,
+                  flash_attention=not no_flash_attention,
+                  stage_layers=_int_tuple(stage_layers, "stage-layers"),
+                  recompute_layers=_int_tuple(recompute_layers, "recompute-layers"))
+    result = evaluate_strategy(model, cluster, st)
+    result.model.note = note
+    _emit(result, fmt, title="Plan")
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def models(fmt):
+    """List the model presets (name, shape, parameters, published training defaults)."""
+    from costmodels.presets import ALIASES, list_models
+
+    rows = []
+    aliases: dict[str, list[str]] = {}
+    for a, canon in ALIASES.items():
+        aliases.setdefault(canon, []).append(a)
+    for m in list_models():
+        rows.append({"name": m.name, "params_b": round(m.params_total() / 1e9, 2),
+                     "active_b": round(m.params_active() / 1e9, 2), "layers": m.layers, "hidden": m.hidden,
+                     "heads": m.heads, "kv_heads": m.kv_heads, "seq_len": m.seq_len,
+                     "global_batch": m.global_batch, "moe": m.moe is not None,
+                     "aliases": sorted(aliases.get(m.name, [])), "source": m.source})
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+    t = Table(show_edge=False)
+    for col in ("name", "params (B)", "active (B)", "layers", "hidden", "heads/kv", "seq", "batch (seqs)", "aliases"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], f"{r['params_b']:.2f}", f"{r['active_b']:.2f}", str(r["layers"]), str(r["hidden"]),
+                  f"{r['heads']}/{r['kv_heads']}", str(r["seq_len"]), str(r["global_batch"] or "-"),
+                  ", ".join(r["aliases"]))
+    _console().print(t)
+
+
+@cli.command()
+@click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def gpus(hardware_files, fmt):
+    """List the GPU catalog: memory, bandwidths, dense peak TFLOP/s, node size, price."""
+    from hardware import load_catalog
+
+    cat = load_catalog(hardware_files)
+    rows = [g.model_dump(mode="json") for g in cat.gpus.values()]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+    t = Table(show_edge=False)
+    for col in ("name", "memory GB", "HBM GB/s", "bf16 TF", "fp8 TF", "per node", "NVLink GB/s/dir",
+                "network GB/s/GPU", "$/GPU-h", "TDP W", "aliases"):
+        t.add_column(col)
+    for g in cat.gpus.values():
+        t.add_row(g.name, f"{g.memory_gb:g}", f"{g.hbm_gbps:g}", f"{g.tflops['bf16'] or '-'}",
+                  f"{g.tflops['fp8'] or '-'}", str(g.gpus_per_node), f"{g.intra_node_gbps:g}",
+                  f"{g.inter_node_gbps:g}", f"{g.price_usd_per_gpu_hour:.2f}", f"{g.tdp_w:g}", ", ".join(g.aliases))
+    _console().print(t)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    from costmodels.model import ModelError
+    from costmodels.strategy import StrategyError
+    from hardware import HardwareError
+
+    try:
+        cli.main(args=argv, prog_name="plan", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except UserError as e:
+        e.show()
+        sys.exit(2)
+    except click.UsageError as e:
+        msg = e.format_message().replace("\n", " ")
+        hint = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        click.echo(f"error: {msg}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except (HardwareError, ModelError, StrategyError, ValueError) as e:
+        click.echo(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
+        sys.exit(2)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Human-readable output of a SearchResult (rich tables). Every number carries its unit."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from planner.result import PlanOut, SearchResult
+
+TIME_LABELS = {
+    "compute": "compute (forward + backward)",
+    "recompute": "activation recompute",
+    "tp_comm": "tensor-parallel collectives",
+    "cp_comm": "context-parallel KV exchange (exposed)",
+    "ep_comm": "expert-parallel all-to-all",
+    "pp_comm": "pipeline send/receive",
+    "embedding_and_head": "embedding, output layer and loss",
+    "dp_comm": "data-parallel sync (exposed)",
+    "optimizer": "optimizer step",
+    "bubble": "pipeline bubble",
+}
+MEMORY_LABELS = ["weights", "gradients", "optimizer", "activations", "buffers"]
+
+
+def describe_strategy(s: dict) -> str:
+    parts = [f"TP {s['tp']} x PP {s['pp']} x DP {s['dp']}"]
+    if s.get("cp", 1) > 1:
+        parts[0] += f" x CP {s['cp']}"
+    parts.append(f"micro-batch {s['micro_batch']} ({s['micro_batches']} per step)")
+    if s["virtual_stages"] > 1:
+        parts.append(f"interleaved 1F1B, {s['virtual_stages']} chunks per stage")
+    parts.append(_zero_label(s["zero_stage"]))
+    parts.append(recompute_label(s))
+    if s["sequence_parallel"]:
+        parts.append("sequence parallel")
+    return ", ".join(parts)
+
+
+def _zero_label(z: int) -> str:
+    return {0: "no ZeRO", 1: "ZeRO-1 (distributed optimizer)", 2: "ZeRO-2", 3: "ZeRO-3"}[z]
+
+
+def recompute_label(s: dict) -> str:
+    if s["recompute"] == "full" and s.get("recompute_layers") and s["recompute_layers"] != s["stage_layers"]:
+        return "full recompute of " + "/".join(map(str, s["recompute_layers"])) + " layers per stage"
+    return {"none": "no recompute", "selective": "selective recompute", "full": "full recompute"}[s["recompute"]]
+
+
+def render_search(res: SearchResult, console: Console, title: str = "Best plan") -> None:
+    m, c, a = res.model, res.cluster, res.assumptions
+    console.print(f"[bold]Model[/]    {m.name}: {m.params / 1e9:.1f} B parameters"
+                  + (f", {m.params_active / 1e9:.1f} B active" if m.params_active != m.params else "")
+                  + f", {m.layers} layers, hidden {m.hidden}, {m.heads} heads"
+                  + (f" ({m.kv_heads} KV)" if m.kv_heads != m.heads else ""))
+    if m.note:
+        console.print(f"         model {m.note}")
+    console.print(f"[bold]Cluster[/]  {c.num_gpus} x {c.gpu} ({c.num_nodes} nodes x {c.gpus_per_node}), "
+                  f"{c.memory_gb_per_gpu:.0f} GB per GPU")
+    if c.note:
+        console.print(f"         GPU {c.note}")
+    console.print(f"[bold]Assumptions[/] sequence {a['seq_len']} tokens, global batch {a['global_batch_sequences']} "
+                  f"sequences ({a['tokens_per_step'] / 1e6:.2f} M tokens/step), {a['precision']}, {a['optimizer']}, "
+                  f"flash attention {'on' if a['flash_attention'] else 'off'}, {a['reserved_buffers_gb']:.0f} GB "
+                  f"reserved per GPU; {a['dp_overlap']}.")
+    if not res.plans:
+        return
+    best = res.plans[0]
+    console.print()
+    render_plan(best, console, title)
+    if len(res.plans) > 1:
+        console.print()
+        render_runner_ups(res.plans, console)
+    if res.search is not None:
+        s = res.search
+        console.print()
+        gap = "" if s.optimal else f" (gap {s.gap:.1%})"
+        console.print(f"[bold]Search[/]   {s.candidates} structures scored, {s.memory_pruned} cannot fit, "
+                      f"{s.structures_solved} layouts solved ({s.cp_sat_calls} CP-SAT), status {s.status}{gap}, "
+                      f"{s.seconds:.2f} s")
+        if s.removed_by_rule:
+            rules = "; ".join(f"{rule}: {n}" for rule, n in s.removed_by_rule.items())
+            console.print(f"         removed by rules: {rules}")
+
+
+def render_plan(p: PlanOut, console: Console, title: str) -> None:
+    s = p.strategy
+    console.print(f"[bold green]{title}[/]: {describe_strategy(s)}")
+    if s["pp"] > 1:
+        console.print(f"  layers per stage: {_compact(s['stage_layers'])}"
+                      + (f"; recomputed layers per stage: {_compact(s['recompute_layers'])}"
+                         if s["recompute"] == "full" else ""))
+    console.print(f"  step time [bold]{p.step_time_s:.3f} s[/] | {p.tokens_per_s:,.0f} tokens/s "
+                  f"({p.tokens_per_s_per_gpu:,.0f} per GPU) | MFU {p.mfu:.1%} | HFU {p.hfu:.1%} | "
+                  f"{p.tflops_per_gpu:.0f} model TFLOP/s per GPU")
+    mem = Table(title="Memory per GPU (most loaded stage)", title_justify="left", show_edge=False)
+    mem.add_column("part")
+    mem.add_column("GB", justify="right")
+    mem.add_column("share of capacity", justify="right")
+    cap = p.memory_gb["capacity"]
+    for k in MEMORY_LABELS:
+        mem.add_row(k, f"{p.memory_gb[k]:.2f}", f"{p.memory_gb[k] / cap:.1%}")
+    mem.add_row("[bold]peak[/]", f"[bold]{p.memory_gb['peak']:.2f}[/]", f"{p.memory_gb['peak'] / cap:.1%}")
+    mem.add_row("capacity", f"{cap:.2f}", "")
+    tim = Table(title="Time per step (slowest stage)", title_justify="left", show_edge=False)
+    tim.add_column("part")
+    tim.add_column("s", justify="right")
+    tim.add_column("share", justify="right")
+    for k, v in p.time_s.items():
+        if v > 0:
+            tim.add_row(TIME_LABELS.get(k, k), f"{v:.3f}", f"{v / p.step_time_s:.1%}")
+    tim.add_row("[bold]step[/]", f"[bold]{p.step_time_s:.3f}[/]", "100%")
+    console.print(mem)
+    console.print(tim)
+
+
+def render_runner_ups(plans: list[PlanOut], console: Console) -> None:
+    t = Table(title="Plans, best first (distinct structures)", title_justify="left", show_edge=False)
+    for col in ("#", "TP", "PP", "DP", "micro-batch", "chunks", "ZeRO", "recompute", "step s", "tokens/s/GPU",
+                "MFU", "peak GB", "vs best"):
+        t.add_column(col, justify="right")
+    best = plans[0].step_time_s
+    for p in plans:
+        s = p.strategy
+        t.add_row(str(p.rank), str(s["tp"]), str(s["pp"]), str(s["dp"]), str(s["micro_batch"]),
+                  str(s["virtual_stages"]), str(s["zero_stage"]), recompute_label(s).replace(" recompute", ""),
+                  f"{p.step_time_s:.3f}", f"{p.tokens_per_s_per_gpu:,.0f}", f"{p.mfu:.1%}",
+                  f"{p.memory_gb['peak']:.1f}", f"+{p.step_time_s / best - 1:.1%}")
+    console.print(t)
+
+
+def _compact(xs: list[int]) -> str:
+    """[7, 8, 8, 8, 7] -> '7, 8 x3, 7'."""
+    out, i = [], 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[i]:
+            j += 1
+        out.append(f"{xs[i]} x{j - i + 1}" if j > i else str(xs[i]))
+        i = j + 1
+    return ", ".join(out)
