@@ -13,7 +13,7 @@ from dataclasses import dataclass
 class Calibration:
     gemm_efficiency: float        # share of dense peak a large GEMM reaches (hardware.md: 70-80% A100, 60-75% H100)
     gemm_half_dim: float          # a GEMM dimension of this size halves efficiency (tile / wave quantisation)
-    attention_efficiency: float   # share of peak for the attention core (flash or batched GEMMs)
+    attention_efficiency: float   # share of peak for fused (flash) attention, counting causal FLOPs only
     hbm_efficiency: float         # share of HBM bandwidth reached by element-wise kernels
     intra_node_efficiency: float  # NCCL bus bandwidth / link rate inside a node (hardware.md: ~230/300 on DGX A100)
     inter_node_efficiency: float  # NCCL bus bandwidth / NIC line rate across nodes (hardware.md: 80-90%)
@@ -23,15 +23,15 @@ class Calibration:
 
 
 _DEFAULT = Calibration(
-    gemm_efficiency=0.75,
-    gemm_half_dim=48.0,
-    attention_efficiency=0.45,
+    gemm_efficiency=0.70,
+    gemm_half_dim=128.0,
+    attention_efficiency=0.30,
     hbm_efficiency=0.80,
     intra_node_efficiency=0.77,
     inter_node_efficiency=0.85,
     intra_node_latency_s=8e-6,
     inter_node_latency_s=15e-6,
-    kernel_overhead_s=60e-6,
+    kernel_overhead_s=30e-6,
 )
 
 CALIBRATION: dict[str, Calibration] = {

@@ -45,7 +45,7 @@ def collective_time(kind: str, nbytes: float, link: Link, gpu: GPUSpec, cal: Cal
     inter_bw = gpu.inter_node_gbps * 1e9 * cal.inter_node_efficiency
     if g >= n:  # the whole group inside one node
         return volume(n) * nbytes / intra_bw + steps * (n - 1) * cal.intra_node_latency_s
-    nodes = n // g
+    nodes = -(-n // g)  # nodes the group spans (a partial node still crosses the network)
     t = 0.0
     if g > 1:  # reduce-scatter / all-gather inside the node first (hierarchical; NCCL does this per rail)
         t += volume(g) * nbytes / intra_bw + steps * (g - 1) * cal.intra_node_latency_s

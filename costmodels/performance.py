@@ -160,9 +160,15 @@ def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
         a2a_bytes = M * moe.top_k * moe.capacity_factor * h * 2 / t
         ep_link = group_link(st.ep, st.tp * st.cp, cluster.gpus_per_node)
         ep_comm = frac * 4 * collective_time("all_to_all", a2a_bytes, ep_link, gpu, cal)
-    # Attention core: QK^T and AV, 4*b*s*s_full*h/t FLOPs; causal flash kernels skip masked blocks
-    attn_flops = 4.0 * M * s_full * h / t * (0.5 if st.flash_attention else 1.0)
-    attn_core = attn_flops / (peak * cal.attention_efficiency)
+    # Attention core, 4*b*s*s_full*h/t FLOPs (QK^T and AV). Fused (flash) kernels skip the masked half
+    # of causal attention and run at a fitted share of peak; unfused attention is two batched GEMMs per
+    # head, (s x d)(d x s) and (s x s)(s x d), priced like any GEMM (Korthikanti et al. 2022, 3.2).
+    if st.flash_attention:
+        attn_core = 2.0 * M * s_full * h / t / (peak * cal.attention_efficiency)
+    else:
+        heads = b * model.heads / t
+        d = model.head_dim
+        attn_core = heads * (gemm_time(s, s_full, d, peak, cal) + gemm_time(s, d, s_full, peak, cal))
     # Element-wise traffic (bytes, 16-bit): 2 layer norms (read+write 8sbh) and 2 dropout+residual
     # (14sbh incl. 1-byte masks), split by t with sequence parallel; activation function 4sbf (GELU)
     # or 6sbf (SwiGLU) over t; fused scale-mask-softmax + dropout 9*a*s^2*b over t without flash.

@@ -4,7 +4,7 @@ For one structure (tp, pp, dp, micro-batch, ...), StageCosts makes every stage's
 in its layers L_i and recomputed layers R_i. The model (built in one function, variables and
 constraints named, as in the CP-SAT primer):
 
-  variables   L_i in [1, layers] (fixed to layers/(p v) when interleaved), R_i in [0, L_i],
+  variables   L_i in [1, layers] (fixed to the even split when interleaved), R_i in [0, L_i],
               has_R_i <=> R_i > 0, T_i (stage time per micro-batch), E_i (exposed data-parallel sync)
   constraints sum L_i = layers;  memory_i(L_i, R_i, has_R_i) <= capacity;
               T_i = L_i*layer + R_i*recompute + extras_i  (>= L_i * ZeRO-3 gathers when ZeRO-3);
@@ -75,8 +75,9 @@ def lower_bound(sc: StageCosts) -> int:
 def memory_infeasible(sc: StageCosts, cap: int, free: bool) -> bool:
     """True when no layout can fit: even one layer per stage (recomputed if allowed) overflows, or all
     layers' weights and states exceed the pipeline's total memory."""
+    fixed = even_split(sc.layers, sc.p)
     for i in (0, sc.p - 1):
-        L = 1 if sc.flexible else sc.layers // sc.p
+        L = 1 if sc.flexible else fixed[i]
         if min_recompute(sc, i, L, cap, free) is None:
             return True
     return sc.layers * sc.layer_static_b + sc.first_static_b + sc.last_static_b > sc.p * (cap - sc.fixed_b)
@@ -91,7 +92,7 @@ def solve_layout(sc: StageCosts, cap: int, free: bool, time_limit_s: float = 10.
         L = [mdl.NewIntVar(1, layers - (p - 1), f"layers_{i}") for i in range(p)]
         mdl.Add(sum(L) == layers).WithName("all_layers_placed")
     else:
-        L = [mdl.NewConstant(layers // p) for _ in range(p)]
+        L = [mdl.NewConstant(x) for x in even_split(layers, p)]
     R, T, tails = [], [], []
     # tight upper bounds keep presolve fast: the slowest a stage can be holds every layer, recomputed
     t_ub = layers * (sc.layer_ns + sc.recompute_ns + sc.zero3_layer_ns) + sc.p2p_ns + sc.first_ns + sc.last_ns

@@ -41,7 +41,7 @@ class Space:
 
 
 def check_strategy(model: ModelSpec, st: Strategy, num_gpus: int, gpus_per_node: int,
-                   tp_across_nodes: bool = False) -> None:
+                   tp_across_nodes: bool = False, uneven_interleave: bool = False) -> None:
     """Raise StrategyError naming the first rule a user-given strategy breaks (the same rules the
     enumeration applies)."""
     if st.num_gpus != num_gpus:
@@ -57,7 +57,8 @@ def check_strategy(model: ModelSpec, st: Strategy, num_gpus: int, gpus_per_node:
     if st.stage_layers is not None and sum(st.stage_layers) != model.layers:
         raise StrategyError(f"stage layers {list(st.stage_layers)} sum to {sum(st.stage_layers)}, "
                             f"but {model.name} has {model.layers} layers")
-    if st.virtual_stages > 1 and model.layers % (st.pp * st.virtual_stages):
+    if st.virtual_stages > 1 and model.layers % (st.pp * st.virtual_stages) and (
+            not uneven_interleave or model.layers < st.pp * st.virtual_stages):
         raise StrategyError(f"virtual_stages={st.virtual_stages}: {model.layers} layers are not divisible by "
                             f"pp x virtual stages = {st.pp * st.virtual_stages}")
     if st.virtual_stages > 1 and st.micro_batches % st.pp:
