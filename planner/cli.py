@@ -246,6 +246,61 @@ def gpus(hardware_files, fmt):
     _console().print(t)
 
 
+@cli.command()
+@click.option("--runs", "runs_file", required=True, type=click.Path(),
+              help="A runs/v1 file of published training runs (see shared/reference/runs/README.md).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--plot", type=click.Path(), help="Write a PNG bar chart of the % errors here.")
+@click.option("--markdown", type=click.Path(), help="Write a Markdown report (table + summary) here.")
+def validate(runs_file, fmt, plot, markdown):
+    """Predict every run of a published-runs file and report measured vs predicted, % error and a summary.
+
+    Each run is predicted in the quantity it reports (step time, tokens/s per GPU, TFLOP/s per GPU or MFU)
+    and in the source's FLOP convention. Fields the source leaves null (micro-batch, interleaving, recompute)
+    are filled with the fastest value that fits. Runs that cannot be predicted are listed with the reason.
+    """
+    from planner.validate import ValidationFileError, render_markdown, render_plot, validate_file
+
+    try:
+        result = validate_file(runs_file)
+    except ValidationFileError as e:
+        raise UserError(str(e)) from None
+    if plot:
+        render_plot(result, plot)
+    if markdown:
+        with open(markdown, "w") as fh:
+            fh.write(render_markdown(result, plot))
+    if fmt == "json":
+        click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
+        return
+    from rich.table import Table
+    t = Table(show_edge=False)
+    for col in ("id", "metric", "measured", "predicted", "error", "filled by the planner / skipped"):
+        t.add_column(col, justify="left" if col in ("id", "metric", "filled by the planner / skipped") else "right")
+    for r in result.runs:
+        if r.pct_error is None:
+            t.add_row(r.id, r.metric or "-", _num(r.measured), "-", "-", f"skipped: {r.skipped}")
+        else:
+            t.add_row(r.id, r.metric, _num(r.measured), _num(r.predicted), f"{100 * r.pct_error:+.1f}%",
+                      ", ".join(f"{k}={v}" for k, v in r.filled.items()))
+    console = _console()
+    console.print(t)
+    s = result.summary
+    if s.predicted:
+        console.print(f"{s.predicted} of {s.count} runs predicted ({s.skipped} skipped): median |error| "
+                      f"{100 * s.median_abs_pct_error:.1f}%, mean {100 * s.mean_abs_pct_error:.1f}%, max "
+                      f"{100 * s.max_abs_pct_error:.1f}%; {100 * s.within_10pct:.0f}% within 10%, "
+                      f"{100 * s.within_20pct:.0f}% within 20%")
+    else:
+        console.print(f"no run of {s.count} could be predicted")
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4f}" if abs(x) < 1 else (f"{x:.2f}" if abs(x) < 1000 else f"{x:,.0f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     from costmodels.model import ModelError

@@ -191,7 +191,7 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
     recs = [s["recompute"]] if s.get("recompute") else ["none", "selective", "full"]
     zeros = [int(s["zero_stage"])] if s.get("zero_stage") is not None else [0, 1]
     sp = s.get("sequence_parallel")
-    sps = [bool(sp)] if sp is not None else ([True] if tp > 1 else [False])
+    sps = [bool(sp)] if sp is not None else [False]   # unknown: Megatron's default (off; it is opt-in)
     precision = s.get("precision") or "bf16"
     out = []
     for mb in mbs:
@@ -288,6 +288,48 @@ def step_flops(run: dict, model: ModelSpec, global_batch: int) -> float:
         seq = model.seq_len
         return global_batch * (6.0 * n_params * seq + 12.0 * model.layers * model.hidden * seq * seq)
     return model_flops_per_step(model, global_batch, model.seq_len)
+
+
+def render_markdown(result: ValidationResult, plot: str | None = None) -> str:
+    """docs/validation.md: the table and the summary, with the command that regenerates them."""
+    from costmodels.calibration import CALIBRATION
+
+    s = result.summary
+    lines = [
+        "# Validation against published training runs",
+        "",
+        "Regenerate with:",
+        "",
+        "```bash",
+        f"plan validate --runs {result.file} --markdown docs/validation.md --plot docs/validation.png",
+        "```",
+        "",
+    ]
+    if s.predicted:
+        lines += [f"**{s.predicted} of {s.count} runs predicted** ({s.skipped} skipped): median |error| "
+                  f"{100 * s.median_abs_pct_error:.1f}%, mean {100 * s.mean_abs_pct_error:.1f}%, "
+                  f"max {100 * s.max_abs_pct_error:.1f}%; {100 * s.within_10pct:.0f}% of runs within 10%, "
+                  f"{100 * s.within_20pct:.0f}% within 20%.", ""]
+    if plot:
+        lines += [f"![prediction errors]({Path(plot).name})", ""]
+    lines += ["| run | metric | measured | predicted | error | chosen for unknown fields |",
+              "|---|---|---:|---:|---:|---|"]
+    for r in result.runs:
+        if r.pct_error is None:
+            lines.append(f"| {r.id} | {r.metric or '-'} | {r.measured or '-'} | - | - | skipped: {r.skipped} |")
+        else:
+            filled = ", ".join(f"{k}={v}" for k, v in r.filled.items())
+            lines.append(f"| {r.id} | {r.metric} | {r.measured:.4g} | {r.predicted:.4g} | "
+                         f"{100 * r.pct_error:+.1f}% | {filled} |")
+    lines += ["", "## Fitted constants (costmodels/calibration.py)", "",
+              "| family | GEMM efficiency | GEMM half-efficiency dim | flash attention efficiency | HBM efficiency |",
+              "|---|---:|---:|---:|---:|"]
+    for fam, c in CALIBRATION.items():
+        lines.append(f"| {fam} | {c.gemm_efficiency} | {c.gemm_half_dim:g} | {c.attention_efficiency} | {c.hbm_efficiency} |")
+    lines += ["", "Unknown fields of a run (null in the file) are filled with the fastest value that fits in memory, as "
+              "an operator tuning that run would; the network bandwidth comes from the run's interconnect text when "
+              "it states one. No constant is keyed to a run.", ""]
+    return "\n".join(lines)
 
 
 def render_plot(result: ValidationResult, path: str | Path) -> None:

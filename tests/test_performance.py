@@ -253,10 +253,6 @@ def test_korthikanti_selective_beats_full_recompute():
 # ---- groups that do not fill whole nodes -------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG costmodels/comm.py:48 `nodes = n // g` floors: a group of 12 with 8 members per node spans 2 nodes, "
-    "but nodes = 1 so the inter-node phase costs volume(1) = 0; the all-reduce is priced as if it stayed "
-    "inside one node (same time as 8 GPUs in one node, faster than 12 inside a node)"))
 def test_group_partly_across_nodes_pays_for_the_network():
     gpu = CATALOG.gpus["A100-80GB"]
     cal = calibration_for(gpu.family)
@@ -270,9 +266,6 @@ def test_group_partly_across_nodes_pays_for_the_network():
     assert t12 > t12_one_node
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG costmodels/comm.py:48 (nodes = n // g): on 24xA100 (3 nodes) dp=12 spans two nodes, yet its "
-    "gradient all-reduce per layer is priced like an 8-GPU NVLink all-reduce"))
 def test_data_parallel_sync_on_24_gpus_crosses_nodes():
     cluster = parse_cluster("24xA100")
     assert cluster.num_nodes == 3
