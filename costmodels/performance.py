@@ -10,7 +10,7 @@ the nanosecond. Formulas and their sources:
   2021, section 2.2); interleaved with v chunks: m * max T_i + (sum T_i - max T_i) / v, the bubble
   (p - 1)/(v m) (Narayanan et al. 2021, section 2.2.2);
 - 1F1B memory: stage i keeps min(p - i, m) micro-batches of activations alive; interleaving adds
-  (p - 1)/v (Korthikanti et al. 2022, section 4.2.3);
+  (p - 1)/v (Korthikanti et al. 2022, section 4.2.3); GPipe keeps all m (same bubble as 1F1B);
 - data-parallel gradient sync overlaps the last micro-batch's backward (PyTorch DDP / Megatron
   --overlap-grad-reduce); ZeRO-3 gathers weights every micro-batch, overlapped with its compute
   (Rajbhandari et al. 2020, section 7.2: 1.5x the data-parallel volume).
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from costmodels.calibration import Calibration, calibration_for
 from costmodels.comm import Link, collective_time, group_link, p2p_time
@@ -67,19 +68,42 @@ class StageCosts:
     opt_layer_ns: int         # optimizer step of one layer's shard
     opt_first_ns: int
     opt_last_ns: int
-    layer_static_b: int       # weights + grads + optimizer of one layer on one GPU
-    first_static_b: int
-    last_static_b: int
-    act_stored_b: tuple[int, ...]   # per stage: in-flight micro-batches x stored bytes of one layer
-    act_ckpt_b: tuple[int, ...]     # per stage: in-flight x checkpoint (layer input) bytes of one layer
+    layer_states_b: tuple[int, int, int, int]   # weights, grads, optimizer, host-offloaded bytes of one layer
+    first_states_b: tuple[int, int, int, int]   # the embedding's, on stage 0
+    last_states_b: tuple[int, int, int, int]    # the output layer's, on the last stage
+    host_cap_b: int           # host memory per GPU (node's host memory / GPUs per node)
+    inflight: tuple[float, ...]     # micro-batches of activations alive, per stage
+    act_stored_mb: float      # stored activation bytes of one layer, one micro-batch
+    act_ckpt_mb: float        # checkpoint (layer input) bytes of one layer, one micro-batch
     act_full_b: int           # working set of one layer recomputing (one micro-batch)
-    first_act_b: tuple[int, ...]
+    first_act_mb: float       # embedding output, one micro-batch
     last_act_b: int           # logits of one micro-batch (transient, last stage)
     fixed_b: int              # buffers every GPU holds
     zero3_buffer_b: int       # gathered weights of two layers (ZeRO-3 prefetch)
-    flexible: bool            # layers per stage may differ (plain 1F1B); interleaving needs even chunks
     # float split of one layer's time, for reporting only
     layer_parts: LayerTimes = field(compare=False, default=None)
+
+    @property
+    def layer_static_b(self) -> int:
+        return sum(self.layer_states_b[:3])
+
+    @property
+    def first_static_b(self) -> int:
+        return sum(self.first_states_b[:3])
+
+    @property
+    def last_static_b(self) -> int:
+        return sum(self.last_states_b[:3])
+
+    def stage_host_bytes(self, i: int, L: int) -> int:
+        """Host memory one GPU of stage i needs for offloaded states."""
+        return (L * self.layer_states_b[3] + (self.first_states_b[3] if i == 0 else 0)
+                + (self.last_states_b[3] if i == self.p - 1 else 0))
+
+    def act_b(self, i: int) -> tuple[int, int, int]:
+        """Stage i's activation bytes per stored layer, per checkpointed layer, and of the embedding."""
+        k = self.inflight[i]
+        return _q(k * self.act_stored_mb), _q(k * self.act_ckpt_mb), _q(k * self.first_act_mb) if i == 0 else 0
 
     # --- formulas shared with the solver -------------------------------------------------------
     def stage_ns(self, i: int, L: int, R: int) -> int:
@@ -101,11 +125,12 @@ class StageCosts:
 
     def stage_bytes(self, i: int, L: int, R: int) -> int:
         b = L * self.layer_static_b + self.fixed_b + self.zero3_buffer_b
-        b += (L - R) * self.act_stored_b[i] + R * self.act_ckpt_b[i]
+        stored, ckpt, first = self.act_b(i)
+        b += (L - R) * stored + R * ckpt + first
         if R > 0:
             b += self.act_full_b
         if i == 0:
-            b += self.first_static_b + self.first_act_b[i]
+            b += self.first_static_b
         if i == self.p - 1:
             b += self.last_static_b + self.last_act_b
         return b
@@ -125,11 +150,32 @@ class StageCosts:
 
 
 def _q(x: float) -> int:
-    return int(math.ceil(x - 1e-12)) if x > 0 else 0
+    """Round a cost up to a whole ns or byte (costs are exact integers from here on)."""
+    return math.ceil(x) if x > 0 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class _LayerKey:
+    """The strategy fields a layer's time depends on (so the search computes it once per value)."""
+    tp: int
+    cp: int
+    ep: int
+    micro_batch: int
+    precision: str
+    flash_attention: bool
+    sequence_parallel: bool
+    recompute: str
 
 
 def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibration) -> LayerTimes:
     """Seconds for an average transformer layer, one micro-batch, on one GPU."""
+    key = _LayerKey(st.tp, st.cp, st.ep, st.micro_batch, st.precision, st.flash_attention,
+                    st.sequence_parallel, st.recompute)
+    return _layer_times(model, cluster, cal, key)
+
+
+@lru_cache(maxsize=4096)
+def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _LayerKey) -> LayerTimes:
     gpu = cluster.gpu
     peak = gpu.peak_tflops(st.precision) * 1e12
     t, b, h = st.tp, st.micro_batch, model.hidden
@@ -215,92 +261,109 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
         pp_stride = t * st.cp * st.dp
         across = pp_stride >= cluster.gpus_per_node
         p2p = 2 * v * p2p_time(M * h * 2.0 / t, across, gpu, cal)
-    # Model states per GPU: layer weights split over tp (and experts over ep); ZeRO shards over dp x cp
+    # Model states per GPU. Dense weights split over tp and ZeRO-sharded over dp x cp; routed experts split
+    # over tp x ep and sharded over the expert-data-parallel group dp x cp / ep (Megatron-core MoE).
     sb = state_bytes_per_param(st.precision, st.optimizer)
-    shard = st.dp * st.cp
-    layer_params = _avg_layer_params_per_gpu(model, st)
+    groups = _param_groups(model, st, cluster)
     embed_params = model.vocab * h / t + (model.seq_len * h if model.position_embedding == "learned" else 0)
     head_params = model.vocab * h / t   # tied embeddings still keep a copy on the last stage (Megatron)
-    w, g, o = model_state_bytes(layer_params, sb, st.zero_stage, shard)
-    wf, gf, of = model_state_bytes(embed_params, sb, st.zero_stage, shard)
-    wl, gl, ol = model_state_bytes(head_params, sb, st.zero_stage, shard)
-    if st.offload_optimizer:
-        o = of = ol = 0.0
-    if st.offload_params:
-        w = wf = wl = 0.0
+    dense_group = groups[0][1]
+    layer = _states(groups, sb, st)
+    first_states = _states([(embed_params, dense_group)], sb, st)
+    last_states = _states([(head_params, dense_group)], sb, st)
     # Data-parallel gradient sync (once per step; reduce-scatter + all-gather with ZeRO >= 1, the same
     # volume as an all-reduce), overlapped with the last micro-batch's backward of the stage.
-    dp_link = group_link(shard, t, cluster.gpus_per_node)
-    grad_bytes = sb.gradients
 
-    def dp_ns(params: float) -> int:
+    def dp_ns(pgroups) -> int:
         if st.zero_stage == 3:
             return 0
-        return _q(collective_time("all_reduce", params * grad_bytes, dp_link, gpu, cal) / NS)
+        return _q(sum(collective_time("all_reduce", n * sb.gradients, link, gpu, cal) for n, link in pgroups) / NS)
 
-    zero3 = 0
-    zero3_buf = 0
-    if st.zero_stage == 3 and shard > 1:
-        per_layer = _avg_layer_params_per_gpu(model, st)
-        gather = collective_time("all_gather", per_layer * sb.weights, dp_link, gpu, cal)
-        scatter = collective_time("reduce_scatter", per_layer * grad_bytes, dp_link, gpu, cal)
-        zero3 = _q((2 * gather + scatter) / NS)
-        zero3_buf = _q(2 * per_layer * sb.weights)
+    zero3 = zero3_buf = 0
+    if st.zero_stage == 3:
+        # ZeRO-3 gathers every layer's weights in forward and backward and reduce-scatters its gradients,
+        # per micro-batch: 1.5x the data-parallel volume (Rajbhandari et al. 2020, section 7.2)
+        zero3 = _q(sum(2 * collective_time("all_gather", n * sb.weights, link, gpu, cal)
+                       + collective_time("reduce_scatter", n * sb.gradients, link, gpu, cal)
+                       for n, link in groups) / NS)
+        zero3_buf = _q(2 * sum(n for n, _ in groups) * sb.weights)   # two layers prefetched
     opt_bpp = ADAM_BYTES_PER_PARAM if st.optimizer == "adam" else SGD_BYTES_PER_PARAM
-    opt_div = shard if st.zero_stage >= 1 else 1
 
-    def opt_ns(params: float) -> int:
+    def opt_ns(pgroups) -> int:
+        shard = sum(n / (link.size if st.zero_stage >= 1 else 1) for n, link in pgroups)
         if st.offload_optimizer:
-            return _q(_cpu_optimizer_time(params / opt_div, gpu, st.optimizer) / NS)
-        return _q(memory_bound_time(params / opt_div * opt_bpp, gpu.hbm_gbps, cal) / NS)
+            return _q(_cpu_optimizer_time(shard, gpu) / NS)
+        return _q(memory_bound_time(shard * opt_bpp, gpu.hbm_gbps, cal) / NS)
 
     acts = layer_activation_bytes(model, st)
-    inflight = _inflight(p, m, v)
+    inflight = _inflight(p, m, v, st.pipeline_schedule)
     first_act = 2.0 * M * h / (t if st.sequence_parallel else 1)  # embedding output
     return StageCosts(
         p=p, m=m, v=v, layers=model.layers,
         layer_ns=_q(stored / NS), recompute_ns=_q(recompute / NS),
         first_ns=_q(first / NS), last_ns=_q(last / NS), p2p_ns=_q(p2p / NS),
-        dp_layer_ns=dp_ns(layer_params), dp_first_ns=dp_ns(embed_params), dp_last_ns=dp_ns(head_params),
+        dp_layer_ns=dp_ns(groups), dp_first_ns=dp_ns([(embed_params, dense_group)]),
+        dp_last_ns=dp_ns([(head_params, dense_group)]),
         dp_window_layer_ns=_q((lt.compute_bwd + lt.tp_bwd) / NS),
         zero3_layer_ns=zero3,
-        opt_layer_ns=opt_ns(layer_params), opt_first_ns=opt_ns(embed_params), opt_last_ns=opt_ns(head_params),
-        layer_static_b=_q(w + g + o), first_static_b=_q(wf + gf + of), last_static_b=_q(wl + gl + ol),
-        act_stored_b=tuple(_q(k * acts.stored) for k in inflight),
-        act_ckpt_b=tuple(_q(k * acts.checkpoint) for k in inflight),
-        act_full_b=_q(acts.full),
-        first_act_b=tuple(_q(k * first_act) for k in inflight),
+        opt_layer_ns=opt_ns(groups), opt_first_ns=opt_ns([(embed_params, dense_group)]),
+        opt_last_ns=opt_ns([(head_params, dense_group)]),
+        layer_states_b=layer, first_states_b=first_states, last_states_b=last_states,
+        host_cap_b=_q(gpu.host_memory_gb_per_node * 1e9 / cluster.gpus_per_node),
+        inflight=tuple(inflight), act_stored_mb=acts.stored, act_ckpt_mb=acts.checkpoint,
+        act_full_b=_q(acts.full), first_act_mb=first_act,
         last_act_b=_q(logits_bytes(model, st)),
         fixed_b=_q(FIXED_BUFFER_BYTES), zero3_buffer_b=zero3_buf,
-        flexible=(v == 1),
         layer_parts=lt,
     )
 
 
-def _avg_layer_params_per_gpu(model: ModelSpec, st: Strategy) -> float:
-    """Parameters of an average layer on one GPU: dense parts over tp, experts over tp x ep."""
+def _param_groups(model: ModelSpec, st: Strategy, cluster: Cluster) -> list[tuple[float, Link]]:
+    """Parameters of an average layer on one GPU, by the data-parallel group that shards them:
+    [(dense params, dp x cp group), (routed expert params, dp x cp / ep group)]."""
+    gpn = cluster.gpus_per_node
     dense = model.params_attention() + model.params_norms()
+    dense_link = group_link(st.dp * st.cp, st.tp, gpn)
     if model.moe is None:
-        return (dense + model.params_mlp_dense()) / st.tp
+        return [((dense + model.params_mlp_dense()) / st.tp, dense_link)]
     moe = model.moe
     frac = model.num_moe_layers / model.layers
-    experts = (moe.experts / st.ep + moe.shared_experts) * model.params_expert() + model.params_router()
-    mlp = frac * experts + (1 - frac) * model.params_mlp_dense()
-    return (dense + mlp) / st.tp
+    dense += frac * (moe.shared_experts * model.params_expert() + model.params_router())
+    dense += (1 - frac) * model.params_mlp_dense()
+    routed = frac * moe.experts / st.ep * model.params_expert()
+    expert_link = group_link(max(1, st.dp * st.cp // st.ep), st.tp * st.ep, gpn)
+    return [(dense / st.tp, dense_link), (routed / st.tp, expert_link)]
 
 
-def _cpu_optimizer_time(params: float, gpu, optimizer: str) -> float:
+def _states(groups: list[tuple[float, Link]], sb, st: Strategy) -> tuple[int, int, int, int]:
+    """(weights, gradients, optimizer, host) bytes on one GPU for parameter groups; offloaded states move
+    to host memory (ZeRO-Offload, Ren et al. 2021)."""
+    w = g = o = 0.0
+    for n, link in groups:
+        wi, gi, oi = model_state_bytes(n, sb, st.zero_stage, link.size)
+        w, g, o = w + wi, g + gi, o + oi
+    host = 0.0
+    if st.offload_optimizer:
+        host, o = host + o, 0.0
+    if st.offload_params:
+        host, w = host + w, 0.0
+    return _q(w), _q(g), _q(o), _q(host)
+
+
+def _cpu_optimizer_time(params: float, gpu) -> float:
     """Optimizer step on the host (ZeRO-Offload, Ren et al. 2021): PCIe copies of grads down and weights
     up (2 + 2 bytes) plus a CPU Adam at ~1e9 parameters/s per GPU's share of the host (assumption)."""
     pcie = params * 4.0 / (gpu.pcie_gbps * 1e9)
     return pcie + params / 1.0e9
 
 
-def _inflight(p: int, m: int, v: int) -> list[float]:
+def _inflight(p: int, m: int, v: int, schedule: str = "1f1b") -> list[float]:
     """Micro-batches of activations alive per stage: 1F1B min(p - i, m); interleaving adds (p-1)/v
-    (Korthikanti et al. 2022, 4.2.3); p = 1 keeps one."""
+    (Korthikanti et al. 2022, 4.2.3); GPipe keeps all m (Huang et al. 2019); p = 1 keeps one."""
     if p == 1:
         return [1.0]
+    if schedule == "gpipe":
+        return [float(m)] * p
     if v == 1:
         return [float(min(p - i, m)) for i in range(p)]
     return [min(float(m), (p - i) + (p - 1) / v) for i in range(p)]
@@ -407,12 +470,13 @@ def evaluate_layout(model: ModelSpec, st: Strategy, cluster: Cluster, sc: StageC
         hfu=hflops / step / (n * peak),
         tflops_per_gpu=mflops / step / n / 1e12,
         time_s=time_s,
-        memory_b=memory_anatomy(model, st, sc, km, Ls[km], Rs[km]),
+        memory_b=memory_anatomy(sc, km, Ls[km], Rs[km]),
         stage_memory_b=[float(x) for x in mem],
         stage_layers=Ls,
         recompute_layers=Rs,
         capacity_b=gpu.memory_bytes,
-        fits=max(mem) <= gpu.memory_bytes,
+        fits=max(mem) <= gpu.memory_bytes and all(
+            sc.stage_host_bytes(i, L) <= sc.host_cap_b for i, L in enumerate(Ls)),
         bottleneck_stage=k,
     )
 
@@ -426,26 +490,22 @@ def _selective_flops(model: ModelSpec, st: Strategy) -> float:
     return 4.0 * st.global_batch * model.seq_len * model.seq_len * model.hidden * model.layers
 
 
-def memory_anatomy(model: ModelSpec, st: Strategy, sc: StageCosts, i: int, L: int, R: int) -> dict[str, float]:
-    """Bytes on one GPU of stage i by kind; sums to StageCosts.stage_bytes."""
-    sb = state_bytes_per_param(st.precision, st.optimizer)
-    total_state = L * sc.layer_static_b + (sc.first_static_b if i == 0 else 0) + (sc.last_static_b if i == sc.p - 1 else 0)
-    denom = (sb.weights / (st.dp * st.cp if st.zero_stage >= 3 else 1) * (0 if st.offload_params else 1)
-             + sb.gradients / (st.dp * st.cp if st.zero_stage >= 2 else 1)
-             + sb.optimizer / (st.dp * st.cp if st.zero_stage >= 1 else 1) * (0 if st.offload_optimizer else 1))
-    params = total_state / denom if denom else 0.0
-    weights = params * sb.weights / (st.dp * st.cp if st.zero_stage >= 3 else 1) * (0 if st.offload_params else 1)
-    grads = params * sb.gradients / (st.dp * st.cp if st.zero_stage >= 2 else 1)
-    opt = total_state - weights - grads
-    acts = (L - R) * sc.act_stored_b[i] + R * sc.act_ckpt_b[i] + (sc.act_full_b if R > 0 else 0)
-    acts += sc.first_act_b[i] if i == 0 else 0
-    logits = sc.last_act_b if i == sc.p - 1 else 0
-    out = {
-        "weights": float(weights),
-        "gradients": float(grads),
-        "optimizer": float(opt),
-        "activations": float(acts + logits),
+def memory_anatomy(sc: StageCosts, i: int, L: int, R: int) -> dict[str, float]:
+    """Bytes on one GPU of stage i by kind; the GPU parts sum to StageCosts.stage_bytes."""
+    parts = [L * x for x in sc.layer_states_b]
+    if i == 0:
+        parts = [a + b for a, b in zip(parts, sc.first_states_b)]
+    if i == sc.p - 1:
+        parts = [a + b for a, b in zip(parts, sc.last_states_b)]
+    stored, ckpt, first = sc.act_b(i)
+    acts = (L - R) * stored + R * ckpt + (sc.act_full_b if R > 0 else 0) + first
+    acts += sc.last_act_b if i == sc.p - 1 else 0
+    return {
+        "weights": float(parts[0]),
+        "gradients": float(parts[1]),
+        "optimizer": float(parts[2]),
+        "activations": float(acts),
         "buffers": float(sc.fixed_b + sc.zero3_buffer_b),
+        "peak": float(sc.stage_bytes(i, L, R)),
+        "host_offload": float(parts[3]),
     }
-    out["peak"] = float(sc.stage_bytes(i, L, R))
-    return out

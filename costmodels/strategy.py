@@ -11,7 +11,7 @@ from typing import Literal
 
 Recompute = Literal["none", "selective", "full"]
 Precision = Literal["fp32", "bf16", "fp16", "fp8"]
-Schedule = Literal["1f1b", "interleaved", "gpipe"]
+Schedule = Literal["1f1b", "gpipe"]
 Optimizer = Literal["adam", "sgd"]
 
 RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "selective", "full")
@@ -42,6 +42,7 @@ class Strategy:
     offload_optimizer: bool = False  # optimizer states (and master weights) in host memory
     offload_params: bool = False     # ZeRO-3 parameter offload
     flash_attention: bool = True     # fused attention: no s^2 score tensors stored
+    pipeline_schedule: Schedule = "1f1b"   # 1f1b (interleaved when virtual_stages > 1) or gpipe
     stage_layers: tuple[int, ...] | None = None       # layers per pipeline stage (None: even split)
     recompute_layers: tuple[int, ...] | None = None   # fully recomputed layers per stage (recompute="full"; None: all)
 
@@ -66,6 +67,10 @@ class Strategy:
             object.__setattr__(self, "sequence_parallel", False)  # sequence parallel needs tp > 1
         if self.virtual_stages > 1 and self.pp == 1:
             raise StrategyError(f"virtual_stages={self.virtual_stages} needs pp > 1 (interleaving splits pipeline stages)")
+        if self.pipeline_schedule not in ("1f1b", "gpipe"):
+            raise StrategyError(f"pipeline_schedule={self.pipeline_schedule!r} is not allowed; choose 1f1b or gpipe")
+        if self.pipeline_schedule == "gpipe" and self.virtual_stages > 1:
+            raise StrategyError("virtual_stages > 1 (interleaving) needs the 1f1b schedule, not gpipe")
         if self.offload_params and self.zero_stage != 3:
             raise StrategyError("offload_params needs zero_stage=3 (only ZeRO-3 partitions the weights)")
         for name in ("stage_layers", "recompute_layers"):
@@ -94,6 +99,8 @@ class Strategy:
     def schedule(self) -> str:
         if self.pp == 1:
             return "none"
+        if self.pipeline_schedule == "gpipe":
+            return "gpipe"
         return "interleaved-1f1b" if self.virtual_stages > 1 else "1f1b"
 
     def with_(self, **changes) -> "Strategy":

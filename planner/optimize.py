@@ -64,12 +64,7 @@ def _search(model: ModelSpec, cluster: Cluster, opts: SpaceOptions, top: int, ti
     infeasible = 0
     for st in space.strategies:
         sc = stage_costs(model, st, cluster)
-        free = st.recompute == "full"
-        if memory_infeasible(sc, cap, free):
-            infeasible += 1
-            continue
-        lb = lower_bound(sc) / sc.v
-        entries.append((lb, _order_key(st), st, sc, free))
+        entries.append((lower_bound(sc) / sc.v, _order_key(st), st, sc, st.recompute == "full"))
     entries.sort(key=lambda e: (e[0], e[1]))
     best: dict[tuple, Found] = {}
     solved = cp_calls = 0
@@ -87,6 +82,13 @@ def _search(model: ModelSpec, cluster: Cluster, opts: SpaceOptions, top: int, ti
             progress(idx, len(entries))
         key = (st.tp, st.pp, st.dp, st.cp, st.ep, st.zero_stage, st.recompute)
         if key in best and lb >= best[key].step_ns:
+            continue
+        # visited lazily: the exact memory test, then the bound that counts forced recompute
+        if memory_infeasible(sc, cap, free):
+            infeasible += 1
+            continue
+        lb = lower_bound(sc, cap, free) / sc.v
+        if (len(ranked) >= top and lb >= ranked[top - 1].step_ns) or (key in best and lb >= best[key].step_ns):
             continue
         layout = greedy_layout(sc, cap, free)
         if layout is None or layout.objective / sc.v > lb:

@@ -15,6 +15,7 @@ from costmodels.strategy import Strategy, StrategyError
 
 MAX_VIRTUAL_STAGES = 8
 MAX_MICRO_BATCH = 64
+MIN_CP_CHUNK = 1024      # tokens per context-parallel rank below which attention kernels starve
 
 
 @dataclass
@@ -26,6 +27,9 @@ class SpaceOptions:
     tp: tuple[int, ...] | None = None
     pp: tuple[int, ...] | None = None
     dp: tuple[int, ...] | None = None
+    cp: tuple[int, ...] | None = None
+    ep: tuple[int, ...] | None = None
+    offload: tuple[str, ...] = ("none", "optimizer", "optimizer+params")
     micro_batch: tuple[int, ...] | None = None
     virtual_stages: tuple[int, ...] | None = None
     zero_stage: tuple[int, ...] = (0, 1, 2, 3)
@@ -41,7 +45,7 @@ class Space:
 
 
 def check_strategy(model: ModelSpec, st: Strategy, num_gpus: int, gpus_per_node: int,
-                   tp_across_nodes: bool = False, uneven_interleave: bool = False) -> None:
+                   tp_across_nodes: bool = False) -> None:
     """Raise StrategyError naming the first rule a user-given strategy breaks (the same rules the
     enumeration applies)."""
     if st.num_gpus != num_gpus:
@@ -57,16 +61,28 @@ def check_strategy(model: ModelSpec, st: Strategy, num_gpus: int, gpus_per_node:
     if st.stage_layers is not None and sum(st.stage_layers) != model.layers:
         raise StrategyError(f"stage layers {list(st.stage_layers)} sum to {sum(st.stage_layers)}, "
                             f"but {model.name} has {model.layers} layers")
-    if st.virtual_stages > 1 and model.layers % (st.pp * st.virtual_stages) and (
-            not uneven_interleave or model.layers < st.pp * st.virtual_stages):
-        raise StrategyError(f"virtual_stages={st.virtual_stages}: {model.layers} layers are not divisible by "
-                            f"pp x virtual stages = {st.pp * st.virtual_stages}")
+    if st.virtual_stages > 1 and model.layers < st.pp * st.virtual_stages:
+        raise StrategyError(f"virtual_stages={st.virtual_stages}: {model.layers} layers cannot give every one of "
+                            f"pp x virtual stages = {st.pp * st.virtual_stages} chunks a layer")
+    if st.stage_layers is not None and min(st.stage_layers) < st.virtual_stages:
+        raise StrategyError(f"stage layers {list(st.stage_layers)}: with {st.virtual_stages} interleaved chunks "
+                            f"every stage needs at least {st.virtual_stages} layers")
     if st.virtual_stages > 1 and st.micro_batches % st.pp:
         raise StrategyError(f"virtual_stages={st.virtual_stages} needs the {st.micro_batches} micro-batches per step "
                             f"to be a multiple of pp={st.pp}")
     if st.zero_stage >= 2 and st.pp > 1:
         raise StrategyError(f"ZeRO-{st.zero_stage} cannot be combined with pipeline parallelism (pp={st.pp}); "
                             f"use ZeRO-1 or pp=1")
+    if st.cp > 1 and model.seq_len % (2 * st.cp):
+        raise StrategyError(f"cp={st.cp}: the sequence of {model.seq_len} tokens is not divisible by 2 x cp = {2 * st.cp}")
+    if st.ep > 1:
+        if model.moe is None:
+            raise StrategyError(f"ep={st.ep} needs a mixture-of-experts model; {model.name} is dense")
+        if model.moe.experts % st.ep:
+            raise StrategyError(f"ep={st.ep} does not divide the {model.moe.experts} experts of {model.name}")
+        if (st.dp * st.cp) % st.ep:
+            raise StrategyError(f"ep={st.ep} must divide dp x cp = {st.dp * st.cp} (experts are spread over "
+                                f"data-parallel ranks)")
 
 
 def divisors(n: int) -> list[int]:
@@ -77,7 +93,8 @@ def divisors(n: int) -> list[int]:
 def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, opt: SpaceOptions) -> Space:
     """All structures for `model` on `num_gpus` GPUs. Recompute family 'full' stands for block
     recompute with a free count per stage (0 = none), so 'none' needs no structure of its own unless
-    'full' is not allowed."""
+    'full' is not allowed. Sequence parallel is on whenever tp > 1: it moves the same bytes as plain
+    tensor parallelism and stores less (Korthikanti et al. 2022, 4.2.2), so it is never worse."""
     removed: Counter = Counter()
     out: list[Strategy] = []
     families = _recompute_families(opt.recompute)
@@ -90,37 +107,81 @@ def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, opt: Sp
         if model.heads % tp or model.kv_heads % tp:
             removed["tp must divide attention heads and kv heads"] += 1
             continue
-        for pp in divisors(num_gpus // tp):
-            if opt.pp is not None and pp not in opt.pp:
+        for cp in divisors(num_gpus // tp):
+            if cp > 1 and not _cp_allowed(model, cp, opt, removed):
                 continue
-            if pp > model.layers:
-                removed["pp must not exceed the layers"] += 1
+            if opt.cp is not None and cp not in opt.cp:
                 continue
-            dp = num_gpus // (tp * pp)
-            if opt.dp is not None and dp not in opt.dp:
-                continue
-            if opt.global_batch % dp:
-                removed["global batch must be divisible by dp"] += 1
-                continue
-            for mb in divisors(opt.global_batch // dp):
-                if mb > MAX_MICRO_BATCH or (opt.micro_batch is not None and mb not in opt.micro_batch):
+            for pp in divisors(num_gpus // (tp * cp)):
+                if opt.pp is not None and pp not in opt.pp:
                     continue
-                m = opt.global_batch // (dp * mb)
-                for v in _virtual_choices(model, pp, m, opt, removed):
-                    for zero in opt.zero_stage:
-                        if zero >= 2 and pp > 1:
-                            removed["ZeRO-2/3 cannot be combined with pipeline parallelism"] += 1
-                            continue
-                        if zero >= 1 and dp == 1:
-                            removed["ZeRO needs dp > 1"] += 1
-                            continue
-                        for rec in families:
-                            out.append(Strategy(
-                                tp=tp, pp=pp, dp=dp, micro_batch=mb, global_batch=opt.global_batch,
-                                zero_stage=zero, recompute=rec, sequence_parallel=tp > 1,
-                                precision=opt.precision, optimizer=opt.optimizer, virtual_stages=v,
-                                flash_attention=opt.flash_attention))
+                if pp > model.layers:
+                    removed["pp must not exceed the layers"] += 1
+                    continue
+                dp = num_gpus // (tp * cp * pp)
+                if opt.dp is not None and dp not in opt.dp:
+                    continue
+                if opt.global_batch % dp:
+                    removed["global batch must be divisible by dp"] += 1
+                    continue
+                for ep in _ep_choices(model, dp * cp, opt, removed):
+                    out.extend(_inner(model, opt, families, removed, tp, cp, pp, dp, ep))
     return Space(out, removed)
+
+
+def _inner(model, opt, families, removed, tp, cp, pp, dp, ep) -> list[Strategy]:
+    out = []
+    for mb in divisors(opt.global_batch // dp):
+        if mb > MAX_MICRO_BATCH or (opt.micro_batch is not None and mb not in opt.micro_batch):
+            continue
+        m = opt.global_batch // (dp * mb)
+        for v in _virtual_choices(model, pp, m, opt, removed):
+            for zero in opt.zero_stage:
+                if zero >= 2 and pp > 1:
+                    removed["ZeRO-2/3 cannot be combined with pipeline parallelism"] += 1
+                    continue
+                if zero >= 1 and dp * cp == 1:
+                    removed["ZeRO needs a data-parallel group (dp x cp > 1)"] += 1
+                    continue
+                for off in opt.offload:
+                    if off != "none" and zero == 0:
+                        removed["optimizer offload needs a sharded optimizer (ZeRO >= 1)"] += 1
+                        continue
+                    if off == "optimizer+params" and zero != 3:
+                        removed["parameter offload needs ZeRO-3"] += 1
+                        continue
+                    for rec in families:
+                        out.append(Strategy(
+                            tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, micro_batch=mb, global_batch=opt.global_batch,
+                            zero_stage=zero, recompute=rec, sequence_parallel=tp > 1,
+                            precision=opt.precision, optimizer=opt.optimizer, virtual_stages=v,
+                            flash_attention=opt.flash_attention, offload_optimizer=off != "none",
+                            offload_params=off == "optimizer+params"))
+    return out
+
+
+def _cp_allowed(model: ModelSpec, cp: int, opt: SpaceOptions, removed: Counter) -> bool:
+    if model.seq_len % (2 * cp):
+        removed["cp needs the sequence divisible by 2 x cp (load-balanced causal chunks)"] += 1
+        return False
+    if model.seq_len // cp < MIN_CP_CHUNK:
+        removed[f"cp must leave >= {MIN_CP_CHUNK} tokens per rank"] += 1
+        return False
+    return True
+
+
+def _ep_choices(model: ModelSpec, dp_cp: int, opt: SpaceOptions, removed: Counter) -> list[int]:
+    if model.moe is None:
+        return [1]
+    out = []
+    for ep in divisors(model.moe.experts):
+        if opt.ep is not None and ep not in opt.ep:
+            continue
+        if dp_cp % ep:
+            removed["ep must divide dp x cp (experts are spread over data-parallel ranks)"] += 1
+            continue
+        out.append(ep)
+    return out
 
 
 def _recompute_families(allowed: tuple[str, ...]) -> list[str]:
@@ -141,8 +202,8 @@ def _virtual_choices(model: ModelSpec, pp: int, m: int, opt: SpaceOptions, remov
     for v in range(1, MAX_VIRTUAL_STAGES + 1):
         if opt.virtual_stages is not None and v not in opt.virtual_stages:
             continue
-        if v > 1 and model.layers % (pp * v):
-            removed["interleaving needs layers divisible by pp x virtual stages"] += 1
+        if v > 1 and model.layers < pp * v:
+            removed["interleaving needs at least one layer per chunk (layers >= pp x virtual stages)"] += 1
             continue
         if v > 1 and m % pp:
             removed["interleaving needs micro-batches divisible by pp"] += 1

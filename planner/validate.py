@@ -222,9 +222,7 @@ def predict_run(run: dict) -> RunResult:
     best: Evaluation | None = None
     for st in cands:
         try:
-            # sources ran what they ran: uneven interleaved stages (Megatron's pipeline layout) are allowed
-            check_strategy(model, st, cluster.num_gpus, cluster.gpus_per_node, tp_across_nodes=True,
-                           uneven_interleave=True)
+            check_strategy(model, st, cluster.num_gpus, cluster.gpus_per_node, tp_across_nodes=True)
         except StrategyError:
             if len(cands) == 1:
                 raise

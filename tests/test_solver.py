@@ -19,7 +19,7 @@ from costmodels import ModelSpec, Strategy, evaluate, stage_costs
 from costmodels.performance import StageCosts, evaluate_layout, even_split
 from hardware import Cluster, load_catalog
 from planner import search
-from planner.solver import greedy_layout, lower_bound, memory_infeasible, solve_layout
+from planner.solver import balanced_layers, greedy_layout, lower_bound, memory_infeasible, solve_layout
 from planner.space import SpaceOptions, enumerate_space
 
 CATALOG = load_catalog()
@@ -37,10 +37,10 @@ def compositions(n: int, k: int):
 
 
 def layer_splits(sc: StageCosts):
-    if sc.flexible:
-        yield from compositions(sc.layers, sc.p)
-    else:  # interleaved: the layers are fixed (Megatron's even split: layers / p when divisible)
-        yield tuple(even_split(sc.layers, sc.p))
+    """Every split with at least v layers per stage (each of the v interleaved chunks holds >= 1 layer)."""
+    extra = sc.v - 1
+    for parts in compositions(sc.layers - extra * sc.p, sc.p):
+        yield tuple(x + extra for x in parts)
 
 
 def brute_force(sc: StageCosts, cap: int, free: bool) -> tuple[int, tuple, tuple] | None:
@@ -177,8 +177,7 @@ def test_solve_layout_matches_brute_force(seed):
     assert all(0 <= R <= L for L, R in zip(got.stage_layers, got.recompute_layers))
     if not free:
         assert not any(got.recompute_layers)
-    if not sc.flexible:
-        assert got.stage_layers == [model.layers // st.pp] * st.pp
+    assert min(got.stage_layers) >= sc.v
     assert all(sc.stage_bytes(i, L, R) <= cap for i, (L, R) in enumerate(zip(got.stage_layers, got.recompute_layers)))
     assert got.objective == sc.step_scaled(got.stage_layers, got.recompute_layers)
     ev = evaluate_layout(model, st, cluster, sc, got.stage_layers, got.recompute_layers)
@@ -210,7 +209,7 @@ def test_search_bounds_are_sound(seed):
     if g is not None:
         assert best is not None and g.objective >= best
         assert all(sc.stage_bytes(i, L, R) <= cap for i, (L, R) in enumerate(zip(g.stage_layers, g.recompute_layers)))
-        assert g.stage_layers == even_split(model.layers, st.pp)
+        assert g.stage_layers in (even_split(model.layers, st.pp), balanced_layers(sc)[0])
 
 
 def test_stage_time_grows_with_recompute():
@@ -301,14 +300,14 @@ def test_search_top3_distinct_and_sorted(model, spec, memory_gb, gb):
     cluster = tiny_cluster(spec, memory_gb)
     res = search(model, cluster, global_batch=gb, precision=precision_for(cluster), top=3)
     assert len(res.plans) == 3
-    keys = {tuple(p.strategy[k] for k in ("tp", "pp", "dp", "zero_stage", "recompute")) for p in res.plans}
+    keys = {tuple(p.strategy[k] for k in ("tp", "pp", "dp", "cp", "ep", "zero_stage", "recompute")) for p in res.plans}
     assert len(keys) == 3
     times = [p.step_time_s for p in res.plans]
     assert times == sorted(times)
     assert [p.rank for p in res.plans] == [1, 2, 3]
     for p in res.plans:
         s = p.strategy
-        assert s["tp"] * s["pp"] * s["dp"] == cluster.num_gpus
+        assert s["tp"] * s["pp"] * s["dp"] * s["cp"] == cluster.num_gpus
         assert sum(s["stage_layers"]) == model.layers
         assert s["global_batch"] == gb
         # the plan's strategy, evaluated on its own, reproduces the plan (layout and recompute naming)
