@@ -168,8 +168,15 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
 @click.option("--sequence-parallel/--no-sequence-parallel", default=True, show_default=True)
 @click.option("--virtual-stages", type=int, default=1, show_default=True, help="Interleaved 1F1B chunks per stage.")
 @click.option("--stage-layers", help="Layers per pipeline stage, e.g. 11,12,12,...,13 [default: even split].")
+@click.option("--cp", type=int, default=1, show_default=True, help="Context-parallel size (ring attention).")
+@click.option("--ep", type=int, default=1, show_default=True, help="Expert-parallel size (MoE models).")
+@click.option("--offload-optimizer", is_flag=True, help="Keep optimizer states in host memory (ZeRO-Offload).")
+@click.option("--offload-params", is_flag=True, help="Also keep weights in host memory (needs --zero 3).")
+@click.option("--schedule", type=click.Choice(["1f1b", "gpipe"]), default="1f1b", show_default=True,
+              help="Pipeline schedule (1f1b is interleaved when --virtual-stages > 1).")
 def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention, fmt,
-             tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages, stage_layers):
+             tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages, stage_layers,
+             cp, ep, offload_optimizer, offload_params, schedule):
     """Predict step time, throughput, MFU and memory of one given strategy."""
     from costmodels.strategy import Strategy
     from planner.optimize import default_global_batch, evaluate_strategy
@@ -177,16 +184,19 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
     model, note, cluster = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision)
     n = cluster.num_gpus
     if dp is None:
-        if tp < 1 or pp < 1 or n % (tp * pp):
-            raise UserError(f"tp x pp = {tp} x {pp} does not divide the {n} GPUs; choose sizes whose product divides {n}")
-        dp = n // (tp * pp)
+        if min(tp, pp, cp) < 1 or n % (tp * pp * cp):
+            raise UserError(f"tp x pp x cp = {tp} x {pp} x {cp} does not divide the {n} GPUs; choose sizes whose "
+                            f"product divides {n}")
+        dp = n // (tp * pp * cp)
     st = Strategy(tp=tp, pp=pp, dp=dp, micro_batch=micro_batch,
                   global_batch=global_batch or default_global_batch(model, cluster), zero_stage=zero,
                   recompute=recompute, sequence_parallel=sequence_parallel,
                   precision=precision or model.precision, optimizer=optimizer, virtual_stages=virtual_stages,
                   flash_attention=not no_flash_attention,
                   stage_layers=_int_tuple(stage_layers, "stage-layers"),
-                  recompute_layers=_int_tuple(recompute_layers, "recompute-layers"))
+                  recompute_layers=_int_tuple(recompute_layers, "recompute-layers"),
+                  cp=cp, ep=ep, offload_optimizer=offload_optimizer or offload_params, offload_params=offload_params,
+                  pipeline_schedule=schedule)
     result = evaluate_strategy(model, cluster, st)
     result.model.note = note
     _emit(result, fmt, title="Plan")

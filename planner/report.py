@@ -73,7 +73,7 @@ def render_search(res: SearchResult, console: Console, title: str = "Best plan")
         s = res.search
         console.print()
         gap = "" if s.optimal else f" (gap {s.gap:.1%})"
-        console.print(f"[bold]Search[/]   {s.candidates} structures scored, {s.memory_pruned} cannot fit, "
+        console.print(f"[bold]Search[/]   {s.candidates} structures bounded, {s.memory_pruned} visited could not fit, "
                       f"{s.structures_solved} layouts solved ({s.cp_sat_calls} CP-SAT), status {s.status}{gap}, "
                       f"{s.seconds:.2f} s")
         if s.removed_by_rule:
@@ -100,6 +100,8 @@ def render_plan(p: PlanOut, console: Console, title: str) -> None:
         mem.add_row(k, f"{p.memory_gb[k]:.2f}", f"{p.memory_gb[k] / cap:.1%}")
     mem.add_row("[bold]peak[/]", f"[bold]{p.memory_gb['peak']:.2f}[/]", f"{p.memory_gb['peak'] / cap:.1%}")
     mem.add_row("capacity", f"{cap:.2f}", "")
+    if p.memory_gb.get("host_offload"):
+        mem.add_row("host memory (offloaded)", f"{p.memory_gb['host_offload']:.2f}", "in CPU RAM")
     tim = Table(title="Time per step (slowest stage)", title_justify="left", show_edge=False)
     tim.add_column("part")
     tim.add_column("s", justify="right")

@@ -56,7 +56,7 @@ class SearchOut(_Out):
     candidates: int
     structures_solved: int
     cp_sat_calls: int
-    memory_pruned: int
+    memory_pruned: int               # structures visited and found unable to fit (others were bounded out)
     optimal: bool
     status: str
     gap: float
