@@ -79,6 +79,38 @@ def _emit(result, fmt: str, title: str = "Best plan") -> None:
     render_search(result, _console(), title=title)
 
 
+class _progress:
+    """A progress bar on a terminal for searches that run past a second (never in JSON mode)."""
+
+    def __init__(self, fmt: str):
+        self.fmt, self.bar, self.task, self.t0 = fmt, None, None, None
+
+    def __enter__(self):
+        import time
+        self.t0 = time.perf_counter()
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+        if self.fmt != "table" or time.perf_counter() - self.t0 < 1.0:
+            return
+        if self.bar is None:
+            from rich.progress import Progress
+            console = _console()
+            if not console.is_terminal:
+                self.fmt = "off"
+                return
+            self.bar = Progress(console=console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("searching (structures visited by bound)", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+
+
 def _console():
     from rich.console import Console
     console = Console(highlight=False)
@@ -116,11 +148,13 @@ def _int_tuple(text: str | None, name: str) -> tuple[int, ...] | None:
 @click.option("--recompute", "recompute_only", help="Only these recompute kinds: none, selective, full (comma-separated).")
 @click.option("--top", type=int, default=3, show_default=True, help="How many distinct plans to show.")
 @click.option("--time-limit", type=float, default=30.0, show_default=True,
-              help="Seconds the search may take; it returns the best plan found so far, with its gap.")
+              help="Seconds the search may take; it returns the best plan found so far (searching on until it has "
+                   "one), with its status and optimality gap.")
+@click.option("--explain", is_flag=True, help="Say why the best plan beats the runner-up, term by term.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
 def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
-        tp_only, pp_only, zero_only, recompute_only, top, time_limit, fmt):
+        tp_only, pp_only, zero_only, recompute_only, top, time_limit, explain, fmt):
     """Find the fastest parallelism plan for training MODEL on GPUS that fits in GPU memory.
 
     Searches tensor / pipeline / data parallel sizes, micro-batch, interleaving, ZeRO stage, activation
@@ -151,9 +185,19 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
                         precision=precision or model.precision, optimizer=optimizer,
                         tp=_int_tuple(tp_only, "tp"), pp=_int_tuple(pp_only, "pp"), zero_stage=zero,
                         recompute=recompute, flash_attention=not no_flash_attention)
-    result = search(model, cluster, top=top, time_limit_s=time_limit, space=opts)
+    if explain:
+        top = max(top, 2)
+    with _progress(fmt) as progress:
+        result = search(model, cluster, top=top, time_limit_s=time_limit, space=opts, progress=progress)
     result.model.note = note
     _emit(result, fmt)
+    if explain and fmt == "table":
+        from planner.report import explain as explain_lines
+        console = _console()
+        console.print()
+        console.print("[bold]Why the best plan wins[/]")
+        for line in explain_lines(result.plans):
+            console.print(line)
 
 
 @cli.command()

@@ -75,7 +75,7 @@ def _search(model: ModelSpec, cluster: Cluster, opts: SpaceOptions, top: int, ti
         if len(ranked) >= top and lb >= ranked[top - 1].step_ns:
             break
         elapsed = time.perf_counter() - t0
-        if elapsed > time_limit_s:
+        if elapsed > time_limit_s and best:   # out of time: keep the best found (search on until one is)
             unsolved_bound = lb
             break
         if progress is not None:
@@ -124,8 +124,10 @@ def _search(model: ModelSpec, cluster: Cluster, opts: SpaceOptions, top: int, ti
 
 
 def _order_key(st: Strategy) -> tuple:
-    """Deterministic tie-break: fewer pipeline stages, smaller tp, larger micro-batch, lower ZeRO."""
-    return (st.pp, st.tp, -st.micro_batch, st.virtual_stages, st.zero_stage, st.recompute)
+    """Deterministic tie-break, simplest first: fewer pipeline stages, smaller tp, cp, ep, no interleaving,
+    lower ZeRO, no offload, then larger micro-batch."""
+    return (st.pp, st.tp, st.cp, st.ep, st.virtual_stages, st.zero_stage, st.offload_optimizer, st.offload_params,
+            -st.micro_batch, st.recompute)
 
 
 def _finalise(st: Strategy, layout: Layout) -> Strategy:

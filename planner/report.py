@@ -139,3 +139,25 @@ def _compact(xs: list[int]) -> str:
         out.append(f"{xs[i]} x{j - i + 1}" if j > i else str(xs[i]))
         i = j + 1
     return ", ".join(out)
+
+
+def explain(plans: list[PlanOut]) -> list[str]:
+    """Why the winner beats the runner-up: the time terms that differ, largest first, and the memory."""
+    if len(plans) < 2:
+        return ["only one plan was found, so there is no runner-up to compare with"]
+    a, b = plans[0], plans[1]
+    lines = [f"#1 {describe_strategy(a.strategy)}", f"#2 {describe_strategy(b.strategy)}"]
+    if b.step_time_s - a.step_time_s < 1e-6:
+        lines.append("the two tie on predicted step time; #1 is listed first as the simpler plan "
+                     "(fewer pipeline stages, smaller tp / cp / ep, no interleaving, lower ZeRO, no offload)")
+    else:
+        lines.append(f"#1 is faster by {b.step_time_s - a.step_time_s:.3f} s per step "
+                     f"({b.step_time_s / a.step_time_s - 1:.1%}); the time terms that differ (#2 minus #1):")
+    diffs = sorted(((b.time_s.get(k, 0.0) - a.time_s.get(k, 0.0), k) for k in set(a.time_s) | set(b.time_s)),
+                   key=lambda d: -abs(d[0]))
+    for d, k in diffs:
+        if abs(d) >= 0.0005:
+            lines.append(f"  {TIME_LABELS.get(k, k)}: {d:+.3f} s")
+    lines.append(f"peak memory per GPU: #1 {a.memory_gb['peak']:.1f} GB, #2 {b.memory_gb['peak']:.1f} GB "
+                 f"(capacity {a.memory_gb['capacity']:.0f} GB)")
+    return lines
