@@ -143,7 +143,11 @@ def searched_dimensions(model, cluster, gb: int) -> list[str]:
     space = enumerate_space(model, cluster.num_gpus, cluster.gpus_per_node, opts)
     searched, fixed = [], []
     for f in dataclasses.fields(Strategy):
-        vals = sorted({getattr(s, f.name) for s in space.strategies}, key=repr)
+        vals = {getattr(s, f.name) for s in space.strategies}
+        try:
+            vals = sorted(vals)
+        except TypeError:
+            vals = sorted(vals, key=repr)
         if f.name in ("stage_layers", "recompute_layers"):
             searched.append(f"{f.name}: per stage, chosen by the CP-SAT layout model")
         elif len(vals) > 1:
@@ -179,6 +183,28 @@ def llama3_published(model, cluster) -> tuple[object | None, str]:
     return best, best_desc
 
 
+def llama3_published_structure(model, cluster, gb: int):
+    """The published structure (TP8 PP16 DP128 CP1, micro-batch 1, ZeRO-1) with interleaving, recompute per
+    stage and stage layers left to the planner: planner.search restricted to that structure."""
+    try:
+        opts = SpaceOptions(global_batch=gb, precision="bf16", tp=(8,), pp=(16,), dp=(128,), cp=(1,),
+                            micro_batch=(1,), zero_stage=(1,))
+        return planner.search(model, cluster, top=1, space=opts).plans[0], ""
+    except (TypeError, ValueError) as e:  # NoPlanError is a ValueError; TypeError if SpaceOptions changed
+        return None, str(e).splitlines()[0]
+
+
+def llama3_measured() -> float | None:
+    """Measured MFU of the published run, from shared/reference/runs/public.json when present."""
+    import json
+    f = REPO.parent / "shared/reference/runs/public.json"
+    try:
+        runs = json.loads(f.read_text())["runs"]
+        return next(r["measured"]["mfu"] for r in runs if r["id"].startswith("llama3-405b"))
+    except (OSError, ValueError, KeyError, StopIteration):
+        return None
+
+
 def fmt_table(rows: list[list[str]], markdown: bool) -> str:
     if markdown:
         out = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
@@ -202,7 +228,7 @@ def main() -> None:
     print(check_module_entry_point())
     print()
 
-    header = ["case", "gpus", "cold s", "warm s", "candidates", "memory-pruned", "structures solved",
+    header = ["case", "gpus", "cold s", "warm s", "candidates", "memory-pruned", "layouts solved",
               "CP-SAT calls", "status", "best plan", "tokens/s", "MFU"]
     rows = [header]
     notes: list[str] = []
@@ -231,7 +257,7 @@ def main() -> None:
         warm, res = warm_search(model, cluster, gb, args.repeat)
         s, p = res.search, res.plans[0]
         print(f"  cold {cold:.2f} s (runs: {', '.join(f'{x:.2f}' for x in colds)}), warm {warm:.2f} s; "
-              f"{s.candidates} candidates, {s.memory_pruned} cannot fit, {s.structures_solved} structures solved, "
+              f"{s.candidates} candidates, {s.memory_pruned} cannot fit, {s.structures_solved} layouts solved, "
               f"{s.cp_sat_calls} CP-SAT calls, {s.status} (gap {s.gap:.3g})")
         print(f"  best: {plan_text(p.strategy)}: {p.step_time_s:.3f} s/step, {p.tokens_per_s:,.0f} tokens/s, "
               f"MFU {100 * p.mfu:.1f}%, peak {p.memory_gb['peak']:.1f} GB", flush=True)
@@ -251,6 +277,22 @@ def main() -> None:
                         f"peak {pub.memory_gb['peak']:.1f} GB): {p.tokens_per_s / pub.tokens_per_s:.3f}x")
             print("  " + line)
             notes.append(f"{label}: {line}")
+            tuned, err = llama3_published_structure(model, cluster, gb or default_global_batch(model, cluster))
+            if tuned is None:
+                line = f"published structure with a planner-chosen layout: {err}"
+            else:
+                line = (f"published structure, interleaving / per-stage recompute / stage layers chosen by the "
+                        f"planner: {tuned.tokens_per_s:,.0f} tokens/s ({plan_text(tuned.strategy)}, MFU "
+                        f"{100 * tuned.mfu:.1f}%, recompute layers {sum(tuned.strategy['recompute_layers'])} of "
+                        f"{model.layers}); found plan is {p.tokens_per_s / tuned.tokens_per_s:.3f}x")
+            print("  " + line)
+            notes.append(f"{label}: {line}")
+            mfu = llama3_measured()
+            if mfu is not None:
+                line = (f"measured (Dubey et al. 2024, public.json): MFU {100 * mfu:.0f}%, i.e. about "
+                        f"{p.tokens_per_s * mfu / p.mfu:,.0f} tokens/s in the planner's FLOP count")
+                print("  " + line)
+                notes.append(f"{label}: {line}")
         print(flush=True)
 
     print(fmt_table(rows, args.markdown))

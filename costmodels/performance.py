@@ -149,6 +149,55 @@ class StageCosts:
         return self.v * self.m * tmax + total - tmax
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """A structure's pipeline stages: each stage's coefficients (those of its GPU type) and its memory.
+
+    On one GPU type every stage shares one StageCosts; on a heterogeneous cluster stages placed on
+    different GPU pools carry their pool's coefficients (same strategy, other speeds and capacity)."""
+    stages: tuple[StageCosts, ...]
+    caps: tuple[int, ...]          # GPU memory per stage, bytes
+
+    @staticmethod
+    def uniform(sc: StageCosts, cap: int) -> "Pipeline":
+        return Pipeline((sc,) * sc.p, (cap,) * sc.p)
+
+    @property
+    def p(self) -> int:
+        return self.stages[0].p
+
+    @property
+    def m(self) -> int:
+        return self.stages[0].m
+
+    @property
+    def v(self) -> int:
+        return self.stages[0].v
+
+    @property
+    def layers(self) -> int:
+        return self.stages[0].layers
+
+    def stage_ns(self, i: int, L: int, R: int) -> int:
+        return self.stages[i].stage_ns(i, L, R)
+
+    def stage_tail_ns(self, i: int, L: int) -> int:
+        return self.stages[i].stage_tail_ns(i, L)
+
+    def stage_bytes(self, i: int, L: int, R: int) -> int:
+        return self.stages[i].stage_bytes(i, L, R)
+
+    def stage_fits(self, i: int, L: int, R: int) -> bool:
+        sc = self.stages[i]
+        return sc.stage_bytes(i, L, R) <= self.caps[i] and sc.stage_host_bytes(i, L) <= sc.host_cap_b
+
+    def step_scaled(self, Ls: list[int], Rs: list[int]) -> int:
+        """v x step time in ns, an exact integer (the CP-SAT objective)."""
+        times = [self.stage_ns(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
+        tails = [self.stage_tail_ns(i, L) for i, L in enumerate(Ls)]
+        return self.stages[0].pipeline_scaled(times) + self.v * max(tails)
+
+
 def _q(x: float) -> int:
     """Round a cost up to a whole ns or byte (costs are exact integers from here on)."""
     return math.ceil(x) if x > 0 else 0
@@ -398,6 +447,7 @@ class Evaluation:
     capacity_b: float
     fits: bool
     bottleneck_stage: int
+    stage_gpus: list[str] = field(default_factory=list)   # GPU type of each pipeline stage
 
 
 def resolve_layout(model: ModelSpec, st: Strategy) -> tuple[list[int], list[int]]:
@@ -421,14 +471,22 @@ def evaluate(model: ModelSpec, st: Strategy, cluster: Cluster, sc: StageCosts | 
 
 def evaluate_layout(model: ModelSpec, st: Strategy, cluster: Cluster, sc: StageCosts,
                     Ls: list[int], Rs: list[int]) -> Evaluation:
-    gpu = cluster.gpu
+    """Evaluate a layout on one GPU type."""
+    pl = Pipeline.uniform(sc, int(cluster.gpu.memory_bytes))
+    return evaluate_pipeline(model, st, pl, [cluster.gpu] * st.pp, Ls, Rs)
+
+
+def evaluate_pipeline(model: ModelSpec, st: Strategy, pl: Pipeline, gpus: list, Ls: list[int],
+                      Rs: list[int]) -> Evaluation:
+    """Evaluate a layout whose stages may sit on different GPU types (gpus[i] runs stage i)."""
     p, m = st.pp, st.micro_batches
-    times = [sc.stage_ns(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
-    tails = [sc.stage_tail_ns(i, L) for i, L in enumerate(Ls)]
-    pipe = sc.pipeline_scaled(times) / sc.v
+    times = [pl.stage_ns(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
+    tails = [pl.stage_tail_ns(i, L) for i, L in enumerate(Ls)]
+    pipe = pl.stages[0].pipeline_scaled(times) / pl.v
     step = (pipe + max(tails)) * NS
     k = max(range(p), key=lambda i: (times[i], -i))
     # Breakdown of the bottleneck stage's m micro-batches; the rest of the pipeline time is bubble.
+    sc = pl.stages[k]
     lt = sc.layer_parts
     L, R = Ls[k], Rs[k]
     parts = {
@@ -445,7 +503,7 @@ def evaluate_layout(model: ModelSpec, st: Strategy, cluster: Cluster, sc: StageC
     time_s = {key: val * m for key, val in parts.items()}
     time_s["dp_comm"] = max(0.0, zero3_exposed) * m
     tail_k = max(range(p), key=lambda i: tails[i])
-    opt = _opt_ns(sc, tail_k, Ls[tail_k]) * NS
+    opt = _opt_ns(pl.stages[tail_k], tail_k, Ls[tail_k]) * NS
     time_s["dp_comm"] += tails[tail_k] * NS - opt
     time_s["optimizer"] = opt
     time_s["bubble"] = pipe * NS - per_mb * m
@@ -454,30 +512,30 @@ def evaluate_layout(model: ModelSpec, st: Strategy, cluster: Cluster, sc: StageC
     tokens = st.global_batch * model.seq_len
     mflops = model_flops_per_step(model, st.global_batch, model.seq_len)
     recompute_share = sum(Rs) / model.layers
-    fwd_flops = mflops / 3.0
-    hflops = mflops + recompute_share * fwd_flops * (1.0) + (0.0 if st.recompute != "selective" else _selective_flops(model, st))
-    n = cluster.num_gpus if cluster.num_gpus == st.num_gpus else st.num_gpus
-    peak = gpu.peak_tflops(st.precision) * 1e12
-    mem = [sc.stage_bytes(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
-    km = max(range(p), key=lambda i: mem[i])
+    hflops = mflops + recompute_share * mflops / 3.0 + (_selective_flops(model, st) if st.recompute == "selective" else 0.0)
+    n = st.num_gpus
+    per_stage = n // p
+    peak = sum(per_stage * g.peak_tflops(st.precision) * 1e12 for g in gpus)
+    mem = [pl.stage_bytes(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
+    km = max(range(p), key=lambda i: (mem[i] / pl.caps[i], -i))
     return Evaluation(
         strategy=st,
         step_time_s=step,
         tokens_per_s=tokens / step,
         model_flops=mflops,
         hardware_flops=hflops,
-        mfu=mflops / step / (n * peak),
-        hfu=hflops / step / (n * peak),
+        mfu=mflops / step / peak,
+        hfu=hflops / step / peak,
         tflops_per_gpu=mflops / step / n / 1e12,
         time_s=time_s,
-        memory_b=memory_anatomy(sc, km, Ls[km], Rs[km]),
+        memory_b=memory_anatomy(pl.stages[km], km, Ls[km], Rs[km]),
         stage_memory_b=[float(x) for x in mem],
         stage_layers=Ls,
         recompute_layers=Rs,
-        capacity_b=gpu.memory_bytes,
-        fits=max(mem) <= gpu.memory_bytes and all(
-            sc.stage_host_bytes(i, L) <= sc.host_cap_b for i, L in enumerate(Ls)),
+        capacity_b=float(gpus[km].memory_bytes),
+        fits=all(pl.stage_fits(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))),
         bottleneck_stage=k,
+        stage_gpus=[g.name for g in gpus],
     )
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from costmodels.performance import StageCosts, even_split
+from costmodels.performance import Pipeline, StageCosts, even_split
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,22 @@ class Layout:
     gap: float            # relative gap between objective and the solver's bound (0 when optimal)
 
 
-def min_recompute(sc: StageCosts, i: int, L: int, cap: int, free: bool) -> int | None:
+def as_pipeline(sc: StageCosts | Pipeline, cap: int | None = None) -> Pipeline:
+    """Solver functions take a Pipeline, or one StageCosts and a capacity for a single GPU type."""
+    if isinstance(sc, Pipeline):
+        return sc
+    return Pipeline.uniform(sc, cap if cap is not None else 2**62)
+
+
+def min_recompute(sc: StageCosts | Pipeline, i: int, L: int, cap: int | None, free: bool) -> int | None:
     """Fewest fully recomputed layers that make stage i fit (time grows with R, so fewest is best)."""
-    if sc.stage_host_bytes(i, L) > sc.host_cap_b:
-        return None
-    if sc.stage_bytes(i, L, 0) <= cap:
+    pl = as_pipeline(sc, cap)
+    if pl.stage_fits(i, L, 0):
         return 0
-    if not free:
+    if not free or pl.stages[i].stage_host_bytes(i, L) > pl.stages[i].host_cap_b:
         return None
     for R in range(1, L + 1):  # memory falls with R while a stored layer outweighs a checkpoint
-        if sc.stage_bytes(i, L, R) <= cap:
+        if pl.stage_fits(i, L, R):
             return R
     return None
 
@@ -50,31 +56,30 @@ def _stage_fixed_ns(sc: StageCosts, i: int) -> int:
     return sc.p2p_ns + (sc.first_ns if i == 0 else 0) + (sc.last_ns if i == sc.p - 1 else 0)
 
 
-def balanced_layers(sc: StageCosts) -> tuple[list[int], int]:
+def balanced_layers(sc: StageCosts | Pipeline) -> tuple[list[int], int]:
     """Integer layers per stage (>= v each) minimising the slowest stage when nothing is recomputed, and
-    that time: binary search on T, a stage fits floor((T - extras_i) / layer) layers. Stages differ only
-    as first, middle or last, so each test counts three groups."""
-    p, v, a, z = sc.p, sc.v, sc.layer_ns, sc.zero3_layer_ns
-    groups = [(_stage_fixed_ns(sc, 0), [0])]
-    if p > 1:
-        groups.append((_stage_fixed_ns(sc, p - 1), [p - 1]))
-    if p > 2:
-        groups.append((_stage_fixed_ns(sc, 1), list(range(1, p - 1))))
+    that time: binary search on T, stage i fits floor((T - extras_i) / layer_i) layers. Stages with the
+    same coefficients (first, middle, last of one GPU type) are counted as one group."""
+    pl = as_pipeline(sc)
+    p, v = pl.p, pl.v
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, st in enumerate(pl.stages):
+        groups.setdefault((st.layer_ns, _stage_fixed_ns(st, i), st.zero3_layer_ns), []).append(i)
 
-    def room(T: int, c: int) -> int:
-        k = (T - c) // a if a else sc.layers
+    def room(T: int, a: int, c: int, z: int) -> int:
+        k = (T - c) // a if a else pl.layers
         return min(k, T // z) if z else k
 
     def fits(T: int) -> bool:
         total = 0
-        for c, members in groups:
-            k = room(T, c)
+        for (a, c, z), members in groups.items():
+            k = room(T, a, c, z)
             if k < v:
                 return False
             total += k * len(members)
-        return total >= sc.layers
+        return total >= pl.layers
 
-    lo, hi = 0, sc.layers * (a + z) + max(c for c, _ in groups)
+    lo, hi = 0, max(pl.layers * (a + z) + c for a, c, z in groups)
     while lo < hi:
         mid = (lo + hi) // 2
         if fits(mid):
@@ -82,10 +87,10 @@ def balanced_layers(sc: StageCosts) -> tuple[list[int], int]:
         else:
             lo = mid + 1
     caps = [0] * p
-    for c, members in groups:
+    for (a, c, z), members in groups.items():
         for i in members:
-            caps[i] = room(lo, c)
-    excess = sum(caps) - sc.layers
+            caps[i] = room(lo, a, c, z)
+    excess = sum(caps) - pl.layers
     for i in sorted(range(p), key=lambda j: (-caps[j], j)):  # trim the fullest stages first
         cut = min(excess, caps[i] - v)
         caps[i] -= cut
@@ -93,68 +98,78 @@ def balanced_layers(sc: StageCosts) -> tuple[list[int], int]:
     return caps, lo
 
 
-def greedy_layout(sc: StageCosts, cap: int, free: bool) -> Layout | None:
+def greedy_layout(sc: StageCosts | Pipeline, cap: int | None = None, free: bool = False) -> Layout | None:
     """An upper bound: the balanced split (or Megatron's even split) with the fewest recomputed layers
     per stage that fit; the better of the two that fit."""
+    pl = as_pipeline(sc, cap)
     best = None
-    for Ls in (balanced_layers(sc)[0], even_split(sc.layers, sc.p)):
-        Rs = [min_recompute(sc, i, L, cap, free) for i, L in enumerate(Ls)]
+    for Ls in (balanced_layers(pl)[0], even_split(pl.layers, pl.p)):
+        if min(Ls) < pl.v:
+            continue
+        Rs = [min_recompute(pl, i, L, None, free) for i, L in enumerate(Ls)]
         if any(R is None for R in Rs):
             continue
-        obj = sc.step_scaled(Ls, Rs)
+        obj = pl.step_scaled(Ls, Rs)
         if best is None or obj < best.objective:
             best = Layout(Ls, Rs, obj, optimal=False, gap=float("inf"))
     return best
 
 
-def layer_caps(sc: StageCosts, cap: int, free: bool) -> tuple[list[int], list[int]]:
+def _stage_memory_terms(pl: Pipeline, i: int) -> tuple[int, int, int, int]:
+    """Stage i's memory as const + L * (static + stored) + R * (ckpt - stored) (+ full when R > 0)."""
+    sc = pl.stages[i]
+    stored, ckpt, first_act = sc.act_b(i)
+    const = sc.fixed_b + sc.zero3_buffer_b + first_act + (sc.first_static_b if i == 0 else 0)
+    const += (sc.last_static_b + sc.last_act_b) if i == pl.p - 1 else 0
+    return const, sc.layer_static_b + stored, sc.layer_static_b + ckpt, stored - ckpt
+
+
+def layer_caps(sc: StageCosts | Pipeline, cap: int | None, free: bool) -> tuple[list[int], list[int]]:
     """Per stage: the most layers it holds with nothing recomputed, and with every layer recomputed
     (or nothing, when recompute is not free). Memory grows with L and falls with R, so these are exact."""
+    pl = as_pipeline(sc, cap)
     plain, most = [], []
-    for i in range(sc.p):
-        stored, ckpt, first_act = sc.act_b(i)
-        const = sc.fixed_b + sc.zero3_buffer_b + first_act
-        const += sc.first_static_b if i == 0 else 0
-        const += (sc.last_static_b + sc.last_act_b) if i == sc.p - 1 else 0
-        host_per_layer = sc.layer_states_b[3]
-        host_room = sc.host_cap_b - sc.stage_host_bytes(i, 0)
-        host_cap = (host_room // host_per_layer if host_per_layer else sc.layers) if host_room >= 0 else -1
-        k0 = (cap - const) // (sc.layer_static_b + stored) if cap >= const else -1
-        plain.append(min(k0, host_cap, sc.layers))
-        if free and ckpt < stored and cap >= const + sc.act_full_b:
-            k1 = (cap - const - sc.act_full_b) // (sc.layer_static_b + ckpt)
-            most.append(min(max(k0, k1), host_cap, sc.layers))
+    for i, st in enumerate(pl.stages):
+        const, per_plain, per_ckpt, _ = _stage_memory_terms(pl, i)
+        room = pl.caps[i] - const
+        host_per_layer = st.layer_states_b[3]
+        host_room = st.host_cap_b - st.stage_host_bytes(i, 0)
+        host_cap = (host_room // host_per_layer if host_per_layer else pl.layers) if host_room >= 0 else -1
+        k0 = room // per_plain if room >= 0 else -1
+        plain.append(min(k0, host_cap, pl.layers))
+        if free and per_ckpt < per_plain and room >= st.act_full_b:
+            k1 = (room - st.act_full_b) // per_ckpt
+            most.append(min(max(k0, k1), host_cap, pl.layers))
         else:
             most.append(plain[-1])
     return plain, most
 
 
-def memory_infeasible(sc: StageCosts, cap: int, free: bool) -> bool:
+def memory_infeasible(sc: StageCosts | Pipeline, cap: int | None, free: bool) -> bool:
     """True exactly when no layout fits: some stage cannot hold its v layers even fully recomputed, or
     all stages together cannot hold every layer."""
-    _, most = layer_caps(sc, cap, free)
-    return min(most) < sc.v or sum(most) < sc.layers
+    pl = as_pipeline(sc, cap)
+    _, most = layer_caps(pl, None, free)
+    return min(most) < pl.v or sum(most) < pl.layers
 
 
-def min_recomputed_layers(sc: StageCosts, cap: int, free: bool) -> int:
+def min_recomputed_layers(sc: StageCosts | Pipeline, cap: int | None, free: bool) -> int:
     """A lower bound on the layers any fitting layout recomputes. Stage i with L layers must recompute
-    R >= (const_i + L*A_i - cap) / D_i layers (A_i = static + stored bytes per layer, D_i = stored -
-    checkpoint bytes), so it holds x_i = (cap - const_i) / A_i layers free and each further layer costs
+    R >= (const_i + L*A_i - cap_i) / D_i layers (A_i = static + stored bytes per layer, D_i = stored -
+    checkpoint bytes), so it holds x_i = (cap_i - const_i) / A_i layers free and each further layer costs
     A_i / D_i recomputed layers. Relaxed to continuous L, the cheapest stages take the excess first."""
     if not free:
         return 0
-    _, most = layer_caps(sc, cap, free)
+    pl = as_pipeline(sc, cap)
+    _, most = layer_caps(pl, None, free)
     stages = []
-    for i in range(sc.p):
-        stored, ckpt, first_act = sc.act_b(i)
-        const = sc.fixed_b + sc.zero3_buffer_b + first_act + (sc.first_static_b if i == 0 else 0)
-        const += (sc.last_static_b + sc.last_act_b) if i == sc.p - 1 else 0
-        A, D = sc.layer_static_b + stored, stored - ckpt
-        free_layers = max(0.0, (cap - const) / A)
-        stages.append((A / D if D > 0 else math.inf, free_layers, max(0.0, most[i] - free_layers)))
-    excess = sc.layers - sum(x for _, x, _ in stages)
+    for i in range(pl.p):
+        const, A, _, D = _stage_memory_terms(pl, i)
+        free_layers = max(0.0, (pl.caps[i] - const) / A)
+        stages.append((A / D if D > 0 else math.inf, max(0.0, most[i] - free_layers), free_layers))
+    excess = pl.layers - sum(x for _, _, x in stages)
     total = 0.0
-    for rate, _, room in sorted(stages):
+    for rate, room, _ in sorted(stages):
         if excess <= 0:
             break
         take = min(room, excess)
@@ -165,69 +180,72 @@ def min_recomputed_layers(sc: StageCosts, cap: int, free: bool) -> int:
     return max(0, math.floor(total * (1 - 1e-9)))
 
 
-def lower_bound(sc: StageCosts, cap: int | None = None, free: bool = False) -> int:
+def lower_bound(sc: StageCosts | Pipeline, cap: int | None = None, free: bool = False) -> int:
     """A bound no fitting layout beats (v x step, ns). max T_i is at least the best integer balance of
-    layers with nothing recomputed, and at least the average stage; sum T_i >= S + R_min * recompute
-    with S = layers*layer + first + last + p*p2p and R_min from min_recomputed_layers; the tail is
-    non-decreasing in L and some stage holds >= ceil(layers/p) layers."""
-    p, v, m = sc.p, sc.v, sc.m
-    S = sc.layers * sc.layer_ns + sc.first_ns + sc.last_ns + p * sc.p2p_ns
-    if cap is not None:
-        S += min_recomputed_layers(sc, cap, free) * sc.recompute_ns
-    tmax = max(balanced_layers(sc)[1], -(-S // p))
-    Lmax = -(-sc.layers // p)
-    tail = max(0, Lmax * (sc.dp_layer_ns - sc.dp_window_layer_ns)) + Lmax * sc.opt_layer_ns
+    layers with nothing recomputed, and at least the average stage; sum T_i >= S + R_min * recompute,
+    S = every layer once at the fastest stage's rate + first + last + p2p, R_min from
+    min_recomputed_layers (only when a capacity is given); the tail is non-decreasing in L and some stage
+    holds >= ceil(layers/p) layers."""
+    pl = as_pipeline(sc, cap)
+    p, v, m = pl.p, pl.v, pl.m
+    first, last = pl.stages[0], pl.stages[-1]
+    S = (pl.layers * min(st.layer_ns for st in pl.stages) + first.first_ns + last.last_ns
+         + sum(st.p2p_ns for st in pl.stages))
+    if cap is not None or isinstance(sc, Pipeline):
+        S += min_recomputed_layers(pl, None, free) * min(st.recompute_ns for st in pl.stages)
+    tmax = max(balanced_layers(pl)[1], -(-S // p))
+    Lmax = -(-pl.layers // p)
+    tail = min(max(0, Lmax * (st.dp_layer_ns - st.dp_window_layer_ns)) + Lmax * st.opt_layer_ns for st in pl.stages)
     if v == 1:
         return (m - 1) * tmax + S + tail
     return v * m * tmax + S - tmax + v * tail
 
 
-def solve_layout(sc: StageCosts, cap: int, free: bool, time_limit_s: float = 10.0,
+def solve_layout(sc: StageCosts | Pipeline, cap: int | None, free: bool, time_limit_s: float = 10.0,
                  hint: Layout | None = None) -> Layout | None:
     """Best layout for one structure, or None when none fits. `free`: R_i may be chosen (block recompute)."""
-    p, v, m, layers = sc.p, sc.v, sc.m, sc.layers
+    pl = as_pipeline(sc, cap)
+    p, v, m, layers = pl.p, pl.v, pl.m, pl.layers
     mdl = cp_model.CpModel()
     # every stage holds >= v layers, so each of its v interleaved chunks has at least one
     L = [mdl.NewIntVar(v, layers - v * (p - 1), f"layers_{i}") for i in range(p)]
     mdl.Add(sum(L) == layers).WithName("all_layers_placed")
     R, T, tails = [], [], []
-    # tight upper bounds keep presolve fast: the slowest a stage can be holds every layer, recomputed
-    t_ub = layers * (sc.layer_ns + sc.recompute_ns + sc.zero3_layer_ns) + sc.p2p_ns + sc.first_ns + sc.last_ns
-    e_ub = layers * max(0, sc.dp_layer_ns) + sc.dp_first_ns + sc.dp_last_ns
-    for i in range(p):
+    # tight upper bounds keep the search fast: the slowest a stage can be holds every layer, recomputed
+    t_ub = max(layers * (st.layer_ns + st.recompute_ns + st.zero3_layer_ns) + st.p2p_ns + st.first_ns + st.last_ns
+               for st in pl.stages)
+    e_ub = max(layers * max(0, st.dp_layer_ns) + st.dp_first_ns + st.dp_last_ns for st in pl.stages)
+    o_ub = max(layers * st.opt_layer_ns + st.opt_first_ns + st.opt_last_ns for st in pl.stages)
+    for i, sc_i in enumerate(pl.stages):
         Ri = mdl.NewIntVar(0, layers if free else 0, f"recomputed_{i}")
         mdl.Add(Ri <= L[i]).WithName(f"recompute_within_stage_{i}")
         has = mdl.NewBoolVar(f"recomputes_{i}")
         mdl.Add(Ri >= 1).OnlyEnforceIf(has)
         mdl.Add(Ri == 0).OnlyEnforceIf(has.Not())
         first, last = i == 0, i == p - 1
-        stored, ckpt, first_act = sc.act_b(i)
-        mem = (L[i] * (sc.layer_static_b + stored) + Ri * (ckpt - stored)
-               + has * sc.act_full_b + sc.fixed_b + sc.zero3_buffer_b + first_act
-               + (sc.first_static_b if first else 0)
-               + ((sc.last_static_b + sc.last_act_b) if last else 0))
-        mdl.Add(mem <= cap).WithName(f"memory_stage_{i}")
-        if sc.layer_states_b[3] or sc.first_states_b[3] or sc.last_states_b[3]:
-            host = (L[i] * sc.layer_states_b[3] + (sc.first_states_b[3] if first else 0)
-                    + (sc.last_states_b[3] if last else 0))
-            mdl.Add(host <= sc.host_cap_b).WithName(f"host_memory_stage_{i}")
-        extra = sc.p2p_ns + (sc.first_ns if first else 0) + (sc.last_ns if last else 0)
-        work = L[i] * sc.layer_ns + Ri * sc.recompute_ns + extra
+        const, per_plain, per_ckpt, _ = _stage_memory_terms(pl, i)
+        mem = const + L[i] * per_plain + Ri * (per_ckpt - per_plain) + has * sc_i.act_full_b
+        mdl.Add(mem <= pl.caps[i]).WithName(f"memory_stage_{i}")
+        if sc_i.layer_states_b[3] or (first and sc_i.first_states_b[3]) or (last and sc_i.last_states_b[3]):
+            host = L[i] * sc_i.layer_states_b[3] + sc_i.stage_host_bytes(i, 0)
+            mdl.Add(host <= sc_i.host_cap_b).WithName(f"host_memory_stage_{i}")
+        work = L[i] * sc_i.layer_ns + Ri * sc_i.recompute_ns + _stage_fixed_ns(sc_i, i)
         Ti = mdl.NewIntVar(0, t_ub, f"stage_time_{i}")
-        if sc.zero3_layer_ns:
-            mdl.AddMaxEquality(Ti, [work, L[i] * sc.zero3_layer_ns]).WithName(f"zero3_overlap_{i}")
+        if sc_i.zero3_layer_ns:
+            mdl.AddMaxEquality(Ti, [work, L[i] * sc_i.zero3_layer_ns]).WithName(f"zero3_overlap_{i}")
         else:
             mdl.Add(Ti == work)
         T.append(Ti)
-        dp = L[i] * (sc.dp_layer_ns - sc.dp_window_layer_ns) + (sc.dp_first_ns if first else 0) + (sc.dp_last_ns if last else 0)
+        dp = (L[i] * (sc_i.dp_layer_ns - sc_i.dp_window_layer_ns) + (sc_i.dp_first_ns if first else 0)
+              + (sc_i.dp_last_ns if last else 0))
         Ei = mdl.NewIntVar(0, e_ub, f"dp_exposed_{i}")
         mdl.AddMaxEquality(Ei, [0, dp]).WithName(f"dp_overlap_{i}")
-        opt = L[i] * sc.opt_layer_ns + (sc.opt_first_ns if first else 0) + (sc.opt_last_ns if last else 0)
+        opt = L[i] * sc_i.opt_layer_ns + (sc_i.opt_first_ns if first else 0) + (sc_i.opt_last_ns if last else 0)
         tails.append(Ei + opt)
         R.append(Ri)
     tmax = mdl.NewIntVar(0, t_ub, "slowest_stage")
     mdl.AddMaxEquality(tmax, T)
-    tail = mdl.NewIntVar(0, e_ub + layers * sc.opt_layer_ns + sc.opt_first_ns + sc.opt_last_ns, "step_tail")
+    tail = mdl.NewIntVar(0, e_ub + o_ub, "step_tail")
     mdl.AddMaxEquality(tail, tails)
     if v == 1:
         mdl.Minimize((m - 1) * tmax + sum(T) + tail)
@@ -249,7 +267,7 @@ def solve_layout(sc: StageCosts, cap: int, free: bool, time_limit_s: float = 10.
         return None
     Ls = [int(solver.Value(x)) for x in L]
     Rs = [int(solver.Value(x)) for x in R]
-    obj = sc.step_scaled(Ls, Rs)
+    obj = pl.step_scaled(Ls, Rs)
     bound = solver.BestObjectiveBound()
     optimal = status == cp_model.OPTIMAL
     gap = 0.0 if optimal else max(0.0, (obj - bound) / obj)
