@@ -54,7 +54,7 @@ def parse_cluster(text: str, catalog: Catalog | None = None) -> Cluster:
     if not t:
         raise HardwareError(f"empty cluster; write {FORMS}")
     if "+" in t:
-        raise HardwareError(f"cluster '{t}': heterogeneous clusters (A+B) are not supported yet; write {FORMS}")
+        raise HardwareError(f"cluster '{t}' has several GPU pools (A+B); this needs one GPU type, write {FORMS}")
     m = _PATTERN.fullmatch(t)
     if m is None:
         raise HardwareError(f"cluster '{t}' not understood; write {FORMS}")
@@ -85,3 +85,19 @@ def parse_cluster(text: str, catalog: Catalog | None = None) -> Cluster:
             f"e.g. {nodes}x{per_node}x{gpu_text}"
         )
     return Cluster(gpu, count // per_node, per_node, note)
+
+
+def parse_pools(text: str, catalog: Catalog | None = None) -> tuple[Cluster, ...]:
+    """Parse a cluster of one or more GPU pools, "512xA100+256xH100": each pool as in parse_cluster."""
+    t = text.strip()
+    parts = t.split("+")
+    if len(parts) > 1 and any(not p.strip() for p in parts):
+        raise HardwareError(f"cluster '{t}': an empty pool around '+'; write POOL+POOL, e.g. 512xA100+256xH100")
+    if len(parts) > 8:
+        raise HardwareError(f"cluster '{t}': {len(parts)} pools; at most 8 GPU pools are allowed")
+    pools = tuple(parse_cluster(p, catalog) for p in parts)
+    names = [p.gpu.name for p in pools]
+    if len(set(names)) != len(names):
+        raise HardwareError(f"cluster '{t}': GPU type {max(names, key=names.count)} appears in two pools; "
+                            f"merge them into one count")
+    return pools

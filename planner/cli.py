@@ -54,10 +54,10 @@ def _common(f):
 def _load(model_name: str, gpus: str, hardware_files, seq_len, global_batch, precision):
     from costmodels.model import ModelSpec
     from costmodels.presets import get_model
-    from hardware import load_catalog, parse_cluster
+    from hardware import load_catalog, parse_pools
 
     catalog = load_catalog(hardware_files)
-    cluster = parse_cluster(gpus, catalog)
+    pools = parse_pools(gpus, catalog)
     model, note = get_model(model_name)
     if seq_len is not None:
         if seq_len < 1:
@@ -65,9 +65,9 @@ def _load(model_name: str, gpus: str, hardware_files, seq_len, global_batch, pre
         model = ModelSpec(**{**model.model_dump(), "seq_len": seq_len})
     if global_batch is not None and global_batch < 1:
         raise UserError(f"--global-batch {global_batch} is not allowed; give a positive number of sequences")
-    if precision is not None:
-        cluster.gpu.peak_tflops(precision)  # raises if the GPU has no such peak
-    return model, note, cluster
+    for pool in pools:
+        pool.gpu.peak_tflops(precision or model.precision)  # raises if a GPU has no such peak
+    return model, note, pools
 
 
 def _emit(result, fmt: str, title: str = "Best plan") -> None:
@@ -174,6 +174,8 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     from planner.space import SpaceOptions
 
     model, note, cluster = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision)
+    if len(cluster) == 1:
+        cluster = cluster[0]
     recompute = tuple(x.strip() for x in recompute_only.split(",")) if recompute_only else ("none", "selective", "full")
     bad = [r for r in recompute if r not in ("none", "selective", "full")]
     if bad:
@@ -181,7 +183,8 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     zero = _int_tuple(zero_only, "zero") or (0, 1, 2, 3)
     if any(z > 3 for z in zero):
         raise UserError(f"--zero {zero_only!r} is not allowed; ZeRO stages are 0, 1, 2, 3")
-    opts = SpaceOptions(global_batch=global_batch or default_global_batch(model, cluster),
+    first = cluster if not isinstance(cluster, tuple) else cluster[0]
+    opts = SpaceOptions(global_batch=global_batch or default_global_batch(model, first),
                         precision=precision or model.precision, optimizer=optimizer,
                         tp=_int_tuple(tp_only, "tp"), pp=_int_tuple(pp_only, "pp"), zero_stage=zero,
                         recompute=recompute, flash_attention=not no_flash_attention)
@@ -225,7 +228,10 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
     from costmodels.strategy import Strategy
     from planner.optimize import default_global_batch, evaluate_strategy
 
-    model, note, cluster = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision)
+    model, note, pools = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision)
+    if len(pools) > 1:
+        raise UserError(f"--gpus {gpus!r}: `plan evaluate` takes one GPU type; search several pools with `plan`")
+    cluster = pools[0]
     n = cluster.num_gpus
     if dp is None:
         if min(tp, pp, cp) < 1 or n % (tp * pp * cp):

@@ -10,15 +10,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from costmodels.model import ModelSpec
-from costmodels.performance import Evaluation, evaluate_layout, stage_costs
+from costmodels.performance import Evaluation, Pipeline, evaluate_pipeline, stage_costs
 from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.result import SearchResult, build_result
 from planner.solver import Layout, greedy_layout, lower_bound, memory_infeasible, solve_layout
-from planner.space import Space, SpaceOptions, enumerate_space
+from planner.space import Space, SpaceOptions, enumerate_pools, enumerate_space
 
 
 class NoPlanError(ValueError):
@@ -33,17 +34,22 @@ class Found:
     evaluation: Evaluation
 
 
-def search(model: ModelSpec, cluster: Cluster, *, global_batch: int | None = None, precision: str | None = None,
-           optimizer: str = "adam", top: int = 3, time_limit_s: float = 30.0,
+def search(model: ModelSpec, cluster: Cluster | Sequence[Cluster], *, global_batch: int | None = None,
+           precision: str | None = None, optimizer: str = "adam", top: int = 3, time_limit_s: float = 30.0,
            space: SpaceOptions | None = None, progress=None) -> SearchResult:
-    """Find the `top` fastest distinct plans for `model` on `cluster` (see module doc)."""
+    """Find the `top` fastest distinct plans for `model` on `cluster` (see module doc). `cluster` may be
+    a sequence of GPU pools (hardware.parse_pools): pipeline stages are then assigned to pools."""
     t0 = time.perf_counter()
-    opts = space or SpaceOptions(global_batch=global_batch or default_global_batch(model, cluster),
+    pools = tuple(cluster) if isinstance(cluster, (list, tuple)) else (cluster,)
+    opts = space or SpaceOptions(global_batch=global_batch or default_global_batch(model, pools[0]),
                                  precision=precision or model.precision, optimizer=optimizer)
-    found, stats = _search(model, cluster, opts, top, time_limit_s, progress)
+    found, stats = _search(model, pools, opts, top, time_limit_s, progress)
     if not found:
-        raise NoPlanError(explain_no_fit(model, cluster, opts, stats["space"]))
-    return build_result(model, cluster, opts, [f.evaluation for f in found], [f.layout for f in found],
+        if len(pools) > 1:
+            raise NoPlanError(f"no plan of {model.name} fits on {'+'.join(p.describe() for p in pools)} with every "
+                              f"pool running whole pipeline stages; try other pool sizes or one GPU type")
+        raise NoPlanError(explain_no_fit(model, pools[0], opts, stats["space"]))
+    return build_result(model, pools, opts, [f.evaluation for f in found], [f.layout for f in found],
                         seconds=time.perf_counter() - t0, stats=stats)
 
 
@@ -56,21 +62,52 @@ def default_global_batch(model: ModelSpec, cluster: Cluster) -> int:
     return max(n, (seqs // n) * n) if seqs >= n else seqs
 
 
-def _search(model: ModelSpec, cluster: Cluster, opts: SpaceOptions, top: int, time_limit_s: float, progress):
+@dataclass
+class Candidate:
+    """One structure, ready to lay out: its strategy, its pipeline and the GPU type of each stage."""
+    strategy: Strategy
+    pipeline: Pipeline
+    gpus: list
+    placement: tuple[str, ...]      # GPU type of every stage when the cluster has several pools
+
+
+def candidates(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions) -> tuple[Space, list[Candidate]]:
+    """Every structure of the space with its coefficients (computed once per GPU pool)."""
+    if len(pools) == 1:
+        c = pools[0]
+        space = enumerate_space(model, c.num_gpus, c.gpus_per_node, opts)
+        cap = int(c.gpu.memory_bytes)
+        out = []
+        for st in space.strategies:
+            out.append(Candidate(st, Pipeline.uniform(stage_costs(model, st, c), cap), [c.gpu] * st.pp, ()))
+        return space, out
+    space = enumerate_pools(model, [c.num_gpus for c in pools], min(c.gpus_per_node for c in pools), opts)
+    out = []
+    cache: dict = {}
+    for st, placement in zip(space.strategies, space.stage_pools):
+        per_pool = cache.get(st)
+        if per_pool is None:
+            per_pool = cache[st] = [stage_costs(model, st, c) for c in pools]
+        pl = Pipeline(tuple(per_pool[k] for k in placement), tuple(int(pools[k].gpu.memory_bytes) for k in placement))
+        gpus = [pools[k].gpu for k in placement]
+        out.append(Candidate(st, pl, gpus, tuple(g.name for g in gpus)))
+    return space, out
+
+
+def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, top: int, time_limit_s: float,
+            progress):
     t0 = time.perf_counter()
-    cap = int(cluster.gpu.memory_bytes)
-    space: Space = enumerate_space(model, cluster.num_gpus, cluster.gpus_per_node, opts)
-    entries = []
-    infeasible = 0
-    for st in space.strategies:
-        sc = stage_costs(model, st, cluster)
-        entries.append((lower_bound(sc) / sc.v, _order_key(st), st, sc, st.recompute == "full"))
-    entries.sort(key=lambda e: (e[0], e[1]))
+    space, cands = candidates(model, pools, opts)
+    entries = sorted(((lower_bound(c.pipeline) / c.pipeline.v, _order_key(c.strategy) + c.placement, i)
+                      for i, c in enumerate(cands)))
     best: dict[tuple, Found] = {}
-    solved = cp_calls = 0
+    solved = cp_calls = infeasible = 0
     all_optimal = True
     unsolved_bound = None
-    for idx, (lb, _, st, sc, free) in enumerate(entries):
+    for idx, (lb, _, ci) in enumerate(entries):
+        c = cands[ci]
+        st, pl = c.strategy, c.pipeline
+        free = st.recompute == "full"
         ranked = sorted(best.values(), key=lambda f: (f.step_ns, _order_key(f.strategy)))
         if len(ranked) >= top and lb >= ranked[top - 1].step_ns:
             break
@@ -80,31 +117,31 @@ def _search(model: ModelSpec, cluster: Cluster, opts: SpaceOptions, top: int, ti
             break
         if progress is not None:
             progress(idx, len(entries))
-        key = (st.tp, st.pp, st.dp, st.cp, st.ep, st.zero_stage, st.recompute)
+        key = (st.tp, st.pp, st.dp, st.cp, st.ep, st.zero_stage, st.recompute, c.placement)
         if key in best and lb >= best[key].step_ns:
             continue
         # visited lazily: the exact memory test, then the bound that counts forced recompute
-        if memory_infeasible(sc, cap, free):
+        if memory_infeasible(pl, None, free):
             infeasible += 1
             continue
-        lb = lower_bound(sc, cap, free) / sc.v
+        lb = lower_bound(pl, None, free) / pl.v
         if (len(ranked) >= top and lb >= ranked[top - 1].step_ns) or (key in best and lb >= best[key].step_ns):
             continue
-        layout = greedy_layout(sc, cap, free)
-        if layout is None or layout.objective / sc.v > lb:
+        layout = greedy_layout(pl, None, free)
+        if layout is None or layout.objective / pl.v > lb:
             cp_calls += 1
-            layout = solve_layout(sc, cap, free, time_limit_s - elapsed, hint=layout) or layout
+            layout = solve_layout(pl, None, free, time_limit_s - elapsed, hint=layout) or layout
         else:
             layout = Layout(layout.stage_layers, layout.recompute_layers, layout.objective, True, 0.0)
         solved += 1
         if layout is None:
             continue
         all_optimal &= layout.optimal
-        step = layout.objective / sc.v
+        step = layout.objective / pl.v
         if key in best and best[key].step_ns <= step:
             continue
         final = _finalise(st, layout)
-        ev = evaluate_layout(model, final, cluster, sc, layout.stage_layers, layout.recompute_layers)
+        ev = evaluate_pipeline(model, final, pl, c.gpus, layout.stage_layers, layout.recompute_layers)
         best[key] = Found(step, final, layout, ev)
     ranked = sorted(best.values(), key=lambda f: (f.step_ns, _order_key(f.strategy)))[:top]
     gap = 0.0
@@ -112,7 +149,7 @@ def _search(model: ModelSpec, cluster: Cluster, opts: SpaceOptions, top: int, ti
         gap = max(0.0, (ranked[0].step_ns - unsolved_bound) / ranked[0].step_ns)
     stats = {
         "space": space,
-        "structures": len(space.strategies),
+        "structures": len(cands),
         "memory_pruned": infeasible,
         "layouts_solved": solved,
         "cp_sat_calls": cp_calls,
@@ -176,7 +213,7 @@ def _min_gpus_that_fit(model: ModelSpec, cluster: Cluster, opts: SpaceOptions) -
     for _ in range(12):
         n *= 2
         bigger = _C(gpu=cluster.gpu, num_nodes=n // gpn, gpus_per_node=gpn)
-        found, _ = _search(model, bigger, opts, 1, 5.0, None)
+        found, _ = _search(model, (bigger,), opts, 1, 5.0, None)
         if found:
             return n
     return None

@@ -27,12 +27,13 @@ class ModelOut(_Out):
 
 
 class ClusterOut(_Out):
-    gpu: str
+    gpu: str                        # "A100-80GB", or "A100-80GB+H100-SXM" for several pools
     num_gpus: int
     num_nodes: int
     gpus_per_node: int
-    memory_gb_per_gpu: float
+    memory_gb_per_gpu: float        # the smallest pool's, when there are several
     note: str | None = None
+    pools: list[dict] | None = None  # several GPU pools: gpu, num_gpus, num_nodes, memory_gb_per_gpu each
 
 
 class PlanOut(_Out):
@@ -49,6 +50,7 @@ class PlanOut(_Out):
     time_s: dict[str, float]
     fits: bool
     solver: dict
+    stage_gpus: list[str] | None = None   # GPU type of each pipeline stage (several pools only)
 
 
 class SearchOut(_Out):
@@ -77,10 +79,18 @@ def model_out(model: ModelSpec, note: str | None = None) -> ModelOut:
                     seq_len=model.seq_len, note=note)
 
 
-def cluster_out(cluster: Cluster) -> ClusterOut:
-    return ClusterOut(gpu=cluster.gpu.name, num_gpus=cluster.num_gpus, num_nodes=cluster.num_nodes,
-                      gpus_per_node=cluster.gpus_per_node, memory_gb_per_gpu=cluster.gpu.memory_bytes / GB,
-                      note=cluster.note)
+def cluster_out(cluster: Cluster | tuple[Cluster, ...]) -> ClusterOut:
+    pools = cluster if isinstance(cluster, tuple) else (cluster,)
+    if len(pools) == 1:
+        c = pools[0]
+        return ClusterOut(gpu=c.gpu.name, num_gpus=c.num_gpus, num_nodes=c.num_nodes, gpus_per_node=c.gpus_per_node,
+                          memory_gb_per_gpu=c.gpu.memory_bytes / GB, note=c.note)
+    notes = "; ".join(c.note for c in pools if c.note) or None
+    return ClusterOut(gpu="+".join(c.gpu.name for c in pools), num_gpus=sum(c.num_gpus for c in pools),
+                      num_nodes=sum(c.num_nodes for c in pools), gpus_per_node=min(c.gpus_per_node for c in pools),
+                      memory_gb_per_gpu=min(c.gpu.memory_bytes for c in pools) / GB, note=notes,
+                      pools=[{"gpu": c.gpu.name, "num_gpus": c.num_gpus, "num_nodes": c.num_nodes,
+                              "memory_gb_per_gpu": c.gpu.memory_bytes / GB} for c in pools])
 
 
 def assumptions(model: ModelSpec, global_batch: int, precision: str, optimizer: str, flash: bool) -> dict:
@@ -111,7 +121,8 @@ def plan_out(rank: int, ev: Evaluation, solver: dict) -> PlanOut:
         rank=rank, strategy=d, step_time_s=ev.step_time_s, tokens_per_s=ev.tokens_per_s,
         tokens_per_s_per_gpu=ev.tokens_per_s / n, tflops_per_gpu=ev.tflops_per_gpu, mfu=ev.mfu, hfu=ev.hfu,
         memory_gb=mem, stage_memory_gb=[round(x / GB, 3) for x in ev.stage_memory_b],
-        time_s={k: v for k, v in ev.time_s.items()}, fits=ev.fits, solver=solver)
+        time_s={k: v for k, v in ev.time_s.items()}, fits=ev.fits, solver=solver,
+        stage_gpus=list(ev.stage_gpus) if len(set(ev.stage_gpus)) > 1 else None)
 
 
 def build_result(model, cluster, opts, evaluations, layouts, seconds, stats, model_note=None) -> SearchResult:

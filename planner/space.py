@@ -7,6 +7,8 @@ rule removed what.
 """
 from __future__ import annotations
 
+import itertools
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -42,6 +44,7 @@ class SpaceOptions:
 class Space:
     strategies: list[Strategy]
     removed: Counter = field(default_factory=Counter)   # rule -> candidates it removed
+    stage_pools: list[tuple[int, ...]] | None = None     # heterogeneous: the pool of every stage, per strategy
 
 
 def check_strategy(model: ModelSpec, st: Strategy, num_gpus: int, gpus_per_node: int,
@@ -127,6 +130,51 @@ def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, opt: Sp
                 for ep in _ep_choices(model, dp * cp, opt, removed):
                     out.extend(_inner(model, opt, families, removed, tp, cp, pp, dp, ep))
     return Space(out, removed)
+
+
+def enumerate_pools(model: ModelSpec, pool_sizes: list[int], gpus_per_node: int, opt: SpaceOptions) -> Space:
+    """Structures for a cluster of several GPU pools: every pool runs whole pipeline stages of the same
+    tp x cp x dp shape (pool k holds n_k / (tp cp dp) stages), and the pools are chained in every order.
+    Stage counts and orders are structural; the CP-SAT layout then splits layers by each pool's speed
+    and memory."""
+    removed: Counter = Counter()
+    out: list[Strategy] = []
+    placements: list[tuple[int, ...]] = []
+    families = _recompute_families(opt.recompute)
+    g = math.gcd(*pool_sizes)
+    for tp in divisors(g):
+        if opt.tp is not None and tp not in opt.tp:
+            continue
+        if tp > gpus_per_node and not opt.tp_across_nodes:
+            removed["tp must stay inside a node (NVLink)"] += 1
+            continue
+        if model.heads % tp or model.kv_heads % tp:
+            removed["tp must divide attention heads and kv heads"] += 1
+            continue
+        for cp in divisors(g // tp):
+            if (opt.cp is not None and cp not in opt.cp) or (cp > 1 and not _cp_allowed(model, cp, opt, removed)):
+                continue
+            for dp in divisors(g // (tp * cp)):
+                if opt.dp is not None and dp not in opt.dp:
+                    continue
+                stages = [n // (tp * cp * dp) for n in pool_sizes]
+                pp = sum(stages)
+                if opt.pp is not None and pp not in opt.pp:
+                    continue
+                if pp > model.layers:
+                    removed["pp must not exceed the layers"] += 1
+                    continue
+                if opt.global_batch % dp:
+                    removed["global batch must be divisible by dp"] += 1
+                    continue
+                orders = [tuple(k for k in order for _ in range(stages[k]))
+                          for order in itertools.permutations(range(len(pool_sizes)))]
+                for ep in _ep_choices(model, dp * cp, opt, removed):
+                    for st in _inner(model, opt, families, removed, tp, cp, pp, dp, ep):
+                        for placement in orders:
+                            out.append(st)
+                            placements.append(placement)
+    return Space(out, removed, placements)
 
 
 def _inner(model, opt, families, removed, tp, cp, pp, dp, ep) -> list[Strategy]:

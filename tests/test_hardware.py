@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import hardware
-from hardware import Catalog, Cluster, GPUSpec, HardwareError, load_catalog, parse_cluster
+from hardware import Catalog, Cluster, GPUSpec, HardwareError, load_catalog, parse_cluster, parse_pools
 
 REQUIRED = ["V100-32GB", "A100-40GB", "A100-80GB", "A100-PCIe-80GB", "H100-SXM", "H100-PCIe",
             "H800", "H200", "B200", "MI300X", "A10", "L40S"]
@@ -257,8 +257,8 @@ def test_parse_cluster_uses_given_catalog(catalog):
         ("0xA100", "at least 1"),
         ("-8xH100", "COUNTxGPU"),
         ("1e9xA100", "COUNTxGPU"),
-        ("8xA100+", "heterogeneous clusters (A+B) are not supported yet"),
-        ("8xA100+8xH100", "heterogeneous"),
+        ("8xA100+", "several GPU pools"),
+        ("8xA100+8xH100", "several GPU pools"),
         ("2000000xA100", "at most 1,000,000"),
         ("20000x64xA100", "at most 1,000,000"),
         ("9" * 5000 + "xA100", "absurd"),
@@ -312,3 +312,20 @@ def test_hardware_imports_nothing_from_costmodels_or_planner():
                 continue
             for m in modules:
                 assert m.split(".")[0] not in {"costmodels", "planner"}, f"{source.name} imports {m}"
+
+
+def test_parse_pools():
+    pools = parse_pools("512xA100+256xH100")
+    assert [p.gpu.name for p in pools] == ["A100-80GB", "H100-SXM"]
+    assert [p.num_gpus for p in pools] == [512, 256]
+    assert parse_pools("8xH100")[0].num_gpus == 8
+
+
+@pytest.mark.parametrize("text, needle", [("8xA100+", "empty pool"), ("+8xA100", "empty pool"),
+                                          ("8xA100+8xA100-80GB", "appears in two pools"),
+                                          ("8xA100+8xA1000", "did you mean")])
+def test_parse_pools_errors(text, needle):
+    with pytest.raises(HardwareError) as e:
+        parse_pools(text)
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
