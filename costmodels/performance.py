@@ -448,6 +448,7 @@ class Evaluation:
     fits: bool
     bottleneck_stage: int
     stage_gpus: list[str] = field(default_factory=list)   # GPU type of each pipeline stage
+    stage_time_s: list[float] = field(default_factory=list)  # each stage's time for one micro-batch
 
 
 def resolve_layout(model: ModelSpec, st: Strategy) -> tuple[list[int], list[int]]:
@@ -536,6 +537,7 @@ def evaluate_pipeline(model: ModelSpec, st: Strategy, pl: Pipeline, gpus: list, 
         fits=all(pl.stage_fits(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))),
         bottleneck_stage=k,
         stage_gpus=[g.name for g in gpus],
+        stage_time_s=[t * NS for t in times],
     )
 
 

@@ -53,8 +53,13 @@ def render_search(res: SearchResult, console: Console, title: str = "Best plan")
                   + (f" ({m.kv_heads} KV)" if m.kv_heads != m.heads else ""))
     if m.note:
         console.print(f"         model {m.note}")
-    console.print(f"[bold]Cluster[/]  {c.num_gpus} x {c.gpu} ({c.num_nodes} nodes x {c.gpus_per_node}), "
-                  f"{c.memory_gb_per_gpu:.0f} GB per GPU")
+    if c.pools:
+        console.print("[bold]Cluster[/]  " + " + ".join(
+            f"{q['num_gpus']} x {q['gpu']} ({q['memory_gb_per_gpu']:.0f} GB)" for q in c.pools)
+            + f" = {c.num_gpus} GPUs in {c.num_nodes} nodes")
+    else:
+        console.print(f"[bold]Cluster[/]  {c.num_gpus} x {c.gpu} ({c.num_nodes} nodes x {c.gpus_per_node}), "
+                      f"{c.memory_gb_per_gpu:.0f} GB per GPU")
     if c.note:
         console.print(f"         GPU {c.note}")
     console.print(f"[bold]Assumptions[/] sequence {a['seq_len']} tokens, global batch {a['global_batch_sequences']} "
@@ -88,6 +93,10 @@ def render_plan(p: PlanOut, console: Console, title: str) -> None:
         console.print(f"  layers per stage: {_compact(s['stage_layers'])}"
                       + (f"; recomputed layers per stage: {_compact(s['recompute_layers'])}"
                          if s["recompute"] == "full" else ""))
+    if p.stage_gpus:
+        console.print("  stage assignment (each pool runs whole stages; layers follow each pool's speed and memory):")
+        for line in _assignment(p):
+            console.print(f"    {line}")
     console.print(f"  step time [bold]{p.step_time_s:.3f} s[/] | {p.tokens_per_s:,.0f} tokens/s "
                   f"({p.tokens_per_s_per_gpu:,.0f} per GPU) | MFU {p.mfu:.1%} | HFU {p.hfu:.1%} | "
                   f"{p.tflops_per_gpu:.0f} model TFLOP/s per GPU")
@@ -161,3 +170,19 @@ def explain(plans: list[PlanOut]) -> list[str]:
     lines.append(f"peak memory per GPU: #1 {a.memory_gb['peak']:.1f} GB, #2 {b.memory_gb['peak']:.1f} GB "
                  f"(capacity {a.memory_gb['capacity']:.0f} GB)")
     return lines
+
+
+def _assignment(p: PlanOut) -> list[str]:
+    """Runs of consecutive stages on one GPU type: layers, time per micro-batch and memory."""
+    s, out, i = p.strategy, [], 0
+    gpus = p.stage_gpus or []
+    while i < len(gpus):
+        j = i
+        while j + 1 < len(gpus) and gpus[j + 1] == gpus[i]:
+            j += 1
+        idx = slice(i, j + 1)
+        out.append(f"stages {i}-{j} on {gpus[i]} ({(j - i + 1) * s['tp'] * s['cp'] * s['dp']} GPUs): layers "
+                   f"{_compact(s['stage_layers'][idx])}, {min(p.stage_time_ms[idx]):.1f}-{max(p.stage_time_ms[idx]):.1f} "
+                   f"ms per micro-batch, {max(p.stage_memory_gb[idx]):.1f} GB peak")
+        i = j + 1
+    return out

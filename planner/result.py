@@ -47,6 +47,7 @@ class PlanOut(_Out):
     hfu: float
     memory_gb: dict[str, float]
     stage_memory_gb: list[float]
+    stage_time_ms: list[float]         # each pipeline stage's time for one micro-batch
     time_s: dict[str, float]
     fits: bool
     solver: dict
@@ -121,6 +122,7 @@ def plan_out(rank: int, ev: Evaluation, solver: dict) -> PlanOut:
         rank=rank, strategy=d, step_time_s=ev.step_time_s, tokens_per_s=ev.tokens_per_s,
         tokens_per_s_per_gpu=ev.tokens_per_s / n, tflops_per_gpu=ev.tflops_per_gpu, mfu=ev.mfu, hfu=ev.hfu,
         memory_gb=mem, stage_memory_gb=[round(x / GB, 3) for x in ev.stage_memory_b],
+        stage_time_ms=[round(t * 1e3, 3) for t in ev.stage_time_s],
         time_s={k: v for k, v in ev.time_s.items()}, fits=ev.fits, solver=solver,
         stage_gpus=list(ev.stage_gpus) if len(set(ev.stage_gpus)) > 1 else None)
 
