@@ -33,6 +33,10 @@ sys.path.insert(0, str(REPO))
 from costmodels.presets import get_model  # noqa: E402
 from costmodels.strategy import Strategy, StrategyError  # noqa: E402
 from hardware import HardwareError, parse_cluster  # noqa: E402
+try:  # GPU pools ("512xA100+512xH100") where the parser supports them
+    from hardware import parse_pools  # noqa: E402
+except ImportError:  # pragma: no cover - older trees
+    parse_pools = None
 import planner  # noqa: E402
 from planner.optimize import default_global_batch, evaluate_strategy  # noqa: E402
 from planner.space import SpaceOptions, check_strategy, enumerate_space  # noqa: E402
@@ -50,6 +54,14 @@ CASES = [
 # 16M tokens per step, TP8 CP1 PP16 DP128 with FSDP-sharded optimizer states.
 LLAMA3_PUBLISHED = dict(tp=8, pp=16, dp=128, cp=1, micro_batch=1, global_batch=2048, zero_stage=1,
                         sequence_parallel=True, precision="bf16")
+
+
+def parse_gpus(text: str):
+    """One Cluster, or a tuple of pools for "A+B" where supported; HardwareError otherwise."""
+    if parse_pools is None:
+        return parse_cluster(text)
+    pools = parse_pools(text)
+    return pools[0] if len(pools) == 1 else pools
 
 
 def machine_line() -> str:
@@ -237,7 +249,7 @@ def main() -> None:
             continue
         print(f"[{label}] {model_name} on {gpus}" + (f", global batch {gb}" if gb else ""), flush=True)
         try:
-            cluster = parse_cluster(gpus)
+            cluster = parse_gpus(gpus)
         except HardwareError as e:
             dt, rc, last = cold_run(model_name, gpus, gb, args.format)
             msg = f"not supported yet: {e}"
@@ -247,21 +259,41 @@ def main() -> None:
             notes.append(f"{label}: {msg}")
             continue
         model, _ = get_model(model_name)
-        colds = []
+        colds, failed = [], []
         for _ in range(args.repeat):
             dt, rc, last = cold_run(model_name, gpus, gb, args.format)
             if rc != 0:
                 print(f"  cold `plan` process failed (exit {rc}): {last}")
+                failed.append(rc)
             colds.append(dt)
         cold = statistics.median(colds)
-        warm, res = warm_search(model, cluster, gb, args.repeat)
+        cold_cell = f"{cold:.2f}" + (f" ({len(failed)} of {len(colds)} failed)" if failed else "")
+        try:
+            warm, res = warm_search(model, cluster, gb, args.repeat)
+        except (TypeError, AttributeError, NotImplementedError) as e:  # pools not accepted by planner.search
+            msg = f"not supported yet: {type(e).__name__}: {e}"
+            print(f"  {msg}")
+            rows.append([label, gpus, cold_cell, "-", "-", "-", "-", "-", "not supported yet", "-", "-", "-"])
+            notes.append(f"{label}: {msg}")
+            continue
         s, p = res.search, res.plans[0]
         print(f"  cold {cold:.2f} s (runs: {', '.join(f'{x:.2f}' for x in colds)}), warm {warm:.2f} s; "
               f"{s.candidates} candidates, {s.memory_pruned} cannot fit, {s.structures_solved} layouts solved, "
               f"{s.cp_sat_calls} CP-SAT calls, {s.status} (gap {s.gap:.3g})")
         print(f"  best: {plan_text(p.strategy)}: {p.step_time_s:.3f} s/step, {p.tokens_per_s:,.0f} tokens/s, "
               f"MFU {100 * p.mfu:.1f}%, peak {p.memory_gb['peak']:.1f} GB", flush=True)
-        rows.append([label, gpus, f"{cold:.2f}", f"{warm:.2f}", str(s.candidates), str(s.memory_pruned),
+        stage_gpus = getattr(p, "stage_gpus", None)
+        if stage_gpus and len(set(stage_gpus)) > 1:
+            runs: list[list] = []   # consecutive stages with the same GPU and layer count
+            for g, n in zip(stage_gpus, p.strategy["stage_layers"]):
+                if runs and runs[-1][:2] == [g, n]:
+                    runs[-1][2] += 1
+                else:
+                    runs.append([g, n, 1])
+            line = "pipeline stages on pools: " + ", ".join(f"{k} x {g} ({n} layers each)" for g, n, k in runs)
+            print("  " + line)
+            notes.append(f"{label}: {line}")
+        rows.append([label, gpus, cold_cell, f"{warm:.2f}", str(s.candidates), str(s.memory_pruned),
                      str(s.structures_solved), str(s.cp_sat_calls), s.status, plan_text(p.strategy),
                      f"{p.tokens_per_s:,.0f}", f"{100 * p.mfu:.1f}%"])
 

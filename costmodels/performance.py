@@ -24,7 +24,7 @@ from functools import lru_cache
 from costmodels.calibration import Calibration, calibration_for
 from costmodels.comm import Link, collective_time, group_link, p2p_time
 from costmodels.compute import gemm_time, memory_bound_time
-from costmodels.flops import model_flops_per_step
+from costmodels.flops import logits_forward_flops, model_flops_per_step
 from costmodels.memory import layer_activation_bytes, logits_bytes, model_state_bytes, state_bytes_per_param
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
@@ -315,7 +315,9 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     sb = state_bytes_per_param(st.precision, st.optimizer)
     groups = _param_groups(model, st, cluster)
     embed_params = model.vocab * h / t + (model.seq_len * h if model.position_embedding == "learned" else 0)
-    head_params = model.vocab * h / t   # tied embeddings still keep a copy on the last stage (Megatron)
+    # the output layer: its own weights, or with tied embeddings a copy on the last stage when pp > 1
+    # (Megatron allocates it only where the embedding is on another stage)
+    head_params = 0.0 if (model.tied_embeddings and p == 1) else model.vocab * h / t
     dense_group = groups[0][1]
     layer = _states(groups, sb, st)
     first_states = _states([(embed_params, dense_group)], sb, st)
@@ -513,7 +515,9 @@ def evaluate_pipeline(model: ModelSpec, st: Strategy, pl: Pipeline, gpus: list, 
     tokens = st.global_batch * model.seq_len
     mflops = model_flops_per_step(model, st.global_batch, model.seq_len)
     recompute_share = sum(Rs) / model.layers
-    hflops = mflops + recompute_share * mflops / 3.0 + (_selective_flops(model, st) if st.recompute == "selective" else 0.0)
+    # full recompute repeats the transformer layers' forward, not the output layer (Narayanan et al. 2021, eq. 3)
+    layers_fwd = mflops / 3.0 - logits_forward_flops(model, tokens)
+    hflops = mflops + recompute_share * layers_fwd + (_selective_flops(model, st) if st.recompute == "selective" else 0.0)
     n = st.num_gpus
     per_stage = n // p
     peak = sum(per_stage * g.peak_tflops(st.precision) * 1e12 for g in gpus)

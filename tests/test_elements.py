@@ -116,7 +116,7 @@ def test_gpipe_same_bubble_as_1f1b():
 
 
 def test_gpipe_keeps_all_micro_batches_in_flight():
-    # Huang et al. 2019 (GPipe), section 2.3 / Narayanan et al. 2021, section 2.2.1: all m forward passes
+    # Huang et al. 2019 (GPipe), section 2.2 / Narayanan et al. 2021, section 2.2.1: all m forward passes
     # run before the backward passes, so every stage stores m micro-batches; 1F1B at most p
     g = stage_costs(GPT13, _pipe(1, "gpipe"), A100_64)
     f = stage_costs(GPT13, _pipe(1, "1f1b"), A100_64)
@@ -223,10 +223,6 @@ def test_block_recompute_step_time_single_stage():
     assert rel(t5 - t0, 4 * 5 * sc.recompute_ns * NS) < 1e-9
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "costmodels/performance.py:506-507 counts the recomputed forward of full recompute as "
-    "recompute_share * model_flops/3, which includes the output layer; the logits are not recomputed "
-    "(Narayanan et al. 2021 eq. 3 counts them 3x: 96*B*s*l*h^2*(...+V/(16*l*h)))"))
 def test_full_recompute_hardware_flops_match_narayanan_eq3():
     # Narayanan et al. 2021, eq. 3: with full recompute, FLOPs per step = 96*B*s*l*h^2*(1 + s/(6h) + V/(16lh));
     # exact for a bias-free GPT block with MHA and a 4h GELU MLP (nanotron get_flops: "we don't recompute
@@ -295,8 +291,8 @@ def test_cp_sequence_divisibility_rule():
 # 6. Mixture of experts (Mixtral 8x7B, Jiang et al. 2024) and expert parallel
 # ================================================================================================
 def test_mixtral_total_and_active_parameters():
-    # Mistral AI, "Mixtral of experts" (Dec 2023): 46.7B total, 12.9B used per token;
-    # Jiang et al. 2024, section 2.1: "47B parameters, but only uses 13B active parameters"
+    # Mistral AI, "Mixtral of experts" announcement (Dec 2023): 46.7B total parameters, 12.9B per token;
+    # Jiang et al. 2024 (Mixtral of Experts), abstract / section 1: 47B parameters, 13B active
     assert round(MIXTRAL.params_total() / 1e9, 1) == 46.7
     assert round(MIXTRAL.params_active() / 1e9, 1) == 12.9
 
@@ -344,7 +340,7 @@ def test_ep_divides_expert_weights_only():
 
 
 def test_ep_all_to_all_bytes_gshard():
-    # GShard (Lepikhin et al. 2020, section 2.2 / 3.2): dispatch and combine all-to-alls per MoE layer, each
+    # GShard (Lepikhin et al. 2020, expert capacity and the dispatch/combine AllToAll): per MoE layer each
     # moving top_k * capacity * tokens * h elements (2 bytes), forward and backward: 4 per layer; an
     # all-to-all of n ranks sends (n-1)/n of the buffer (Thakur et al. 2005)
     m = MIXTRAL
@@ -402,10 +398,6 @@ def test_zero_memory_via_stage_costs(zero, per_param):
     assert rel(total, per_param * LLAMA8.params_total()) < 1e-5   # final norm (4096 params) aside
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "costmodels/performance.py:318 head_params = V*h/t is added to the last stage even when pp = 1 and "
-    "the embeddings are tied; Megatron only keeps a separate output-layer copy when the embedding and "
-    "the head live on different stages (pp > 1). gpt3-1.3b pp=1: model states 7.8% too large"))
 def test_zero_memory_tied_embeddings_single_stage():
     # ZeRO, section 3: 16 bytes per parameter; Psi of a tied-embedding model counts the V x h table once
     st = Strategy(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero_stage=0)
@@ -532,7 +524,7 @@ def _dp_parts(sc, L):
 
 
 def test_dp_sync_hidden_behind_backward():
-    # Li et al. 2020 (PyTorch DDP), section 3.2.3: gradient buckets all-reduce while backward runs; a sync
+    # Li et al. 2020 (PyTorch DDP), section 3.2: gradient buckets all-reduce while backward runs; a sync
     # shorter than the backward is fully hidden: exposed = max(0, sync - backward window) = 0
     st = Strategy(tp=1, pp=1, dp=8, micro_batch=2, global_batch=16, zero_stage=1)
     sc = stage_costs(LLAMA8, st, H100_8)

@@ -1,0 +1,85 @@
+"""Whole-run estimates: training FLOPs, GPU-hours, days, dollars and energy of a training run.
+
+Training FLOPs ~ 6 N D, or 8 N D with full recompute (Kaplan et al. 2020; seed article 000); MoE models
+count active parameters. Time at a model-FLOPs utilisation u on n GPUs of dense peak P:
+GPU-seconds = FLOPs / (P u). Cost = GPU-hours x price per GPU-hour; energy = GPU-hours x TDP x PUE.
+"""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from costmodels.flops import training_flops
+from costmodels.model import ModelSpec
+from hardware import Cluster, GPUSpec
+
+HOURS_PER_DAY = 24.0
+
+
+class RunEstimate(BaseModel):
+    """A whole training run on one cluster. Units in the field names."""
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    gpu: str
+    num_gpus: int
+    tokens: float
+    training_flops: float            # 6ND (model FLOPs)
+    hardware_flops: float            # 8ND when the plan recomputes every layer
+    mfu: float
+    mfu_source: str                  # "given" or the plan it came from
+    gpu_hours: float
+    gpu_days: float
+    days: float                      # wall clock on num_gpus GPUs
+    price_usd_per_gpu_hour: float
+    cost_usd: float
+    tdp_w: float
+    pue: float
+    energy_kwh: float
+
+
+def estimate_run(model: ModelSpec, gpu: GPUSpec, num_gpus: int, tokens: float, mfu: float, precision: str,
+                 *, full_recompute: bool = False, pue: float = 1.0, mfu_source: str = "given") -> RunEstimate:
+    """Whole-run figures at a given MFU (seed article 000: 175B x 300B tokens at 46.2% of 312 TFLOP/s
+    is ~607k A100-hours)."""
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu {mfu} is not allowed; give a share of peak in (0, 1], e.g. 0.462")
+    if not tokens > 0 or tokens > 1e16:
+        raise ValueError(f"tokens {tokens:g} is not allowed; give a positive count up to 1e16, e.g. 300e9")
+    if pue < 1:
+        raise ValueError(f"pue {pue} is not allowed; power usage effectiveness is >= 1 (e.g. 1.1)")
+    flops = training_flops(model, tokens)
+    peak = gpu.peak_tflops(precision) * 1e12
+    gpu_hours = flops / (peak * mfu) / 3600.0
+    return RunEstimate(
+        model=model.name, gpu=gpu.name, num_gpus=num_gpus, tokens=tokens, training_flops=flops,
+        hardware_flops=training_flops(model, tokens, full_recompute=full_recompute), mfu=mfu,
+        mfu_source=mfu_source, gpu_hours=gpu_hours, gpu_days=gpu_hours / HOURS_PER_DAY,
+        days=gpu_hours / num_gpus / HOURS_PER_DAY, price_usd_per_gpu_hour=gpu.price_usd_per_gpu_hour,
+        cost_usd=gpu_hours * gpu.price_usd_per_gpu_hour, tdp_w=gpu.tdp_w, pue=pue,
+        energy_kwh=gpu_hours * gpu.tdp_w / 1000.0 * pue)
+
+
+def estimate_for_cluster(model: ModelSpec, cluster: Cluster, tokens: float, *, mfu: float | None = None,
+                         precision: str | None = None, pue: float = 1.0, **search_kw) -> RunEstimate:
+    """As estimate_run; without `mfu`, the MFU of the best plan the planner finds for this cluster."""
+    precision = precision or model.precision
+    if mfu is not None:
+        return estimate_run(model, cluster.gpu, cluster.num_gpus, tokens, mfu, precision, pue=pue)
+    from planner.optimize import search
+
+    best = search(model, cluster, precision=precision, top=1, **search_kw).plans[0]
+    s = best.strategy
+    full = s["recompute"] == "full" and s["recompute_layers"] == s["stage_layers"]
+    source = (f"best plan found: TP {s['tp']} x PP {s['pp']} x DP {s['dp']}"
+              + (f" x CP {s['cp']}" if s["cp"] > 1 else "") + f", MFU {best.mfu:.1%}")
+    return estimate_run(model, cluster.gpu, cluster.num_gpus, tokens, best.mfu, precision,
+                        full_recompute=full, pue=pue, mfu_source=source)
+
+
+def run_figures(step_time_s: float, tokens_per_step: float, num_gpus: int, gpu: GPUSpec, tokens: float,
+                pue: float = 1.0) -> dict[str, float]:
+    """Days, GPU-hours, dollars and energy of `tokens` at a plan's step time (for `plan --tokens`)."""
+    seconds = tokens / tokens_per_step * step_time_s
+    gpu_hours = seconds / 3600.0 * num_gpus
+    return {"days": seconds / 86400.0, "gpu_hours": gpu_hours,
+            "cost_usd": gpu_hours * gpu.price_usd_per_gpu_hour,
+            "energy_kwh": gpu_hours * gpu.tdp_w / 1000.0 * pue}
