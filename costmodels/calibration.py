@@ -48,3 +48,35 @@ CALIBRATION["blackwell"] = CALIBRATION["hopper"]   # not fitted: no published B2
 def calibration_for(family: str) -> Calibration:
     """Constants for a GPU family ('ampere', 'hopper', ...); families not fitted use the defaults."""
     return CALIBRATION.get(family, CALIBRATION["default"])
+
+
+# ---- serving ---------------------------------------------------------------------------------------
+# Constants of the inference cost model (costmodels/serving.py, docs/serving.md). GEMM, attention and
+# HBM efficiencies are the training ones above (same kernels, same physics); these are the few things
+# serving adds. Two are fitted on ../shared/reference/serving/public.json only (marked "fitted"); the
+# others are stated assumptions a user can override. Nothing is keyed to a run or to a GPU family.
+
+
+@dataclass(frozen=True)
+class ServingCalibration:
+    # Share of GPU memory the engine may use for weights + KV cache + activations (vLLM's
+    # --gpu-memory-utilization default 0.9); the rest is left to the CUDA context and other processes.
+    gpu_memory_utilization: float = 0.90
+    # Tokens of one prefill forward pass the engine sizes its activation workspace for (vLLM's
+    # max_num_batched_tokens for chunked prefill, 8192 in its offline defaults); assumption.
+    prefill_chunk_tokens: int = 8192
+    # CUDA graphs, NCCL / custom all-reduce buffers, sampler and allocator slack per GPU; assumption.
+    workspace_bytes: float = 1.0e9
+    # Fixed latency of one small all-reduce of the tensor-parallel group: over NVLink/NVSwitch engines run
+    # one-shot custom all-reduce kernels (vLLM custom_all_reduce, TensorRT-LLM); over PCIe NCCL rings
+    # through the host bridge pay tens of microseconds per collective. fitted: NVLink on the tp 2/4/8 rows
+    # of public.json; PCIe: assumption (NCCL small-message all-reduce over PCIe, order 20-50 us).
+    allreduce_latency_nvlink_s: float = 6e-6
+    allreduce_latency_pcie_s: float = 35e-6
+    # Host / launch overhead per transformer layer per forward pass that the GPU work does not hide
+    # (kernel launches, attention metadata, sampling amortised); fitted on the static-batch and
+    # first-token rows of public.json.
+    layer_overhead_s: float = 15e-6
+
+
+SERVING = ServingCalibration()

@@ -51,13 +51,32 @@ def _common(f):
     return f
 
 
-def _load(model_name: str, gpus: str, hardware_files, seq_len, global_batch, precision):
-    from costmodels.model import ModelSpec
-    from costmodels.presets import get_model
-    from hardware import load_catalog, parse_pools
+def _catalog(hardware_files, prices=()):
+    """The GPU catalog with --hardware files and --price NAME=USD overrides applied."""
+    from hardware import load_catalog
 
     catalog = load_catalog(hardware_files)
-    pools = parse_pools(gpus, catalog)
+    if prices:
+        parsed = {}
+        for item in prices:
+            name, sep, value = item.partition("=")
+            try:
+                parsed[name.strip()] = float(value)
+            except ValueError:
+                raise UserError(f"--price {item!r} is not NAME=USD, e.g. --price H100=2.49") from None
+            if not sep:
+                raise UserError(f"--price {item!r} is not NAME=USD, e.g. --price H100=2.49")
+        catalog = catalog.with_prices(parsed)
+    return catalog
+
+
+def _load(model_name: str, gpus: str, hardware_files, seq_len, global_batch, precision, prices=()):
+    from costmodels.model import ModelSpec
+    from costmodels.presets import get_model
+    from hardware import parse_pools
+
+    catalog = _catalog(hardware_files, prices)
+    pools = parse_pools(gpus, catalog) if gpus else ()
     model, note = get_model(model_name)
     if seq_len is not None:
         if seq_len < 1:
@@ -151,10 +170,20 @@ def _int_tuple(text: str | None, name: str) -> tuple[int, ...] | None:
               help="Seconds the search may take; it returns the best plan found so far (searching on until it has "
                    "one), with its status and optimality gap.")
 @click.option("--explain", is_flag=True, help="Say why the best plan beats the runner-up, term by term.")
+@click.option("--tokens", type=float, help="Training tokens of the whole run, e.g. 300e9: adds days, GPU-hours, $ and kWh.")
+@click.option("--price", "prices", multiple=True, help="Override a GPU's price per GPU-hour, e.g. --price H100=2.49.")
+@click.option("--pue", type=float, default=1.0, show_default=True, help="Power usage effectiveness for energy (kWh).")
+@click.option("--budget-usd", type=float, help="Money limit for the whole run (needs --tokens): minimise days under it.")
+@click.option("--deadline-days", type=float, help="Time limit for the whole run (needs --tokens): minimise $ under it.")
+@click.option("--gpu-types", help="Let the planner choose the GPU type (and count), e.g. A100,H100,H200.")
+@click.option("--max-gpus", type=int, help="Most GPUs the planner may use when it chooses the count.")
+@click.option("--plot", type=click.Path(), help="With budgets or --gpu-types: write the time/cost front as a PNG.")
+@click.option("--report", type=click.Path(), help="Write a report (.md or .html) with memory and time charts beside it.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
 def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
-        tp_only, pp_only, zero_only, recompute_only, top, time_limit, explain, fmt):
+        tp_only, pp_only, zero_only, recompute_only, top, time_limit, explain, tokens, prices, pue, budget_usd,
+        deadline_days, gpu_types, max_gpus, plot, report, fmt):
     """Find the fastest parallelism plan for training MODEL on GPUS that fits in GPU memory.
 
     Searches tensor / pipeline / data parallel sizes, micro-batch, interleaving, ZeRO stage, activation
@@ -162,6 +191,11 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     the best plan, its step time, throughput, MFU, memory and time breakdown, and the runner-ups.
     """
     if ctx.invoked_subcommand is not None:
+        return
+    if gpu_types or budget_usd is not None or deadline_days is not None or max_gpus is not None:
+        from planner.cli_run import budget_search
+        budget_search(model_name, gpus, hardware_files, seq_len, global_batch, precision, tokens, prices, pue,
+                      budget_usd, deadline_days, gpu_types, max_gpus, plot, time_limit, fmt)
         return
     if not model_name or not gpus:
         missing = "--model" if not model_name else "--gpus"
@@ -173,7 +207,11 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     from planner.optimize import default_global_batch, search
     from planner.space import SpaceOptions
 
-    model, note, cluster = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision)
+    if tokens is not None and not 0 < tokens <= 1e16:
+        raise UserError(f"--tokens {tokens:g} is not allowed; give a positive count up to 1e16, e.g. 300e9")
+    if pue < 1:
+        raise UserError(f"--pue {pue} is not allowed; power usage effectiveness is >= 1, e.g. 1.1")
+    model, note, cluster = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision, prices)
     if len(cluster) == 1:
         cluster = cluster[0]
     recompute = tuple(x.strip() for x in recompute_only.split(",")) if recompute_only else ("none", "selective", "full")
@@ -193,7 +231,18 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     with _progress(fmt) as progress:
         result = search(model, cluster, top=top, time_limit_s=time_limit, space=opts, progress=progress)
     result.model.note = note
+    if tokens is not None:
+        from planner.cli_run import add_run_figures
+        add_run_figures(result, model, cluster, tokens, pue)
     _emit(result, fmt)
+    if report:
+        from planner.report_file import write_report
+        try:
+            files = write_report(result, report)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        if fmt == "table":
+            _console().print("report written: " + ", ".join(str(f) for f in files))
     if explain and fmt == "table":
         from planner.report import explain as explain_lines
         console = _console()
@@ -359,6 +408,9 @@ def _num(x: float | None) -> str:
     if x is None:
         return "-"
     return f"{x:.4f}" if abs(x) < 1 else (f"{x:.2f}" if abs(x) < 1000 else f"{x:,.0f}")
+
+
+from planner import cli_run as _cli_run  # noqa: E402,F401  (registers `plan estimate` and `plan compare`)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -100,6 +100,10 @@ def render_plan(p: PlanOut, console: Console, title: str) -> None:
     console.print(f"  step time [bold]{p.step_time_s:.3f} s[/] | {p.tokens_per_s:,.0f} tokens/s "
                   f"({p.tokens_per_s_per_gpu:,.0f} per GPU) | MFU {p.mfu:.1%} | HFU {p.hfu:.1%} | "
                   f"{p.tflops_per_gpu:.0f} model TFLOP/s per GPU")
+    if p.run:
+        r = p.run
+        console.print(f"  whole run of {r['tokens']:.3g} tokens: {r['days']:,.1f} days, {r['gpu_hours']:,.0f} GPU-hours, "
+                      f"${r['cost_usd']:,.0f}, {r['energy_kwh']:,.0f} kWh")
     mem = Table(title="Memory per GPU (most loaded stage)", title_justify="left", show_edge=False)
     mem.add_column("part")
     mem.add_column("GB", justify="right")

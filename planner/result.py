@@ -52,6 +52,7 @@ class PlanOut(_Out):
     fits: bool
     solver: dict
     stage_gpus: list[str] | None = None   # GPU type of each pipeline stage (several pools only)
+    run: dict | None = None               # with --tokens: days, gpu_hours, cost_usd, energy_kwh of the run
 
 
 class SearchOut(_Out):

@@ -1,0 +1,412 @@
+"""Inference serving cost model: memory anatomy, prefill (time to first token), decode (time per output
+token), throughput and cost of one model replica of tp x pp GPUs. Pure functions; numpy arrays of batch
+sizes in, arrays out, so a search can evaluate every batch at once.
+
+Formulas and sources (docs/serving.md has the derivations):
+- KV cache bytes per token = 2 (K and V) x layers x kv_heads x head_dim x bytes (seed article 003,
+  formulas.md "Inference"); GQA / MQA store kv_heads < heads; tensor parallelism splits the KV heads
+  (a KV head is replicated when tp > kv_heads, as vLLM and TensorRT-LLM do).
+- Weights: quantised checkpoints (fp8, int8 / int4 AWQ / GPTQ) quantise the transformer layers' matrices
+  and keep the embedding and LM head in 16 bits (vLLM / TensorRT-LLM quantisation recipes).
+- Each kernel runs at the roofline of its own work: time = max(FLOPs / (peak x efficiency),
+  bytes / (HBM bandwidth x efficiency)) (Williams et al. 2009, roofline); a forward pass is the sum over
+  its kernels, which run one after another. Decode GEMMs read the weights once per step for the whole
+  batch, attention reads each sequence's KV cache (seed article 002: decode is memory bound at small batch).
+- Prefill GEMMs use the project's shape-dependent GEMM model (costmodels.compute.gemm_time); decode GEMMs
+  are skinny (M = batch) and run as memory-streaming GEMV / split-K kernels, so only their N and K
+  dimensions enter the efficiency; causal flash attention does 2*s^2*h FLOPs per sequence per layer.
+- Tensor parallelism: two all-reduces of the layer's activations per layer (Shoeybi et al. 2019), alpha-beta
+  (Thakur et al. 2005) with a per-collective latency that depends on the link (NVLink vs PCIe).
+- Pipeline parallelism: m = min(pp, batch) micro-batches keep the stages busy; a token still passes every
+  stage, so time per output token = the whole model's time for one micro-batch plus (pp-1) sends.
+- MoE: a decode step reads only the experts its tokens are routed to: E x (1 - (1 - k/E)^tokens) distinct
+  experts in expectation under uniform routing (occupancy of E bins by tokens x k draws; DeepSpeed-MoE
+  inference, Rajbhandari et al. 2022, section 5, on expert weights dominating small-batch latency).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from costmodels.calibration import SERVING, Calibration, ServingCalibration, calibration_for
+from costmodels.comm import collective_time, group_link, p2p_time
+from costmodels.compute import gemm_efficiency
+from costmodels.model import ModelSpec
+from hardware import GPUSpec
+
+__all__ = ["BYTES", "WEIGHT_PRECISIONS", "KV_PRECISIONS", "ServingError", "Deployment", "MemoryAnatomy",
+           "kv_cache_bytes_per_token", "kv_bytes_per_token_per_gpu", "weight_bytes_total", "memory_anatomy",
+           "max_batch", "decode_step_time", "prefill_time", "ReplicaPerformance", "replica_performance",
+           "usd_per_million_tokens", "compute_precision"]
+
+BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+WEIGHT_PRECISIONS = ("bf16", "fp16", "fp8", "int8", "int4")
+KV_PRECISIONS = ("bf16", "fp16", "fp8", "int8")
+
+
+class ServingError(ValueError):
+    """One-line user-facing message naming the bad value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One model replica: tensor x pipeline GPUs, weight and KV-cache precision, expert parallelism."""
+    tp: int = 1
+    pp: int = 1
+    weights: str = "bf16"
+    kv: str = "bf16"
+    ep: int = 1            # MoE: experts spread over the tp group (ep == tp) or each expert split (1)
+
+    def __post_init__(self) -> None:
+        if self.tp < 1 or self.pp < 1:
+            raise ServingError(f"tp={self.tp}, pp={self.pp}: both must be >= 1")
+        if self.weights not in WEIGHT_PRECISIONS:
+            raise ServingError(f"weights precision {self.weights!r}; allowed: {', '.join(WEIGHT_PRECISIONS)}")
+        if self.kv not in KV_PRECISIONS:
+            raise ServingError(f"KV-cache precision {self.kv!r}; allowed: {', '.join(KV_PRECISIONS)}")
+        if self.ep not in (1, self.tp):
+            raise ServingError(f"ep={self.ep}: expert parallelism spans the tp group, so ep is 1 or tp={self.tp}")
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+
+def check_deployment(model: ModelSpec, dep: Deployment) -> None:
+    """Shapes an engine accepts: tp divides the attention heads, pp at most the layers."""
+    if model.heads % dep.tp:
+        raise ServingError(f"tp={dep.tp} does not divide the {model.heads} attention heads of {model.name}; "
+                           "choose a tp that divides them")
+    if dep.pp > model.layers:
+        raise ServingError(f"pp={dep.pp} exceeds the {model.layers} layers of {model.name}")
+    if dep.ep > 1 and model.moe is None:
+        raise ServingError(f"ep={dep.ep} needs a mixture-of-experts model; {model.name} is dense")
+
+
+def compute_precision(gpu: GPUSpec, weights: str) -> str:
+    """GEMM precision: fp8 weights run W8A8 on fp8 tensor cores where the GPU has them (Hopper, Ada,
+    Blackwell, MI300); other quantised weights are dequantised into 16-bit GEMMs (W8A16 / W4A16, e.g.
+    Marlin / AWQ kernels), so they save memory and bandwidth but not FLOPs."""
+    if weights == "fp8" and gpu.tflops.get("fp8"):
+        return "fp8"
+    return "bf16" if gpu.tflops.get("bf16") else "fp16"
+
+
+def _peak16(gpu: GPUSpec) -> float:
+    return gpu.peak_tflops("bf16" if gpu.tflops.get("bf16") else "fp16") * 1e12
+
+
+# ---- memory -----------------------------------------------------------------------------------------
+def kv_cache_bytes_per_token(model: ModelSpec, kv: str = "bf16") -> float:
+    """2 x layers x kv_heads x head_dim x bytes (seed 003; MHA in bf16: 4 x layers x hidden)."""
+    return 2.0 * model.layers * model.kv_heads * model.head_dim * BYTES[kv]
+
+
+def _kv_heads_per_gpu(model: ModelSpec, tp: int) -> int:
+    return math.ceil(model.kv_heads / tp)   # a KV head is replicated when tp > kv_heads
+
+
+def _stage_layers(model: ModelSpec, pp: int) -> int:
+    return math.ceil(model.layers / pp)     # the fullest stage (engines split layers evenly)
+
+
+def kv_bytes_per_token_per_gpu(model: ModelSpec, dep: Deployment) -> float:
+    """KV cache one GPU of the fullest pipeline stage holds per token of context."""
+    return 2.0 * _stage_layers(model, dep.pp) * _kv_heads_per_gpu(model, dep.tp) * model.head_dim * BYTES[dep.kv]
+
+
+def _layer_matrix_params(model: ModelSpec) -> tuple[float, float]:
+    """(dense layer, MoE layer) parameters, quantised part; norms are negligible and counted with them."""
+    dense = model.params_attention() + model.params_mlp_dense() + model.params_norms()
+    if model.moe is None:
+        return dense, dense
+    moe = model.moe
+    moe_layer = (model.params_attention() + model.params_norms() + model.params_router()
+                 + (moe.experts + moe.shared_experts) * model.params_expert())
+    return dense, moe_layer
+
+
+def _embed_head_params(model: ModelSpec) -> tuple[float, float]:
+    embed = model.params_embedding()
+    head = model.vocab * model.hidden  # LM head weights (a tied model still reads the table as its head)
+    return embed, head
+
+
+def weight_bytes_total(model: ModelSpec, weights: str) -> float:
+    """All weights of one replica: quantised layers + 16-bit embedding and (untied) LM head."""
+    dense, moe_layer = _layer_matrix_params(model)
+    n_moe = model.num_moe_layers
+    layers = (model.layers - n_moe) * dense + n_moe * moe_layer
+    return layers * BYTES[weights] + (model.params_total() - model.params_dense_layers_total()) * 2.0
+
+
+def _weight_bytes_per_gpu(model: ModelSpec, dep: Deployment) -> float:
+    """The fullest stage's GPU: its layers split over tp, plus the embedding (first) / head (last)."""
+    dense, moe_layer = _layer_matrix_params(model)
+    avg_layer = (dense * (model.layers - model.num_moe_layers) + moe_layer * model.num_moe_layers) / model.layers
+    layers = _stage_layers(model, dep.pp) * avg_layer * BYTES[dep.weights]
+    embed, head = _embed_head_params(model)
+    ends = (embed + head) if dep.pp == 1 else max(embed, head)
+    return (layers + ends * 2.0) / dep.tp
+
+
+def _activation_bytes_per_token(model: ModelSpec, tp: int) -> float:
+    """Live 16-bit activations per token of a prefill pass: residual and norm output (2h), QKV
+    ((h + 2 kv_dim)/t), MLP input projections (2f/t SwiGLU, f/t GELU) and their product (f/t)."""
+    f = model.ffn_hidden if model.moe is None else max(model.ffn_hidden, model.moe.expert_ffn_hidden
+                                                       * (model.moe.top_k + model.moe.shared_experts))
+    mlp = (3 * f if model.ffn_type == "swiglu" else 2 * f) / tp
+    return 2.0 * (2 * model.hidden + (model.hidden + 2 * model.kv_dim) / tp + mlp)
+
+
+@dataclass(frozen=True)
+class MemoryAnatomy:
+    """Bytes on one GPU of the fullest stage."""
+    capacity: float        # datasheet GB x 1e9
+    usable: float          # capacity x gpu_memory_utilization
+    weights: float
+    activations: float     # prefill workspace (one chunk) + logits of the batch
+    workspace: float       # CUDA graphs, communication buffers, allocator slack
+    kv_cache: float        # KV of the batch at full context
+    kv_capacity: float     # what is left for KV cache after weights and workspace
+
+    @property
+    def used(self) -> float:
+        return self.weights + self.activations + self.workspace + self.kv_cache
+
+    @property
+    def fits(self) -> bool:
+        return self.used <= self.usable
+
+    @property
+    def missing(self) -> float:
+        return max(0.0, self.used - self.usable)
+
+
+def memory_anatomy(model: ModelSpec, gpu: GPUSpec, dep: Deployment, batch: int, context: int,
+                   srv: ServingCalibration = SERVING) -> MemoryAnatomy:
+    """Memory of one GPU holding `batch` sequences of `context` tokens (prompt + output) each."""
+    usable = gpu.memory_bytes * srv.gpu_memory_utilization
+    w = _weight_bytes_per_gpu(model, dep)
+    chunk = min(srv.prefill_chunk_tokens, max(batch, 1) * context)
+    act = chunk * _activation_bytes_per_token(model, dep.tp) + batch * model.vocab * 4.0  # + fp32 logits
+    kv = batch * context * kv_bytes_per_token_per_gpu(model, dep)
+    return MemoryAnatomy(capacity=gpu.memory_bytes, usable=usable, weights=w, activations=act,
+                         workspace=srv.workspace_bytes, kv_cache=kv,
+                         kv_capacity=max(0.0, usable - w - act - srv.workspace_bytes))
+
+
+def max_batch(model: ModelSpec, gpu: GPUSpec, dep: Deployment, context: int,
+              srv: ServingCalibration = SERVING) -> int:
+    """Most sequences of `context` tokens whose weights, KV cache (full context each: no eviction, as
+    TensorRT-LLM's guaranteed-no-evict scheduler reserves) and workspace fit; 0 if not even one does."""
+    kv = context * kv_bytes_per_token_per_gpu(model, dep) + model.vocab * 4.0   # per sequence, with its logits
+    a = _activation_bytes_per_token(model, dep.tp)
+    room = gpu.memory_bytes * srv.gpu_memory_utilization - _weight_bytes_per_gpu(model, dep) - srv.workspace_bytes
+    full_chunk = (room - srv.prefill_chunk_tokens * a) // kv      # batches whose prompts fill a whole chunk
+    if full_chunk * context >= srv.prefill_chunk_tokens:
+        return int(full_chunk)
+    small = room // (kv + context * a)                            # the chunk is the whole batch
+    return int(max(0, min(small, math.ceil(srv.prefill_chunk_tokens / context))))
+
+
+# ---- time -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Rates:
+    peak: float            # GEMM peak, FLOP/s, at the compute precision
+    peak16: float          # 16-bit peak (attention, LM head)
+    hbm: float             # achievable HBM bytes/s
+    wbytes: float          # bytes per quantised weight
+    kvbytes: float
+
+
+def _rates(gpu: GPUSpec, dep: Deployment, cal: Calibration) -> _Rates:
+    return _Rates(peak=gpu.peak_tflops(compute_precision(gpu, dep.weights)) * 1e12, peak16=_peak16(gpu),
+                  hbm=gpu.hbm_gbps * 1e9 * cal.hbm_efficiency, wbytes=BYTES[dep.weights], kvbytes=BYTES[dep.kv])
+
+
+def _gemm_decode(M, N: float, K: float, wbytes: float, peak: float, r: _Rates, cal: Calibration):
+    """Skinny GEMM (M = tokens of a decode step): roofline of the N x K weight read and the FLOPs at the
+    N, K shape efficiency (GEMV / split-K kernels stream the weights; M does not pad to a tile)."""
+    d0 = cal.gemm_half_dim
+    eff = cal.gemm_efficiency * (N / (N + d0)) * (K / (K + d0))
+    return np.maximum(2.0 * M * N * K / (peak * eff), N * K * wbytes / r.hbm)
+
+
+def _gemm_prefill(M, N: float, K: float, wbytes: float, peak: float, r: _Rates, cal: Calibration):
+    """Prefill GEMM: the training GEMM model (tile / wave quantisation in all three dimensions), floored
+    by reading the weights once."""
+    M = np.maximum(np.asarray(M, dtype=float), 1.0)
+    compute = 2.0 * M * N * K / (peak * gemm_efficiency(M, N, K, cal))   # = compute.gemm_time, vectorised
+    return np.maximum(compute, N * K * wbytes / r.hbm)
+
+
+def _expected_experts(E: int, k: int, tokens):
+    """Distinct experts that `tokens` tokens, each routed to k of E experts uniformly, touch."""
+    return E * (1.0 - np.power(1.0 - k / E, tokens))
+
+
+def _allreduce(nbytes, t: int, gpu: GPUSpec, gpus_per_node: int, cal: Calibration, srv: ServingCalibration):
+    """One all-reduce of the tp group: alpha + ring volume 2(t-1)/t x bytes over the link (Thakur 2005)."""
+    if t <= 1:
+        return np.zeros_like(np.asarray(nbytes, dtype=float))
+    pcie = gpu.intra_node_link.strip().lower().startswith("pcie")
+    alpha = srv.allreduce_latency_pcie_s if pcie else srv.allreduce_latency_nvlink_s
+    nbytes = np.asarray(nbytes, dtype=float)
+    if t <= gpus_per_node:
+        bw = gpu.intra_node_gbps * 1e9 * cal.intra_node_efficiency
+        return alpha + 2.0 * (t - 1) / t * nbytes / bw
+    link = group_link(t, 1, gpus_per_node)   # spans nodes: the training model's hierarchical ring
+    return alpha + np.vectorize(lambda b: collective_time("all_reduce", b, link, gpu, cal), otypes=[float])(nbytes)
+
+
+def _all_to_all(nbytes, t: int, gpu: GPUSpec, gpus_per_node: int, cal: Calibration, srv: ServingCalibration):
+    if t <= 1:
+        return np.zeros_like(np.asarray(nbytes, dtype=float))
+    pcie = gpu.intra_node_link.strip().lower().startswith("pcie")
+    alpha = srv.allreduce_latency_pcie_s if pcie else srv.allreduce_latency_nvlink_s
+    link = group_link(t, 1, gpus_per_node)
+    return alpha + np.vectorize(lambda b: collective_time("all_to_all", b, link, gpu, cal), otypes=[float])(
+        np.asarray(nbytes, dtype=float))
+
+
+def _layer_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, tokens, ctx_tokens,
+                seqs, prefill: bool, cal: Calibration, srv: ServingCalibration) -> dict[str, np.ndarray]:
+    """Seconds of one (average) layer on one GPU for a forward pass over `tokens` tokens of `seqs`
+    sequences: GEMMs, attention, element-wise, tensor-parallel communication, launch overhead.
+    ctx_tokens: decode, the KV tokens each sequence attends to; prefill, the prompt length."""
+    r = _rates(gpu, dep, cal)
+    t, h, d = dep.tp, model.hidden, model.head_dim
+    gemm = _gemm_prefill if prefill else _gemm_decode
+    tokens = np.asarray(tokens, dtype=float)
+    kvh = _kv_heads_per_gpu(model, t)
+    # attention projections, column / row split over t (Shoeybi et al. 2019)
+    t_attn = (gemm(tokens, (h + 2 * kvh * d * t) / t, h, r.wbytes, r.peak, r, cal)
+              + gemm(tokens, h, h / t, r.wbytes, r.peak, r, cal))
+    f = model.ffn_hidden
+    f_in = 2 * f if model.ffn_type == "swiglu" else f
+    dense_mlp = gemm(tokens, f_in / t, h, r.wbytes, r.peak, r, cal) + gemm(tokens, h, f / t, r.wbytes, r.peak, r, cal)
+    mlp = dense_mlp
+    comm_extra = 0.0
+    if model.moe is not None:
+        moe = model.moe
+        fe = moe.expert_ffn_hidden
+        fe_in = 2 * fe if model.ffn_type == "swiglu" else fe
+        touched = _expected_experts(moe.experts, moe.top_k, tokens)
+        per_expert = tokens * moe.top_k / touched
+        if dep.ep > 1:   # whole experts on each GPU of the group: E/ep of them
+            one = gemm(per_expert, fe_in, h, r.wbytes, r.peak, r, cal) + gemm(per_expert, h, fe, r.wbytes, r.peak, r, cal)
+            experts = touched / dep.ep * one
+            # dispatch + combine all-to-all of top_k x tokens x h (GShard; 16-bit activations)
+            comm_extra = 2 * _all_to_all(tokens * moe.top_k * h * 2.0 / t, t, gpu, gpus_per_node, cal, srv)
+        else:            # every expert split over tp
+            one = gemm(per_expert, fe_in / t, h, r.wbytes, r.peak, r, cal) + gemm(per_expert, h, fe / t, r.wbytes, r.peak, r, cal)
+            experts = touched * one
+        shared = moe.shared_experts * (gemm(tokens, fe_in / t, h, r.wbytes, r.peak, r, cal)
+                                       + gemm(tokens, h, fe / t, r.wbytes, r.peak, r, cal))
+        router = gemm(tokens, moe.experts, h, 2.0, r.peak16, r, cal)
+        frac = model.num_moe_layers / model.layers
+        mlp = frac * (experts + shared + router) + (1 - frac) * dense_mlp
+        comm_extra = frac * comm_extra
+    # attention core: causal prefill 2*s^2*h FLOPs per sequence (half of QK^T + AV), flash kernels at the
+    # fitted attention efficiency; decode reads every cached K and V (memory bound) and does 4*ctx*h FLOPs
+    heads = model.heads / t
+    if prefill:
+        flops = 2.0 * seqs * ctx_tokens ** 2 * heads * d
+        kv_read = seqs * ctx_tokens * 2.0 * kvh * d * r.kvbytes
+    else:
+        flops = 4.0 * tokens * ctx_tokens * heads * d
+        kv_read = tokens * ctx_tokens * 2.0 * kvh * d * r.kvbytes
+    t_core = np.maximum(flops / (r.peak16 * cal.attention_efficiency), kv_read / r.hbm)
+    # element-wise (16-bit): 2 norms read+write (4h), 2 residual adds (6h), activation 3f/t SwiGLU, 2f/t GELU
+    elem = tokens * 2.0 * (10 * h + (3 if model.ffn_type == "swiglu" else 2) * f / t) / r.hbm
+    # two all-reduces of tokens x h 16-bit activations per layer (attention output, MLP output)
+    comm = 2 * _allreduce(tokens * h * 2.0, t, gpu, gpus_per_node, cal, srv) + comm_extra
+    return {"gemm": t_attn + mlp, "attention": t_core, "elementwise": elem, "tp_comm": comm,
+            "overhead": np.full_like(tokens, srv.layer_overhead_s)}
+
+
+def _head_time(model: ModelSpec, gpu: GPUSpec, dep: Deployment, seqs, cal: Calibration):
+    """LM head (16-bit, vocab split over tp) for one token per sequence."""
+    r = _rates(gpu, dep, cal)
+    return _gemm_decode(np.asarray(seqs, dtype=float), model.vocab / dep.tp, model.hidden, 2.0, r.peak16, r, cal)
+
+
+def _p2p(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, tokens, cal: Calibration):
+    if dep.pp <= 1:
+        return np.zeros_like(np.asarray(tokens, dtype=float))
+    across = dep.tp * 2 > gpus_per_node   # consecutive stages on different nodes
+    return np.vectorize(lambda x: p2p_time(x * model.hidden * 2.0 / dep.tp, across, gpu, cal), otypes=[float])(
+        np.asarray(tokens, dtype=float))
+
+
+def decode_step_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, batch, context: float,
+                     cal: Calibration | None = None, srv: ServingCalibration = SERVING) -> dict[str, np.ndarray]:
+    """Seconds per output token of a replica decoding `batch` sequences whose KV caches hold `context`
+    tokens, split by cause ("total" is the time per output token, TPOT).
+
+    Pipeline: m = min(pp, batch) micro-batches of batch/m sequences; every token passes all stages, so
+    TPOT = layers x layer(batch/m) + head + (pp - 1) sends, and each stage is busy m/pp of the time."""
+    cal = cal or calibration_for(gpu.family)
+    b = np.asarray(batch, dtype=float)
+    m = np.minimum(dep.pp, b)
+    x = b / m
+    parts = _layer_time(model, gpu, gpus_per_node, dep, x, context, x, False, cal, srv)
+    out = {k: v * model.layers for k, v in parts.items()}
+    out["lm_head"] = _head_time(model, gpu, dep, x, cal)
+    out["pipeline"] = (dep.pp - 1) * _p2p(model, gpu, gpus_per_node, dep, x, cal)
+    out["total"] = sum(out.values())
+    return out
+
+
+def prefill_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, seqs, prompt: int,
+                 cal: Calibration | None = None, srv: ServingCalibration = SERVING) -> np.ndarray:
+    """Seconds to prefill `seqs` prompts of `prompt` tokens in one batch (their first tokens come out at the
+    end). Pipeline: m = min(pp, seqs) micro-batches, (m + pp - 1) stage slots of 1/pp of the model each."""
+    cal = cal or calibration_for(gpu.family)
+    n = np.asarray(seqs, dtype=float)
+    m = np.minimum(dep.pp, n)
+    x = n / m
+    parts = _layer_time(model, gpu, gpus_per_node, dep, x * prompt, prompt, x, True, cal, srv)
+    whole = model.layers * sum(parts.values()) + _head_time(model, gpu, dep, x, cal)
+    return (m + dep.pp - 1) / dep.pp * whole + (dep.pp - 1) * _p2p(model, gpu, gpus_per_node, dep, x * prompt, cal)
+
+
+# ---- one replica, end to end -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReplicaPerformance:
+    """Arrays over the batch sizes asked for (one replica)."""
+    batch: np.ndarray
+    ttft_s: np.ndarray          # prefill of one prompt, plus the decode step it waits for when batch > 1
+    batch_prefill_s: np.ndarray  # prefill of the whole batch (a static batch's time to first token)
+    tpot_s: np.ndarray          # mean time per output token after the first
+    tokens_per_s: np.ndarray    # generated tokens per second of the replica, prefill time included
+    decode_parts: dict[str, np.ndarray] = field(repr=False)
+
+
+def replica_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, batch,
+                        prompt: int, output: int, cal: Calibration | None = None,
+                        srv: ServingCalibration = SERVING) -> ReplicaPerformance:
+    """A batch of sequences, each `prompt` tokens in and `output` tokens out, on one replica.
+
+    Decode steps 1..output-1 attend to prompt + j tokens: the mean context is prompt + output/2, exact
+    for the linear attention term. Throughput = batch x output / (batch prefill + (output - 1) x TPOT): a
+    static batch, and the steady state of continuous batching at that concurrency (each request's prefill
+    is paid once, its decode steps are shared)."""
+    cal = cal or calibration_for(gpu.family)
+    b = np.atleast_1d(np.asarray(batch, dtype=float))
+    dec = decode_step_time(model, gpu, gpus_per_node, dep, b, prompt + output / 2.0, cal, srv)
+    tpot = dec["total"]
+    pre_b = prefill_time(model, gpu, gpus_per_node, dep, b, prompt, cal, srv)
+    pre_1 = prefill_time(model, gpu, gpus_per_node, dep, np.ones(1), prompt, cal, srv)
+    ttft = pre_1 + np.where(b > 1, tpot, 0.0)
+    total = pre_b + max(output - 1, 0) * tpot
+    return ReplicaPerformance(batch=b, ttft_s=ttft, batch_prefill_s=pre_b, tpot_s=tpot,
+                              tokens_per_s=b * output / total, decode_parts=dec)
+
+
+def usd_per_million_tokens(usd_per_gpu_hour: float, gpus: int, tokens_per_s):
+    """$ per 1e6 generated tokens: GPU-hours price / tokens per hour."""
+    return usd_per_gpu_hour * gpus / (np.asarray(tokens_per_s, dtype=float) * 3600.0) * 1e6
