@@ -69,9 +69,14 @@ def estimate_for_cluster(model: ModelSpec, cluster: Cluster, tokens: float, *, m
     best = search(model, cluster, precision=precision, top=1, **search_kw).plans[0]
     s = best.strategy
     full = s["recompute"] == "full" and s["recompute_layers"] == s["stage_layers"]
+    # the run takes tokens / (the plan's tokens per second); expressed as a utilisation of 6ND FLOPs, so
+    # that GPU-hours = 6ND / (peak x mfu) holds (the plan's own MFU also counts attention FLOPs)
+    seconds = tokens / best.tokens_per_s
+    mfu_6nd = training_flops(model, tokens) / (seconds * cluster.num_gpus * cluster.gpu.peak_tflops(precision) * 1e12)
     source = (f"best plan found: TP {s['tp']} x PP {s['pp']} x DP {s['dp']}"
-              + (f" x CP {s['cp']}" if s["cp"] > 1 else "") + f", MFU {best.mfu:.1%}")
-    return estimate_run(model, cluster.gpu, cluster.num_gpus, tokens, best.mfu, precision,
+              + (f" x CP {s['cp']}" if s["cp"] > 1 else "")
+              + f", {best.tokens_per_s:,.0f} tokens/s, MFU {best.mfu:.1%} counting attention, {mfu_6nd:.1%} in 6ND terms")
+    return estimate_run(model, cluster.gpu, cluster.num_gpus, tokens, mfu_6nd, precision,
                         full_recompute=full, pue=pue, mfu_source=source)
 
 

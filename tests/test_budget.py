@@ -1,0 +1,167 @@
+"""Whole-run estimates, comparisons, budgets and reports (issue 7)."""
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import pytest
+from click.testing import CliRunner
+
+from costmodels.flops import training_flops
+from costmodels.model import ModelSpec, MoESpec
+from costmodels.presets import get_model
+from hardware import load_catalog, parse_cluster
+from planner import search
+from planner.budget import choose_hardware, compare, node_counts, pareto_front
+from planner.cli import cli
+from planner.estimate import estimate_run
+from planner.report_file import CHART_SIZE_PX, write_report
+
+CATALOG = load_catalog()
+A100 = CATALOG.gpus["A100-80GB"]
+
+
+def test_seed_000_gpt3_run():
+    # Seed article 000: GPT-3 175B x 300B tokens = 3.15e23 FLOPs (6ND); at 312 TFLOP/s and 46.2% MFU that
+    # is ~606.7k A100-hours ~ 25.3k A100-days, about a month on ~1000 A100s.
+    model, _ = get_model("175b")
+    est = estimate_run(model, A100, 1024, 300e9, 0.462, "bf16")
+    assert est.training_flops == pytest.approx(3.15e23, rel=0.01)
+    assert est.gpu_hours == pytest.approx(606.7e3, rel=0.01)
+    assert est.gpu_days == pytest.approx(25.3e3, rel=0.01)
+    assert 20 < est.days < 31
+    assert est.cost_usd == pytest.approx(est.gpu_hours * 5.12)
+    assert est.energy_kwh == pytest.approx(est.gpu_hours * 0.4)      # 400 W TDP, PUE 1
+    full = estimate_run(model, A100, 1024, 300e9, 0.462, "bf16", full_recompute=True, pue=1.2)
+    assert full.hardware_flops == pytest.approx(8 / 6 * est.training_flops)   # 8ND with full recompute
+    assert full.energy_kwh == pytest.approx(1.2 * est.energy_kwh)
+
+
+def test_seed_000_gpt4_like_moe():
+    # Seed article 000: 2 x 111B routed + 55B shared = 277B active x 13T tokens = 2.16e25 FLOPs; 53.4M
+    # A100-hours is ~89 days on 25,000 A100s (the article's figures imply ~36% MFU at 312 TFLOP/s).
+    model, _ = get_model("gpt4moe-1.8t")
+    flops = training_flops(model, 13e12)
+    assert flops == pytest.approx(2.16e25, rel=0.02)
+    mfu = 2.16e25 / (312e12 * 3600 * 53.4e6)
+    est = estimate_run(model, A100, 25_000, 13e12, mfu, "bf16")
+    assert est.gpu_hours == pytest.approx(53.4e6, rel=0.02)
+    assert est.days == pytest.approx(89, rel=0.02)
+
+
+def test_moe_estimate_uses_active_parameters():
+    moe = ModelSpec(name="moe", layers=4, hidden=512, heads=8, vocab=1000, seq_len=256,
+                    moe=MoESpec(experts=8, top_k=2, expert_ffn_hidden=2048))
+    assert training_flops(moe, 1e9) == 6 * moe.params_active() * 1e9 < 6 * moe.params_total() * 1e9
+
+
+def test_estimate_without_mfu_uses_the_best_plan():
+    model, _ = get_model("gpt3-1.3b")
+    out = CliRunner().invoke(cli, ["estimate", "--model", "gpt3-1.3b", "--tokens", "26e9", "--gpus", "64xA100",
+                                   "--format", "json"])
+    assert out.exit_code == 0, out.output
+    d = json.loads(out.output)
+    for key in ("training_flops", "gpu_hours", "days", "cost_usd", "energy_kwh", "mfu"):
+        assert d[key] > 0
+    best = search(model, parse_cluster("64xA100"), top=1).plans[0]
+    assert d["mfu"] < best.mfu      # 6ND leaves out the attention FLOPs the plan's MFU counts
+    assert d["mfu"] == pytest.approx(6 * model.params_total() * best.tokens_per_s / (64 * 312e12), rel=1e-9)
+    assert "best plan" in d["mfu_source"]
+    # days = tokens / (tokens per second of that plan)
+    assert d["days"] == pytest.approx(26e9 / best.tokens_per_s / 86400, rel=1e-6)
+
+
+def test_plan_tokens_adds_run_figures():
+    out = CliRunner().invoke(cli, ["--model", "gpt3-1.3b", "--gpus", "64xA100", "--tokens", "26e9", "--format", "json"])
+    assert out.exit_code == 0, out.output
+    for p in json.loads(out.output)["plans"]:
+        r = p["run"]
+        assert r["days"] == pytest.approx(26e9 / p["tokens_per_s"] / 86400, rel=1e-9)
+        assert r["gpu_hours"] == pytest.approx(r["days"] * 24 * 64, rel=1e-9)
+        assert r["cost_usd"] == pytest.approx(r["gpu_hours"] * A100.price_usd_per_gpu_hour, rel=1e-9)
+
+
+def test_compare_three_clusters_and_price_override():
+    out = CliRunner().invoke(cli, ["compare", "--model", "gpt3-6.7b", "--gpus", "64xA100,64xH100,32xH200",
+                                   "--tokens", "300e9", "--price", "H100=2.49", "--format", "json"])
+    assert out.exit_code == 0, out.output
+    rows = {r["cluster"]: r for r in json.loads(out.output)["rows"]}
+    assert set(rows) == {"64xA100-80GB", "64xH100-SXM", "32xH200"}
+    assert rows["64xH100-SXM"]["price_usd_per_gpu_hour"] == 2.49
+    for r in rows.values():
+        assert r["cost_usd"] == pytest.approx(r["gpu_hours"] * r["price_usd_per_gpu_hour"])
+    # H100 is faster than A100 on the same count (989 vs 312 dense bf16 TFLOP/s)
+    assert rows["64xH100-SXM"]["days"] < rows["64xA100-80GB"]["days"]
+
+
+def test_node_counts_and_front():
+    assert node_counts(8, 100) == [8, 16, 24, 32, 48, 64, 72, 96]
+    model, _ = get_model("gpt3-1.3b")
+    res = compare(model, [parse_cluster(x) for x in ("16xA100", "32xA100", "16xH100")], 26e9)
+    front = pareto_front(res.rows)
+    # no point of the front is beaten on both days and dollars by any point
+    for f in front:
+        assert not any(p.days < f.days and p.cost_usd < f.cost_usd for p in res.rows)
+
+
+def _brute_force_choice(model, types, max_gpus, tokens, budget=None, deadline=None):
+    pts = compare(model, [parse_cluster(f"{n}x{g.name}") for g in types for n in node_counts(g.gpus_per_node, max_gpus)],
+                  tokens).rows
+    ok = [p for p in pts if (budget is None or p.cost_usd <= budget) and (deadline is None or p.days <= deadline)]
+    if not ok:
+        return None
+    return min(ok, key=(lambda p: p.cost_usd) if deadline is not None else (lambda p: p.days))
+
+
+@pytest.mark.parametrize("limits", [{"budget_usd": 5e4}, {"deadline_days": 20.0}, {"budget_usd": 3e4, "deadline_days": 40.0},
+                                    {"budget_usd": 1.0}])
+def test_choice_of_type_and_count_matches_brute_force(limits):
+    model, _ = get_model("gpt3-1.3b")
+    types = [CATALOG.gpus["A100-80GB"], CATALOG.gpus["H100-SXM"]]
+    res = choose_hardware(model, types, 64, 26e9, **limits)
+    want = _brute_force_choice(model, types, 64, 26e9, limits.get("budget_usd"), limits.get("deadline_days"))
+    if want is None:
+        assert res.chosen is None and "cheapest run costs" in res.message and "fastest takes" in res.message
+        return
+    got = res.chosen
+    key = "cost_usd" if "deadline_days" in limits else "days"
+    assert getattr(got, key) == pytest.approx(getattr(want, key), rel=1e-12)
+    assert len(res.searched) <= res.blocks
+
+
+def test_impossible_budget_cli():
+    out = CliRunner().invoke(cli, ["--model", "gpt3-1.3b", "--gpu-types", "A100,H100", "--max-gpus", "64",
+                                   "--tokens", "26e9", "--budget-usd", "1"])
+    assert out.exit_code == 2
+    assert "cheapest run costs $" in out.output and "fastest takes" in out.output
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = open(path, "rb").read(24)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_and_charts(tmp_path):
+    model, _ = get_model("gpt3-1.3b")
+    res = search(model, parse_cluster("64xA100"), top=3)
+    files = write_report(res, tmp_path / "plan.md")
+    text = files[0].read_text()
+    for needle in ("## Assumptions", "## The winning plan", "## Runner-ups", "plan_memory.png", "plan_time.png"):
+        assert needle in text
+    for png in files[1:]:
+        assert _png_size(png) == CHART_SIZE_PX
+    html_files = write_report(res, tmp_path / "plan.html")
+    assert html_files[0].read_text().startswith("<!doctype html>") and "<table>" in html_files[0].read_text()
+    with pytest.raises(ValueError):
+        write_report(res, tmp_path / "plan.txt")
+
+
+def test_front_plot(tmp_path):
+    out = CliRunner().invoke(cli, ["--model", "gpt3-1.3b", "--gpu-types", "A100,H100", "--max-gpus", "32",
+                                   "--tokens", "26e9", "--deadline-days", "30", "--plot", str(tmp_path / "front.png")])
+    assert out.exit_code == 0, out.output
+    w, h = _png_size(tmp_path / "front.png")
+    assert (w, h) == (700, 450)
+    assert "Chosen" in out.output
