@@ -176,6 +176,7 @@ def llama3_published(model, cluster) -> tuple[object | None, str]:
     """The published configuration, with the best interleaving v in 1..8 that the rules allow, recompute
     none or selective; full recompute only if nothing else fits."""
     best, best_desc, tried = None, "", []
+    lowest: dict[str, float] = {}   # recompute -> lowest peak GB over the allowed v
     for recomputes in (("none", "selective"), ("full",)):
         for rec in recomputes:
             for v in range(1, 9):
@@ -186,13 +187,16 @@ def llama3_published(model, cluster) -> tuple[object | None, str]:
                     tried.append(f"{rec}/v{v}: {e}")
                     continue
                 p = evaluate_strategy(model, cluster, st).plans[0]
+                lowest[rec] = min(lowest.get(rec, float("inf")), p.memory_gb["peak"])
                 if p.fits and (best is None or p.tokens_per_s > best.tokens_per_s):
                     best, best_desc = p, f"recompute={rec}, virtual_stages={v}"
         if best is not None:
             break
+    unfit = [f"{r} does not fit for any allowed v (lowest peak {g:.1f} GB)" for r, g in lowest.items()
+             if best is None or r != best.strategy["recompute"]]
     if best is None:
-        return None, "nothing fits: " + "; ".join(tried[:4])
-    return best, best_desc
+        return None, "nothing fits: " + "; ".join(unfit + tried[:4])
+    return best, best_desc + "".join(f"; {u}" for u in unfit)
 
 
 def llama3_published_structure(model, cluster, gb: int):

@@ -87,6 +87,8 @@ def _read_entries(path: Path) -> list[GPUSpec]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise HardwareError(f"{where}: cannot read it ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise HardwareError(f"{where}: not UTF-8 text; give a gpus/v1 JSON or YAML file") from None
     data = _parse(text, path, where)
     if not isinstance(data, dict) or not isinstance(data.get("gpus"), list):
         raise HardwareError(f'{where}: expected an object {{"schema": "{SCHEMA}", "gpus": [...]}}')

@@ -22,6 +22,9 @@ from planner.solver import Layout, greedy_layout, lower_bound, memory_infeasible
 from planner.space import Space, SpaceOptions, enumerate_pools, enumerate_space
 
 
+CP_SAT_MAX_STAGES = 256   # beyond this many pipeline stages the balanced incumbent is kept, with its gap
+
+
 class NoPlanError(ValueError):
     """Nothing fits; the message says which resource binds and the smallest change that would fit."""
 
@@ -128,9 +131,21 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
         if (len(ranked) >= top and lb >= ranked[top - 1].step_ns) or (key in best and lb >= best[key].step_ns):
             continue
         layout = greedy_layout(pl, None, free)
-        if layout is None or layout.objective / pl.v > lb:
+        if pl.p > CP_SAT_MAX_STAGES:   # too many stages for an interactive CP-SAT model: keep the incumbent
+            if layout is None:
+                continue
+            bound = lower_bound(pl, None, free)
+            layout = Layout(layout.stage_layers, layout.recompute_layers, layout.objective,
+                            layout.objective <= bound, max(0.0, (layout.objective - bound) / layout.objective))
+        elif layout is None or layout.objective / pl.v > lb:
             cp_calls += 1
-            layout = solve_layout(pl, None, free, time_limit_s - elapsed, hint=layout) or layout
+            solved_layout = solve_layout(pl, None, free, time_limit_s - elapsed, hint=layout)
+            if solved_layout is not None and (layout is None or solved_layout.objective <= layout.objective):
+                layout = solved_layout
+            elif layout is not None:   # out of time before CP-SAT beat the incumbent: keep it, with the bound
+                bound = lower_bound(pl, None, free)
+                layout = Layout(layout.stage_layers, layout.recompute_layers, layout.objective, False,
+                                max(0.0, (layout.objective - bound) / layout.objective))
         else:
             layout = Layout(layout.stage_layers, layout.recompute_layers, layout.objective, True, 0.0)
         solved += 1
@@ -144,9 +159,9 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
         ev = evaluate_pipeline(model, final, pl, c.gpus, layout.stage_layers, layout.recompute_layers)
         best[key] = Found(step, final, layout, ev)
     ranked = sorted(best.values(), key=lambda f: (f.step_ns, _order_key(f.strategy)))[:top]
-    gap = 0.0
+    gap = max((f.layout.gap for f in ranked if not f.layout.optimal), default=0.0)
     if unsolved_bound is not None and ranked:
-        gap = max(0.0, (ranked[0].step_ns - unsolved_bound) / ranked[0].step_ns)
+        gap = max(gap, (ranked[0].step_ns - unsolved_bound) / ranked[0].step_ns)
     stats = {
         "space": space,
         "structures": len(cands),
@@ -154,7 +169,7 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
         "layouts_solved": solved,
         "cp_sat_calls": cp_calls,
         "optimal": all_optimal and unsolved_bound is None,
-        "gap": gap if unsolved_bound is not None else (0.0 if all_optimal else max((f.layout.gap for f in ranked), default=0.0)),
+        "gap": gap,
         "timed_out": unsolved_bound is not None,
     }
     return ranked, stats
@@ -196,27 +211,50 @@ def explain_no_fit(model: ModelSpec, cluster: Cluster, opts: SpaceOptions, space
 
 
 def _min_peak_bytes(model: ModelSpec, cluster: Cluster, space: Space) -> float:
+    """The least GPU memory any structure needs (even split, everything recomputed if allowed), among
+    structures whose offloaded states fit in host memory."""
     best = float("inf")
     for st in space.strategies:
         sc = stage_costs(model, st, cluster)
         R_all = st.recompute == "full"
         L = -(-model.layers // st.pp)
-        peak = max(sc.stage_bytes(i, L, L if R_all else 0) for i in range(st.pp))
-        best = min(best, peak)
+        if any(sc.stage_host_bytes(i, L) > sc.host_cap_b for i in range(st.pp)):
+            continue
+        best = min(best, max(sc.stage_bytes(i, L, L if R_all else 0) for i in range(st.pp)))
     return best
 
 
 def _min_gpus_that_fit(model: ModelSpec, cluster: Cluster, opts: SpaceOptions) -> int | None:
-    from hardware import Cluster as _C
+    """The fewest whole nodes of this GPU on which some plan fits: doubling to find a count that fits,
+    then bisection between the last count that did not and it."""
     gpn = cluster.gpus_per_node
-    n = max(gpn, cluster.num_gpus)
+
+    def fits(nodes: int) -> bool:
+        bigger = Cluster(gpu=cluster.gpu, num_nodes=nodes, gpus_per_node=gpn)
+        try:
+            found, _ = _search(model, (bigger,), opts, 1, 5.0, None)
+        except ValueError:
+            return False
+        return bool(found)
+
+    lo = max(1, cluster.num_gpus // gpn)    # does not fit
+    hi = None
+    n = lo
     for _ in range(12):
         n *= 2
-        bigger = _C(gpu=cluster.gpu, num_nodes=n // gpn, gpus_per_node=gpn)
-        found, _ = _search(model, (bigger,), opts, 1, 5.0, None)
-        if found:
-            return n
-    return None
+        if fits(n):
+            hi = n
+            break
+        lo = n
+    if hi is None:
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi * gpn
 
 
 def evaluate_strategy(model: ModelSpec, cluster: Cluster, strategy: Strategy) -> SearchResult:

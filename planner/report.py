@@ -129,13 +129,15 @@ def render_plan(p: PlanOut, console: Console, title: str) -> None:
 
 def render_runner_ups(plans: list[PlanOut], console: Console) -> None:
     t = Table(title="Plans, best first (distinct structures)", title_justify="left", show_edge=False)
-    for col in ("#", "TP", "PP", "DP", "micro-batch", "chunks", "ZeRO", "recompute", "step s", "tokens/s/GPU",
-                "MFU", "peak GB", "vs best"):
+    extra = [k for k in ("cp", "ep") if any(p.strategy.get(k, 1) > 1 for p in plans)]
+    for col in ("#", "TP", "PP", "DP", *[k.upper() for k in extra], "micro-batch", "chunks", "ZeRO", "recompute",
+                "step s", "tokens/s/GPU", "MFU", "peak GB", "vs best"):
         t.add_column(col, justify="right")
     best = plans[0].step_time_s
     for p in plans:
         s = p.strategy
-        t.add_row(str(p.rank), str(s["tp"]), str(s["pp"]), str(s["dp"]), str(s["micro_batch"]),
+        t.add_row(str(p.rank), str(s["tp"]), str(s["pp"]), str(s["dp"]), *[str(s[k]) for k in extra],
+                  str(s["micro_batch"]),
                   str(s["virtual_stages"]), str(s["zero_stage"]), recompute_label(s).replace(" recompute", ""),
                   f"{p.step_time_s:.3f}", f"{p.tokens_per_s_per_gpu:,.0f}", f"{p.mfu:.1%}",
                   f"{p.memory_gb['peak']:.1f}", f"+{p.step_time_s / best - 1:.1%}")

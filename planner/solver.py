@@ -15,6 +15,7 @@ All coefficients are integers (ns, bytes), so the objective equals costmodels' s
 """
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 
@@ -91,10 +92,14 @@ def balanced_layers(sc: StageCosts | Pipeline) -> tuple[list[int], int]:
         for i in members:
             caps[i] = room(lo, a, c, z)
     excess = sum(caps) - pl.layers
-    for i in sorted(range(p), key=lambda j: (-caps[j], j)):  # trim the fullest stages first
-        cut = min(excess, caps[i] - v)
-        caps[i] -= cut
-        excess -= cut
+    heap = [(-caps[i], i) for i in range(p)]
+    heapq.heapify(heap)
+    while excess > 0:   # take one layer at a time from the fullest stage (ties: the earliest)
+        neg, i = heapq.heappop(heap)
+        if -neg > v:
+            caps[i] -= 1
+            excess -= 1
+            heapq.heappush(heap, (-caps[i], i))
     return caps, lo
 
 

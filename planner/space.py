@@ -13,10 +13,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from costmodels.model import ModelSpec
+from costmodels.performance import even_split
 from costmodels.strategy import Strategy, StrategyError
 
 MAX_VIRTUAL_STAGES = 8
 MAX_MICRO_BATCH = 64
+MAX_PIPELINE_STAGES = 512     # deeper pipelines than any published run; keeps layouts interactive
+MAX_STRUCTURES = 20_000_000   # refused up front: enumerating more would take minutes
 MIN_CP_CHUNK = 1024      # tokens per context-parallel rank below which attention kernels starve
 
 
@@ -76,6 +79,13 @@ def check_strategy(model: ModelSpec, st: Strategy, num_gpus: int, gpus_per_node:
     if st.zero_stage >= 2 and st.pp > 1:
         raise StrategyError(f"ZeRO-{st.zero_stage} cannot be combined with pipeline parallelism (pp={st.pp}); "
                             f"use ZeRO-1 or pp=1")
+    if st.recompute_layers is not None:
+        stage_layers = st.stage_layers or tuple(even_split(model.layers, st.pp))
+        over = [(i, r, L) for i, (r, L) in enumerate(zip(st.recompute_layers, stage_layers)) if r > L]
+        if over:
+            i, r, L = over[0]
+            raise StrategyError(f"recompute layers {r} on stage {i} exceed its {L} layers; give at most the stage's "
+                                f"layers ({list(stage_layers)})")
     if st.cp > 1 and model.seq_len % (2 * st.cp):
         raise StrategyError(f"cp={st.cp}: the sequence of {model.seq_len} tokens is not divisible by 2 x cp = {2 * st.cp}")
     if st.ep > 1:
@@ -88,6 +98,25 @@ def check_strategy(model: ModelSpec, st: Strategy, num_gpus: int, gpus_per_node:
                                 f"data-parallel ranks)")
 
 
+class SpaceTooLargeError(StrategyError):
+    """The search space is too large to enumerate; the message gives its size and how to shrink it."""
+
+
+def space_size_bound(model: ModelSpec, num_gpus: int, opt: SpaceOptions) -> int:
+    """An upper bound on the structures enumerate_space would build, computed without building them."""
+    divs = divisors(num_gpus)
+    tp = sum(1 for d in divs if model.heads % d == 0 and (d <= 8 or opt.tp_across_nodes))
+    cp = sum(1 for d in divs if model.seq_len % (2 * d) == 0 and model.seq_len // d >= MIN_CP_CHUNK) + 1
+    pp = sum(1 for d in divs if d <= model.layers)
+    mb = sum(1 for d in divisors(opt.global_batch) if d <= MAX_MICRO_BATCH)
+    experts = len(divisors(model.moe.experts)) if model.moe is not None else 1
+    return tp * cp * pp * mb * MAX_VIRTUAL_STAGES * len(opt.zero_stage) * len(opt.offload) * 2 * experts
+
+
+def _excluded(dim: str, allowed: tuple[int, ...]) -> str:
+    return f"excluded by --{dim} {','.join(map(str, allowed))}"
+
+
 def divisors(n: int) -> list[int]:
     small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
     return sorted(set(small + [n // d for d in small]))
@@ -98,11 +127,17 @@ def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, opt: Sp
     recompute with a free count per stage (0 = none), so 'none' needs no structure of its own unless
     'full' is not allowed. Sequence parallel is on whenever tp > 1: it moves the same bytes as plain
     tensor parallelism and stores less (Korthikanti et al. 2022, 4.2.2), so it is never worse."""
+    size = space_size_bound(model, num_gpus, opt)
+    if size > MAX_STRUCTURES:
+        raise SpaceTooLargeError(
+            f"the search space for {model.name} on {num_gpus} GPUs would have up to {size:,} structures (limit "
+            f"{MAX_STRUCTURES:,}); fix some dimensions (--tp, --pp, --zero, --recompute) or use fewer GPUs")
     removed: Counter = Counter()
     out: list[Strategy] = []
     families = _recompute_families(opt.recompute)
     for tp in divisors(num_gpus):
         if opt.tp is not None and tp not in opt.tp:
+            removed[_excluded('tp', opt.tp)] += 1
             continue
         if tp > gpus_per_node and not opt.tp_across_nodes:
             removed["tp must stay inside a node (NVLink)"] += 1
@@ -114,15 +149,21 @@ def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, opt: Sp
             if cp > 1 and not _cp_allowed(model, cp, opt, removed):
                 continue
             if opt.cp is not None and cp not in opt.cp:
+                removed[_excluded('cp', opt.cp)] += 1
                 continue
             for pp in divisors(num_gpus // (tp * cp)):
                 if opt.pp is not None and pp not in opt.pp:
+                    removed[_excluded('pp', opt.pp)] += 1
                     continue
                 if pp > model.layers:
                     removed["pp must not exceed the layers"] += 1
                     continue
+                if pp > MAX_PIPELINE_STAGES:
+                    removed[f"pp is at most {MAX_PIPELINE_STAGES} stages"] += 1
+                    continue
                 dp = num_gpus // (tp * cp * pp)
                 if opt.dp is not None and dp not in opt.dp:
+                    removed[_excluded('dp', opt.dp)] += 1
                     continue
                 if opt.global_batch % dp:
                     removed["global batch must be divisible by dp"] += 1
@@ -144,6 +185,7 @@ def enumerate_pools(model: ModelSpec, pool_sizes: list[int], gpus_per_node: int,
     g = math.gcd(*pool_sizes)
     for tp in divisors(g):
         if opt.tp is not None and tp not in opt.tp:
+            removed[_excluded('tp', opt.tp)] += 1
             continue
         if tp > gpus_per_node and not opt.tp_across_nodes:
             removed["tp must stay inside a node (NVLink)"] += 1
@@ -156,13 +198,18 @@ def enumerate_pools(model: ModelSpec, pool_sizes: list[int], gpus_per_node: int,
                 continue
             for dp in divisors(g // (tp * cp)):
                 if opt.dp is not None and dp not in opt.dp:
+                    removed[_excluded('dp', opt.dp)] += 1
                     continue
                 stages = [n // (tp * cp * dp) for n in pool_sizes]
                 pp = sum(stages)
                 if opt.pp is not None and pp not in opt.pp:
+                    removed[_excluded('pp', opt.pp)] += 1
                     continue
                 if pp > model.layers:
                     removed["pp must not exceed the layers"] += 1
+                    continue
+                if pp > MAX_PIPELINE_STAGES:
+                    removed[f"pp is at most {MAX_PIPELINE_STAGES} stages"] += 1
                     continue
                 if opt.global_batch % dp:
                     removed["global batch must be divisible by dp"] += 1

@@ -70,9 +70,15 @@ class ValidationResult(BaseModel):
 def load_runs(path: str | Path) -> tuple[str, list[dict]]:
     p = Path(path)
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValidationFileError(f"runs file {p} does not exist") from None
+    except IsADirectoryError:
+        raise ValidationFileError(f"runs file {p} is a directory; give a runs/v1 or serving/v1 JSON file") from None
+    except OSError as e:
+        raise ValidationFileError(f"runs file {p} cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ValidationFileError(f"runs file {p} is not UTF-8 text; give a runs/v1 or serving/v1 JSON file") from None
     except json.JSONDecodeError as e:
         raise ValidationFileError(f"runs file {p} is not valid JSON (line {e.lineno}: {e.msg})") from None
     if not isinstance(doc, dict) or "schema" not in doc:
@@ -91,11 +97,11 @@ def validate_file(path: str | Path) -> ValidationResult:
     results = []
     for i, run in enumerate(runs):
         rid = str(run.get("id", f"run-{i}")) if isinstance(run, dict) else f"run-{i}"
-        if schema != "runs/v1":
-            results.append(RunResult(id=rid, metric=None, measured=None, predicted=None, pct_error=None,
-                                     skipped=f"schema {schema} (serving) is not predicted yet"))
-            continue
         try:
+            if schema == "serving/v1":   # inference rows: planner.serve predicts each in its mode
+                from planner.serve import predict_serving_run
+                results.append(predict_serving_run(run))
+                continue
             results.append(predict_run(run))
         except (KeyError, TypeError, ValueError, ModelError, StrategyError, HardwareError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__

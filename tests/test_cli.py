@@ -232,10 +232,7 @@ def test_validate_run_with_missing_field_is_skipped_and_counted(tmp_path, capsys
     pytest.param(json.dumps({"schema": "runs/v1", "runs": []}), id="empty-runs"),
     pytest.param(json.dumps({"schema": "runs/v2", "runs": [RUN_22B]}), id="schema-v2"),
     pytest.param("this is { not json", id="not-json"),
-    pytest.param(b"\xff\xfe\x00\x81 binary", id="not-utf8", marks=pytest.mark.xfail(strict=True, reason=(
-        "source bug: planner/validate.py load_runs() catches only FileNotFoundError and JSONDecodeError; "
-        "the UnicodeDecodeError of a non-UTF-8 file reaches planner/cli.py main() as a ValueError, whose "
-        "one line (\"error: 'utf-8' codec can't decode byte 0xff ...\") does not name the file"))),
+    pytest.param(b"\xff\xfe\x00\x81 binary", id="not-utf8"),
 ])
 def test_validate_bad_file(tmp_path, capsys, content):
     f = tmp_path / "bad-runs.json"
@@ -244,10 +241,6 @@ def test_validate_bad_file(tmp_path, capsys, content):
     assert_user_error(code, out, err, re.escape(str(f)))
 
 
-@pytest.mark.xfail(strict=True, raises=IsADirectoryError, reason=(
-    "source bug: `plan validate --runs <a directory>` prints a traceback and exits 1: planner/validate.py "
-    "load_runs() calls Path.read_text() catching only FileNotFoundError/JSONDecodeError, so IsADirectoryError "
-    "(and PermissionError) escape, and planner/cli.py main() does not catch OSError"))
 def test_validate_runs_is_a_directory(tmp_path, capsys):
     code, out, err = run_main(["validate", "--runs", tmp_path], capsys)
     assert_user_error(code, out, err, re.escape(str(tmp_path)))
@@ -292,25 +285,11 @@ BAD_INPUT = [
     pytest.param(["evaluate", "--model", "175b", "--gpus", "1024xA100", "--pp", "1024"], r"\b1024\b",
                  id="evaluate-pp-exceeds-layers"),
     # --- cases that break the rule today (source bugs; strict: they fail loudly once fixed) ---
-    pytest.param([*S_FAST, "--time-limit", "nan"], "nan", id="time-limit-nan", marks=pytest.mark.xfail(strict=True, reason=(
-        "source bug: planner/cli.py cli() checks `if time_limit <= 0`, which is False for nan, so "
-        "`plan --model 175b --gpus 1024xA100 --tp 8 --pp 8 --time-limit nan` runs the search and exits 0 instead of exit 2"))),
-    pytest.param([*S, "--tp", "3"], r"--tp|tp.{0,3}\b3\b", id="search-tp-3", marks=pytest.mark.xfail(strict=True, reason=(
-        "source bug: `plan --model 175b --gpus 1024xA100 --tp 3` says 'no parallel layout of gpt3-175b fits the "
-        "rules on 1024 GPUs (no candidates)' without naming --tp 3: planner/space.py enumerate_space() skips "
-        "values excluded by SpaceOptions.tp/pp/... without counting them in Space.removed, so "
-        "planner/optimize.py explain_no_fit() cannot say which option emptied the space"))),
-    pytest.param([*S, "--hardware", "{tmp}/binary.json"], "{tmp}/binary.json", id="hardware-not-utf8",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "source bug: hardware/catalog.py _read_entries() catches OSError only; the UnicodeDecodeError "
-                     "of a non-UTF-8 --hardware file reaches planner/cli.py main() as a ValueError and the one line "
-                     "does not name the file"))),
+    pytest.param([*S_FAST, "--time-limit", "nan"], "nan", id="time-limit-nan"),
+    pytest.param([*S, "--tp", "3"], r"--tp|tp.{0,3}\b3\b", id="search-tp-3"),
+    pytest.param([*S, "--hardware", "{tmp}/binary.json"], "{tmp}/binary.json", id="hardware-not-utf8"),
     pytest.param([*E, "--tp", "8", "--pp", "8", "--recompute", "full", "--recompute-layers", "99,0,0,0,0,0,0,0"],
-                 r"\b99\b", id="evaluate-recompute-layers-exceed-stage", marks=pytest.mark.xfail(strict=True, reason=(
-                     "source bug: `plan evaluate ... --pp 8 --recompute full --recompute-layers 99,0,0,0,0,0,0,0` "
-                     "exits 0 and silently reports recompute_layers [12,0,...]: neither costmodels/strategy.py "
-                     "Strategy.__post_init__ nor planner/space.py check_strategy() checks recompute_layers[i] <= "
-                     "stage layers"))),
+                 r"\b99\b", id="evaluate-recompute-layers-exceed-stage"),
 ]
 
 
@@ -377,22 +356,12 @@ def test_no_fit_suggested_gpu_count_fits(background):
     assert result.plans[0].fits
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "source bug: with the offload dimension in the space, `plan --model 175b --gpus 8xA100` says 'GPU memory "
-    "binds; the leanest plan needs 47.4 GB per GPU, A100-80GB has 80 GB' (need < capacity): "
-    "planner/optimize.py _min_peak_bytes() takes the smallest GPU-resident peak over all structures, including "
-    "offloaded ones that fail on host memory (StageCosts.host_cap_b), so the message names neither a real GPU "
-    "shortfall nor the host-memory limit that binds"))
 def test_no_fit_names_a_real_memory_shortfall(background):
     _, _, err = background["no_fit"].result()
     need, have = map(float, _NEED.search(err).groups())
     assert need > have, err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "source bug: `plan --model 175b --gpus 8xA100` says 'the smallest A100-80GB cluster that fits is 32 GPUs' "
-    "but 24xA100 fits (and 40xA100 fits when offload is off, where it says 64): planner/optimize.py "
-    "_min_gpus_that_fit() only tries node counts doubled from the cluster (16, 32, 64, ...)"))
 def test_no_fit_suggested_gpu_count_is_the_smallest(background):
     from costmodels.presets import get_model
     from hardware import parse_cluster
