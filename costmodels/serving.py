@@ -58,6 +58,10 @@ class Deployment:
     weights: str = "bf16"
     kv: str = "bf16"
     ep: int = 1            # MoE: experts spread over the tp group (ep == tp) or each expert split (1)
+    # Decode attention kernels without GQA / MQA reuse stream a KV head once per query head that shares it
+    # (TensorRT-LLM before 0.7's "MMHA optimization for MQA and GQA" and 0.8's XQA kernel, which its blog
+    # credits with 1.9-2.4x Llama-70B throughput). Current engines read each KV head once.
+    kv_read_per_query_head: bool = False
 
     def __post_init__(self) -> None:
         if self.tp < 1 or self.pp < 1:
@@ -216,14 +220,18 @@ def max_batch(model: ModelSpec, gpu: GPUSpec, dep: Deployment, context: int,
 @dataclass(frozen=True)
 class _Rates:
     peak: float            # GEMM peak, FLOP/s, at the compute precision
-    peak16: float          # 16-bit peak (attention, LM head)
+    peak16: float          # 16-bit peak (LM head)
+    peak_attn: float       # attention: fp8 with an fp8 KV cache where the GPU has fp8 tensor cores
     hbm: float             # achievable HBM bytes/s
     wbytes: float          # bytes per quantised weight
     kvbytes: float
 
 
 def _rates(gpu: GPUSpec, dep: Deployment, cal: Calibration) -> _Rates:
-    return _Rates(peak=gpu.peak_tflops(compute_precision(gpu, dep.weights)) * 1e12, peak16=_peak16(gpu),
+    # An fp8 KV cache runs attention in fp8 where the GPU has fp8 tensor cores (TensorRT-LLM fp8 context
+    # FMHA; vLLM's FlashAttention-3 backend "performs attention in the quantized (FP8) domain").
+    attn = gpu.peak_tflops("fp8") * 1e12 if dep.kv == "fp8" and gpu.tflops.get("fp8") else _peak16(gpu)
+    return _Rates(peak=gpu.peak_tflops(compute_precision(gpu, dep.weights)) * 1e12, peak16=_peak16(gpu), peak_attn=attn,
                   hbm=gpu.hbm_gbps * 1e9 * cal.hbm_efficiency, wbytes=BYTES[dep.weights], kvbytes=BYTES[dep.kv])
 
 
@@ -297,12 +305,14 @@ def _layer_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploym
         touched = _expected_experts(moe.experts, moe.top_k, tokens)
         per_expert = tokens * moe.top_k / touched
         if dep.ep > 1:   # whole experts on each GPU of the group: E/ep of them
-            one = gemm(per_expert, fe_in, h, r.wbytes, r.peak, r, cal) + gemm(per_expert, h, fe, r.wbytes, r.peak, r, cal)
+            one = (gemm(per_expert, fe_in, h, r.wbytes, r.peak, r, cal)
+                   + gemm(per_expert, h, fe, r.wbytes, r.peak, r, cal))
             experts = touched / dep.ep * one
             # dispatch + combine all-to-all of top_k x tokens x h (GShard; 16-bit activations)
             comm_extra = 2 * _all_to_all(tokens * moe.top_k * h * 2.0 / t, t, gpu, gpus_per_node, cal, srv)
         else:            # every expert split over tp
-            one = gemm(per_expert, fe_in / t, h, r.wbytes, r.peak, r, cal) + gemm(per_expert, h, fe / t, r.wbytes, r.peak, r, cal)
+            one = (gemm(per_expert, fe_in / t, h, r.wbytes, r.peak, r, cal)
+                   + gemm(per_expert, h, fe / t, r.wbytes, r.peak, r, cal))
             experts = touched * one
         shared = moe.shared_experts * (gemm(tokens, fe_in / t, h, r.wbytes, r.peak, r, cal)
                                        + gemm(tokens, h, fe / t, r.wbytes, r.peak, r, cal))
@@ -318,8 +328,8 @@ def _layer_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploym
         kv_read = seqs * ctx_tokens * 2.0 * kvh * d * r.kvbytes
     else:
         flops = 4.0 * tokens * ctx_tokens * heads * d
-        kv_read = tokens * ctx_tokens * 2.0 * kvh * d * r.kvbytes
-    t_core = np.maximum(flops / (r.peak16 * cal.attention_efficiency), kv_read / r.hbm)
+        kv_read = tokens * ctx_tokens * 2.0 * (heads if dep.kv_read_per_query_head else kvh) * d * r.kvbytes
+    t_core = np.maximum(flops / (r.peak_attn * cal.attention_efficiency), kv_read / r.hbm)
     # element-wise (16-bit): 2 norms read+write (4h), 2 residual adds (6h), activation 3f/t SwiGLU, 2f/t GELU
     elem = tokens * 2.0 * (10 * h + (3 if model.ffn_type == "swiglu" else 2) * f / t) / r.hbm
     # two all-reduces of tokens x h 16-bit activations per layer (attention output, MLP output)

@@ -1,0 +1,360 @@
+"""Inference serving: the cost model (costmodels/serving.py), the plan search and `plan serve`
+(planner/serve.py), and the serving/v1 predictions of `plan validate`.
+
+Sources of the pinned values: seed article 003 (KV cache per token), seed article 002 (decode is
+memory-bandwidth bound; tensor-parallel all-reduce share on PCIe vs NVLink), seed article 000 (8 x A100 at
+$19.22/h, $0.0035 per 1k tokens), ../shared/reference/serving/public.json (measured serving runs),
+../shared/reference/hardware.md (HBM bandwidths: A10 600 GB/s, A100-80GB 2039 GB/s).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from costmodels.model import ModelSpec
+from costmodels.presets import get_model
+from costmodels.serving import (Deployment, decode_step_time, kv_cache_bytes_per_token, max_batch, memory_anatomy,
+                                replica_performance)
+from hardware import load_catalog, parse_cluster
+from planner.cli import main
+from planner.serve import ServeError, serve_plan
+from planner.validate import validate_file
+
+SERVING_PUBLIC = Path(__file__).resolve().parents[2] / "shared/reference/serving/public.json"
+CAT = load_catalog()
+A10, A100, H100 = (CAT.resolve(n)[0] for n in ("A10", "A100-80GB", "H100-SXM"))
+
+
+def model(name: str) -> ModelSpec:
+    return get_model(name)[0]
+
+
+def run_main(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def assert_one_line_error(code, out, err, needle):
+    assert "Traceback" not in out + err
+    assert code == 2, (code, err)
+    assert out == ""
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert re.search(needle, err), err
+
+
+# ---- seed article 003: KV cache per token ------------------------------------------------------------
+def test_kv_cache_gpt3_is_4_layers_hidden_bytes_seed003():
+    """Seed 003: GPT-3 (96 layers, d=12288) in bf16 needs 2 (K,V) x 2 bytes x layers x d = 4 x 96 x 12288 =
+    4.72 MB per token; 2048 tokens need 9.66 GB (the article's 5.6 GB contradicts its own formula)."""
+    gpt3 = model("gpt3-175b")
+    per_token = kv_cache_bytes_per_token(gpt3, "bf16")
+    assert per_token == 4 * 96 * 12288 == 4_718_592
+    assert round(per_token / 1e6, 2) == 4.72
+    assert round(per_token * 2048 / 1e9, 2) == 9.66
+    assert per_token * 2048 / 1e9 > 5.6 * 1.7     # the article's 5.6 GB is not what its formula gives
+    assert kv_cache_bytes_per_token(gpt3, "fp8") == per_token / 2
+
+
+def test_gqa_llama2_70b_needs_8x_less_kv_cache_than_mha():
+    """Llama 2 70B: 8 KV heads of 64 query heads (Llama 2 paper, GQA) -> 8x less KV cache than MHA;
+    2 x 80 layers x 8 heads x 128 dims x 2 bytes = 327,680 bytes per token."""
+    gqa = model("llama2-70b")
+    mha = ModelSpec(**{**gqa.model_dump(), "kv_heads": 64})
+    assert kv_cache_bytes_per_token(gqa) == 2 * 80 * 8 * 128 * 2 == 327_680
+    assert kv_cache_bytes_per_token(mha) / kv_cache_bytes_per_token(gqa) == 8
+
+
+def test_kv_heads_split_over_tp_and_replicated_past_kv_heads():
+    """Tensor parallelism splits the 8 KV heads of Llama 2 70B; at tp=16 each GPU still holds one head."""
+    m = model("llama2-70b")
+    per_gpu = {tp: memory_anatomy(m, H100, Deployment(tp=tp), 1, 1000).kv_cache for tp in (1, 8, 16)}
+    assert per_gpu[1] == pytest.approx(1000 * 327_680)
+    assert per_gpu[8] == pytest.approx(per_gpu[1] / 8)
+    assert per_gpu[16] == pytest.approx(per_gpu[8])
+
+
+# ---- seed article 002: decode is memory-bandwidth bound; all-reduce share -----------------------------
+def test_batch1_decode_scales_with_hbm_bandwidth_a10_vs_a100_seed002():
+    """Seed 002: single-batch decode reads the weights from HBM every token, so the A10 / A100 time per token
+    follows their HBM bandwidths (A100-80GB 2039 / A10 600 = 3.40, hardware.md). Llama-2-7B bf16, TP=1,
+    batch 1, 512 tokens of context; it fits in the A10's 24 GB."""
+    m = model("llama2-7b")
+    dep = Deployment(tp=1)
+    assert memory_anatomy(m, A10, dep, 1, 512).fits
+    t_a10 = decode_step_time(m, A10, 8, dep, [1], 512)["total"][0]
+    t_a100 = decode_step_time(m, A100, 8, dep, [1], 512)["total"][0]
+    assert t_a10 / t_a100 == pytest.approx(2039 / 600, rel=0.10)
+    # and it is the weights that dominate: 13.5 GB of bf16 weights at 80% of 600 GB/s is 28 ms
+    assert t_a10 == pytest.approx(m.params_total() * 2 / (600e9 * 0.8), rel=0.1)
+
+
+def test_tp_allreduce_share_pcie_vs_nvlink_seed002():
+    """Seed 002: on PCIe-only GPUs the TP all-reduce is a large share of decode time (A10: 31% in the article),
+    much smaller over NVLink. Setup: Llama-2-7B (MPT-7B class, 32 layers x 4096) bf16, batch 1, 512 tokens of
+    context, TP=4 on 4 x A10 (PCIe) vs 4 x A100-80GB (NVLink)."""
+    m = model("llama2-7b")
+    dep = Deployment(tp=4)
+
+    def share(gpu):
+        d = decode_step_time(m, gpu, 8, dep, [1], 512)
+        return d["tp_comm"][0] / d["total"][0]
+
+    a10, a100 = share(A10), share(A100)
+    assert 0.15 <= a10 <= 0.45
+    assert a100 < a10 / 2
+
+
+# ---- seed article 000: cost per token on 8 x A100 ------------------------------------------------------
+def test_gpt3_175b_on_8xa100_price_and_throughput_seed000(capsys):
+    """Seed 000: an 8 x A100 instance at $19.22/h serving at ~$0.0035 per 1k tokens implies
+    19.22 / 3600 / (0.0035 / 1000) = 1,525 tokens/s per instance. `plan serve` predicts GPT-3 175B (bf16 weights
+    and KV cache, 512 + 512 tokens per request) on that instance at $19.22/8 per GPU-hour and prints its
+    tokens/s and $ per 1k tokens next to each other."""
+    implied = 19.22 / 3600 / (0.0035 / 1000)
+    assert implied == pytest.approx(1525, abs=1)
+    argv = ["serve", "--model", "175b", "--gpus", "8xA100", "--prompt", "512", "--output", "512",
+            "--weights", "bf16", "--kv-cache", "bf16", "--price", str(19.22 / 8)]
+    code, out, err = run_main(argv + ["--format", "json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    plan = doc["plan"]
+    assert plan["gpus"] == 8 and doc["assumptions"]["price_usd_per_gpu_hour"] == pytest.approx(19.22 / 8)
+    tps = doc["tokens_per_s"]
+    # $ per 1k tokens = instance $/h / (tokens/s x 3600) x 1000, the article's own arithmetic
+    assert plan["usd_per_1k_tokens"] == pytest.approx(19.22 / (tps * 3600) * 1000, rel=1e-9)
+    assert doc["usd_per_million_tokens"] == pytest.approx(plan["usd_per_1k_tokens"] * 1000, rel=1e-9)
+    # the prediction is the same order as the article's implied figure (the article gives no lengths)
+    assert 0.4 < tps / implied < 2.5
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert f"{tps:,.0f} tokens/s" in out
+    assert f"${plan['usd_per_1k_tokens']:.5f} per 1k" in out
+    print(f"seed 000: implied {implied:,.0f} tokens/s at $0.0035/1k; predicted {tps:,.0f} tokens/s at "
+          f"${plan['usd_per_1k_tokens']:.4f}/1k")
+
+
+# ---- validation target ------------------------------------------------------------------------------------
+def test_validation_on_public_serving_runs_meets_target():
+    """../shared/reference/serving/public.json: median |error| <= 15% and >= 70% of rows within 20%."""
+    res = validate_file(SERVING_PUBLIC)
+    s = res.summary
+    assert res.schema_ == "serving/v1"
+    assert s.count == 24 and s.skipped == 0
+    assert s.median_abs_pct_error <= 0.15
+    assert s.within_20pct >= 0.70
+    metrics = {r.metric for r in res.runs}
+    assert metrics == {"output_tokens_per_s", "ttft_ms"}
+
+
+def test_validation_skips_unpredictable_rows_and_counts_them(tmp_path):
+    doc = json.loads(SERVING_PUBLIC.read_text())
+    good = doc["runs"][0]
+    no_measure = {**good, "id": "nothing-measured", "measured": {k: None for k in good["measured"]}}
+    bad_mode = {**good, "id": "odd-mode", "config": {**good["config"], "mode": "offline_sweep"}}
+    bad_gpu = {**good, "id": "odd-gpu", "hardware": {**good["hardware"], "gpu": "Z9000"}}
+    mt = {**good, "id": "max-tp", "config": {**good["config"], "mode": "max_throughput", "batch_size": None}}
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps({"schema": "serving/v1", "runs": [good, no_measure, bad_mode, bad_gpu, mt]}))
+    res = validate_file(p)
+    by_id = {r.id: r for r in res.runs}
+    assert res.summary.count == 5 and res.summary.predicted == 2 and res.summary.skipped == 3
+    assert "no measured" in by_id["nothing-measured"].skipped
+    assert "offline_sweep" in by_id["odd-mode"].skipped
+    assert "Z9000" in by_id["odd-gpu"].skipped
+    # max_throughput: the largest batch that fits is filled in and predicts more than batch 1024 does
+    assert by_id["max-tp"].filled["batch_size"] == max_batch(_row_model(good),
+                                                             H100, Deployment(weights="fp8", kv="fp8"), 256)
+    assert by_id["max-tp"].predicted > by_id[good["id"]].predicted
+
+
+def _row_model(run):
+    from planner.validate import run_model
+    return run_model({**run["model"], "seq_len": 256})
+
+
+# ---- plan serve ---------------------------------------------------------------------------------------------
+def test_serve_llama3_70b_on_8xh100_table(capsys):
+    code, out, err = run_main(["serve", "--model", "70b", "--gpus", "8xH100", "--prompt", "2048", "--output", "256",
+                               "--ttft-ms", "500", "--tpot-ms", "50"], capsys)
+    assert code == 0, err
+    for needle in ("replica", "tp=", "TTFT", "TPOT", "memory / GPU", "weights", "KV cache", "per million tokens"):
+        assert needle in out, needle
+
+
+def test_serve_json_contract_and_consistency(capsys):
+    code, out, err = run_main(["serve", "--model", "70b", "--gpus", "8xH100", "--prompt", "2048", "--output", "256",
+                               "--ttft-ms", "500", "--tpot-ms", "50", "--format", "json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    p = doc["plan"]
+    for key in ("kv_cache_bytes_per_token", "ttft_s", "tpot_s", "tokens_per_s", "usd_per_million_tokens"):
+        assert doc[key] == p[key] and doc[key] > 0
+    assert p["ttft_s"] <= 0.5 and p["tpot_s"] <= 0.05
+    assert p["tp"] * p["pp"] * p["replicas"] == p["gpus"] <= 8
+    assert p["tokens_per_s"] == pytest.approx(p["tokens_per_s_per_gpu"] * p["gpus"])
+    # Llama 3 70B: 2 x 80 layers x 8 KV heads x 128 x bytes (fp8: 1, bf16: 2)
+    assert p["kv_cache_bytes_per_token"] == 2 * 80 * 8 * 128 * (1 if p["kv_cache"] == "fp8" else 2)
+    mem = p["memory_gb"]
+    assert mem["weights"] + mem["kv_cache"] + mem["activations"] + mem["workspace"] + mem["free"] == pytest.approx(
+        mem["usable"], abs=0.01)
+    assert mem["usable"] == pytest.approx(0.9 * 80)
+    # the $ per million tokens follows from the catalog price (H100-SXM $12.29 per GPU-hour)
+    assert p["usd_per_million_tokens"] == pytest.approx(12.29 * p["gpus"] / (p["tokens_per_s"] * 3600) * 1e6)
+
+
+def test_serve_gpt3_175b_on_8xa100(capsys):
+    code, out, err = run_main(["serve", "--model", "175b", "--gpus", "8xA100", "--prompt", "1024", "--output", "256",
+                               "--format", "json"], capsys)
+    assert code == 0, err
+    p = json.loads(out)["plan"]
+    assert p["ttft_s"] > 0 and p["tpot_s"] > 0 and p["usd_per_million_tokens"] > 0
+    assert p["memory_gb"]["weights"] > 0 and p["memory_gb"]["kv_cache"] > 0
+    # GPT-3 175B in 16-bit is 350 GB: it needs at least 5 A100-80GB (72 GB usable each)
+    assert p["tp"] * p["pp"] >= (5 if p["weights"] == "bf16" else 2)
+
+
+def test_serve_405b_bf16_on_one_a100_says_what_is_missing(capsys):
+    code, out, err = run_main(["serve", "--model", "405b", "--gpus", "1xA100", "--prompt", "2048", "--output", "256",
+                               "--weights", "bf16"], capsys)
+    assert_one_line_error(code, out, err, r"GB missing")
+    # Llama 3.1 405B bf16: 2 bytes x ~405.8e9 parameters = 811 GB of weights, 72 GB usable: ~740 GB missing
+    missing = float(re.search(r"([\d,]+) GB missing", err).group(1).replace(",", ""))
+    assert 735 < missing < 750
+    fits = re.findall(r"(\d+) x A100-80GB with (\w+) weights", err)
+    assert ("16", "bf16") in fits and any(p == "int4" for _, p in fits)
+    # every suggested option really fits
+    m = model("llama3-405b")
+    for n, prec in fits:
+        r = serve_plan(m, parse_cluster(f"{n}xA100"), 2048, 256, weights=prec)
+        assert r.plan.gpus <= int(n)
+
+
+def test_emit_vllm_matches_the_plan(capsys):
+    argv = ["serve", "--model", "70b", "--gpus", "8xH100", "--prompt", "2048", "--output", "256"]
+    code, out, _ = run_main(argv + ["--format", "json"], capsys)
+    p = json.loads(out)["plan"]
+    code, out, err = run_main(argv + ["--emit", "vllm"], capsys)
+    assert code == 0, err
+    assert out.lstrip("# ").startswith("vllm serve") or "vllm serve" in out
+    assert f"--tensor-parallel-size {p['tp']}" in out
+    assert f"--pipeline-parallel-size {p['pp']}" in out
+    assert "--max-model-len 2304" in out
+    assert f"--max-num-seqs {p['batch']}" in out
+    assert "--gpu-memory-utilization 0.9" in out
+    assert ("--kv-cache-dtype fp8" if p["kv_cache"] == "fp8" else "--kv-cache-dtype auto") in out
+    if p["weights"] == "fp8":
+        assert "--quantization fp8" in out
+
+
+def test_fixed_tp_and_batch_predict_that_deployment(capsys):
+    code, out, err = run_main(["serve", "--model", "70b", "--gpus", "8xH100", "--prompt", "1000", "--output", "200",
+                               "--tp", "8", "--batch", "16", "--weights", "bf16", "--kv-cache", "bf16",
+                               "--format", "json"], capsys)
+    assert code == 0, err
+    p = json.loads(out)["plan"]
+    assert (p["tp"], p["pp"], p["batch"], p["weights"], p["kv_cache"]) == (8, 1, 16, "bf16", "bf16")
+    perf = replica_performance(model("llama3-70b"), H100, 8, Deployment(tp=8), [16], 1000, 200)
+    assert p["tpot_s"] == pytest.approx(perf.tpot_s[0])
+    assert p["tokens_per_s_per_replica"] == pytest.approx(perf.tokens_per_s[0])
+
+
+def test_search_is_exact_against_brute_force():
+    """serve_plan's throughput plan equals the best of every (tp, pp, precision, batch) evaluated one by one."""
+    m = model("llama3-8b")
+    cluster = parse_cluster("2xH100")
+    res = serve_plan(m, cluster, 1000, 200, tpot_ms=25.0)
+    best = 0.0
+    for tp, pp in ((1, 1), (2, 1), (1, 2)):
+        for w in ("bf16", "fp8", "int8", "int4"):
+            for kv in ("bf16", "fp8"):
+                dep = Deployment(tp=tp, pp=pp, weights=w, kv=kv)
+                bm = min(max_batch(m, H100, dep, 1200), 4096)
+                bs = np.arange(1, bm + 1)
+                perf = replica_performance(m, H100, 8, dep, bs, 1000, 200)
+                ok = perf.tpot_s <= 0.025
+                if ok.any():
+                    best = max(best, float(perf.tokens_per_s[ok].max()) / dep.gpus)
+    assert res.plan.tokens_per_s_per_gpu == pytest.approx(best, rel=1e-9)
+    assert res.plan.tpot_s <= 0.025
+
+
+def test_qps_uses_the_fewest_gpus_that_serve_it():
+    m = model("llama3-8b")
+    res = serve_plan(m, parse_cluster("8xH100"), 512, 128, qps=5.0, objective="cost")
+    p = res.plan
+    assert p.requests_per_s >= 5.0 - 1e-9
+    assert p.gpus == 1   # 5 requests/s x 128 tokens = 640 tokens/s: one H100 serves that
+    with pytest.raises(ServeError, match=r"--qps 100000"):
+        serve_plan(m, parse_cluster("8xH100"), 512, 128, qps=100000.0)
+
+
+def test_latency_objective_and_impossible_limit(capsys):
+    m = model("llama3-70b")
+    fast = serve_plan(m, parse_cluster("8xH100"), 512, 128, objective="latency", weights="fp8")
+    thr = serve_plan(m, parse_cluster("8xH100"), 512, 128, objective="throughput", weights="fp8")
+    assert fast.plan.e2e_latency_s < thr.plan.e2e_latency_s
+    assert fast.plan.tokens_per_s_per_gpu < thr.plan.tokens_per_s_per_gpu
+    code, out, err = run_main(["serve", "--model", "70b", "--gpus", "8xH100", "--prompt", "512", "--output", "128",
+                               "--tpot-ms", "0.5"], capsys)
+    assert_one_line_error(code, out, err, r"--tpot-ms 0.5.*fastest plan")
+
+
+def test_pipeline_parallel_does_not_cut_batch1_latency():
+    """A token passes every stage: pp=2 at batch 1 is no faster than pp=1 (tp=1 both), it adds a send."""
+    m = model("llama2-13b")
+    t1 = decode_step_time(m, A100, 8, Deployment(tp=1, pp=1), [1], 500)["total"][0]
+    t2 = decode_step_time(m, A100, 8, Deployment(tp=1, pp=2), [1], 500)["total"][0]
+    assert t2 >= t1
+
+
+def test_moe_decode_reads_only_routed_experts():
+    """Mixtral 8x7B, top-2 of 8 experts: a batch-1 decode step reads the ~12.9B active parameters, not the
+    46.7B of all experts (Jiang et al. 2024); a large batch touches every expert."""
+    m = model("mixtral-8x7b")
+    dep = Deployment(tp=1, weights="bf16")
+    d1 = decode_step_time(m, H100, 8, dep, [1], 100)
+    read_s = d1["gemm"][0] + d1["lm_head"][0]
+    active_bytes = (m.params_active() - m.params_embedding()) * 2
+    assert read_s == pytest.approx(active_bytes / (3350e9 * 0.8), rel=0.1)
+    assert m.params_total() / m.params_active() > 3
+    d256 = decode_step_time(m, H100, 8, dep, [256], 100)
+    assert d256["gemm"][0] > 3 * d1["gemm"][0]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--prompt", "0"], r"--prompt 0"),
+    (["--qps", "2", "--batch", "8"], r"--qps and --batch"),
+    (["--qps", "-1"], r"--qps -1"),
+    (["--tp", "3"], r"--tp 3"),
+    (["--price", "cheap"], r"--price 'cheap'"),
+    (["--batch", "100000"], r"--batch 100000 does not fit"),
+])
+def test_bad_serve_input_is_one_line_exit_2(argv, needle, capsys):
+    base = ["serve", "--model", "8b", "--gpus", "8xH100", "--prompt", "512", "--output", "128"]
+    args = base[:]
+    for i in range(0, len(argv), 2):   # later options override the base ones
+        if argv[i] in args:
+            args[args.index(argv[i]) + 1] = argv[i + 1]
+        else:
+            args += argv[i:i + 2]
+    code, out, err = run_main(args, capsys)
+    assert_one_line_error(code, out, err, needle)
+
+
+def test_weight_memory_by_precision():
+    """Llama 3.1 405B: 405.8e9 parameters; layers quantised, embedding + LM head (2 x 128256 x 16384 = 4.2e9)
+    kept in 16 bits (fp8 / AWQ checkpoints): bf16 ~812 GB, fp8 ~410 GB, int4 ~210 GB."""
+    from costmodels.serving import weight_bytes_total
+    m = model("llama3-405b")
+    ends = 2 * 128256 * 16384
+    layers = m.params_total() - ends
+    assert weight_bytes_total(m, "bf16") == pytest.approx(2 * m.params_total())
+    assert weight_bytes_total(m, "fp8") == pytest.approx(layers + 2 * ends, rel=1e-6)
+    assert weight_bytes_total(m, "int4") == pytest.approx(0.5 * layers + 2 * ends, rel=1e-6)
+    assert 205e9 < weight_bytes_total(m, "int4") < 215e9
