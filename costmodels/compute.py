@@ -25,3 +25,10 @@ def gemm_time(m: float, n: float, k: float, peak_flops: float, cal: Calibration)
 def memory_bound_time(nbytes: float, hbm_gbps: float, cal: Calibration) -> float:
     """Seconds to stream `nbytes` through HBM (element-wise kernels, optimizer step)."""
     return nbytes / (hbm_gbps * 1e9 * cal.hbm_efficiency)
+
+
+def mlp_gemm_widths(ffn_type: str, hidden: int, ffn: float, t: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(n, k) of an MLP's two GEMMs per token row, split over t (Shoeybi et al. 2019: fc1 column-split,
+    fc2 row-split): GELU h -> f -> h; SwiGLU fuses gate and up, h -> 2f -> h."""
+    f_in = 2 * ffn if ffn_type == "swiglu" else ffn
+    return (f_in / t, hidden), (hidden, ffn / t)

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 from costmodels.calibration import Calibration, calibration_for
 from costmodels.comm import Link, collective_time, group_link, p2p_time
-from costmodels.compute import gemm_time, memory_bound_time
+from costmodels.compute import gemm_time, memory_bound_time, mlp_gemm_widths
 from costmodels.flops import logits_forward_flops, model_flops_per_step
 from costmodels.memory import layer_activation_bytes, logits_bytes, model_state_bytes, state_bytes_per_param
 from costmodels.model import ModelSpec
@@ -234,19 +234,16 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     kvd, f = model.kv_dim, model.ffn_hidden
     # Dense GEMMs (Shoeybi et al. 2019: QKV / fc1 column-split, projection / fc2 row-split over t)
     attn_gemm = gemm_time(M, (h + 2 * kvd) / t, h, peak, cal) + gemm_time(M, h, h / t, peak, cal)
-    mlp_in = 2 * f if model.ffn_type == "swiglu" else f
-    dense_mlp = gemm_time(M, mlp_in / t, h, peak, cal) + gemm_time(M, h, f / t, peak, cal)
+    dense_mlp = sum(gemm_time(M, n, k, peak, cal) for n, k in mlp_gemm_widths(model.ffn_type, h, f, t))
     mlp = dense_mlp
     ep_comm = 0.0
     if model.moe is not None:
         moe = model.moe
-        fe = moe.expert_ffn_hidden
-        fe_in = 2 * fe if model.ffn_type == "swiglu" else fe
+        widths = mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, t)
         local_experts = moe.experts / st.ep
         tokens_per_expert = M * st.ep * moe.top_k * moe.capacity_factor / moe.experts
-        expert_mlp = local_experts * (gemm_time(tokens_per_expert, fe_in / t, h, peak, cal)
-                                      + gemm_time(tokens_per_expert, h, fe / t, peak, cal))
-        shared = moe.shared_experts * (gemm_time(M, fe_in / t, h, peak, cal) + gemm_time(M, h, fe / t, peak, cal))
+        expert_mlp = local_experts * sum(gemm_time(tokens_per_expert, n, k, peak, cal) for n, k in widths)
+        shared = moe.shared_experts * sum(gemm_time(M, n, k, peak, cal) for n, k in widths)
         router = gemm_time(M, moe.experts, h, peak, cal)
         moe_mlp = expert_mlp + shared + router
         frac = model.num_moe_layers / model.layers

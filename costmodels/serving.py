@@ -32,7 +32,7 @@ import numpy as np
 
 from costmodels.calibration import SERVING, Calibration, ServingCalibration, calibration_for
 from costmodels.comm import collective_time, group_link, p2p_time
-from costmodels.compute import gemm_efficiency
+from costmodels.compute import gemm_efficiency, mlp_gemm_widths
 from costmodels.model import ModelSpec
 from hardware import GPUSpec
 
@@ -293,29 +293,26 @@ def _layer_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploym
     # attention projections, column / row split over t (Shoeybi et al. 2019)
     t_attn = (gemm(tokens, (h + 2 * kvh * d * t) / t, h, r.wbytes, r.peak, r, cal)
               + gemm(tokens, h, h / t, r.wbytes, r.peak, r, cal))
-    f = model.ffn_hidden
-    f_in = 2 * f if model.ffn_type == "swiglu" else f
-    dense_mlp = gemm(tokens, f_in / t, h, r.wbytes, r.peak, r, cal) + gemm(tokens, h, f / t, r.wbytes, r.peak, r, cal)
+    dense_mlp = sum(gemm(tokens, n, k, r.wbytes, r.peak, r, cal)
+                    for n, k in mlp_gemm_widths(model.ffn_type, h, model.ffn_hidden, t))
     mlp = dense_mlp
     comm_extra = 0.0
     if model.moe is not None:
         moe = model.moe
-        fe = moe.expert_ffn_hidden
-        fe_in = 2 * fe if model.ffn_type == "swiglu" else fe
         touched = _expected_experts(moe.experts, moe.top_k, tokens)
         per_expert = tokens * moe.top_k / touched
         if dep.ep > 1:   # whole experts on each GPU of the group: E/ep of them
-            one = (gemm(per_expert, fe_in, h, r.wbytes, r.peak, r, cal)
-                   + gemm(per_expert, h, fe, r.wbytes, r.peak, r, cal))
+            one = sum(gemm(per_expert, n, k, r.wbytes, r.peak, r, cal)
+                      for n, k in mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, 1))
             experts = touched / dep.ep * one
             # dispatch + combine all-to-all of top_k x tokens x h (GShard; 16-bit activations)
             comm_extra = 2 * _all_to_all(tokens * moe.top_k * h * 2.0 / t, t, gpu, gpus_per_node, cal, srv)
         else:            # every expert split over tp
-            one = (gemm(per_expert, fe_in / t, h, r.wbytes, r.peak, r, cal)
-                   + gemm(per_expert, h, fe / t, r.wbytes, r.peak, r, cal))
+            one = sum(gemm(per_expert, n, k, r.wbytes, r.peak, r, cal)
+                      for n, k in mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, t))
             experts = touched * one
-        shared = moe.shared_experts * (gemm(tokens, fe_in / t, h, r.wbytes, r.peak, r, cal)
-                                       + gemm(tokens, h, fe / t, r.wbytes, r.peak, r, cal))
+        shared = moe.shared_experts * sum(gemm(tokens, n, k, r.wbytes, r.peak, r, cal)
+                                          for n, k in mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, t))
         router = gemm(tokens, moe.experts, h, 2.0, r.peak16, r, cal)
         frac = model.num_moe_layers / model.layers
         mlp = frac * (experts + shared + router) + (1 - frac) * dense_mlp
@@ -331,7 +328,7 @@ def _layer_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploym
         kv_read = tokens * ctx_tokens * 2.0 * (heads if dep.kv_read_per_query_head else kvh) * d * r.kvbytes
     t_core = np.maximum(flops / (r.peak_attn * cal.attention_efficiency), kv_read / r.hbm)
     # element-wise (16-bit): 2 norms read+write (4h), 2 residual adds (6h), activation 3f/t SwiGLU, 2f/t GELU
-    elem = tokens * 2.0 * (10 * h + (3 if model.ffn_type == "swiglu" else 2) * f / t) / r.hbm
+    elem = tokens * 2.0 * (10 * h + (3 if model.ffn_type == "swiglu" else 2) * model.ffn_hidden / t) / r.hbm
     # two all-reduces of tokens x h 16-bit activations per layer (attention output, MLP output)
     comm = 2 * _allreduce(tokens * h * 2.0, t, gpu, gpus_per_node, cal, srv) + comm_extra
     return {"gemm": t_attn + mlp, "attention": t_core, "elementwise": elem, "tp_comm": comm,

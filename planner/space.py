@@ -135,16 +135,7 @@ def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, opt: Sp
     removed: Counter = Counter()
     out: list[Strategy] = []
     families = _recompute_families(opt.recompute)
-    for tp in divisors(num_gpus):
-        if opt.tp is not None and tp not in opt.tp:
-            removed[_excluded('tp', opt.tp)] += 1
-            continue
-        if tp > gpus_per_node and not opt.tp_across_nodes:
-            removed["tp must stay inside a node (NVLink)"] += 1
-            continue
-        if model.heads % tp or model.kv_heads % tp:
-            removed["tp must divide attention heads and kv heads"] += 1
-            continue
+    for tp in _tp_choices(model, num_gpus, gpus_per_node, opt, removed):
         for cp in divisors(num_gpus // tp):
             if cp > 1 and not _cp_allowed(model, cp, opt, removed):
                 continue
@@ -183,16 +174,7 @@ def enumerate_pools(model: ModelSpec, pool_sizes: list[int], gpus_per_node: int,
     placements: list[tuple[int, ...]] = []
     families = _recompute_families(opt.recompute)
     g = math.gcd(*pool_sizes)
-    for tp in divisors(g):
-        if opt.tp is not None and tp not in opt.tp:
-            removed[_excluded('tp', opt.tp)] += 1
-            continue
-        if tp > gpus_per_node and not opt.tp_across_nodes:
-            removed["tp must stay inside a node (NVLink)"] += 1
-            continue
-        if model.heads % tp or model.kv_heads % tp:
-            removed["tp must divide attention heads and kv heads"] += 1
-            continue
+    for tp in _tp_choices(model, g, gpus_per_node, opt, removed):
         for cp in divisors(g // tp):
             if (opt.cp is not None and cp not in opt.cp) or (cp > 1 and not _cp_allowed(model, cp, opt, removed)):
                 continue
@@ -222,6 +204,21 @@ def enumerate_pools(model: ModelSpec, pool_sizes: list[int], gpus_per_node: int,
                             out.append(st)
                             placements.append(placement)
     return Space(out, removed, placements)
+
+
+def _tp_choices(model: ModelSpec, n: int, gpus_per_node: int, opt: SpaceOptions, removed: Counter) -> list[int]:
+    """Tensor-parallel sizes dividing n that the rules allow: inside a node, dividing heads and kv heads."""
+    out = []
+    for tp in divisors(n):
+        if opt.tp is not None and tp not in opt.tp:
+            removed[_excluded("tp", opt.tp)] += 1
+        elif tp > gpus_per_node and not opt.tp_across_nodes:
+            removed["tp must stay inside a node (NVLink)"] += 1
+        elif model.heads % tp or model.kv_heads % tp:
+            removed["tp must divide attention heads and kv heads"] += 1
+        else:
+            out.append(tp)
+    return out
 
 
 def _inner(model, opt, families, removed, tp, cp, pp, dp, ep) -> list[Strategy]:
