@@ -150,6 +150,40 @@ def _int_tuple(text: str | None, name: str) -> tuple[int, ...] | None:
     return vals
 
 
+def _export_options(f):
+    """--emit / --out: write the plan as a training framework's configuration (planner.export)."""
+    f = click.option("--out", "out_dir", type=click.Path(file_okay=False),
+                     help="With --emit: write the configuration files into this folder and print their paths.")(f)
+    return click.option("--emit", type=click.Choice(["megatron", "deepspeed", "torchtitan"]),
+                        help="Also print the plan as Megatron-LM arguments, a DeepSpeed JSON config or a torchtitan "
+                             "TOML job config (JSON output: plans[0].emit).")(f)
+
+
+def _check_export_options(emit, out_dir) -> None:
+    if out_dir and not emit:
+        raise UserError(f"--out {out_dir!r} needs --emit megatron, deepspeed or torchtitan")
+
+
+def _show_export(result, fmt: str, ex, out_dir) -> None:
+    """Print (or write) an Export after the plan; in JSON mode, the whole document with plans[0].emit."""
+    if ex is None:
+        return
+    paths = [str(p) for p in ex.write(out_dir)] if out_dir else []
+    if fmt == "json":
+        doc = result.model_dump(mode="json")
+        doc["plans"][0]["emit"] = {**ex.as_json(), "paths": paths}
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    from planner.export import NAMES
+    click.echo(f"\n{NAMES[ex.framework]} configuration" + (f" (predicted step {ex.step_time_s:.3f} s)" if ex.notes else ""))
+    for n in ex.notes:
+        click.echo(f"note: {n}")
+    if paths:
+        click.echo("written: " + ", ".join(paths))
+    else:
+        click.echo(ex.text().rstrip())
+
+
 @click.group(invoke_without_command=True, epilog=EXAMPLES,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--model", "model_name", help="Preset name or alias (see `plan models`), or a Hugging Face config.json path.")
@@ -180,10 +214,11 @@ def _int_tuple(text: str | None, name: str) -> tuple[int, ...] | None:
 @click.option("--plot", type=click.Path(), help="With budgets or --gpu-types: write the time/cost front as a PNG.")
 @click.option("--report", type=click.Path(), help="Write a report (.md or .html) with memory and time charts beside it.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_export_options
 @click.pass_context
 def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
         tp_only, pp_only, zero_only, recompute_only, top, time_limit, explain, tokens, prices, pue, budget_usd,
-        deadline_days, gpu_types, max_gpus, plot, report, fmt):
+        deadline_days, gpu_types, max_gpus, plot, report, fmt, emit, out_dir):
     """Find the fastest parallelism plan for training MODEL on GPUS that fits in GPU memory.
 
     Searches tensor / pipeline / data parallel sizes, micro-batch, interleaving, ZeRO stage, activation
@@ -192,7 +227,11 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     """
     if ctx.invoked_subcommand is not None:
         return
+    _check_export_options(emit, out_dir)
     if gpu_types or budget_usd is not None or deadline_days is not None or max_gpus is not None:
+        if emit:
+            raise UserError("--emit writes one plan; it does not combine with --gpu-types, --budget-usd, "
+                            "--deadline-days or --max-gpus")
         from planner.cli_run import budget_search
         budget_search(model_name, gpus, hardware_files, seq_len, global_batch, precision, tokens, prices, pue,
                       budget_usd, deadline_days, gpu_types, max_gpus, plot, time_limit, fmt)
@@ -202,8 +241,8 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
         raise UserError(f"{missing} is required, e.g. `plan --model 175b --gpus 1024xA100` (see plan --help)")
     if top < 1:
         raise UserError(f"--top {top} is not allowed; give 1 or more plans")
-    if time_limit <= 0:
-        raise UserError(f"--time-limit {time_limit} is not allowed; give a positive number of seconds")
+    if not time_limit > 0 or time_limit == float("inf"):
+        raise UserError(f"--time-limit {time_limit} is not allowed; give a positive, finite number of seconds")
     from planner.optimize import default_global_batch, search
     from planner.space import SpaceOptions
 
@@ -234,7 +273,12 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     if tokens is not None:
         from planner.cli_run import add_run_figures
         add_run_figures(result, model, cluster, tokens, pue)
-    _emit(result, fmt)
+    ex = None
+    if emit:
+        from planner.export import export_best
+        ex = export_best(emit, model, cluster, result, opts, time_limit)
+    if ex is None or fmt == "table":
+        _emit(result, fmt)
     if report:
         from planner.report_file import write_report
         try:
@@ -250,10 +294,12 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
         console.print("[bold]Why the best plan wins[/]")
         for line in explain_lines(result.plans):
             console.print(line)
+    _show_export(result, fmt, ex, out_dir)
 
 
 @cli.command()
 @_common
+@_export_options
 @click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel size.")
 @click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages.")
 @click.option("--dp", type=int, help="Data-parallel size [default: GPUs / (tp x pp)].")
@@ -272,11 +318,12 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
               help="Pipeline schedule (1f1b is interleaved when --virtual-stages > 1).")
 def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention, fmt,
              tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages, stage_layers,
-             cp, ep, offload_optimizer, offload_params, schedule):
+             cp, ep, offload_optimizer, offload_params, schedule, emit, out_dir):
     """Predict step time, throughput, MFU and memory of one given strategy."""
     from costmodels.strategy import Strategy
     from planner.optimize import default_global_batch, evaluate_strategy
 
+    _check_export_options(emit, out_dir)
     model, note, pools = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision)
     if len(pools) > 1:
         raise UserError(f"--gpus {gpus!r}: `plan evaluate` takes one GPU type; search several pools with `plan`")
@@ -298,7 +345,13 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
                   pipeline_schedule=schedule)
     result = evaluate_strategy(model, cluster, st)
     result.model.note = note
-    _emit(result, fmt, title="Plan")
+    ex = None
+    if emit:
+        from planner.export import export
+        ex = export(emit, model, st, cluster)
+    if ex is None or fmt == "table":
+        _emit(result, fmt, title="Plan")
+    _show_export(result, fmt, ex, out_dir)
 
 
 @cli.command()
@@ -404,6 +457,59 @@ def validate(runs_file, fmt, plot, markdown):
         console.print(f"no run of {s.count} could be predicted")
 
 
+@cli.command()
+@click.option("--model", "model_name", required=True, help="Preset name or alias, or a Hugging Face config.json path.")
+@click.option("--gpus", required=True, help="GPUs to serve on, e.g. 8xH100 (one GPU type).")
+@click.option("--prompt", type=int, required=True, help="Prompt tokens per request.")
+@click.option("--output", type=int, required=True, help="Generated tokens per request.")
+@click.option("--qps", type=float, help="Requests per second to serve [default: as many as the GPUs can].")
+@click.option("--batch", type=int, help="Fix the concurrent sequences per replica (vLLM --max-num-seqs).")
+@click.option("--ttft-ms", type=float, help="Upper limit on time to first token, ms.")
+@click.option("--tpot-ms", type=float, help="Upper limit on time per output token, ms.")
+@click.option("--weights", type=click.Choice(["bf16", "fp16", "fp8", "int8", "int4"]), help="Fix the weight precision.")
+@click.option("--kv-cache", type=click.Choice(["bf16", "fp16", "fp8"]), help="Fix the KV-cache precision.")
+@click.option("--tp", type=int, help="Fix the tensor-parallel size of a replica.")
+@click.option("--pp", type=int, help="Fix the pipeline-parallel size of a replica.")
+@click.option("--objective", type=click.Choice(["throughput", "latency", "cost"]), default="throughput", show_default=True)
+@click.option("--gpu-memory-utilization", "util", type=float, help="Share of GPU memory the engine uses [default: 0.9].")
+@click.option("--price", help="USD per GPU-hour (or NAME=USD) overriding the catalog price.")
+@click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
+@click.option("--top", type=int, default=3, show_default=True, help="Plans to show (the best and runner-ups).")
+@click.option("--emit", type=click.Choice(["vllm"]), help="Print only the matching `vllm serve` command.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weights, kv_cache, tp, pp, objective, util,
+          price, hardware_files, top, emit, fmt):
+    """Plan inference serving: tp / pp per replica, replicas, weight and KV-cache precision and batch, for the
+    most tokens/s per GPU (or lowest latency, or lowest $ per token) within the latency limits."""
+    from costmodels.presets import get_model
+    from hardware import load_catalog, parse_cluster
+    from planner.serve import model_path_for, parse_price, render_serve, serve_plan, vllm_command
+
+    if top < 1:
+        raise UserError(f"--top {top} is not allowed; give 1 or more plans")
+    catalog = load_catalog(hardware_files)
+    cluster = parse_cluster(gpus, catalog)
+    usd = parse_price(price, cluster.gpu)
+    if usd is not None:
+        cluster = parse_cluster(gpus, catalog.with_prices({cluster.gpu.name: usd}))
+    model, note = get_model(model_name)
+    try:
+        result = serve_plan(model, cluster, prompt, output, qps=qps, batch=batch, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
+                            weights=weights, kv_cache=kv_cache, tp=tp, pp=pp, objective=objective,
+                            gpu_memory_utilization=util, top=top, model_note=note)
+    except ValueError as e:   # ServeError, ServingError: one line naming the value and what would work
+        raise UserError(str(e)) from None
+    path = model_path_for(model_name)
+    if path:
+        result.vllm_command = vllm_command(model, result.plan, prompt, output, result.assumptions["gpu_memory_utilization"], path)
+    if emit == "vllm":
+        click.echo(result.vllm_command)
+    elif fmt == "json":
+        click.echo(json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True))
+    else:
+        render_serve(result, _console())
+
+
 def _num(x: float | None) -> str:
     if x is None:
         return "-"
@@ -411,6 +517,48 @@ def _num(x: float | None) -> str:
 
 
 from planner import cli_run as _cli_run  # noqa: E402,F401  (registers `plan estimate` and `plan compare`)
+
+
+@cli.command("import")
+@click.option("--megatron-args", "megatron_file", type=click.Path(exists=True, dir_okay=False),
+              help="A file of Megatron-LM pretrain_gpt.py arguments (e.g. megatron_args.sh or a launch script).")
+@click.option("--deepspeed-config", "deepspeed_file", type=click.Path(exists=True, dir_okay=False),
+              help="A DeepSpeed JSON config (ds_config.json).")
+@click.option("--model", "model_name", required=True, help="The model the config trains (preset, alias or config.json).")
+@click.option("--gpus", required=True, help="The cluster it runs on, e.g. 1024xA100.")
+@click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
+@click.option("--time-limit", type=float, default=30.0, show_default=True, help="Seconds for the search for a better plan.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_files, time_limit, fmt):
+    """Read a Megatron-LM or DeepSpeed config back into a plan, predict it, and show what would be better."""
+    from planner.importers import import_plan, read_deepspeed_config, read_megatron_args
+
+    if bool(megatron_file) == bool(deepspeed_file):
+        raise UserError("give exactly one of --megatron-args FILE or --deepspeed-config FILE")
+    if not time_limit > 0 or time_limit == float("inf"):
+        raise UserError(f"--time-limit {time_limit} is not allowed; give a positive, finite number of seconds")
+    model, note, pools = _load(model_name, gpus, hardware_files, None, None, None)
+    if len(pools) > 1:
+        raise UserError(f"--gpus {gpus!r}: `plan import` takes one GPU type")
+    cluster = pools[0]
+    with open(megatron_file or deepspeed_file) as fh:
+        text = fh.read()
+    if megatron_file:
+        model, st = read_megatron_args(text, model, cluster)
+    else:
+        st = read_deepspeed_config(text, model, cluster)
+    res = import_plan(model, cluster, st, time_limit)
+    res.imported.model.note = res.best.model.note = note
+    if fmt == "json":
+        doc = {"imported": res.imported.model_dump(mode="json"), "best": res.best.model_dump(mode="json"),
+               "speedup": res.speedup}
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    _emit(res.imported, fmt, title="Imported plan")
+    _emit(res.best, fmt, title="Best plan found by the search")
+    t0, t1 = res.imported.plans[0].step_time_s, res.best.plans[0].step_time_s
+    click.echo(f"\nWhat would be better: the best plan is predicted {res.speedup:.2f}x as fast as the imported one "
+               f"({t0:.3f} s -> {t1:.3f} s per step)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -440,6 +588,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:   # a path the user gave cannot be read or written
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        click.echo(f"error: cannot use{where}: {e.strerror or e}", err=True)
+        sys.exit(2)
     sys.exit(0)
 
 

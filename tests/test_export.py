@@ -1,0 +1,509 @@
+"""Exported configs: the frameworks' own config classes accept them (DeepSpeedConfig, Megatron-core's
+TransformerConfig / OptimizerConfig; skipped without the `frameworks` extra), importing an export gives
+back the same strategy and predicted step time, and the CLI's --emit / --out / `plan import`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import tomllib
+
+import pytest
+
+import planner
+from costmodels.presets import get_model
+from costmodels.strategy import Strategy
+from hardware import parse_cluster
+from planner.cli import main
+from planner.export import (ExportError, canonical, chunks, deepspeed_config, deepspeed_split, export, export_best,
+                            megatron_args, megatron_layout_string, megatron_recompute_layers, megatron_recomputed,
+                            nearest_layout, strategy_from_plan, torchtitan_config, unsupported)
+from planner.importers import ConfigImportError, parse_megatron_args, read_deepspeed_config, read_megatron_args
+from planner.optimize import default_global_batch, evaluate_strategy
+from planner.space import SpaceOptions
+
+# (model, cluster, search restrictions): small searches whose top-3 plans cover even and uneven stages,
+# interleaving, context and expert parallelism, ZeRO 0-3 and partial recompute.
+CASES = [
+    ("175b", "1024xA100", dict(pp=(8, 16), zero_stage=(0, 1))),
+    ("llama3-8b", "64xH100", dict(pp=(2, 4), zero_stage=(1,))),
+    ("llama2-70b", "256xH100", dict(pp=(4, 8), zero_stage=(0, 1))),
+    ("mixtral", "128xH100", dict(pp=(2, 4), zero_stage=(1,))),
+    ("gpt3-13b", "64xA100", dict(tp=(1,), pp=(4,), zero_stage=(0, 1))),
+    ("llama3-70b", "512xH100", dict(pp=(8,), zero_stage=(1,), cp=(2,))),
+    ("gpt3-2.7b", "32xA100", dict(tp=(1,))),
+    ("gpt3-6.7b", "16xA100", dict(tp=(1,), pp=(2, 4), zero_stage=(0, 1))),
+    ("llama2-13b", "32xA100", dict(tp=(1,), zero_stage=(2, 3))),
+    ("gpt3-1.3b", "4x4xA100", dict(tp=(1,), pp=(1, 2))),
+    ("llama2-7b", "32xH100", dict(pp=(2,), zero_stage=(0, 1), recompute=("full",))),
+    ("gpt3-350m", "8xA100", dict(tp=(1,), pp=(3, 4, 6), virtual_stages=(1,))),
+]
+
+
+def _plans():
+    out = []
+    for name, gpus, kw in CASES:
+        model, _ = get_model(name)
+        cluster = parse_cluster(gpus)
+        opts = SpaceOptions(global_batch=default_global_batch(model, cluster), precision=model.precision, **kw)
+        for p in planner.search(model, cluster, top=3, space=opts).plans:
+            out.append((model, cluster, strategy_from_plan(p.strategy), p.step_time_s))
+    return out
+
+
+@pytest.fixture(scope="module")
+def plans():
+    return _plans()
+
+
+def _spread(model_name="gpt3-2.7b", gpus="32xA100"):
+    """Hand-made DeepSpeed-expressible plans: ZeRO 0-3, optimizer and parameter offload, bf16/fp16/fp32,
+    pipeline stages with and without recompute, SGD."""
+    model, _ = get_model(model_name)
+    c = parse_cluster(gpus)
+    base = dict(global_batch=256, recompute="none", precision="bf16")
+    sts = [Strategy(dp=32, micro_batch=2, zero_stage=z, **base) for z in (0, 1, 2, 3)]
+    sts += [Strategy(dp=32, micro_batch=1, zero_stage=z, offload_optimizer=True, **{**base, "precision": "fp16"})
+            for z in (1, 2, 3)]
+    sts += [Strategy(dp=32, micro_batch=4, zero_stage=3, offload_optimizer=True, offload_params=True, **base),
+            Strategy(dp=32, micro_batch=1, zero_stage=2, **{**base, "recompute": "full", "precision": "fp32"}),
+            Strategy(dp=32, micro_batch=2, zero_stage=1, optimizer="sgd", **base),
+            Strategy(pp=4, dp=8, micro_batch=2, zero_stage=1, stage_layers=(8, 8, 8, 8), **{**base, "recompute": "full"}),
+            Strategy(pp=2, dp=16, micro_batch=1, zero_stage=0, stage_layers=(16, 16), **base)]
+    return model, c, sts
+
+
+# ---- round trip ---------------------------------------------------------------------------------------
+
+def _import(fw, ex, model, cluster):
+    if fw == "megatron":
+        model2, st = read_megatron_args(ex.files["megatron_args.sh"], model, cluster)
+        assert model2 == model
+        return st
+    return read_deepspeed_config(ex.files["ds_config.json"], model, cluster)
+
+
+def test_round_trip_gives_the_same_strategy_and_step_time(plans):
+    exact = 0
+    seen = set()
+    for model, cluster, st, step in plans:
+        for fw in ("megatron", "deepspeed"):
+            if unsupported(fw, model, st):
+                continue
+            ex = export(fw, model, st, cluster)
+            back = _import(fw, ex, model, cluster)
+            assert back == ex.strategy, (fw, model.name, st)
+            again = evaluate_strategy(model, cluster, back).plans[0].step_time_s
+            assert again == pytest.approx(ex.step_time_s, rel=1e-12)
+            if ex.strategy == canonical(model, st):   # the plan itself was expressible: nothing changed
+                assert not ex.notes
+                assert again == pytest.approx(step, rel=1e-9)
+                exact += 1
+                seen.add((model.name, fw, st.pp > 1, st.virtual_stages > 1, st.cp > 1, st.ep > 1, st.zero_stage,
+                          st.recompute))
+    assert exact >= 30, exact
+    assert {s[1] for s in seen} == {"megatron", "deepspeed"}
+    assert any(s[3] for s in seen) and any(s[4] for s in seen) and any(s[5] for s in seen)   # vpp, cp, ep
+    assert {s[6] for s in seen} >= {0, 1, 2, 3}
+
+
+def test_deepspeed_spread_round_trips():
+    model, c, sts = _spread()
+    for st in sts:
+        ex = export("deepspeed", model, st, c)
+        assert not ex.notes
+        assert read_deepspeed_config(ex.files["ds_config.json"], model, c) == canonical(model, st)
+
+
+# ---- Megatron arguments ---------------------------------------------------------------------------
+
+def test_megatron_layout_string_and_its_stages():
+    s = megatron_layout_string([7, 8, 8, 7], 2)
+    assert s == "Et*4|,(t*4|)*3,t*3|,(t*4|)*2,t*3L"   # chunk 0 of stages 0-3, then chunk 1
+    # chunk c of stage i is entry c * pp + i; stage layers are the sums of their chunks
+    assert chunks(7, 2) == [4, 3] and chunks(8, 3) == [3, 3, 2]
+    args = parse_megatron_args(f'--pipeline-model-parallel-layout "{s}" --num-layers 30')
+    from planner.importers import megatron_stage_layers
+    assert megatron_stage_layers(args, 30, 4) == ([7, 8, 8, 7], 2)
+
+
+def test_megatron_uses_first_last_flags_when_only_the_ends_differ():
+    model, _ = get_model("gpt3-13b")     # 40 layers
+    st = Strategy(pp=4, dp=2, global_batch=8, recompute="none", stage_layers=(8, 11, 11, 10))
+    flat = [t for g in megatron_args(model, st) for t in g]
+    assert "--decoder-first-pipeline-num-layers" in flat and flat[flat.index("--decoder-first-pipeline-num-layers") + 1] == "8"
+    assert flat[flat.index("--decoder-last-pipeline-num-layers") + 1] == "10"
+    assert "--pipeline-model-parallel-layout" not in flat
+    uneven = st.with_(stage_layers=(10, 9, 11, 10))
+    flat = [t for g in megatron_args(model, uneven) for t in g]
+    assert "--pipeline-model-parallel-layout" in flat
+
+
+def test_megatron_recompute_count_is_one_per_stage():
+    # block recompute of N layers per model chunk (transformer_block.py): stages of 8 layers, 2 chunks
+    assert megatron_recomputed([8, 8], 2, 3) == [6, 6]
+    assert megatron_recompute_layers([8, 8], [6, 6], 2) == 3
+    assert megatron_recompute_layers([10, 10, 10], [4, 2, 0], 1) == 4   # not expressible: the max
+    model, _ = get_model("gpt3-13b")
+    st = Strategy(pp=4, dp=2, global_batch=8, recompute="full", stage_layers=(10, 10, 10, 10),
+                  recompute_layers=(4, 2, 0, 0))
+    near, notes = nearest_layout("megatron", model, st)
+    assert near.recompute_layers == (4, 4, 4, 4) and "[4, 2, 0, 0] become [4, 4, 4, 4]" in notes[0]
+    ex = export("megatron", model, st, parse_cluster("8xA100"))
+    assert "--recompute-method block --recompute-num-layers 4" in ex.files["megatron_args.sh"]
+    assert ex.strategy == near and any("predicted step time of the plan written" in n for n in ex.notes)
+
+
+def test_megatron_refuses_what_it_cannot_express():
+    model, _ = get_model("gpt3-2.7b")
+    z3 = Strategy(dp=32, global_batch=256, zero_stage=3, recompute="none")
+    with pytest.raises(ExportError, match=r"ZeRO-3 .*--zero 0,1"):
+        export("megatron", model, z3, parse_cluster("32xA100"))
+    with pytest.raises(ExportError, match="parameter offload"):
+        export("megatron", model, z3.with_(offload_optimizer=True, offload_params=True), parse_cluster("32xA100"))
+    with pytest.raises(ExportError, match="GPipe"):
+        export("megatron", model, Strategy(pp=2, dp=16, global_batch=256, pipeline_schedule="gpipe"),
+               parse_cluster("32xA100"))
+
+
+def test_megatron_import_checks_the_model_and_the_gpus():
+    model, _ = get_model("gpt3-13b")
+    c = parse_cluster("64xA100")
+    with pytest.raises(ConfigImportError, match=r"--num-layers 48 does not match --model gpt3-13b \(40\)"):
+        read_megatron_args("--num-layers 48 --tensor-model-parallel-size 1", model, c)
+    with pytest.raises(ConfigImportError, match="does not divide the 64 GPUs"):
+        read_megatron_args("--tensor-model-parallel-size 3", model, c)
+    m2, st = read_megatron_args("torchrun --nnodes 8 pretrain_gpt.py --tensor-model-parallel-size 8 "
+                                "--seq-length 4096 --micro-batch-size 2 --global-batch-size 64 --bf16 "
+                                "--recompute-activations", model, c)
+    assert (m2.seq_len, st.tp, st.dp, st.micro_batch, st.precision, st.recompute) == (4096, 8, 8, 2, "bf16", "selective")
+
+
+# ---- DeepSpeed config -------------------------------------------------------------------------------
+
+def test_deepspeed_config_values():
+    model, _ = get_model("gpt3-2.7b")
+    st = Strategy(pp=4, dp=8, micro_batch=2, global_batch=256, zero_stage=1, recompute="full",
+                  stage_layers=(8, 8, 8, 8), offload_optimizer=True)
+    cfg = deepspeed_config(model, st)
+    assert cfg["train_batch_size"] == 256 == 2 * cfg["gradient_accumulation_steps"] * 8
+    assert cfg["zero_optimization"] == {"stage": 1, "offload_optimizer": {"device": "cpu", "pin_memory": True}}
+    assert cfg["pipeline"] == {"stages": 4, "activation_checkpoint_interval": 1}
+    assert cfg["bf16"] == {"enabled": True} and "fp16" not in cfg
+
+
+def test_deepspeed_refuses_and_adjusts():
+    model, _ = get_model("gpt3-2.7b")      # 32 layers
+    c = parse_cluster("32xA100")
+    with pytest.raises(ExportError, match="Megatron-DeepSpeed"):
+        export("deepspeed", model, Strategy(tp=2, dp=16, global_batch=256, recompute="none"), c)
+    with pytest.raises(ExportError, match="context parallelism"):
+        export("deepspeed", model, Strategy(cp=2, dp=16, global_batch=256, recompute="none"), c)
+    with pytest.raises(ExportError, match="interleaved"):
+        export("deepspeed", model, Strategy(pp=2, dp=16, global_batch=256, recompute="none", virtual_stages=2), c)
+    with pytest.raises(ExportError, match="selective"):
+        export("deepspeed", model, Strategy(dp=32, global_batch=256), c)
+    uneven = Strategy(pp=3, dp=8, global_batch=256, recompute="full", stage_layers=(10, 11, 11),
+                      recompute_layers=(2, 1, 0))
+    ex = export("deepspeed", model, uneven, parse_cluster("24xA100"))
+    assert ex.strategy.stage_layers == (11, 11, 10) == tuple(deepspeed_split(32, 3))
+    assert ex.strategy.recompute == "full" and ex.strategy.recompute_layers is None
+    assert len(ex.notes) == 3
+
+
+def test_deepspeed_import_checks_the_batch():
+    model, _ = get_model("gpt3-2.7b")
+    with pytest.raises(ConfigImportError, match=r"train_batch_size 100 is not .* = 2 x 4 x 32"):
+        read_deepspeed_config({"train_batch_size": 100, "train_micro_batch_size_per_gpu": 2,
+                               "gradient_accumulation_steps": 4}, model, parse_cluster("32xA100"))
+
+
+# ---- torchtitan job config -------------------------------------------------------------------------------
+
+def test_torchtitan_toml_parses_and_matches_the_plan():
+    model, _ = get_model("llama3-8b")     # 32 layers
+    c = parse_cluster("64xH100")
+    st = Strategy(tp=2, pp=4, dp=8, micro_batch=1, global_batch=256, recompute="full", virtual_stages=2,
+                  stage_layers=(7, 9, 8, 8))
+    ex = export("torchtitan", model, st, c)
+    doc = tomllib.loads(ex.files["job.toml"])
+    par = doc["parallelism"]
+    assert (doc["model"]["name"], doc["model"]["flavor"]) == ("llama3", "8B")
+    assert par["tensor_parallel_degree"] * par["pipeline_parallel_degree"] * par["data_parallel_replicate_degree"] \
+        * par["data_parallel_shard_degree"] * par["context_parallel_degree"] == 64
+    assert par["pipeline_parallel_schedule"] == "Interleaved1F1B"
+    parts = par["module_fqns_per_model_part"]
+    assert len(parts) == 8 and parts[0][0] == "tok_embeddings" and parts[-1][-2:] == ["norm", "output"]
+    layers = [int(m.split(".")[1]) for part in parts for m in part if m.startswith("layers.")]
+    assert layers == list(range(32))
+    per_stage = [sum(len([m for m in parts[k * 4 + i] if m.startswith("layers.")]) for k in range(2)) for i in range(4)]
+    assert per_stage == [7, 9, 8, 8]
+    assert doc["training"]["local_batch_size"] * 8 == 256 and par["pipeline_parallel_microbatch_size"] == 1
+    assert doc["activation_checkpoint"]["mode"] == "full"
+    fp8 = torchtitan_config(model, st.with_(precision="fp8"))
+    assert fp8["model"]["converters"] == ["quantize.linear.float8"]
+    with pytest.raises(ExportError, match="ZeRO-1"):
+        export("torchtitan", model, st.with_(zero_stage=1), c)
+
+
+# ---- search + export ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exports_175b():
+    """`plan --model 175b --gpus 1024xA100 --emit megatron|deepspeed`, through the Python API."""
+    model, _ = get_model("175b")
+    c = parse_cluster("1024xA100")
+    opts = SpaceOptions(global_batch=default_global_batch(model, c), precision=model.precision)
+    res = planner.search(model, c, top=3, space=opts)
+    return model, res, {fw: export_best(fw, model, c, res, opts) for fw in ("megatron", "deepspeed")}
+
+
+def test_export_best_for_175b_writes_the_best_expressible_plan(exports_175b):
+    model, res, exports = exports_175b
+    best = strategy_from_plan(res.plans[0].strategy)
+    for fw, ex in exports.items():
+        assert ex.fits and unsupported(fw, model, ex.strategy) is None
+        if unsupported(fw, model, best):      # e.g. ZeRO-3 for Megatron, tp > 1 for DeepSpeed
+            assert f"cannot be written for {'Megatron-LM' if fw == 'megatron' else 'DeepSpeed'}" in ex.notes[0]
+            assert ex.step_time_s >= res.plans[0].step_time_s
+        else:
+            assert ex.strategy == canonical(model, best)
+    assert exports["megatron"].strategy.zero_stage <= 1 and exports["deepspeed"].strategy.tp == 1
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def test_cli_emit_json_out_and_import(tmp_path, capsys):
+    argv = ["--model", "gpt3-1.3b", "--gpus", "16xA100", "--tp", "1", "--zero", "0,1", "--pp", "2"]
+    code, out, err = _run([*argv, "--emit", "megatron", "--format", "json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    emit = doc["plans"][0]["emit"]
+    assert emit["framework"] == "megatron" and "--pipeline-model-parallel-size 2" in emit["files"]["megatron_args.sh"]
+    code, out, err = _run([*argv, "--emit", "megatron", "--out", tmp_path], capsys)
+    assert code == 0, err
+    assert f"written: {tmp_path / 'megatron_args.sh'}, {tmp_path / 'launch.sh'}" in out
+    code, out, err = _run(["import", "--megatron-args", tmp_path / "megatron_args.sh", "--model", "gpt3-1.3b",
+                           "--gpus", "16xA100", "--format", "json"], capsys)
+    assert code == 0, err
+    imp = json.loads(out)
+    assert imp["imported"]["plans"][0]["step_time_s"] == pytest.approx(emit["step_time_s"], rel=1e-12)
+    assert imp["speedup"] == pytest.approx(emit["step_time_s"] / imp["best"]["plans"][0]["step_time_s"])
+    assert imp["speedup"] >= 1.0 - 1e-9
+
+
+def test_cli_import_deepspeed_config(tmp_path, capsys):
+    argv = ["evaluate", "--model", "gpt3-1.3b", "--gpus", "16xA100", "--zero", "3", "--recompute", "full",
+            "--global-batch", "64", "--micro-batch", "2"]
+    code, out, err = _run([*argv, "--format", "json"], capsys)
+    step = json.loads(out)["plans"][0]["step_time_s"]
+    code, out, err = _run([*argv, "--emit", "deepspeed", "--out", tmp_path], capsys)
+    assert code == 0, err
+    code, out, err = _run(["import", "--deepspeed-config", tmp_path / "ds_config.json", "--model", "gpt3-1.3b",
+                           "--gpus", "16xA100"], capsys)
+    assert code == 0, err
+    assert "Imported plan" in out and f"step time {step:.3f} s" in out and "What would be better" in out
+
+
+def test_cli_evaluate_emit_deepspeed_table(capsys):
+    code, out, err = _run(["evaluate", "--model", "gpt3-1.3b", "--gpus", "16xA100", "--zero", "2", "--recompute",
+                           "none", "--global-batch", "64", "--emit", "deepspeed"], capsys)
+    assert code == 0, err
+    body = out[out.index('"train_batch_size"') - 4:]
+    cfg = json.loads(body[:body.index("\n}\n") + 2])
+    assert cfg["zero_optimization"]["stage"] == 2 and cfg["train_batch_size"] == 64
+    assert "deepspeed --num_nodes 2 --num_gpus 8 train.py" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--model", "gpt3-1.3b", "--gpus", "16xA100", "--out", "x"], "--out 'x' needs --emit"),
+    (["evaluate", "--model", "gpt3-1.3b", "--gpus", "16xA100", "--emit", "deepspeed"], "selective"),
+    (["evaluate", "--model", "gpt3-1.3b", "--gpus", "16xA100", "--zero", "3", "--emit", "megatron"], "ZeRO-3"),
+    (["--model", "gpt3-1.3b", "--gpus", "16xA100", "--emit", "flax"], "flax"),
+    (["import", "--model", "gpt3-1.3b", "--gpus", "16xA100"], "exactly one of"),
+])
+def test_cli_bad_export_input_is_one_line(argv, needle, capsys):
+    code, out, err = _run(argv, capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and needle in err, err
+
+
+# ---- the frameworks accept them (the `frameworks` extra) ----------------------------------------------------
+
+@pytest.fixture
+def ds_config_class(monkeypatch):
+    pytest.importorskip("torch")
+    cfg_mod = pytest.importorskip("deepspeed.runtime.config")
+    # DeepSpeedConfig takes the data-parallel world size from an mpu object; it asks the process's rank
+    # first, which needs torch.distributed unless answered here.
+    monkeypatch.setattr(cfg_mod.dist, "get_rank", lambda group=None: 0)
+
+    class MPU:
+        def __init__(self, dp):
+            self.dp = dp
+
+        def get_data_parallel_world_size(self):
+            return self.dp
+
+    return lambda config, dp: cfg_mod.DeepSpeedConfig(config, mpu=MPU(dp))
+
+
+def test_deepspeed_accepts_every_emitted_config(ds_config_class, plans):
+    model, c, sts = _spread()
+    cases = [(model, c, st) for st in sts]
+    cases += [(m, cl, st) for m, cl, st, _ in plans if not unsupported("deepspeed", m, st)]
+    assert len(cases) >= 15
+    for m, cl, st in cases:
+        ex = export("deepspeed", m, st, cl)
+        cfg = json.loads(ex.files["ds_config.json"])
+        ds = ds_config_class(cfg, ex.strategy.dp)
+        s = ex.strategy
+        assert (ds.train_batch_size, ds.train_micro_batch_size_per_gpu, ds.gradient_accumulation_steps) == \
+            (s.global_batch, s.micro_batch, s.micro_batches)
+        assert ds.zero_optimization_stage == s.zero_stage
+        assert ds.bfloat16_config.enabled == (s.precision == "bf16") and ds.float16_config.enabled == (s.precision == "fp16")
+        off = ds.zero_config.offload_optimizer
+        assert (off is not None and off.device == "cpu") == s.offload_optimizer
+        assert (ds.zero_config.offload_param is not None) == s.offload_params
+        assert ds.pipeline["stages"] == (s.pp if s.pp > 1 else "auto")
+
+
+def test_deepspeed_accepts_the_175b_export(ds_config_class, exports_175b):
+    ex = exports_175b[2]["deepspeed"]
+    ds = ds_config_class(json.loads(ex.files["ds_config.json"]), ex.strategy.dp)
+    assert ds.train_batch_size == 1536 and ds.zero_optimization_stage == ex.strategy.zero_stage
+
+
+def test_deepspeed_rejects_broken_configs(ds_config_class):
+    model, c, sts = _spread()
+    cfg = deepspeed_config(model, sts[1])
+    with pytest.raises(AssertionError, match="train_batch_size is not equal"):
+        ds_config_class({**cfg, "train_batch_size": cfg["train_batch_size"] + 1}, 32)
+    with pytest.raises(AssertionError, match="train_batch_size is not equal"):
+        ds_config_class(cfg, 16)                       # the wrong data-parallel size
+    with pytest.raises(Exception, match="offload_optimiser"):
+        ds_config_class({**cfg, "zero_optimization": {"stage": 1, "offload_optimiser": {"device": "cpu"}}}, 32)
+
+
+# Megatron-LM training flags that are not TransformerConfig fields, and where they go (arguments.py,
+# core_transformer_config_from_args); every other emitted flag must name a TransformerConfig field.
+_TRAINING_FLAGS = {"--seq-length", "--max-position-embeddings", "--position-embedding-type",
+                   "--untie-embeddings-and-output-weights", "--micro-batch-size", "--global-batch-size",
+                   "--group-query-attention"}
+_OPTIMIZER_FLAGS = {"--use-distributed-optimizer": "use_distributed_optimizer", "--optimizer": "optimizer",
+                    "--optimizer-cpu-offload": "optimizer_cpu_offload",
+                    "--optimizer-offload-fraction": "optimizer_offload_fraction",
+                    "--use-precision-aware-optimizer": "use_precision_aware_optimizer"}
+
+
+def megatron_core_configs(model, st):
+    """TransformerConfig and OptimizerConfig built from the emitted arguments (as Megatron-LM's
+    core_transformer_config_from_args does), naming fields by TransformerConfig's own flag metadata."""
+    torch = pytest.importorskip("torch")
+    F = pytest.importorskip("torch.nn.functional")
+    tc_mod = pytest.importorskip("megatron.core.transformer.transformer_config")
+    from megatron.core.optimizer import OptimizerConfig
+    from megatron.core.transformer.enums import AttnBackend
+
+    TransformerConfig = tc_mod.TransformerConfig
+    by_flag = {}
+    for f in dataclasses.fields(TransformerConfig):
+        meta = f.metadata.get("argparse_meta", {})
+        for flag in meta.get("arg_names", ["--" + f.name.replace("_", "-")]):
+            by_flag[flag] = f
+    args = parse_megatron_args(" ".join(" ".join(g) for g in megatron_args(model, st)).replace('"', "'"))
+    tc, oc = {}, {}
+    for flag, val in args.items():
+        if flag in _TRAINING_FLAGS:
+            continue
+        if flag in _OPTIMIZER_FLAGS:
+            oc[_OPTIMIZER_FLAGS[flag]] = float(val) if flag == "--optimizer-offload-fraction" else val
+        elif flag == "--swiglu":
+            tc.update(gated_linear_unit=True, activation_func=F.silu)
+        elif flag == "--num-experts":
+            tc["num_moe_experts"] = int(val)
+        elif flag == "--moe-layer-freq":
+            tc["moe_layer_freq"] = eval(val)   # noqa: S307 - Megatron's moe_freq_type evaluates the same list expression
+        elif flag == "--decoder-first-pipeline-num-layers":
+            tc["num_layers_in_first_pipeline_stage"] = int(val)
+        elif flag == "--decoder-last-pipeline-num-layers":
+            tc["num_layers_in_last_pipeline_stage"] = int(val)
+        elif flag == "--num-layers-per-virtual-pipeline-stage":
+            tc["virtual_pipeline_model_parallel_size"] = model.layers // st.pp // int(val)
+        elif flag == "--num-virtual-stages-per-pipeline-rank":
+            tc["virtual_pipeline_model_parallel_size"] = int(val)
+        elif flag in ("--pipeline-model-parallel-layout", "--attention-backend", "--fp8-format") and flag not in by_flag:
+            raise AssertionError(f"{flag} is not a TransformerConfig flag")
+        elif flag == "--pipeline-model-parallel-layout":
+            tc["pipeline_model_parallel_layout"] = val
+        elif flag == "--attention-backend":
+            tc["attention_backend"] = AttnBackend[val]
+        elif flag == "--fp8-format":
+            tc["fp8"] = val
+        else:
+            assert flag in by_flag, f"{flag} is neither a TransformerConfig field nor a known training flag"
+            field = by_flag[flag]
+            if val is True:
+                tc[field.name] = flag not in ("--disable-bias-linear",)   # the 'disable' flag stores False
+            else:
+                tc[field.name] = int(val) if re.fullmatch(r"\d+", str(val)) else val
+    dtype = torch.bfloat16 if tc.get("bf16") else torch.float16 if tc.get("fp16") else torch.float32
+    tc["params_dtype"] = dtype
+    if st.pp > 1:
+        tc["pipeline_dtype"] = dtype
+    return TransformerConfig(**tc), OptimizerConfig(bf16=bool(tc.get("bf16")), fp16=bool(tc.get("fp16")), **oc)
+
+
+def test_megatron_core_accepts_every_emitted_plan(plans):
+    pytest.importorskip("megatron.core")
+    n = 0
+    for model, cluster, st, _ in plans:
+        if unsupported("megatron", model, st) or st.precision == "fp8":
+            continue
+        ex = export("megatron", model, st, cluster)
+        s = ex.strategy
+        cfg, opt = megatron_core_configs(model, s)
+        n += 1
+        assert (cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, cfg.context_parallel_size,
+                cfg.expert_model_parallel_size) == (s.tp, s.pp, s.cp, s.ep)
+        assert cfg.num_layers == model.layers and cfg.num_query_groups == model.kv_heads
+        assert cfg.sequence_parallel == s.sequence_parallel
+        assert opt.use_distributed_optimizer == (s.zero_stage == 1)
+        v = s.virtual_stages
+        assert (cfg.virtual_pipeline_model_parallel_size or 1) == v
+        layout = cfg.pipeline_model_parallel_layout
+        if layout is not None:                    # Megatron's own parse of the layout string
+            from megatron.core.transformer.enums import LayerType
+            got = [sum(layout.layout[i][c].count(LayerType.decoder) for c in range(v)) for i in range(s.pp)]
+            assert got == list(s.stage_layers)
+        if s.recompute == "full":
+            assert cfg.recompute_granularity == "full"
+            if cfg.recompute_method == "block":
+                assert megatron_recomputed(list(s.stage_layers), v, cfg.recompute_num_layers) == list(s.recompute_layers)
+    assert n >= 20
+
+
+def test_megatron_core_accepts_the_175b_export(exports_175b):
+    model, _, exports = exports_175b
+    ex = exports["megatron"]
+    cfg, opt = megatron_core_configs(model, ex.strategy)
+    assert (cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size) == (ex.strategy.tp, ex.strategy.pp)
+    assert cfg.num_attention_heads == 96 and opt.use_distributed_optimizer == (ex.strategy.zero_stage == 1)
+
+
+def test_megatron_core_rejects_broken_configs():
+    pytest.importorskip("megatron.core")
+    model, _ = get_model("gpt3-13b")      # 40 heads, 40 layers
+    st = Strategy(tp=3, pp=4, dp=2, global_batch=64, recompute="none", stage_layers=(9, 11, 11, 9))
+    megatron_core_configs(model, st.with_(tp=4))   # accepted
+    with pytest.raises(ValueError, match=r"num_attention_heads \(40\) must be a multiple of"):
+        megatron_core_configs(model, st)
+    wrong = Strategy(tp=4, pp=4, dp=2, global_batch=64, recompute="none", stage_layers=(9, 10, 12, 10))
+    with pytest.raises(AssertionError, match="must match num_layers"):
+        megatron_core_configs(model, wrong)        # 41 layers in the layout, the model has 40
+    with pytest.raises(ValueError, match="middle stage: 21 must be divisible"):
+        megatron_core_configs(model, wrong.with_(stage_layers=(9, 11, 11, 10)))   # first/last flags, 41 layers
