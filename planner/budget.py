@@ -3,18 +3,20 @@
 `compare`: the best plan per cluster with its whole-run time, GPU-hours, dollars and energy.
 
 `choose_hardware`: the GPU type and count (node multiples) that minimise run time under a money budget,
-or money under a deadline. Every (type, count) is a block of the search space with a bound: no plan runs
-faster than the model FLOPs at the best share of peak any kernel reaches (calibrated GEMM or flash
-attention efficiency), so run time >= steps x FLOPs / (n x peak x e_max), and cost >= that x n x price.
-Blocks are visited by bound and searched (bound-and-solve with the CP-SAT layout model inside) only while
-their bound can still beat the best run found, so the answer is optimal over all types and counts without
-searching every count. For a fixed count, cost and time are both proportional to step time, so the
+or money under a deadline. The choice is a CP-SAT model with one Boolean per (type, count) block. No plan
+of a block runs faster than its model FLOPs at the best share of peak any kernel reaches (calibrated
+GEMM or flash attention efficiency): days >= steps x FLOPs / (n x peak x e_max), dollars >= that x n x
+price. Unsearched blocks enter the model with these bounds, searched ones (bound-and-solve with the
+CP-SAT layout model inside) with their best run; the model is re-solved after each search and stops when
+its optimum is a searched block, which is then optimal over all types and counts (lazy evaluation: most
+counts are never searched). For a fixed count, cost and time are both proportional to step time, so the
 fastest plan of a block is also its cheapest.
 """
 from __future__ import annotations
 
 import math
 
+from ortools.sat.python import cp_model
 from pydantic import BaseModel, ConfigDict
 
 from costmodels.calibration import calibration_for
@@ -132,30 +134,33 @@ def choose_hardware(model: ModelSpec, gpu_types: list[GPUSpec], max_gpus: int, t
             blocks.append((days_lb if objective == "time" else cost_lb, days_lb, cost_lb, cluster, gb))
     blocks.sort(key=lambda b: (b[0], b[3].gpu.name, b[3].num_gpus))
     searched: list[RunPoint] = []
-    chosen: RunPoint | None = None
+    exact: dict[int, RunPoint | None] = {}   # block -> its best run (None: nothing fits)
 
-    def meets(p: RunPoint) -> bool:
-        return ((budget_usd is None or p.cost_usd <= budget_usd)
-                and (deadline_days is None or p.days <= deadline_days))
+    def search_block(k: int) -> RunPoint | None:
+        if k not in exact:
+            _, _, _, cluster, gb = blocks[k]
+            try:
+                exact[k] = run_point(model, cluster, tokens, pue, global_batch=gb, precision=precision, **search_kw)
+                searched.append(exact[k])
+            except NoPlanError:
+                exact[k] = None
+        return exact[k]
 
-    def value(p: RunPoint) -> float:
-        return p.days if objective == "time" else p.cost_usd
-
-    for bound, days_lb, cost_lb, cluster, gb in blocks:
-        nodes = cluster.num_nodes
-        on_front_grid = full_front and nodes & (nodes - 1) == 0   # the plotted front: 2^k nodes of every type
-        if not on_front_grid:
-            if chosen is not None and bound >= value(chosen):
-                continue
-            if (budget_usd is not None and cost_lb > budget_usd) or (deadline_days is not None and days_lb > deadline_days):
-                continue
-        try:
-            point = run_point(model, cluster, tokens, pue, global_batch=gb, precision=precision, **search_kw)
-        except NoPlanError:
-            continue
-        searched.append(point)
-        if meets(point) and (chosen is None or value(point) < value(chosen)):
-            chosen = point
+    if full_front:   # the plotted front: 2^k nodes of every type
+        for k, blk in enumerate(blocks):
+            if blk[3].num_nodes & (blk[3].num_nodes - 1) == 0:
+                search_block(k)
+    # CP-SAT chooses the block; blocks not searched yet enter with their bounds, so the model's optimum
+    # is a valid bound; when it lands on a searched block, that block is the optimum (lazy evaluation).
+    while True:
+        k = _choose_block(blocks, exact, objective, budget_usd, deadline_days)
+        if k is None:
+            chosen = None
+            break
+        if k in exact:
+            chosen = exact[k]
+            break
+        search_block(k)
     message = None
     if chosen is None:
         message = _no_run_message(model, gpu_types, max_gpus, tokens, budget_usd, deadline_days, global_batch,
@@ -163,6 +168,36 @@ def choose_hardware(model: ModelSpec, gpu_types: list[GPUSpec], max_gpus: int, t
     return BudgetResult(model=model.name, tokens=tokens, objective=objective, budget_usd=budget_usd,
                         deadline_days=deadline_days, chosen=chosen, searched=searched, blocks=len(blocks),
                         pareto=pareto_front(searched), message=message)
+
+
+def _choose_block(blocks, exact: dict, objective: str, budget_usd, deadline_days) -> int | None:
+    """The CP-SAT master model: one Boolean per (GPU type, count) block, exactly one chosen. A searched
+    block enters with its run's days and dollars, an unsearched one with its lower bounds (so the model's
+    optimum bounds the true one); blocks over a limit are left out. Minimise days (or dollars), in
+    milliseconds (or cents), preferring searched blocks on ties."""
+    mdl = cp_model.CpModel()
+    pick = []
+    for k, (_, days_lb, cost_lb, cluster, _) in enumerate(blocks):
+        known = k in exact
+        if known and exact[k] is None:
+            continue
+        d, c = (exact[k].days, exact[k].cost_usd) if known else (days_lb, cost_lb)
+        if (budget_usd is not None and c > budget_usd) or (deadline_days is not None and d > deadline_days):
+            continue
+        value = d * 86400e3 if objective == "time" else c * 100
+        weight = round(value) if known else math.floor(value)   # bounds rounded down stay bounds
+        x = mdl.NewBoolVar(f"use_{cluster.num_gpus}x{cluster.gpu.name}")
+        pick.append((k, x, 2 * weight + (0 if known else 1)))
+    if not pick:
+        return None
+    mdl.AddExactlyOne(x for _, x, _ in pick).WithName("one_cluster")
+    mdl.Minimize(sum(w * x for _, x, w in pick))
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = 0
+    if solver.Solve(mdl) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None
+    return next(k for k, x, _ in pick if solver.Value(x))
 
 
 def _no_run_message(model, gpu_types, max_gpus, tokens, budget_usd, deadline_days, global_batch, precision, pue,
