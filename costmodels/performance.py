@@ -106,12 +106,12 @@ class StageCosts:
         return _q(k * self.act_stored_mb), _q(k * self.act_ckpt_mb), _q(k * self.first_act_mb) if i == 0 else 0
 
     # --- formulas shared with the solver -------------------------------------------------------
+    def fixed_ns(self, i: int) -> int:
+        """Stage i's time per micro-batch that does not depend on its layers: sends, embedding, head."""
+        return self.p2p_ns + (self.first_ns if i == 0 else 0) + (self.last_ns if i == self.p - 1 else 0)
+
     def stage_ns(self, i: int, L: int, R: int) -> int:
-        t = L * self.layer_ns + R * self.recompute_ns + self.p2p_ns
-        if i == 0:
-            t += self.first_ns
-        if i == self.p - 1:
-            t += self.last_ns
+        t = L * self.layer_ns + R * self.recompute_ns + self.fixed_ns(i)
         if self.zero3_layer_ns:
             t = max(t, L * self.zero3_layer_ns)
         return t
@@ -136,10 +136,8 @@ class StageCosts:
         return b
 
     def step_scaled(self, Ls: list[int], Rs: list[int]) -> int:
-        """v x step time in ns, an exact integer (the CP-SAT objective)."""
-        times = [self.stage_ns(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
-        tails = [self.stage_tail_ns(i, L) for i, L in enumerate(Ls)]
-        return self.pipeline_scaled(times) + self.v * max(tails)
+        """v x step time in ns when every stage has these coefficients (see Pipeline.step_scaled)."""
+        return Pipeline.uniform(self, 0).step_scaled(Ls, Rs)
 
     def pipeline_scaled(self, times: list[int]) -> int:
         """v x pipeline time in ns: (m-1) max T + sum T for 1F1B; v m max T + sum T - max T interleaved."""

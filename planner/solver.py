@@ -53,10 +53,6 @@ def min_recompute(sc: StageCosts | Pipeline, i: int, L: int, cap: int | None, fr
     return None
 
 
-def _stage_fixed_ns(sc: StageCosts, i: int) -> int:
-    return sc.p2p_ns + (sc.first_ns if i == 0 else 0) + (sc.last_ns if i == sc.p - 1 else 0)
-
-
 def balanced_layers(sc: StageCosts | Pipeline) -> tuple[list[int], int]:
     """Integer layers per stage (>= v each) minimising the slowest stage when nothing is recomputed, and
     that time: binary search on T, stage i fits floor((T - extras_i) / layer_i) layers. Stages with the
@@ -65,7 +61,7 @@ def balanced_layers(sc: StageCosts | Pipeline) -> tuple[list[int], int]:
     p, v = pl.p, pl.v
     groups: dict[tuple[int, int, int], list[int]] = {}
     for i, st in enumerate(pl.stages):
-        groups.setdefault((st.layer_ns, _stage_fixed_ns(st, i), st.zero3_layer_ns), []).append(i)
+        groups.setdefault((st.layer_ns, st.fixed_ns(i), st.zero3_layer_ns), []).append(i)
 
     def room(T: int, a: int, c: int, z: int) -> int:
         k = (T - c) // a if a else pl.layers
@@ -234,7 +230,7 @@ def solve_layout(sc: StageCosts | Pipeline, cap: int | None, free: bool, time_li
         if sc_i.layer_states_b[3] or (first and sc_i.first_states_b[3]) or (last and sc_i.last_states_b[3]):
             host = L[i] * sc_i.layer_states_b[3] + sc_i.stage_host_bytes(i, 0)
             mdl.Add(host <= sc_i.host_cap_b).WithName(f"host_memory_stage_{i}")
-        work = L[i] * sc_i.layer_ns + Ri * sc_i.recompute_ns + _stage_fixed_ns(sc_i, i)
+        work = L[i] * sc_i.layer_ns + Ri * sc_i.recompute_ns + sc_i.fixed_ns(i)
         Ti = mdl.NewIntVar(0, t_ub, f"stage_time_{i}")
         if sc_i.zero3_layer_ns:
             mdl.AddMaxEquality(Ti, [work, L[i] * sc_i.zero3_layer_ns]).WithName(f"zero3_overlap_{i}")
