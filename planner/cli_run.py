@@ -188,7 +188,8 @@ def render_front(res, path: str) -> None:
     ax.plot([p.days for p in front], [p.cost_usd / 1e6 for p in front], "k--", lw=0.8, label="front")
     if res.chosen is not None:
         ax.scatter([res.chosen.days], [res.chosen.cost_usd / 1e6], marker="*", s=220, c="red", label="chosen", zorder=5)
-    ax.set_xlabel("wall-clock days")
+    ax.set_xscale("log")
+    ax.set_xlabel("wall-clock days (log scale)")
     ax.set_ylabel("cost, million USD")
     ax.set_title(f"{res.model}, {res.tokens:.3g} tokens", fontsize=10)
     ax.legend(fontsize=8)
