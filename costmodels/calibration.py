@@ -42,7 +42,10 @@ CALIBRATION: dict[str, Calibration] = {
     # fit on the 5 H100 runs of public.json: H100 needs larger GEMMs to fill its 132 SMs
     "hopper": replace(_DEFAULT, gemm_efficiency=0.65, gemm_half_dim=512.0, attention_efficiency=0.25),
 }
-CALIBRATION["blackwell"] = CALIBRATION["hopper"]   # not fitted: no published B200 run in the file
+# not fitted (no published run in the file): the newest fitted generation, whose large peaks are also
+# hard to saturate, is the better guess than Ampere for Blackwell and AMD CDNA3
+CALIBRATION["blackwell"] = CALIBRATION["hopper"]
+CALIBRATION["cdna3"] = CALIBRATION["hopper"]
 
 
 def calibration_for(family: str) -> Calibration:

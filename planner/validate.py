@@ -148,20 +148,29 @@ def _moe_freq(layers: int, moe_layers) -> int:
     return max(1, round(layers / moe_layers))
 
 
-_NODE_RATE = re.compile(r"(?:(\d+)\s*x\s*)?(?:[A-Za-z]+\s+)?(\d+(?:\.\d+)?)\s*Gb/?s\s+per\s+(node|GPU)", re.I)
+_RATE = re.compile(r"(?:(\d+)\s*[x\u00d7]\s*(?:[A-Za-z-]+\s+)?)?(\d+(?:\.\d+)?)\s*([GT])b(?:/s|ps|it/s|s)\b", re.I)
+_PER_GPU = re.compile(r"per\s+gpu|/\s*gpu|each\s+gpu", re.I)
+_PER_NODE = re.compile(r"per\s+node|/\s*node", re.I)
 
 
 def network_gbps_per_gpu(text: str | None, gpus_per_node: int) -> float | None:
     """Per-GPU network bandwidth (GB/s, one direction) from the run's interconnect text, e.g.
-    '8x HDR 200Gb/s per node' -> 8*200/8/8 = 25; 'RoCE 1600 Gb/s per node' -> 25; '400Gb/s per GPU' -> 50."""
+    '8x HDR 200Gb/s per node' -> 8*200/8/8 = 25; 'RoCE 1600 Gb/s per node' -> 25; '400Gb/s per GPU' -> 50;
+    '3200 Gbps EFA per node' -> 50. A rate with a count ('8x 200Gb/s') and no scope is taken per node;
+    anything else unclear leaves the catalog's figure."""
     if not text:
         return None
-    mt = _NODE_RATE.search(text)
+    mt = _RATE.search(text)
     if not mt:
         return None
     count = int(mt.group(1)) if mt.group(1) else 1
-    gbit = count * float(mt.group(2))
-    per_gpu = gbit / gpus_per_node if mt.group(3).lower() == "node" else gbit
+    gbit = count * float(mt.group(2)) * (1000.0 if mt.group(3).lower() == "t" else 1.0)
+    if _PER_GPU.search(text):
+        per_gpu = gbit
+    elif _PER_NODE.search(text) or mt.group(1):
+        per_gpu = gbit / gpus_per_node
+    else:
+        return None
     return per_gpu / 8.0
 
 
@@ -226,12 +235,12 @@ def predict_run(run: dict) -> RunResult:
     flash = uses_flash_attention(run)
     cands = candidate_strategies(model, run["strategy"], cluster, flash)
     best: Evaluation | None = None
+    broken: StrategyError | None = None
     for st in cands:
         try:
             check_strategy(model, st, cluster.num_gpus, cluster.gpus_per_node, tp_across_nodes=True)
-        except StrategyError:
-            if len(cands) == 1:
-                raise
+        except StrategyError as e:
+            broken = broken or e
             continue
         if st.recompute == "full" and not run["strategy"].get("recompute"):
             ev = _best_block_recompute(model, st, cluster)   # unknown recompute: per-stage counts, as tuned
@@ -244,8 +253,10 @@ def predict_run(run: dict) -> RunResult:
         if best is None or ev.step_time_s < best.step_time_s:
             best = ev
     if best is None:
+        reason = str(broken) if broken is not None and not any_valid(cands, model, cluster) else \
+            "no completion of the unknown fields fits in GPU memory"
         return RunResult(id=rid, metric=metric, measured=measured[metric], predicted=None, pct_error=None,
-                         skipped="no completion of the unknown fields fits in GPU memory")
+                         skipped=reason)
     predicted = _metric(metric, best, model, run, cluster)
     filled = {k: getattr(best.strategy, f) for k, f in (("micro_batch", "micro_batch"), ("virtual_stages", "virtual_stages"),
                                                         ("recompute", "recompute"), ("zero_stage", "zero_stage"))
@@ -254,6 +265,17 @@ def predict_run(run: dict) -> RunResult:
     return RunResult(id=rid, metric=metric, measured=meas, predicted=predicted,
                      pct_error=(predicted - meas) / meas, filled=filled,
                      peak_memory_gb=max(best.stage_memory_b) / 1e9)
+
+
+def any_valid(cands: list[Strategy], model: ModelSpec, cluster: Cluster) -> bool:
+    """Whether some candidate passes the rules (so a skip is about memory, not about a rule)."""
+    for st in cands:
+        try:
+            check_strategy(model, st, cluster.num_gpus, cluster.gpus_per_node, tp_across_nodes=True)
+            return True
+        except StrategyError:
+            pass
+    return False
 
 
 def _best_block_recompute(model: ModelSpec, st: Strategy, cluster: Cluster) -> Evaluation | None:
@@ -277,8 +299,23 @@ def _metric(metric: str, ev: Evaluation, model: ModelSpec, run: dict, cluster: C
     flops = step_flops(run, model, st.global_batch)
     if metric == "tflops_per_gpu":
         return flops / ev.step_time_s / n / 1e12
-    peak = cluster.gpu.peak_tflops(st.precision) * 1e12
-    return flops / ev.step_time_s / (n * peak)
+    return flops / ev.step_time_s / (n * mfu_peak(run, cluster, st.precision))
+
+
+def mfu_peak(run: dict, cluster: Cluster, precision: str) -> float:
+    """The peak (FLOP/s per GPU) the source divides by: a figure its flops_counting text states that
+    matches one of this GPU's datasheet peaks, else the 16-bit peak (fp8 runs are usually reported against
+    the bf16 peak, e.g. Llama 3's 'BF16 peak 989 TFLOP/s'), else the precision's own peak."""
+    gpu = cluster.gpu
+    text = run.get("measured", {}).get("flops_counting") or ""
+    peaks = {round(v, 1) for v in gpu.tflops.values() if v}
+    for num in re.findall(r"\d+(?:\.\d+)?", text):
+        if round(float(num), 1) in peaks:
+            return float(num) * 1e12
+    for p16 in ("bf16", "fp16"):
+        if gpu.tflops.get(p16):
+            return gpu.tflops[p16] * 1e12
+    return gpu.peak_tflops(precision) * 1e12
 
 
 def step_flops(run: dict, model: ModelSpec, global_batch: int) -> float:

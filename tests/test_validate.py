@@ -1,0 +1,42 @@
+"""Reading runs/v1 fields the way their sources mean them (planner.validate)."""
+from __future__ import annotations
+
+import pytest
+
+from hardware import parse_cluster
+from planner.validate import mfu_peak, network_gbps_per_gpu, predict_run
+
+
+@pytest.mark.parametrize("text, gbps", [
+    ("DGX A100 (Selene), 8x HDR 200Gb/s per node", 25.0),     # 8 x 200 Gb/s over 8 GPUs = 25 GB/s each
+    ("RoCE 1600 Gb/s per node", 25.0),
+    ("RoCE / InfiniBand, 400Gb/s per GPU", 50.0),
+    ("3200 Gbps EFA per node", 50.0),                         # AWS p5 (hardware.md)
+    ("8 x 400 Gbps NDR InfiniBand per node", 50.0),
+    ("EFA 4x100 Gb/s per node", 6.25),                        # AWS p4d: 400 Gb/s per node (hardware.md)
+    ("8x 200Gb/s HDR", 25.0),                                 # a count without a scope: per node
+    ("NVLink + IB", None), (None, None), ("1.6 Tb/s per node", 25.0),
+])
+def test_network_text(text, gbps):
+    assert network_gbps_per_gpu(text, 8) == gbps
+
+
+def test_mfu_peak_follows_the_source():
+    h100 = parse_cluster("8xH100")
+    run = {"measured": {"flops_counting": "model FLOPs (BF16 peak 989 TFLOP/s)"}}
+    assert mfu_peak(run, h100, "fp8") == 989e12            # Llama 3 reports MFU against the bf16 peak
+    assert mfu_peak({"measured": {"flops_counting": "model FLOPs"}}, h100, "fp8") == 989e12
+    a100 = parse_cluster("8xA100")
+    foundry = {"measured": {"flops_counting": "peak 312 (A100) / 989 (H100) TFLOP/s"}}
+    assert mfu_peak(foundry, a100, "bf16") == 312e12
+    assert mfu_peak(foundry, h100, "bf16") == 989e12
+
+
+def test_a_broken_rule_is_named_when_it_is_why_a_run_is_skipped():
+    run = {"id": "z3-pp", "model": {"name": "m", "layers": 32, "hidden": 4096, "heads": 32, "vocab": 32000,
+                                     "seq_len": 2048},
+           "hardware": {"gpu": "A100-80GB", "num_gpus": 16, "gpus_per_node": 8},
+           "strategy": {"tp": 1, "pp": 2, "dp": 8, "global_batch": 64, "zero_stage": 3},
+           "measured": {"step_time_s": 1.0}}
+    res = predict_run(run)
+    assert res.predicted is None and "ZeRO-3 cannot be combined with pipeline parallelism" in res.skipped
