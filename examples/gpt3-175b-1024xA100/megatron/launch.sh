@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Launch on 128 node(s) x 8 GPUs: run on every node with NODE_RANK and
+# MASTER_ADDR set, from the Megatron-LM checkout. Add your data, tokenizer and checkpoint arguments.
+source "$(dirname "$0")/megatron_args.sh"
+torchrun --nnodes 128 --nproc-per-node 8 --node-rank "${NODE_RANK:-0}" --master-addr "${MASTER_ADDR:-localhost}" --master-port 6000 \
+    pretrain_gpt.py "${MEGATRON_ARGS[@]}" "$@"
