@@ -260,8 +260,7 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     zero = _int_tuple(zero_only, "zero") or (0, 1, 2, 3)
     if any(z > 3 for z in zero):
         raise UserError(f"--zero {zero_only!r} is not allowed; ZeRO stages are 0, 1, 2, 3")
-    first = cluster if not isinstance(cluster, tuple) else cluster[0]
-    opts = SpaceOptions(global_batch=global_batch or default_global_batch(model, first),
+    opts = SpaceOptions(global_batch=global_batch or default_global_batch(model, cluster),
                         precision=precision or model.precision, optimizer=optimizer,
                         tp=_int_tuple(tp_only, "tp"), pp=_int_tuple(pp_only, "pp"), zero_stage=zero,
                         recompute=recompute, flash_attention=not no_flash_attention)

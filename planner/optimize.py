@@ -2,8 +2,9 @@
 
 1. Enumerate every structure the divisibility rules allow (planner.space).
 2. Score each with its StageCosts (costmodels) and a lower bound on its step time (planner.solver).
-3. Visit structures by increasing bound; for each, take Megatron's even split as an incumbent and, unless
-   it already meets the bound, solve the CP-SAT layout model. Stop when the next bound cannot beat the
+3. Visit structures by increasing bound; for each, test memory exactly, sharpen the bound, take the
+   balanced (or Megatron's even) split as an incumbent and, unless it already meets the bound, solve the
+   CP-SAT layout model. Stop when the next bound cannot beat the
    K-th best plan found: every structure skipped has a bound >= that plan, so the result is optimal
    over the whole space (docs/solver.md has the argument).
 """
@@ -44,7 +45,7 @@ def search(model: ModelSpec, cluster: Cluster | Sequence[Cluster], *, global_bat
     a sequence of GPU pools (hardware.parse_pools): pipeline stages are then assigned to pools."""
     t0 = time.perf_counter()
     pools = tuple(cluster) if isinstance(cluster, (list, tuple)) else (cluster,)
-    opts = space or SpaceOptions(global_batch=global_batch or default_global_batch(model, pools[0]),
+    opts = space or SpaceOptions(global_batch=global_batch or default_global_batch(model, pools),
                                  precision=precision or model.precision, optimizer=optimizer)
     found, stats = _search(model, pools, opts, top, time_limit_s, progress)
     if not found:
@@ -56,12 +57,12 @@ def search(model: ModelSpec, cluster: Cluster | Sequence[Cluster], *, global_bat
                         seconds=time.perf_counter() - t0, stats=stats)
 
 
-def default_global_batch(model: ModelSpec, cluster: Cluster) -> int:
+def default_global_batch(model: ModelSpec, cluster: Cluster | Sequence[Cluster]) -> int:
     """The preset's published batch; otherwise ~4M tokens rounded to a multiple of the GPU count."""
     if model.global_batch:
         return model.global_batch
     seqs = max(1, round(4 * 2**20 / model.seq_len))
-    n = cluster.num_gpus
+    n = sum(c.num_gpus for c in cluster) if isinstance(cluster, (list, tuple)) else cluster.num_gpus
     return max(n, (seqs // n) * n) if seqs >= n else seqs
 
 
