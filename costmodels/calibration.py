@@ -9,6 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 
+# Not fitted: NCCL runs its collectives as kernels on the SMs (one block per channel; 8-16 channels is
+# the usual choice on 108-132 SM GPUs, NCCL docs NCCL_MIN/MAX_NCHANNELS), so compute that overlaps a
+# collective loses about 1/8 of the GPU while both run.
+OVERLAP_SM_SHARE_DEN = 8
+
+
 @dataclass(frozen=True)
 class Calibration:
     gemm_efficiency: float        # share of dense peak a large GEMM reaches (hardware.md: 70-80% A100, 60-75% H100)

@@ -13,7 +13,8 @@ the nanosecond. Formulas and their sources:
   (p - 1)/v (Korthikanti et al. 2022, section 4.2.3); GPipe keeps all m (same bubble as 1F1B);
 - data-parallel gradient sync overlaps the last micro-batch's backward (PyTorch DDP / Megatron
   --overlap-grad-reduce); ZeRO-3 gathers weights every micro-batch, overlapped with its compute
-  (Rajbhandari et al. 2020, section 7.2: 1.5x the data-parallel volume).
+  (Rajbhandari et al. 2020, section 7.2: 1.5x the data-parallel volume); overlapped compute runs
+  slower by the SM share NCCL's kernels take (overlap_ns).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from costmodels.calibration import Calibration, calibration_for
+from costmodels.calibration import OVERLAP_SM_SHARE_DEN, Calibration, calibration_for
 from costmodels.comm import Link, collective_time, group_link, p2p_time
 from costmodels.compute import gemm_time, memory_bound_time, mlp_gemm_widths
 from costmodels.flops import logits_forward_flops, model_flops_per_step
@@ -34,6 +35,13 @@ NS = 1e-9
 FIXED_BUFFER_BYTES = 1.0e9       # cuBLAS workspaces, NCCL and allocator slack (assumption, stated in output)
 ADAM_BYTES_PER_PARAM = 28.0      # optimizer step traffic: read fp32 w, m, v + grad, write w, m, v + 16-bit w
 SGD_BYTES_PER_PARAM = 18.0
+
+
+def overlap_ns(comm: int, compute: int) -> int:
+    """Time a collective adds to the compute it overlaps: what sticks out, max(0, comm - compute), plus
+    the compute slowed while both run: NCCL's kernels occupy about 1/OVERLAP_SM_SHARE_DEN of the SMs."""
+    both = min(comm, compute)
+    return max(0, comm - compute) + (-(-both // OVERLAP_SM_SHARE_DEN) if both > 0 else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +121,13 @@ class StageCosts:
     def stage_ns(self, i: int, L: int, R: int) -> int:
         t = L * self.layer_ns + R * self.recompute_ns + self.fixed_ns(i)
         if self.zero3_layer_ns:
-            t = max(t, L * self.zero3_layer_ns)
+            t += overlap_ns(L * self.zero3_layer_ns, t)
         return t
 
     def stage_tail_ns(self, i: int, L: int) -> int:
         """Once per step: exposed data-parallel sync plus the optimizer step of stage i."""
         dp = L * self.dp_layer_ns + (self.dp_first_ns if i == 0 else 0) + (self.dp_last_ns if i == self.p - 1 else 0)
-        exposed = max(0, dp - L * self.dp_window_layer_ns)
+        exposed = overlap_ns(dp, L * self.dp_window_layer_ns)
         opt = L * self.opt_layer_ns + (self.opt_first_ns if i == 0 else 0) + (self.opt_last_ns if i == self.p - 1 else 0)
         return exposed + opt
 

@@ -12,6 +12,8 @@ import json
 import math
 
 import pytest
+
+from costmodels.calibration import OVERLAP_SM_SHARE_DEN
 from click.testing import CliRunner
 
 from costmodels.calibration import calibration_for
@@ -525,15 +527,16 @@ def _dp_parts(sc, L):
 
 def test_dp_sync_hidden_behind_backward():
     # Li et al. 2020 (PyTorch DDP), section 3.2: gradient buckets all-reduce while backward runs; a sync
-    # shorter than the backward is fully hidden: exposed = max(0, sync - backward window) = 0
+    # shorter than the backward hides behind it: nothing sticks out, max(0, sync - backward window) = 0,
+    # and the backward it overlaps runs 1/8 slower while NCCL's kernels hold their SMs (overlap_ns)
     st = Strategy(tp=1, pp=1, dp=8, micro_batch=2, global_batch=16, zero_stage=1)
     sc = stage_costs(LLAMA8, st, H100_8)
     dp, window, opt = _dp_parts(sc, 32)
     assert 0 < dp < window
-    assert sc.stage_tail_ns(0, 32) == opt
+    assert sc.stage_tail_ns(0, 32) - opt == -(-dp // OVERLAP_SM_SHARE_DEN)
     # (the breakdown rounds each layer's time up to a whole ns: at most L + 4 ns per micro-batch)
     ev = evaluate(LLAMA8, st, H100_8)
-    assert abs(ev.time_s["dp_comm"]) <= st.micro_batches * (32 + 4) * NS
+    assert abs(ev.time_s["dp_comm"] - -(-dp // OVERLAP_SM_SHARE_DEN) * NS) <= st.micro_batches * (32 + 4) * NS
 
 
 def test_dp_sync_longer_than_backward_is_exposed():
@@ -544,9 +547,10 @@ def test_dp_sync_longer_than_backward_is_exposed():
     sc = stage_costs(m, st, H100_64)
     dp, window, opt = _dp_parts(sc, 32)
     assert dp > window > 0
-    assert sc.stage_tail_ns(0, 32) - opt == dp - window
+    exposed = dp - window + -(-window // OVERLAP_SM_SHARE_DEN)
+    assert sc.stage_tail_ns(0, 32) - opt == exposed
     ev = evaluate(m, st, H100_64)
-    assert abs(ev.time_s["dp_comm"] - (dp - window) * NS) <= st.micro_batches * (32 + 4) * NS
+    assert abs(ev.time_s["dp_comm"] - exposed * NS) <= st.micro_batches * (32 + 4) * NS
 
 
 # ================================================================================================

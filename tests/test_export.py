@@ -37,6 +37,7 @@ CASES = [
     ("gpt3-1.3b", "4x4xA100", dict(tp=(1,), pp=(1, 2))),
     ("llama2-7b", "32xH100", dict(pp=(2,), zero_stage=(0, 1), recompute=("full",))),
     ("gpt3-350m", "8xA100", dict(tp=(1,), pp=(3, 4, 6), virtual_stages=(1,))),
+    ("gpt3-2.7b", "16xA100", dict(tp=(1,), zero_stage=(3,))),
 ]
 
 
