@@ -132,7 +132,10 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
         if (len(ranked) >= top and lb >= ranked[top - 1].step_ns) or (key in best and lb >= best[key].step_ns):
             continue
         layout = greedy_layout(pl, None, free)
-        if pl.p > CP_SAT_MAX_STAGES:   # too many stages for an interactive CP-SAT model: keep the incumbent
+        if pl.p == 1 and layout is not None:
+            # one stage holds every layer; time grows with recomputed layers, so the fewest that fit is optimal
+            layout = Layout(layout.stage_layers, layout.recompute_layers, layout.objective, True, 0.0)
+        elif pl.p > CP_SAT_MAX_STAGES:   # too many stages for an interactive CP-SAT model: keep the incumbent
             if layout is None:
                 continue
             bound = lower_bound(pl, None, free)

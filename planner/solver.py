@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from costmodels.calibration import OVERLAP_SM_SHARE_DEN as D
-from costmodels.performance import Pipeline, StageCosts, even_split
+from costmodels.performance import Pipeline, StageCosts, even_split, overlap_ns
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,9 @@ def lower_bound(sc: StageCosts | Pipeline, cap: int | None = None, free: bool = 
         S += min_recomputed_layers(pl, None, free) * min(st.recompute_ns for st in pl.stages)
     tmax = max(balanced_layers(pl)[1], -(-S // p))
     Lmax = -(-pl.layers // p)
-    tail = min(max(0, Lmax * (st.dp_layer_ns - st.dp_window_layer_ns)) + Lmax * st.opt_layer_ns for st in pl.stages)
+    # a middle stage's tail at Lmax layers (overlap_ns of sync and window both growing with L is non-decreasing)
+    tail = min(overlap_ns(Lmax * st.dp_layer_ns, Lmax * st.dp_window_layer_ns) + Lmax * st.opt_layer_ns
+               for st in pl.stages)
     if v == 1:
         return (m - 1) * tmax + S + tail
     return v * m * tmax + S - tmax + v * tail
