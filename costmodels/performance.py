@@ -39,7 +39,8 @@ SGD_BYTES_PER_PARAM = 18.0
 
 def overlap_ns(comm: int, compute: int) -> int:
     """Time a collective adds to the compute it overlaps: what sticks out, max(0, comm - compute), plus
-    the compute slowed while both run: NCCL's kernels occupy about 1/OVERLAP_SM_SHARE_DEN of the SMs."""
+    the compute slowed while both run: NCCL's kernels occupy about 1/OVERLAP_SM_SHARE_DEN of the SMs.
+    (Time coefficients are multiples of OVERLAP_SM_SHARE_DEN ns, so the division is exact; see _ns.)"""
     both = min(comm, compute)
     return max(0, comm - compute) + (-(-both // OVERLAP_SM_SHARE_DEN) if both > 0 else 0)
 
@@ -204,6 +205,13 @@ class Pipeline:
         return self.stages[0].pipeline_scaled(times) + self.v * max(tails)
 
 
+def _ns(seconds: float) -> int:
+    """A time coefficient in whole ns, rounded up to a multiple of OVERLAP_SM_SHARE_DEN so that every
+    stage time and tail is one too and overlap_ns divides exactly (the rounding is below 8 ns)."""
+    d = OVERLAP_SM_SHARE_DEN
+    return d * math.ceil(seconds / NS / d) if seconds > 0 else 0
+
+
 def _q(x: float) -> int:
     """Round a cost up to a whole ns or byte (costs are exact integers from here on)."""
     return math.ceil(x) if x > 0 else 0
@@ -331,34 +339,34 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     def dp_ns(pgroups) -> int:
         if st.zero_stage == 3:
             return 0
-        return _q(sum(collective_time("all_reduce", n * sb.gradients, link, gpu, cal) for n, link in pgroups) / NS)
+        return _ns(sum(collective_time("all_reduce", n * sb.gradients, link, gpu, cal) for n, link in pgroups))
 
     zero3 = zero3_buf = 0
     if st.zero_stage == 3:
         # ZeRO-3 gathers every layer's weights in forward and backward and reduce-scatters its gradients,
         # per micro-batch: 1.5x the data-parallel volume (Rajbhandari et al. 2020, section 7.2)
-        zero3 = _q(sum(2 * collective_time("all_gather", n * sb.weights, link, gpu, cal)
-                       + collective_time("reduce_scatter", n * sb.gradients, link, gpu, cal)
-                       for n, link in groups) / NS)
+        zero3 = _ns(sum(2 * collective_time("all_gather", n * sb.weights, link, gpu, cal)
+                        + collective_time("reduce_scatter", n * sb.gradients, link, gpu, cal)
+                        for n, link in groups))
         zero3_buf = _q(2 * sum(n for n, _ in groups) * sb.weights)   # two layers prefetched
     opt_bpp = ADAM_BYTES_PER_PARAM if st.optimizer == "adam" else SGD_BYTES_PER_PARAM
 
     def opt_ns(pgroups) -> int:
         shard = sum(n / (link.size if st.zero_stage >= 1 else 1) for n, link in pgroups)
         if st.offload_optimizer:
-            return _q(_cpu_optimizer_time(shard, gpu) / NS)
-        return _q(memory_bound_time(shard * opt_bpp, gpu.hbm_gbps, cal) / NS)
+            return _ns(_cpu_optimizer_time(shard, gpu))
+        return _ns(memory_bound_time(shard * opt_bpp, gpu.hbm_gbps, cal))
 
     acts = layer_activation_bytes(model, st)
     inflight = _inflight(p, m, v, st.pipeline_schedule)
     first_act = 2.0 * M * h / (t if st.sequence_parallel else 1)  # embedding output
     return StageCosts(
         p=p, m=m, v=v, layers=model.layers,
-        layer_ns=_q(stored / NS), recompute_ns=_q(recompute / NS),
-        first_ns=_q(first / NS), last_ns=_q(last / NS), p2p_ns=_q(p2p / NS),
+        layer_ns=_ns(stored), recompute_ns=_ns(recompute),
+        first_ns=_ns(first), last_ns=_ns(last), p2p_ns=_ns(p2p),
         dp_layer_ns=dp_ns(groups), dp_first_ns=dp_ns([(embed_params, dense_group)]),
         dp_last_ns=dp_ns([(head_params, dense_group)]),
-        dp_window_layer_ns=_q((lt.compute_bwd + lt.tp_bwd) / NS),
+        dp_window_layer_ns=_ns(lt.compute_bwd + lt.tp_bwd),
         zero3_layer_ns=zero3,
         opt_layer_ns=opt_ns(groups), opt_first_ns=opt_ns([(embed_params, dense_group)]),
         opt_last_ns=opt_ns([(head_params, dense_group)]),

@@ -236,24 +236,24 @@ def solve_layout(sc: StageCosts | Pipeline, cap: int | None, free: bool, time_li
         work = L[i] * sc_i.layer_ns + Ri * sc_i.recompute_ns + sc_i.fixed_ns(i)
         Ti = mdl.NewIntVar(0, t_ub, f"stage_time_{i}")
         if sc_i.zero3_layer_ns:
-            # T = max(work, gathers) + ceil(min(work, gathers) / D) (costmodels.performance.overlap_ns); T is
-            # minimised, so D*T >= (D-1)*max + work + gathers makes it exact
+            # T = max(work, gathers) + min(work, gathers) / D (costmodels.performance.overlap_ns; every time
+            # coefficient is a multiple of D ns, so the division is exact): D*T = (D-1)*max + work + gathers
             gathers = L[i] * sc_i.zero3_layer_ns
             Mi = mdl.NewIntVar(0, t_ub, f"zero3_max_{i}")
             mdl.AddMaxEquality(Mi, [work, gathers])
-            mdl.Add(D * Ti >= (D - 1) * Mi + work + gathers).WithName(f"zero3_overlap_{i}")
+            mdl.Add(D * Ti == (D - 1) * Mi + work + gathers).WithName(f"zero3_overlap_{i}")
         else:
             mdl.Add(Ti == work)
         T.append(Ti)
         dp = (L[i] * (sc_i.dp_layer_ns - sc_i.dp_window_layer_ns) + (sc_i.dp_first_ns if first else 0)
               + (sc_i.dp_last_ns if last else 0))
-        # exposed sync: X = max(0, sync - window) sticks out, and ceil(min(sync, window) / D) slows the
-        # overlapped backward: D*E >= (D-1)*X + sync (E is minimised where it counts)
+        # exposed sync: X = max(0, sync - window) sticks out, and min(sync, window) / D slows the
+        # overlapped backward (exact: coefficients are multiples of D ns): D*E = (D-1)*X + sync
         Xi = mdl.NewIntVar(0, e_ub, f"dp_sticking_out_{i}")
         mdl.AddMaxEquality(Xi, [0, dp])
         sync = dp + L[i] * sc_i.dp_window_layer_ns
         Ei = mdl.NewIntVar(0, e_ub, f"dp_exposed_{i}")
-        mdl.Add(D * Ei >= (D - 1) * Xi + sync).WithName(f"dp_overlap_{i}")
+        mdl.Add(D * Ei == (D - 1) * Xi + sync).WithName(f"dp_overlap_{i}")
         opt = L[i] * sc_i.opt_layer_ns + (sc_i.opt_first_ns if first else 0) + (sc_i.opt_last_ns if last else 0)
         tails.append(Ei + opt)
         R.append(Ri)
