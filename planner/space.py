@@ -137,27 +137,11 @@ def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, opt: Sp
     families = _recompute_families(opt.recompute)
     for tp in _tp_choices(model, num_gpus, gpus_per_node, opt, removed):
         for cp in divisors(num_gpus // tp):
-            if cp > 1 and not _cp_allowed(model, cp, opt, removed):
-                continue
-            if opt.cp is not None and cp not in opt.cp:
-                removed[_excluded('cp', opt.cp)] += 1
+            if not _cp_ok(model, cp, opt, removed):
                 continue
             for pp in divisors(num_gpus // (tp * cp)):
-                if opt.pp is not None and pp not in opt.pp:
-                    removed[_excluded('pp', opt.pp)] += 1
-                    continue
-                if pp > model.layers:
-                    removed["pp must not exceed the layers"] += 1
-                    continue
-                if pp > MAX_PIPELINE_STAGES:
-                    removed[f"pp is at most {MAX_PIPELINE_STAGES} stages"] += 1
-                    continue
                 dp = num_gpus // (tp * cp * pp)
-                if opt.dp is not None and dp not in opt.dp:
-                    removed[_excluded('dp', opt.dp)] += 1
-                    continue
-                if opt.global_batch % dp:
-                    removed["global batch must be divisible by dp"] += 1
+                if not _pp_dp_ok(model, pp, dp, opt, removed):
                     continue
                 for ep in _ep_choices(model, dp * cp, opt, removed):
                     out.extend(_inner(model, opt, families, removed, tp, cp, pp, dp, ep))
@@ -176,25 +160,12 @@ def enumerate_pools(model: ModelSpec, pool_sizes: list[int], gpus_per_node: int,
     g = math.gcd(*pool_sizes)
     for tp in _tp_choices(model, g, gpus_per_node, opt, removed):
         for cp in divisors(g // tp):
-            if (opt.cp is not None and cp not in opt.cp) or (cp > 1 and not _cp_allowed(model, cp, opt, removed)):
+            if not _cp_ok(model, cp, opt, removed):
                 continue
             for dp in divisors(g // (tp * cp)):
-                if opt.dp is not None and dp not in opt.dp:
-                    removed[_excluded('dp', opt.dp)] += 1
-                    continue
                 stages = [n // (tp * cp * dp) for n in pool_sizes]
                 pp = sum(stages)
-                if opt.pp is not None and pp not in opt.pp:
-                    removed[_excluded('pp', opt.pp)] += 1
-                    continue
-                if pp > model.layers:
-                    removed["pp must not exceed the layers"] += 1
-                    continue
-                if pp > MAX_PIPELINE_STAGES:
-                    removed[f"pp is at most {MAX_PIPELINE_STAGES} stages"] += 1
-                    continue
-                if opt.global_batch % dp:
-                    removed["global batch must be divisible by dp"] += 1
+                if not _pp_dp_ok(model, pp, dp, opt, removed):
                     continue
                 orders = [tuple(k for k in order for _ in range(stages[k]))
                           for order in itertools.permutations(range(len(pool_sizes)))]
@@ -219,6 +190,33 @@ def _tp_choices(model: ModelSpec, n: int, gpus_per_node: int, opt: SpaceOptions,
         else:
             out.append(tp)
     return out
+
+
+def _cp_ok(model: ModelSpec, cp: int, opt: SpaceOptions, removed: Counter) -> bool:
+    """Context-parallel size allowed by the options and the rules (counting what it removes)."""
+    if cp > 1 and not _cp_allowed(model, cp, opt, removed):
+        return False
+    if opt.cp is not None and cp not in opt.cp:
+        removed[_excluded("cp", opt.cp)] += 1
+        return False
+    return True
+
+
+def _pp_dp_ok(model: ModelSpec, pp: int, dp: int, opt: SpaceOptions, removed: Counter) -> bool:
+    """Pipeline and data-parallel sizes allowed by the options and the rules (counting what they remove)."""
+    if opt.pp is not None and pp not in opt.pp:
+        removed[_excluded("pp", opt.pp)] += 1
+    elif pp > model.layers:
+        removed["pp must not exceed the layers"] += 1
+    elif pp > MAX_PIPELINE_STAGES:
+        removed[f"pp is at most {MAX_PIPELINE_STAGES} stages"] += 1
+    elif opt.dp is not None and dp not in opt.dp:
+        removed[_excluded("dp", opt.dp)] += 1
+    elif opt.global_batch % dp:
+        removed["global batch must be divisible by dp"] += 1
+    else:
+        return True
+    return False
 
 
 def _inner(model, opt, families, removed, tp, cp, pp, dp, ep) -> list[Strategy]:
