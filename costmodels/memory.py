@@ -1,8 +1,11 @@
 """Bytes held per GPU: model states (weights, gradients, optimizer states) and activations.
 
 Model states: mixed-precision Adam keeps 2 (bf16/fp16 weights) + 2 (gradients) + 12 (fp32 master weights,
-momentum, variance) = 16 bytes per parameter (Rajbhandari et al. 2020, ZeRO, section 3). ZeRO-1 shards
-the optimizer states over the data-parallel group, ZeRO-2 also the gradients, ZeRO-3 also the weights.
+momentum, variance) = 16 bytes per parameter in the ZeRO paper's accounting (Rajbhandari et al. 2020,
+section 3). The frameworks also keep the gradients the optimizer reads in fp32 (Megatron-LM
+docs/distrib_optimizer.md: 18 bytes for bf16, 20 for fp16), which is the default here. ZeRO-1 (= Megatron's
+distributed optimizer) shards the optimizer states over the data-parallel group, ZeRO-2 also the
+gradients, ZeRO-3 also the weights.
 
 Activations: Korthikanti et al. 2022, section 4 (eqs. 1-6), generalised from 4h GELU MLPs and MHA to any
 ffn size, SwiGLU and GQA by counting the same tensors.
@@ -17,21 +20,34 @@ from costmodels.strategy import Strategy
 
 @dataclass(frozen=True, slots=True)
 class StateBytes:
-    """Bytes per parameter of each kind of model state before any sharding."""
+    """Bytes per parameter of each kind of model state before any sharding, and the bytes per parameter
+    the data-parallel gradient reduction moves."""
     weights: float
     gradients: float
     optimizer: float
+    reduce: float
 
 
-def state_bytes_per_param(precision: str, optimizer: str) -> StateBytes:
-    """ZeRO paper section 3: 16-bit weights and grads + fp32 master/momentum/variance (Adam) = 2+2+12.
+def state_bytes_per_param(precision: str, optimizer: str, fp32_grads: bool = True) -> StateBytes:
+    """Model-state bytes per parameter.
 
+    fp32_grads=False is the ZeRO paper's accounting (section 3): 16-bit weights and gradients + fp32
+    master/momentum/variance (Adam) = 2 + 2 + 12, reduced in 16 bits.
+    fp32_grads=True (the default) is what Megatron-LM holds (docs/distrib_optimizer.md, 18 / 6 + 12/d for
+    bf16, 20 / 4 + 16/d for fp16): bf16 accumulates and all-reduces gradients in fp32 (arguments.py: "bfloat16
+    requires gradient accumulation and all-reduce to be done in fp32") = 2 + 4 + 12; fp16 reduces 16-bit
+    gradients and keeps an fp32 copy next to the master weights, sharded with them = 2 + 2 + 16.
     fp32 training keeps no separate master copy: 4 + 4 + 8 (Adam) or 4 + 4 + 4 (SGD momentum).
     fp8 training keeps bf16 weights and fp32 master weights (Transformer Engine), as bf16.
     """
+    opt = 12.0 if optimizer == "adam" else 8.0       # fp32 master weights + Adam m, v (SGD: momentum)
     if precision == "fp32":
-        return StateBytes(4.0, 4.0, 8.0 if optimizer == "adam" else 4.0)
-    return StateBytes(2.0, 2.0, 12.0 if optimizer == "adam" else 8.0)
+        return StateBytes(4.0, 4.0, opt - 4.0, 4.0)
+    if not fp32_grads:
+        return StateBytes(2.0, 2.0, opt, 2.0)
+    if precision == "fp16":
+        return StateBytes(2.0, 2.0, opt + 4.0, 2.0)
+    return StateBytes(2.0, 4.0, opt, 4.0)
 
 
 def model_state_bytes(params: float, sb: StateBytes, zero_stage: int, shard: int) -> tuple[float, float, float]:

@@ -12,7 +12,8 @@ the nanosecond. Formulas and their sources:
 - 1F1B memory: stage i keeps min(p - i, m) micro-batches of activations alive; interleaving adds
   (p - 1)/v (Korthikanti et al. 2022, section 4.2.3); GPipe keeps all m (same bubble as 1F1B);
 - data-parallel gradient sync overlaps the last micro-batch's backward (PyTorch DDP / Megatron
-  --overlap-grad-reduce); ZeRO-3 gathers weights every micro-batch, overlapped with its compute
+  --overlap-grad-reduce; with interleaving each chunk syncs after its last backward, so only the last
+  chunk's share can stick out); ZeRO-3 gathers weights every micro-batch, overlapped with its compute
   (Rajbhandari et al. 2020, section 7.2: 1.5x the data-parallel volume); overlapped compute runs
   slower by the SM share NCCL's kernels take (overlap_ns).
 """
@@ -323,7 +324,7 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
         p2p = 2 * v * p2p_time(M * h * 2.0 / t, across, gpu, cal)
     # Model states per GPU. Dense weights split over tp and ZeRO-sharded over dp x cp; routed experts split
     # over tp x ep and sharded over the expert-data-parallel group dp x cp / ep (Megatron-core MoE).
-    sb = state_bytes_per_param(st.precision, st.optimizer)
+    sb = state_bytes_per_param(st.precision, st.optimizer, st.fp32_grads)
     groups = _param_groups(model, st, cluster)
     embed_params = model.vocab * h / t + (model.seq_len * h if model.position_embedding == "learned" else 0)
     # the output layer: its own weights, or with tied embeddings a copy on the last stage when pp > 1
@@ -339,14 +340,14 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     def dp_ns(pgroups) -> int:
         if st.zero_stage == 3:
             return 0
-        return _ns(sum(collective_time("all_reduce", n * sb.gradients, link, gpu, cal) for n, link in pgroups))
+        return _ns(sum(collective_time("all_reduce", n * sb.reduce, link, gpu, cal) for n, link in pgroups))
 
     zero3 = zero3_buf = 0
     if st.zero_stage == 3:
         # ZeRO-3 gathers every layer's weights in forward and backward and reduce-scatters its gradients,
         # per micro-batch: 1.5x the data-parallel volume (Rajbhandari et al. 2020, section 7.2)
         zero3 = _ns(sum(2 * collective_time("all_gather", n * sb.weights, link, gpu, cal)
-                        + collective_time("reduce_scatter", n * sb.gradients, link, gpu, cal)
+                        + collective_time("reduce_scatter", n * sb.reduce, link, gpu, cal)
                         for n, link in groups))
         zero3_buf = _q(2 * sum(n for n, _ in groups) * sb.weights)   # two layers prefetched
     opt_bpp = ADAM_BYTES_PER_PARAM if st.optimizer == "adam" else SGD_BYTES_PER_PARAM
@@ -357,6 +358,13 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
             return _ns(_cpu_optimizer_time(shard, gpu))
         return _ns(memory_bound_time(shard * opt_bpp, gpu.hbm_gbps, cal))
 
+    # The window hiding the sync: the last micro-batch's backward (bucketed, Megatron --overlap-grad-reduce).
+    # Interleaved 1F1B runs backward in groups of p micro-batches per chunk and syncs each chunk after its
+    # last one (Megatron-core schedules.py, grad_sync_func per chunk): chunks 1..v-1 hide behind the later
+    # groups, only chunk 0 (1/v of the stage) behind its own last backward. overlap(sync, sync (v-1)/v + bwd/v)
+    # is exactly that sum per chunk: max(0, sync - bwd)/v sticks out, all of the sync slows compute.
+    dp_layer = dp_ns(groups)
+    bwd = lt.compute_bwd + lt.tp_bwd
     acts = layer_activation_bytes(model, st)
     inflight = _inflight(p, m, v, st.pipeline_schedule)
     first_act = 2.0 * M * h / (t if st.sequence_parallel else 1)  # embedding output
@@ -364,9 +372,9 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
         p=p, m=m, v=v, layers=model.layers,
         layer_ns=_ns(stored), recompute_ns=_ns(recompute),
         first_ns=_ns(first), last_ns=_ns(last), p2p_ns=_ns(p2p),
-        dp_layer_ns=dp_ns(groups), dp_first_ns=dp_ns([(embed_params, dense_group)]),
+        dp_layer_ns=dp_layer, dp_first_ns=dp_ns([(embed_params, dense_group)]),
         dp_last_ns=dp_ns([(head_params, dense_group)]),
-        dp_window_layer_ns=_ns(lt.compute_bwd + lt.tp_bwd),
+        dp_window_layer_ns=_ns(bwd / v + (v - 1) / v * dp_layer * NS),
         zero3_layer_ns=zero3,
         opt_layer_ns=opt_ns(groups), opt_first_ns=opt_ns([(embed_params, dense_group)]),
         opt_last_ns=opt_ns([(head_params, dense_group)]),

@@ -42,6 +42,7 @@ class Strategy:
     offload_optimizer: bool = False  # optimizer states (and master weights) in host memory
     offload_params: bool = False     # ZeRO-3 parameter offload
     flash_attention: bool = True     # fused attention: no s^2 score tensors stored
+    fp32_grads: bool = True          # optimizer sees fp32 gradients (framework default; see costmodels/memory.py)
     pipeline_schedule: Schedule = "1f1b"   # 1f1b (interleaved when virtual_stages > 1) or gpipe
     stage_layers: tuple[int, ...] | None = None       # layers per pipeline stage (None: even split)
     recompute_layers: tuple[int, ...] | None = None   # fully recomputed layers per stage (recompute="full"; None: all)

@@ -44,6 +44,8 @@ def _common(f):
                      help="Optimizer (sets optimizer-state bytes and step traffic)."),
         click.option("--no-flash-attention", is_flag=True,
                      help="Model unfused attention (stores the s^2 score tensors)."),
+        click.option("--grads", type=click.Choice(["fp32", "16bit"]), default="fp32", show_default=True,
+                     help="Gradients the optimizer reads: fp32 (Megatron-LM and DeepSpeed default: bf16 accumulates and reduces them in fp32, fp16 keeps an fp32 copy; 18 or 20 B/param before ZeRO) or 16bit (the ZeRO paper's 16 B/param; Megatron --grad-reduce-in-bf16)."),
         click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True),
     ]
     for opt in reversed(opts):
@@ -195,6 +197,8 @@ def _show_export(result, fmt: str, ex, out_dir) -> None:
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "fp8"]), help="Compute precision [default: the preset's].")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
 @click.option("--no-flash-attention", is_flag=True, help="Model unfused attention (stores s^2 scores).")
+@click.option("--grads", type=click.Choice(["fp32", "16bit"]), default="fp32", show_default=True,
+              help="Gradients the optimizer reads: fp32 (Megatron-LM and DeepSpeed default: bf16 accumulates and reduces them in fp32, fp16 keeps an fp32 copy; 18 or 20 B/param before ZeRO) or 16bit (the ZeRO paper's 16 B/param; Megatron --grad-reduce-in-bf16).")
 @click.option("--tp", "tp_only", help="Only these tensor-parallel sizes, e.g. 4,8.")
 @click.option("--pp", "pp_only", help="Only these pipeline sizes, e.g. 8,16.")
 @click.option("--zero", "zero_only", help="Only these ZeRO stages, e.g. 0,1.")
@@ -217,7 +221,7 @@ def _show_export(result, fmt: str, ex, out_dir) -> None:
 @_export_options
 @click.pass_context
 def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
-        tp_only, pp_only, zero_only, recompute_only, top, time_limit, explain, tokens, prices, pue, budget_usd,
+        grads, tp_only, pp_only, zero_only, recompute_only, top, time_limit, explain, tokens, prices, pue, budget_usd,
         deadline_days, gpu_types, max_gpus, plot, report, fmt, emit, out_dir):
     """Find the fastest parallelism plan for training MODEL on GPUS that fits in GPU memory.
 
@@ -263,7 +267,7 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     opts = SpaceOptions(global_batch=global_batch or default_global_batch(model, cluster),
                         precision=precision or model.precision, optimizer=optimizer,
                         tp=_int_tuple(tp_only, "tp"), pp=_int_tuple(pp_only, "pp"), zero_stage=zero,
-                        recompute=recompute, flash_attention=not no_flash_attention)
+                        recompute=recompute, flash_attention=not no_flash_attention, fp32_grads=grads == "fp32")
     if explain:
         top = max(top, 2)
     with _progress(fmt) as progress:
@@ -315,7 +319,7 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
 @click.option("--offload-params", is_flag=True, help="Also keep weights in host memory (needs --zero 3).")
 @click.option("--schedule", type=click.Choice(["1f1b", "gpipe"]), default="1f1b", show_default=True,
               help="Pipeline schedule (1f1b is interleaved when --virtual-stages > 1).")
-def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention, fmt,
+def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention, grads, fmt,
              tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages, stage_layers,
              cp, ep, offload_optimizer, offload_params, schedule, emit, out_dir):
     """Predict step time, throughput, MFU and memory of one given strategy."""
@@ -337,7 +341,7 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
                   global_batch=global_batch or default_global_batch(model, cluster), zero_stage=zero,
                   recompute=recompute, sequence_parallel=sequence_parallel,
                   precision=precision or model.precision, optimizer=optimizer, virtual_stages=virtual_stages,
-                  flash_attention=not no_flash_attention,
+                  flash_attention=not no_flash_attention, fp32_grads=grads == "fp32",
                   stage_layers=_int_tuple(stage_layers, "stage-layers"),
                   recompute_layers=_int_tuple(recompute_layers, "recompute-layers"),
                   cp=cp, ep=ep, offload_optimizer=offload_optimizer or offload_params, offload_params=offload_params,

@@ -113,6 +113,13 @@ def deepspeed_split(layers: int, pp: int) -> list[int]:
 
 # ---- what each framework can express --------------------------------------------------------------
 
+def _fp16_grads(name: str, st: Strategy) -> str | None:
+    if st.precision == "fp16" and not st.fp32_grads:
+        return (f"{name} keeps an fp32 copy of fp16 gradients for the optimizer (20 B/param before sharding); "
+                f"nearest expressible plan: --grads fp32")
+    return None
+
+
 def unsupported(framework: str, model: ModelSpec, st: Strategy) -> str | None:
     """Why `framework` cannot run this plan at all (with the nearest plan it can), or None."""
     _check_framework(framework)
@@ -131,7 +138,7 @@ def unsupported(framework: str, model: ModelSpec, st: Strategy) -> str | None:
                     "plan: no offload")
         if model.position_embedding == "alibi":
             return "Megatron-LM's GPT model has no ALiBi position embedding (rope or learned_absolute only)"
-        return None
+        return _fp16_grads(name, st)
     if st.recompute == "selective":
         return (f"{name} has no selective (attention-core) recompute setting; nearest expressible plans: "
                 f"--recompute none (with flash attention it stores the same activations) or --recompute full")
@@ -154,7 +161,7 @@ def unsupported(framework: str, model: ModelSpec, st: Strategy) -> str | None:
             return f"DeepSpeed cannot combine ZeRO-{st.zero_stage} with pipeline parallelism; nearest: ZeRO-1"
         if st.precision == "fp8":
             return "DeepSpeed's config has no FP8 training; nearest expressible plan: --precision bf16"
-        return None
+        return _fp16_grads(name, st)
     # torchtitan v0.2.x
     if st.zero_stage == 1:
         nearest = "--zero 0" if st.pp > 1 else "--zero 2 (FSDP2 without resharding after forward)"
@@ -348,6 +355,8 @@ def megatron_args(model: ModelSpec, st: Strategy) -> list[list[str]]:
         a.append(["--optimizer-cpu-offload", "--optimizer-offload-fraction", "1.0", "--use-precision-aware-optimizer"])
     a.append(["--optimizer", st.optimizer])
     a.append({"bf16": ["--bf16"], "fp16": ["--fp16"], "fp8": ["--bf16", "--fp8-format", "hybrid"], "fp32": []}[st.precision])
+    if not st.fp32_grads and st.precision in ("bf16", "fp8"):
+        a.append(["--grad-reduce-in-bf16"])   # arguments.py: bf16 otherwise accumulates and reduces in fp32
     a.append(["--attention-backend", "flash" if st.flash_attention else "unfused"])
     return [g for g in a if g]
 
@@ -460,6 +469,8 @@ def deepspeed_config(model: ModelSpec, st: Strategy) -> dict:
     cfg["zero_optimization"] = zero
     if st.precision == "bf16":
         cfg["bf16"] = {"enabled": True}
+        if not st.fp32_grads:   # the bf16 optimizer accumulates gradients in fp32 unless told (DeepSpeed PR 4713)
+            cfg["data_types"] = {"grad_accum_dtype": "bf16"}
     elif st.precision == "fp16":
         cfg["fp16"] = {"enabled": True, "loss_scale": 0}   # 0 = dynamic loss scaling
     cfg["optimizer"] = {"type": "Adam" if st.optimizer == "adam" else "SGD"}
@@ -508,6 +519,7 @@ def torchtitan_config(model: ModelSpec, st: Strategy) -> dict:
                                              "Interleaved1F1B" if st.virtual_stages > 1 else "1F1B")
         par["module_fqns_per_model_part"] = torchtitan_model_parts(model, st)
     training["mixed_precision_param"] = "float32" if st.precision == "fp32" else "bfloat16"
+    training["mixed_precision_reduce"] = "float32" if st.fp32_grads or st.precision == "fp32" else "bfloat16"
     if st.offload_params:
         training["enable_cpu_offload"] = True
     out = {"model": {"name": name, "flavor": flavor}, "training": training, "parallelism": par,

@@ -25,6 +25,7 @@ _MEGATRON_SWITCHES = {
     "--sequence-parallel", "--use-distributed-optimizer", "--bf16", "--fp16", "--swiglu",
     "--group-query-attention", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
     "--optimizer-cpu-offload", "--use-precision-aware-optimizer", "--use-flash-attn", "--recompute-activations",
+    "--grad-reduce-in-bf16", "--accumulate-allreduce-grads-in-fp32",
 }
 # Megatron-LM settings no plan here expresses: refuse rather than predict something else
 _MEGATRON_REFUSED = {"--use-torch-fsdp2": "FSDP2", "--use-megatron-fsdp": "Megatron-FSDP",
@@ -113,7 +114,8 @@ def read_megatron_args(text: str, model: ModelSpec, cluster: Cluster) -> tuple[M
                   recompute=rec, recompute_layers=rlayers, sequence_parallel=bool(args.get("--sequence-parallel")),
                   precision=precision, optimizer=str(args.get("--optimizer", "adam")), virtual_stages=v,
                   offload_optimizer=bool(args.get("--optimizer-cpu-offload")),
-                  flash_attention=backend not in ("unfused", "local"), stage_layers=tuple(Ls))
+                  flash_attention=backend not in ("unfused", "local"), stage_layers=tuple(Ls),
+                  fp32_grads=not (precision in ("bf16", "fp8") and args.get("--grad-reduce-in-bf16")))
     return model, canonical(model, st)
 
 
@@ -234,7 +236,9 @@ def read_deepspeed_config(config: dict | str, model: ModelSpec, cluster: Cluster
     st = Strategy(pp=pp, dp=dp, micro_batch=micro, global_batch=total, zero_stage=stage,
                   recompute="full" if full else "none", precision=precision,
                   optimizer="sgd" if opt == "sgd" else "adam", offload_optimizer=off_opt or off_par,
-                  offload_params=off_par, stage_layers=tuple(Ls) if Ls else None)
+                  offload_params=off_par, stage_layers=tuple(Ls) if Ls else None,
+                  fp32_grads=not (precision == "bf16" and
+                                  (config.get("data_types") or {}).get("grad_accum_dtype") in ("bf16", "bfloat16")))
     return canonical(model, st)
 
 
@@ -252,6 +256,6 @@ def import_plan(model: ModelSpec, cluster: Cluster, st: Strategy, time_limit_s: 
 
     imported = evaluate_strategy(model, cluster, st)
     opts = SpaceOptions(global_batch=st.global_batch, precision=st.precision, optimizer=st.optimizer,
-                        flash_attention=st.flash_attention)
+                        flash_attention=st.flash_attention, fp32_grads=st.fp32_grads)
     best = search(model, cluster, top=1, time_limit_s=time_limit_s, space=opts)
     return ImportResult(imported, best, imported.plans[0].step_time_s / best.plans[0].step_time_s)

@@ -39,14 +39,15 @@ class Found:
 
 
 def search(model: ModelSpec, cluster: Cluster | Sequence[Cluster], *, global_batch: int | None = None,
-           precision: str | None = None, optimizer: str = "adam", top: int = 3, time_limit_s: float = 30.0,
-           space: SpaceOptions | None = None, progress=None) -> SearchResult:
+           precision: str | None = None, optimizer: str = "adam", fp32_grads: bool = True, top: int = 3,
+           time_limit_s: float = 30.0, space: SpaceOptions | None = None, progress=None) -> SearchResult:
     """Find the `top` fastest distinct plans for `model` on `cluster` (see module doc). `cluster` may be
     a sequence of GPU pools (hardware.parse_pools): pipeline stages are then assigned to pools."""
     t0 = time.perf_counter()
     pools = tuple(cluster) if isinstance(cluster, (list, tuple)) else (cluster,)
     opts = space or SpaceOptions(global_batch=global_batch or default_global_batch(model, pools),
-                                 precision=precision or model.precision, optimizer=optimizer)
+                                 precision=precision or model.precision, optimizer=optimizer,
+                                 fp32_grads=fp32_grads)
     found, stats = _search(model, pools, opts, top, time_limit_s, progress)
     if not found:
         if len(pools) > 1:
@@ -271,5 +272,6 @@ def evaluate_strategy(model: ModelSpec, cluster: Cluster, strategy: Strategy) ->
     ev = evaluate(model, strategy, cluster)
     return SearchResult(model=model_out(model), cluster=cluster_out(cluster),
                         assumptions=assumptions(model, strategy.global_batch, strategy.precision,
-                                                strategy.optimizer, strategy.flash_attention),
+                                                strategy.optimizer, strategy.flash_attention,
+                                                strategy.fp32_grads),
                         plans=[plan_out(1, ev, {"status": "EVALUATED", "gap": None})])

@@ -95,14 +95,20 @@ def cluster_out(cluster: Cluster | tuple[Cluster, ...]) -> ClusterOut:
                               "memory_gb_per_gpu": c.gpu.memory_bytes / GB} for c in pools])
 
 
-def assumptions(model: ModelSpec, global_batch: int, precision: str, optimizer: str, flash: bool) -> dict:
+def assumptions(model: ModelSpec, global_batch: int, precision: str, optimizer: str, flash: bool,
+                fp32_grads: bool = True) -> dict:
+    from costmodels.memory import state_bytes_per_param
+
+    sb = state_bytes_per_param(precision, optimizer, fp32_grads)
     return {
         "seq_len": model.seq_len,
         "global_batch_sequences": global_batch,
         "tokens_per_step": global_batch * model.seq_len,
         "precision": precision,
-        "optimizer": optimizer + (" (mixed precision: 2 B weights + 2 B grads + 12 B fp32 states per parameter)"
-                                  if optimizer == "adam" and precision != "fp32" else ""),
+        "optimizer": (f"{optimizer}, {sb.weights:g}+{sb.gradients:g}+{sb.optimizer:g} B/param weights+grads+states "
+                      f"before ZeRO, {sb.reduce * 8:g}-bit gradient reduction"),
+        "gradients": ("fp32 for the optimizer (Megatron-LM default)" if fp32_grads and precision != "fp32"
+                      else "16-bit (ZeRO paper accounting)" if precision != "fp32" else "fp32"),
         "flash_attention": flash,
         "memory_capacity": "datasheet GB x 1e9 bytes per GPU (the GiB/GB difference is headroom)",
         "reserved_buffers_gb": FIXED_BUFFER_BYTES / GB,
@@ -139,5 +145,5 @@ def build_result(model, cluster, opts, evaluations, layouts, seconds, stats, mod
         removed_by_rule=dict(sorted(space.removed.items())))
     return SearchResult(model=model_out(model, model_note), cluster=cluster_out(cluster),
                         assumptions=assumptions(model, opts.global_batch, opts.precision, opts.optimizer,
-                                                opts.flash_attention),
+                                                opts.flash_attention, opts.fp32_grads),
                         plans=plans, search=search)

@@ -40,6 +40,7 @@ class SpaceOptions:
     zero_stage: tuple[int, ...] = (0, 1, 2, 3)
     recompute: tuple[str, ...] = ("none", "selective", "full")
     flash_attention: bool = True
+    fp32_grads: bool = True
     tp_across_nodes: bool = False
 
 
@@ -245,7 +246,8 @@ def _inner(model, opt, families, removed, tp, cp, pp, dp, ep) -> list[Strategy]:
                             tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, micro_batch=mb, global_batch=opt.global_batch,
                             zero_stage=zero, recompute=rec, sequence_parallel=tp > 1,
                             precision=opt.precision, optimizer=opt.optimizer, virtual_stages=v,
-                            flash_attention=opt.flash_attention, offload_optimizer=off != "none",
+                            flash_attention=opt.flash_attention, fp32_grads=opt.fp32_grads,
+                            offload_optimizer=off != "none",
                             offload_params=off == "optimizer+params"))
     return out
 

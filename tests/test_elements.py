@@ -330,7 +330,7 @@ def test_ep_divides_expert_weights_only():
         check_strategy(m, _moe(ep), 8, 8)
         w, g, o, host = stage_costs(m, _moe(ep), H100_8).layer_states_b
         assert w == 2 * (dense + 8 // ep * expert)          # bf16 weights: 2 bytes/param (ZeRO, section 3)
-        assert g == 2 * (dense + 8 // ep * expert)
+        assert g == 4 * (dense + 8 // ep * expert)          # fp32 gradients (Megatron's bf16 default)
         assert o == 12 * (dense + 8 // ep * expert)
         assert host == 0
     w1 = stage_costs(m, _moe(1), H100_8).layer_states_b[0]
@@ -367,7 +367,7 @@ def test_ep_all_to_all_bytes_gshard():
 def test_zero3_comm_is_1_5x_data_parallel(cluster, dp):
     # ZeRO, section 7.2: ZeRO-3 all-gathers the weights in forward and backward and reduce-scatters the
     # gradients: 3 x (n-1)/n x Psi vs the all-reduce's 2 x (n-1)/n x Psi, i.e. 1.5x (m = 1 micro-batch)
-    st0 = Strategy(tp=1, pp=1, dp=dp, micro_batch=1, global_batch=dp, zero_stage=0)
+    st0 = Strategy(tp=1, pp=1, dp=dp, micro_batch=1, global_batch=dp, zero_stage=0, fp32_grads=False)
     sc0 = stage_costs(GPT13, st0, cluster, AMPERE_NO_LAT)
     sc1 = stage_costs(GPT13, st0.with_(zero_stage=1), cluster, AMPERE_NO_LAT)
     sc3 = stage_costs(GPT13, st0.with_(zero_stage=3), cluster, AMPERE_NO_LAT)
@@ -386,7 +386,7 @@ def test_zero3_comm_is_1_5x_data_parallel(cluster, dp):
 
 def test_zero_memory_paper_figure():
     # ZeRO, Figure 1 / section 5: Psi = 7.5B, Nd = 64, K = 12: 120 GB, 31.4 GB, 16.6 GB, 1.9 GB
-    sb = state_bytes_per_param("bf16", "adam")
+    sb = state_bytes_per_param("bf16", "adam", fp32_grads=False)
     got = [sum(model_state_bytes(7.5e9, sb, z, 64)) / 1e9 for z in (0, 1, 2, 3)]
     assert [round(x, 1) for x in got] == [120.0, 31.4, 16.6, 1.9]
 
@@ -395,15 +395,37 @@ def test_zero_memory_paper_figure():
 def test_zero_memory_via_stage_costs(zero, per_param):
     # ZeRO, section 5.1: (2 + 2 + K)Psi, (4 + K/Nd)Psi, (2 + (2+K)/Nd)Psi, (4+K)Psi/Nd with K = 12, Nd = 64;
     # one pipeline stage holds the whole model (llama3-8b: untied, so embedding and head are two tables)
-    st = Strategy(tp=1, pp=1, dp=64, micro_batch=1, global_batch=64, zero_stage=zero)
+    st = Strategy(tp=1, pp=1, dp=64, micro_batch=1, global_batch=64, zero_stage=zero, fp32_grads=False)
     sc = stage_costs(LLAMA8, st, H100_64)
     total = LLAMA8.layers * sc.layer_static_b + sc.first_static_b + sc.last_static_b
     assert rel(total, per_param * LLAMA8.params_total()) < 1e-5   # final norm (4096 params) aside
 
 
+@pytest.mark.parametrize("precision,zero,per_param", [
+    ("bf16", 0, 18), ("bf16", 1, 6 + 12 / 64), ("fp16", 0, 20), ("fp16", 1, 4 + 16 / 64),
+    ("fp32", 0, 16), ("fp32", 1, 8 + 8 / 64)])
+def test_megatron_bytes_per_param_table(precision, zero, per_param):
+    # Megatron-LM docs/distrib_optimizer.md, bytes per parameter (d = 64): non-distributed / distributed
+    # optimizer: bf16 param + fp32 grads 18 / 6 + 12/d, fp16 param + fp16 grads 20 / 4 + 16/d, fp32 16 / 8 + 8/d
+    st = Strategy(tp=1, pp=1, dp=64, micro_batch=1, global_batch=64, zero_stage=zero, precision=precision)
+    sc = stage_costs(LLAMA8, st, H100_64)
+    total = LLAMA8.layers * sc.layer_static_b + sc.first_static_b + sc.last_static_b
+    assert rel(total, per_param * LLAMA8.params_total()) < 1e-5
+
+
+def test_bf16_reduces_gradients_in_fp32():
+    # Megatron-LM arguments.py: "bfloat16 requires gradient accumulation and all-reduce to be done in fp32"
+    # (unless --grad-reduce-in-bf16); fp16 reduces its 16-bit gradients. Bandwidth-bound: twice the time.
+    st = Strategy(tp=1, pp=1, dp=64, micro_batch=1, global_batch=64, zero_stage=1)
+    fp32 = stage_costs(LLAMA8, st, H100_64, AMPERE_NO_LAT).dp_layer_ns
+    bf16 = stage_costs(LLAMA8, st.with_(fp32_grads=False), H100_64, AMPERE_NO_LAT).dp_layer_ns
+    fp16 = stage_costs(LLAMA8, st.with_(precision="fp16"), H100_64, AMPERE_NO_LAT).dp_layer_ns
+    assert abs(fp32 / bf16 - 2) < 1e-5 and fp16 == bf16
+
+
 def test_zero_memory_tied_embeddings_single_stage():
     # ZeRO, section 3: 16 bytes per parameter; Psi of a tied-embedding model counts the V x h table once
-    st = Strategy(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero_stage=0)
+    st = Strategy(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero_stage=0, fp32_grads=False)
     sc = stage_costs(GPT13, st, A100_8)
     total = GPT13.layers * sc.layer_static_b + sc.first_static_b + sc.last_static_b
     assert rel(total, 16 * GPT13.params_total()) < 1e-4
@@ -483,11 +505,11 @@ def test_fp8_on_a100_is_refused():
 
 
 def test_state_bytes_per_precision():
-    # ZeRO, section 3: mixed precision Adam 2 + 2 + 12 bytes; fp32 training: 4 (weights) + 4 (grads)
-    # + 8 (Adam momentum and variance), no separate master copy
-    assert dataclasses.astuple(state_bytes_per_param("bf16", "adam")) == (2.0, 2.0, 12.0)
-    assert dataclasses.astuple(state_bytes_per_param("fp16", "adam")) == (2.0, 2.0, 12.0)
-    assert dataclasses.astuple(state_bytes_per_param("fp32", "adam")) == (4.0, 4.0, 8.0)
+    # ZeRO, section 3: mixed precision Adam 2 + 2 + 12 bytes with 16-bit gradients; fp32 training: 4
+    # (weights) + 4 (grads) + 8 (Adam momentum and variance), no separate master copy
+    assert dataclasses.astuple(state_bytes_per_param("bf16", "adam", False)) == (2.0, 2.0, 12.0, 2.0)
+    assert dataclasses.astuple(state_bytes_per_param("fp16", "adam", False)) == (2.0, 2.0, 12.0, 2.0)
+    assert dataclasses.astuple(state_bytes_per_param("fp32", "adam", False)) == (4.0, 4.0, 8.0, 4.0)
 
 
 # ================================================================================================
@@ -552,6 +574,29 @@ def test_dp_sync_longer_than_backward_is_exposed():
     assert sc.stage_tail_ns(0, 32) - opt == exposed
     ev = evaluate(m, st, H100_64)
     assert abs(ev.time_s["dp_comm"] - exposed * NS) <= 8 * st.micro_batches * (32 + 4) * NS
+
+
+def test_interleaved_dp_sync_only_last_chunk_exposed():
+    # Megatron-core schedules.py: with v interleaved chunks, backward runs in groups of p micro-batches per
+    # chunk and each chunk syncs its gradients after its last backward; chunks 1..v-1 hide behind the
+    # later groups, chunk 0 (1/v of the stage) only behind its own last backward: 1/v of what sticks out
+    # without interleaving, while all of the sync slows compute by NCCL's SM share
+    m = with_seq(LLAMA8, 1024)
+    st1 = Strategy(tp=8, pp=2, dp=4, micro_batch=1, global_batch=8, zero_stage=1)
+    L = 16
+    for v in (2, 4):
+        sc1 = stage_costs(m, st1, H100_64)
+        scv = stage_costs(m, st1.with_(virtual_stages=v), H100_64)
+        # stage 0 of 2: its layers and the embedding (the head is on stage 1)
+        dp = L * sc1.dp_layer_ns + sc1.dp_first_ns
+        window1 = L * sc1.dp_window_layer_ns
+        opt = L * sc1.opt_layer_ns + sc1.opt_first_ns
+        assert scv.dp_layer_ns == sc1.dp_layer_ns and dp > window1 > 0
+        # the embedding (stage 0, chunk 0: the last chunk to finish) sticks out whole; what is hidden (chunks
+        # 1..v-1 and chunk 0's overlapped part) slows compute by the SM share
+        stick = (dp - sc1.dp_first_ns - window1) / v + sc1.dp_first_ns
+        want = stick + (dp - stick) / OVERLAP_SM_SHARE_DEN
+        assert abs(scv.stage_tail_ns(0, L) - opt - want) <= 8 * (L + 2)   # per-layer coefficients round to 8 ns
 
 
 # ================================================================================================

@@ -5,6 +5,8 @@ Figures come from /work/shared/reference/formulas.md ("Memory per GPU") and the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -28,10 +30,18 @@ def rel_eq(got: float, want: float, rel: float = 1e-9) -> bool:
 
 def test_mixed_precision_adam_is_16_bytes_per_param():
     # ZeRO paper (Rajbhandari et al. 2020) section 3: 2 (16-bit weights) + 2 (grads) + 12 (fp32 master,
-    # momentum, variance).
+    # momentum, variance), the accounting with 16-bit gradients.
     for precision in ("bf16", "fp16"):
-        sb = state_bytes_per_param(precision, "adam")
-        assert (sb.weights, sb.gradients, sb.optimizer) == (2.0, 2.0, 12.0)
+        sb = state_bytes_per_param(precision, "adam", fp32_grads=False)
+        assert (sb.weights, sb.gradients, sb.optimizer, sb.reduce) == (2.0, 2.0, 12.0, 2.0)
+
+
+def test_megatron_holds_fp32_gradients_by_default():
+    # Megatron-LM docs/distrib_optimizer.md: bf16 param + fp32 grads 18 B/param, fp16 param + fp16 grads 20
+    # (an fp32 grad copy beside the master weights), fp32 16; bf16 reduces in fp32 (arguments.py)
+    assert dataclasses.astuple(state_bytes_per_param("bf16", "adam")) == (2.0, 4.0, 12.0, 4.0)
+    assert dataclasses.astuple(state_bytes_per_param("fp16", "adam")) == (2.0, 2.0, 16.0, 2.0)
+    assert dataclasses.astuple(state_bytes_per_param("fp32", "adam")) == (4.0, 4.0, 8.0, 4.0)
 
 
 def test_gpt3_175b_model_states_about_2800_gb():
@@ -39,7 +49,7 @@ def test_gpt3_175b_model_states_about_2800_gb():
     model, _ = get_model("175b")
     assert model.name == "gpt3-175b"
     n = model.params_total()
-    w, g, o = model_state_bytes(n, state_bytes_per_param("bf16", "adam"), zero_stage=0, shard=1)
+    w, g, o = model_state_bytes(n, state_bytes_per_param("bf16", "adam", fp32_grads=False), zero_stage=0, shard=1)
     assert rel_eq(w + g + o, 2800 * GB, 0.01), (w + g + o) / GB
     assert rel_eq(w, 350 * GB, 0.01), w / GB
     assert rel_eq(g, 350 * GB, 0.01), g / GB
@@ -52,13 +62,13 @@ def test_gpt3_175b_model_states_about_2800_gb():
 def test_zero_paper_7_5b_on_64_gpus(zero, want_gb):
     # Rajbhandari et al. 2020 (ZeRO), Figure 1 / section 5: 7.5B parameters, Nd = 64, K = 12:
     # baseline 120 GB, P_os 31.4 GB, P_os+g 16.6 GB, P_os+g+p 1.9 GB per GPU.
-    sb = state_bytes_per_param("fp16", "adam")
+    sb = state_bytes_per_param("fp16", "adam", fp32_grads=False)
     w, g, o = model_state_bytes(7.5e9, sb, zero, 64)
     assert abs((w + g + o) / GB - want_gb) < 0.1, (zero, (w + g + o) / GB)
 
 
 def test_zero_shards_exactly_the_right_parts():
-    sb = state_bytes_per_param("bf16", "adam")
+    sb = state_bytes_per_param("bf16", "adam", fp32_grads=False)
     n, d = 1e9, 8
     assert model_state_bytes(n, sb, 0, d) == (2 * n, 2 * n, 12 * n)
     assert model_state_bytes(n, sb, 1, d) == (2 * n, 2 * n, 12 * n / d)
