@@ -71,6 +71,7 @@ def _spread(model_name="gpt3-2.7b", gpus="32xA100"):
     sts += [Strategy(dp=32, micro_batch=4, zero_stage=3, offload_optimizer=True, offload_params=True, **base),
             Strategy(dp=32, micro_batch=1, zero_stage=2, **{**base, "recompute": "full", "precision": "fp32"}),
             Strategy(dp=32, micro_batch=2, zero_stage=1, optimizer="sgd", **base),
+            Strategy(dp=32, micro_batch=2, zero_stage=1, fp32_grads=False, **base),
             Strategy(pp=4, dp=8, micro_batch=2, zero_stage=1, stage_layers=(8, 8, 8, 8), **{**base, "recompute": "full"}),
             Strategy(pp=2, dp=16, micro_batch=1, zero_stage=0, stage_layers=(16, 16), **base)]
     return model, c, sts
@@ -247,6 +248,29 @@ def test_torchtitan_toml_parses_and_matches_the_plan():
     assert fp8["model"]["converters"] == ["quantize.linear.float8"]
     with pytest.raises(ExportError, match="ZeRO-1"):
         export("torchtitan", model, st.with_(zero_stage=1), c)
+
+
+def test_16bit_gradients_in_every_framework():
+    # Megatron-LM arguments.py --grad-reduce-in-bf16; DeepSpeed "data_types": {"grad_accum_dtype": "bf16"}
+    # (PR 4713; fp32 is its default); torchtitan training.mixed_precision_reduce. fp16 always keeps an fp32
+    # gradient copy in both Megatron-LM and DeepSpeed, so 16-bit-only fp16 accounting is refused.
+    model, _ = get_model("llama3-8b")
+    c = parse_cluster("64xH100")
+    st = Strategy(tp=2, pp=4, dp=8, micro_batch=1, global_batch=256, recompute="full", zero_stage=1,
+                  stage_layers=(8, 8, 8, 8))
+    for fp32 in (True, False):
+        s = st.with_(fp32_grads=fp32)
+        ex = export("megatron", model, s, c)
+        assert ("--grad-reduce-in-bf16" in ex.files["megatron_args.sh"]) == (not fp32)
+        assert read_megatron_args(ex.files["megatron_args.sh"], model, c)[1].fp32_grads == fp32
+        ds = deepspeed_config(model, s.with_(tp=1, dp=16))
+        assert ds.get("data_types") == (None if fp32 else {"grad_accum_dtype": "bf16"})
+        assert read_deepspeed_config(ds, model, c).fp32_grads == fp32
+        tt = torchtitan_config(model, s.with_(zero_stage=0))
+        assert tt["training"]["mixed_precision_reduce"] == ("float32" if fp32 else "bfloat16")
+    for fw in ("megatron", "deepspeed"):
+        with pytest.raises(ExportError, match="--grads fp32"):
+            export(fw, model, st.with_(tp=1, dp=16, precision="fp16", fp32_grads=False), c)
 
 
 # ---- search + export ------------------------------------------------------------------------------------
