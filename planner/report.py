@@ -29,6 +29,12 @@ def describe_strategy(s: dict) -> str:
     if s["virtual_stages"] > 1:
         parts.append(f"interleaved 1F1B, {s['virtual_stages']} chunks per stage")
     parts.append(_zero_label(s["zero_stage"]))
+    if s.get("offload_params"):
+        parts.append("weights and optimizer states in CPU memory")
+    elif s.get("offload_optimizer"):
+        parts.append("optimizer states in CPU memory (CPU Adam)")
+    if s.get("precision") != "fp32" and s.get("fp32_grads") is False:
+        parts.append("16-bit gradients")
     parts.append(recompute_label(s))
     if s["sequence_parallel"]:
         parts.append("sequence parallel")
@@ -138,10 +144,15 @@ def render_runner_ups(plans: list[PlanOut], console: Console) -> None:
         s = p.strategy
         t.add_row(str(p.rank), str(s["tp"]), str(s["pp"]), str(s["dp"]), *[str(s[k]) for k in extra],
                   str(s["micro_batch"]),
-                  str(s["virtual_stages"]), str(s["zero_stage"]), recompute_label(s).replace(" recompute", ""),
+                  str(s["virtual_stages"]), _zero_cell(s), recompute_label(s).replace(" recompute", ""),
                   f"{p.step_time_s:.3f}", f"{p.tokens_per_s_per_gpu:,.0f}", f"{p.mfu:.1%}",
                   f"{p.memory_gb['peak']:.1f}", f"+{p.step_time_s / best - 1:.1%}")
     console.print(t)
+
+
+def _zero_cell(s: dict) -> str:
+    """ZeRO stage, '+opt' / '+opt+w' when optimizer states / also weights live in CPU memory."""
+    return str(s["zero_stage"]) + ("+opt+w" if s.get("offload_params") else "+opt" if s.get("offload_optimizer") else "")
 
 
 def _compact(xs: list[int]) -> str:
