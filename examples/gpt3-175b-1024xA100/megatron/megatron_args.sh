@@ -1,5 +1,5 @@
 # Megatron-LM pretrain_gpt.py arguments for gpt3-175b on 1024 x A100-80GB (128 nodes x 8), written by llm-planner (plan --emit)
-# plan: TP 4 x PP 8 x DP 32, micro-batch 2 (24 per step), interleaved 1F1B, 8 chunks per stage, ZeRO-1 (distributed optimizer), no recompute, sequence parallel
+# plan: TP 4 x PP 4 x DP 32 x CP 2, micro-batch 3 (16 per step), interleaved 1F1B, 8 chunks per stage, ZeRO-1 (distributed optimizer), optimizer states in CPU memory (CPU Adam), no recompute, sequence parallel
 MEGATRON_ARGS=(
     --num-layers 96
     --hidden-size 12288
@@ -8,11 +8,13 @@ MEGATRON_ARGS=(
     --seq-length 2048
     --max-position-embeddings 2048
     --position-embedding-type learned_absolute
-    --tensor-model-parallel-size 4 --pipeline-model-parallel-size 8
+    --tensor-model-parallel-size 4 --pipeline-model-parallel-size 4
+    --context-parallel-size 2
     --sequence-parallel
-    --pipeline-model-parallel-layout "Et*2|,(t*2|)*31,(t|)*31,tL"
-    --micro-batch-size 2 --global-batch-size 1536
+    --num-layers-per-virtual-pipeline-stage 3
+    --micro-batch-size 3 --global-batch-size 1536
     --use-distributed-optimizer
+    --optimizer-cpu-offload --optimizer-offload-fraction 1.0 --use-precision-aware-optimizer
     --optimizer adam
     --fp16
     --attention-backend flash
