@@ -23,7 +23,8 @@ from hardware import Cluster, HardwareError, load_catalog
 from planner.solver import solve_layout
 from planner.space import check_strategy, divisors
 
-METRICS = ("step_time_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu")
+# the first one a run reports is predicted; peak memory only when the run reports no speed
+METRICS = ("step_time_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu", "peak_memory_gb")
 
 
 class ValidationFileError(ValueError):
@@ -229,7 +230,8 @@ def predict_run(run: dict) -> RunResult:
     metric = next((k for k in METRICS if measured.get(k) is not None), None)
     if metric is None:
         return RunResult(id=rid, metric=None, measured=None, predicted=None, pct_error=None,
-                         skipped="no measured step_time_s, tokens_per_s_per_gpu, tflops_per_gpu or mfu")
+                         skipped="no measured step_time_s, tokens_per_s_per_gpu, tflops_per_gpu, mfu or "
+                                 "peak_memory_gb")
     model = run_model(run["model"])
     cluster = run_cluster(run["hardware"])
     flash = uses_flash_attention(run)
@@ -292,6 +294,8 @@ def _best_block_recompute(model: ModelSpec, st: Strategy, cluster: Cluster) -> E
 def _metric(metric: str, ev: Evaluation, model: ModelSpec, run: dict, cluster: Cluster) -> float:
     st = ev.strategy
     n = cluster.num_gpus
+    if metric == "peak_memory_gb":     # the most loaded GPU, GB = 1e9 bytes (weights, grads, states, activations)
+        return max(ev.stage_memory_b) / 1e9
     if metric == "step_time_s":
         return ev.step_time_s
     if metric == "tokens_per_s_per_gpu":

@@ -40,3 +40,26 @@ def test_a_broken_rule_is_named_when_it_is_why_a_run_is_skipped():
            "measured": {"step_time_s": 1.0}}
     res = predict_run(run)
     assert res.predicted is None and "ZeRO-3 cannot be combined with pipeline parallelism" in res.skipped
+
+
+def test_a_run_reporting_only_peak_memory_is_predicted_in_memory():
+    # runs/v1 has measured.peak_memory_gb: a run that reports no speed is predicted in memory (GB, the most
+    # loaded GPU), not skipped. Korthikanti et al. 2022 Table 3, 175B with SP + selective recompute.
+    from costmodels import Strategy, evaluate
+    from costmodels.presets import get_model
+
+    run = {"id": "mem-only", "model": {"name": "gpt3", "layers": 96, "hidden": 12288, "heads": 96, "vocab": 51200,
+                                        "seq_len": 2048},
+           "hardware": {"gpu": "A100-80GB", "num_gpus": 64, "gpus_per_node": 8},
+           "strategy": {"tp": 8, "pp": 8, "dp": 1, "virtual_stages": 3, "micro_batch": 1, "global_batch": 64,
+                        "recompute": "selective", "sequence_parallel": True, "zero_stage": 0, "precision": "fp16"},
+           "measured": {"peak_memory_gb": 70.0}}
+    res = predict_run(run)
+    assert res.metric == "peak_memory_gb" and res.skipped is None
+    model, _ = get_model("gpt3-175b")
+    st = Strategy(tp=8, pp=8, dp=1, virtual_stages=3, micro_batch=1, global_batch=64, recompute="selective",
+                  precision="fp16", flash_attention=False)
+    want = max(evaluate(model, st, parse_cluster("64xA100")).stage_memory_b) / 1e9
+    assert res.predicted == pytest.approx(want, rel=1e-3)     # the run's own shape: 51200 vocab, learned positions
+    assert 60 < res.predicted <= 80
+    assert res.pct_error == pytest.approx(res.predicted / 70.0 - 1)
