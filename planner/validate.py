@@ -374,6 +374,9 @@ def render_markdown(result: ValidationResult, plot: str | None = None) -> str:
     lines += ["", "Unknown fields of a run (null in the file) are filled with the fastest value that fits in memory, as "
               "an operator tuning that run would; the network bandwidth comes from the run's interconnect text when "
               "it states one. No constant is keyed to a run.", ""]
+    from planner.paper_memory import figure1_markdown
+
+    lines += figure1_markdown()
     return "\n".join(lines)
 
 

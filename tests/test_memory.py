@@ -17,6 +17,7 @@ from costmodels import ModelSpec, Strategy, evaluate, stage_costs
 from costmodels.memory import layer_activation_bytes, model_state_bytes, state_bytes_per_param
 from costmodels.presets import get_model
 from hardware import parse_cluster
+from planner.paper_memory import MODES, TABLE3, figure1_bars
 
 GB = 1e9
 
@@ -154,36 +155,21 @@ def test_korthikanti_selective_saves_70_and_65_percent():
         assert abs((1 - sel.stored / full.stored) - want) < 0.005, name
 
 
-# Korthikanti et al. 2022, Table 3 (tp = 8, no data parallelism, s = 2048) with section 6's interleaving
-# (3 chunks for 175B and 530B); Megatron of 2022: unfused attention, mixed precision (fp16 and bf16 both
-# checked), the first pipeline stage is the most loaded. (model, GPUs, pp, global batch, micro-batch, v)
-KORTHIKANTI_TABLE3 = [("megatron-22b", 8, 1, 4, 4, 1), ("gpt3-175b", 64, 8, 64, 1, 3),
-                      ("megatron-530b", 280, 35, 280, 1, 3), ("megatron-1t", 512, 64, 512, 1, 1)]
-# (recompute, sequence parallel) of Figures 1 and 7
-KORTHIKANTI_MODES = {"baseline": ("none", False), "sp": ("none", True), "selective": ("selective", False),
-                     "present": ("selective", True), "full": ("full", False)}
-
-
-def _korthikanti_memory(name, gpus, pp, gbs, mb, v, precision):
-    model, _ = get_model(name)
-    cluster = parse_cluster(f"{gpus}xA100")
-    out = {}
-    for mode, (rec, sp) in KORTHIKANTI_MODES.items():
-        st = Strategy(tp=8, pp=pp, dp=1, micro_batch=mb, global_batch=gbs, virtual_stages=v, recompute=rec,
-                      sequence_parallel=sp, flash_attention=False, precision=precision)
-        ev = evaluate(model, st, cluster)
-        out[mode] = (ev.memory_b["peak"], ev.memory_b["activations"], ev.capacity_b)
-    return out
+def _korthikanti_memory(name: str, precision: str) -> dict:
+    """mode -> (peak, activations, capacity) in bytes of the most loaded GPU (planner/paper_memory.py)."""
+    return {b.mode: (b.peak_gb * GB, b.activations_gb * GB, b.capacity_gb * GB)
+            for b in figure1_bars(precision) if b.model == name}
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-@pytest.mark.parametrize("cfg", KORTHIKANTI_TABLE3, ids=[c[0] for c in KORTHIKANTI_TABLE3])
-def test_korthikanti_figure1_only_sp_plus_selective_fits(cfg, precision):
+@pytest.mark.parametrize("name", [c[0] for c in TABLE3])
+def test_korthikanti_figure1_only_sp_plus_selective_fits(name, precision):
     # Figure 1 and section 1: "for all these cases, the required memory for the baseline cases is above the
     # 80GB"; section 6.1: "Without the memory savings provided by sequence parallelism and selective
     # recompute together, none of these models will fit into memory"; Figure 1: the present work fits.
     # (The figure's bar heights are not published as numbers; these are the claims its text makes.)
-    mem = _korthikanti_memory(*cfg, precision)
+    # Configurations: Table 3 (tp = 8, no dp) with section 6's interleaving (planner/paper_memory.TABLE3).
+    mem = _korthikanti_memory(name, precision)
     cap = mem["baseline"][2]
     assert cap == 80e9
     for mode in ("baseline", "sp", "selective"):
@@ -191,15 +177,15 @@ def test_korthikanti_figure1_only_sp_plus_selective_fits(cfg, precision):
     assert mem["present"][0] <= cap, mem["present"][0] / GB
 
 
-@pytest.mark.parametrize("cfg", KORTHIKANTI_TABLE3, ids=[c[0] for c in KORTHIKANTI_TABLE3])
-def test_korthikanti_figure7_activation_shares(cfg):
+@pytest.mark.parametrize("name", [c[0] for c in TABLE3])
+def test_korthikanti_figure7_activation_shares(name):
     # Figure 7 / section 6.1, activation memory as a share of the tensor-parallel baseline (eq. 2):
     # "Individually, both techniques cut the memory requirement nearly in half, and combined provide a 5x
     # reduction bringing the memory requirements to under 20%. This is only ~2x of the full activation
     # recomputation which is at 10% of the baseline." (Table 2 itself gives 20.2% for 530B and 1T, and full
     # recompute here also holds one layer's working set while it is recomputed: up to 14%.)
-    mem = _korthikanti_memory(*cfg, "fp16")
-    share = {k: mem[k][1] / mem["baseline"][1] for k in KORTHIKANTI_MODES}
+    mem = _korthikanti_memory(name, "fp16")
+    share = {k: mem[k][1] / mem["baseline"][1] for k in MODES}
     assert 0.45 <= share["sp"] <= 0.70 and 0.45 <= share["selective"] <= 0.70, share
     assert 0.14 <= share["present"] <= 0.205, share
     assert 0.08 <= share["full"] <= 0.15 and share["present"] / share["full"] <= 2.1, share
