@@ -26,6 +26,11 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+GRADS_HELP = ("Gradients the optimizer reads: fp32 (Megatron-LM and DeepSpeed default: bf16 accumulates and "
+              "reduces them in fp32, fp16 keeps an fp32 copy; 18 or 20 B/param before ZeRO) or 16bit (the ZeRO "
+              "paper's 16 B/param; Megatron --grad-reduce-in-bf16).")
+
+
 def _common(f):
     """Options shared by the search and `evaluate`."""
     opts = [
@@ -45,7 +50,7 @@ def _common(f):
         click.option("--no-flash-attention", is_flag=True,
                      help="Model unfused attention (stores the s^2 score tensors)."),
         click.option("--grads", type=click.Choice(["fp32", "16bit"]), default="fp32", show_default=True,
-                     help="Gradients the optimizer reads: fp32 (Megatron-LM and DeepSpeed default: bf16 accumulates and reduces them in fp32, fp16 keeps an fp32 copy; 18 or 20 B/param before ZeRO) or 16bit (the ZeRO paper's 16 B/param; Megatron --grad-reduce-in-bf16)."),
+                     help=GRADS_HELP),
         click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True),
     ]
     for opt in reversed(opts):
@@ -198,7 +203,7 @@ def _show_export(result, fmt: str, ex, out_dir) -> None:
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
 @click.option("--no-flash-attention", is_flag=True, help="Model unfused attention (stores s^2 scores).")
 @click.option("--grads", type=click.Choice(["fp32", "16bit"]), default="fp32", show_default=True,
-              help="Gradients the optimizer reads: fp32 (Megatron-LM and DeepSpeed default: bf16 accumulates and reduces them in fp32, fp16 keeps an fp32 copy; 18 or 20 B/param before ZeRO) or 16bit (the ZeRO paper's 16 B/param; Megatron --grad-reduce-in-bf16).")
+              help=GRADS_HELP)
 @click.option("--tp", "tp_only", help="Only these tensor-parallel sizes, e.g. 4,8.")
 @click.option("--pp", "pp_only", help="Only these pipeline sizes, e.g. 8,16.")
 @click.option("--zero", "zero_only", help="Only these ZeRO stages, e.g. 0,1.")
