@@ -64,6 +64,17 @@ def test_datasheet_peaks(catalog):
     assert catalog.gpus["B200"].peak_tflops("fp32") == 75
 
 
+def test_a800_and_v100_16gb_differ_only_where_the_datasheet_says(catalog):
+    # NVIDIA A800 SXM4 datasheet: the A100-80GB with NVLink cut to 400 GB/s bidir (200 per direction);
+    # V100 SXM2 16GB: the 32GB part with half the HBM.
+    a100, a800 = catalog.gpus["A100-80GB"], catalog.gpus["A800-80GB"]
+    assert (a800.intra_node_gbps, a100.intra_node_gbps) == (200, 300)
+    assert a800.tflops == a100.tflops and a800.hbm_gbps == a100.hbm_gbps and a800.memory_gb == 80
+    v32, v16 = catalog.gpus["V100-32GB"], catalog.gpus["V100-16GB"]
+    assert (v16.memory_gb, v16.tflops, v16.hbm_gbps) == (16, v32.tflops, v32.hbm_gbps)
+    assert catalog.resolve("a800")[0].name == "A800-80GB" and catalog.resolve("V100-SXM2-16GB")[0].name == "V100-16GB"
+
+
 def test_v100_has_no_bf16(catalog):
     v100 = catalog.gpus["V100-32GB"]
     assert v100.peak_tflops("fp16") == 125  # V100 datasheet: 125 TF fp16 tensor
