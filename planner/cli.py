@@ -425,8 +425,8 @@ def gpus(hardware_files, fmt):
 def validate(runs_file, fmt, plot, markdown):
     """Predict every run of a published-runs file and report measured vs predicted, % error and a summary.
 
-    Each run is predicted in the quantity it reports (step time, tokens/s per GPU, TFLOP/s per GPU or MFU,
-    in the source's FLOP convention; peak GB per GPU when it reports no speed). Fields the source leaves null (micro-batch, interleaving, recompute)
+    Each run is predicted in the quantity it reports (step time, tokens/s per GPU, TFLOP/s per GPU, MFU or
+    HFU, in the source's FLOP convention; peak GB per GPU when it reports no speed). Fields the source leaves null (micro-batch, interleaving, recompute)
     are filled with the fastest value that fits. Runs that cannot be predicted are listed with the reason.
     """
     from planner.validate import ValidationFileError, render_markdown, render_plot, validate_file

@@ -24,7 +24,7 @@ from planner.solver import solve_layout
 from planner.space import check_strategy, divisors
 
 # the first one a run reports is predicted; peak memory only when the run reports no speed
-METRICS = ("step_time_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu", "peak_memory_gb")
+METRICS = ("step_time_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu", "hfu", "peak_memory_gb")
 
 
 class ValidationFileError(ValueError):
@@ -230,8 +230,8 @@ def predict_run(run: dict) -> RunResult:
     metric = next((k for k in METRICS if measured.get(k) is not None), None)
     if metric is None:
         return RunResult(id=rid, metric=None, measured=None, predicted=None, pct_error=None,
-                         skipped="no measured step_time_s, tokens_per_s_per_gpu, tflops_per_gpu, mfu or "
-                                 "peak_memory_gb")
+                         skipped="no measured step_time_s, tokens_per_s_per_gpu, tflops_per_gpu, mfu, hfu "
+                                 "or peak_memory_gb")
     model = run_model(run["model"])
     cluster = run_cluster(run["hardware"])
     flash = uses_flash_attention(run)
@@ -303,6 +303,8 @@ def _metric(metric: str, ev: Evaluation, model: ModelSpec, run: dict, cluster: C
     flops = step_flops(run, model, st.global_batch)
     if metric == "tflops_per_gpu":
         return flops / ev.step_time_s / n / 1e12
+    if metric == "hfu":   # hardware FLOPs: the source's model FLOPs plus the recomputed forward (PaLM, appendix B)
+        flops += ev.hardware_flops - ev.model_flops
     return flops / ev.step_time_s / (n * mfu_peak(run, cluster, st.precision))
 
 
