@@ -324,9 +324,9 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
 @click.option("--offload-params", is_flag=True, help="Also keep weights in host memory (needs --zero 3).")
 @click.option("--schedule", type=click.Choice(["1f1b", "gpipe"]), default="1f1b", show_default=True,
               help="Pipeline schedule (1f1b is interleaved when --virtual-stages > 1).")
-def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention, grads, fmt,
-             tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages, stage_layers,
-             cp, ep, offload_optimizer, offload_params, schedule, emit, out_dir):
+def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
+             grads, fmt, tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages,
+             stage_layers, cp, ep, offload_optimizer, offload_params, schedule, emit, out_dir):
     """Predict step time, throughput, MFU and memory of one given strategy."""
     from costmodels.strategy import Strategy
     from planner.optimize import default_global_batch, evaluate_strategy
@@ -426,8 +426,8 @@ def validate(runs_file, fmt, plot, markdown):
     """Predict every run of a published-runs file and report measured vs predicted, % error and a summary.
 
     Each run is predicted in the quantity it reports (step time, tokens/s per GPU, TFLOP/s per GPU, MFU or
-    HFU, in the source's FLOP convention; peak GB per GPU when it reports no speed). Fields the source leaves null (micro-batch, interleaving, recompute)
-    are filled with the fastest value that fits. Runs that cannot be predicted are listed with the reason.
+    HFU, in the source's FLOP convention; peak GB per GPU when it reports no speed). Fields the source leaves
+    null (micro-batch, interleaving, recompute) are filled with the fastest value that fits. Runs that cannot be predicted are listed with the reason.
     """
     from planner.validate import ValidationFileError, render_markdown, render_plot, validate_file
 

@@ -56,7 +56,8 @@ def figure1_bars(precision: str = "fp16") -> tuple[Bar, ...]:
                           sequence_parallel=sp, flash_attention=False, precision=precision)
             m = evaluate(model, st, cluster).memory_b
             states = m["weights"] + m["gradients"] + m["optimizer"]
-            out.append(Bar(name, mode, states / GB, m["activations"] / GB, m["peak"] / GB, cluster.gpu.memory_bytes / GB))
+            out.append(Bar(name, mode, states / GB, m["activations"] / GB, m["peak"] / GB,
+                           cluster.gpu.memory_bytes / GB))
     return tuple(out)
 
 
