@@ -126,10 +126,18 @@ class StageCosts:
             t += overlap_ns(L * self.zero3_layer_ns, t)
         return t
 
+    def dp_sync_ns(self, i: int, L):
+        """Stage i's data-parallel gradient sync per step (L may be a CP-SAT variable)."""
+        return L * self.dp_layer_ns + (self.dp_first_ns if i == 0 else 0) + (self.dp_last_ns if i == self.p - 1 else 0)
+
+    def dp_window_ns(self, i: int, L):
+        """The backward that hides stage i's sync (see stage_costs); with interleaving the output layer sits in
+        the last stage's last chunk, whose sync starts first and hides behind the other chunks' backward."""
+        return L * self.dp_window_layer_ns + (self.dp_last_ns if i == self.p - 1 and self.v > 1 else 0)
+
     def stage_tail_ns(self, i: int, L: int) -> int:
         """Once per step: exposed data-parallel sync plus the optimizer step of stage i."""
-        dp = L * self.dp_layer_ns + (self.dp_first_ns if i == 0 else 0) + (self.dp_last_ns if i == self.p - 1 else 0)
-        exposed = overlap_ns(dp, L * self.dp_window_layer_ns)
+        exposed = overlap_ns(self.dp_sync_ns(i, L), self.dp_window_ns(i, L))
         opt = L * self.opt_layer_ns + (self.opt_first_ns if i == 0 else 0) + (self.opt_last_ns if i == self.p - 1 else 0)
         return exposed + opt
 

@@ -245,13 +245,11 @@ def solve_layout(sc: StageCosts | Pipeline, cap: int | None, free: bool, time_li
         else:
             mdl.Add(Ti == work)
         T.append(Ti)
-        dp = (L[i] * (sc_i.dp_layer_ns - sc_i.dp_window_layer_ns) + (sc_i.dp_first_ns if first else 0)
-              + (sc_i.dp_last_ns if last else 0))
+        sync, window = sc_i.dp_sync_ns(i, L[i]), sc_i.dp_window_ns(i, L[i])
         # exposed sync: X = max(0, sync - window) sticks out, and min(sync, window) / D slows the
         # overlapped backward (exact: coefficients are multiples of D ns): D*E = (D-1)*X + sync
         Xi = mdl.NewIntVar(0, e_ub, f"dp_sticking_out_{i}")
-        mdl.AddMaxEquality(Xi, [0, dp])
-        sync = dp + L[i] * sc_i.dp_window_layer_ns
+        mdl.AddMaxEquality(Xi, [0, sync - window])
         Ei = mdl.NewIntVar(0, e_ub, f"dp_exposed_{i}")
         mdl.Add(D * Ei == (D - 1) * Xi + sync).WithName(f"dp_overlap_{i}")
         opt = L[i] * sc_i.opt_layer_ns + (sc_i.opt_first_ns if first else 0) + (sc_i.opt_last_ns if last else 0)

@@ -597,6 +597,12 @@ def test_interleaved_dp_sync_only_last_chunk_exposed():
         stick = (dp - sc1.dp_first_ns - window1) / v + sc1.dp_first_ns
         want = stick + (dp - stick) / OVERLAP_SM_SHARE_DEN
         assert abs(scv.stage_tail_ns(0, L) - opt - want) <= 8 * (L + 2)   # per-layer coefficients round to 8 ns
+        # stage 1 of 2: the output layer sits in its last chunk, which syncs first: hidden, only its SM share
+        dp1 = L * sc1.dp_layer_ns + sc1.dp_last_ns
+        opt1 = L * sc1.opt_layer_ns + sc1.opt_last_ns
+        stick1 = (L * sc1.dp_layer_ns - window1) / v
+        want1 = stick1 + (dp1 - stick1) / OVERLAP_SM_SHARE_DEN
+        assert sc1.dp_last_ns > 0 and abs(scv.stage_tail_ns(1, L) - opt1 - want1) <= 8 * (L + 2)
 
 
 # ================================================================================================
