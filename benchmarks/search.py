@@ -38,8 +38,8 @@ try:  # GPU pools ("512xA100+512xH100") where the parser supports them
 except ImportError:  # pragma: no cover - older trees
     parse_pools = None
 import planner  # noqa: E402
-from planner.optimize import default_global_batch, evaluate_strategy  # noqa: E402
-from planner.space import SpaceOptions, check_strategy, enumerate_space  # noqa: E402
+from planner.solve.optimize import default_global_batch, evaluate_strategy  # noqa: E402
+from planner.solve.space import SpaceOptions, check_strategy, enumerate_space  # noqa: E402
 
 # (label, model, gpus, global batch or None for the preset's / the planner's default)
 CASES = [

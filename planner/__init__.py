@@ -1,4 +1,4 @@
 """Search, explain and export parallelism plans. `planner.search(...)` is the Python API behind `plan`."""
-from planner.optimize import NoPlanError, search
+from planner.solve.optimize import NoPlanError, search
 
 __all__ = ["search", "NoPlanError"]

@@ -13,10 +13,10 @@ from costmodels.model import ModelSpec, MoESpec
 from costmodels.presets import get_model
 from hardware import load_catalog, parse_cluster
 from planner import search
-from planner.budget import choose_hardware, compare, node_counts, pareto_front
+from planner.runs.budget import choose_hardware, compare, node_counts, pareto_front
 from planner.cli import cli
-from planner.estimate import estimate_run
-from planner.report_file import CHART_SIZE_PX, write_report
+from planner.runs.estimate import estimate_run
+from planner.report.file import CHART_SIZE_PX, write_report
 
 CATALOG = load_catalog()
 A100 = CATALOG.gpus["A100-80GB"]

@@ -29,7 +29,7 @@ from costmodels.presets import get_model
 from costmodels.strategy import Strategy, StrategyError
 from hardware import Cluster, HardwareError, parse_cluster
 from planner.cli import cli, main
-from planner.space import check_strategy
+from planner.solve.space import check_strategy
 
 GPT13, _ = get_model("gpt3-1.3b")        # 24 layers, h 2048, 16 heads, MHA, GELU 4h, tied embeddings
 GPT175, _ = get_model("175b")            # 96 layers, h 12288, 96 heads

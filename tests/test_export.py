@@ -17,12 +17,12 @@ from costmodels.presets import get_model
 from costmodels.strategy import Strategy
 from hardware import parse_cluster
 from planner.cli import main
-from planner.export import (ExportError, canonical, chunks, deepspeed_config, deepspeed_split, export, export_best,
+from planner.frameworks.export import (ExportError, canonical, chunks, deepspeed_config, deepspeed_split, export, export_best,
                             megatron_args, megatron_layout_string, megatron_recompute_layers, megatron_recomputed,
                             nearest_layout, strategy_from_plan, torchtitan_config, unsupported)
-from planner.importers import ConfigImportError, parse_megatron_args, read_deepspeed_config, read_megatron_args
-from planner.optimize import default_global_batch, evaluate_strategy
-from planner.space import SpaceOptions
+from planner.frameworks.importers import ConfigImportError, parse_megatron_args, read_deepspeed_config, read_megatron_args
+from planner.solve.optimize import default_global_batch, evaluate_strategy
+from planner.solve.space import SpaceOptions
 
 # (model, cluster, search restrictions): small searches whose top-3 plans cover even and uneven stages,
 # interleaving, context and expert parallelism, ZeRO 0-3 and partial recompute.
@@ -127,7 +127,7 @@ def test_megatron_layout_string_and_its_stages():
     # chunk c of stage i is entry c * pp + i; stage layers are the sums of their chunks
     assert chunks(7, 2) == [4, 3] and chunks(8, 3) == [3, 3, 2]
     args = parse_megatron_args(f'--pipeline-model-parallel-layout "{s}" --num-layers 30')
-    from planner.importers import megatron_stage_layers
+    from planner.frameworks.importers import megatron_stage_layers
     assert megatron_stage_layers(args, 30, 4) == ([7, 8, 8, 7], 2)
 
 

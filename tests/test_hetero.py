@@ -11,9 +11,9 @@ import pytest
 from costmodels.model import ModelSpec
 from hardware import load_catalog, parse_pools
 from planner import search
-from planner.optimize import candidates
-from planner.solver import min_recompute
-from planner.space import SpaceOptions
+from planner.solve.optimize import candidates
+from planner.solve.solver import min_recompute
+from planner.solve.space import SpaceOptions
 
 CATALOG = load_catalog()
 

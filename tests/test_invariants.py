@@ -14,7 +14,7 @@ from costmodels.strategy import Strategy
 from hardware import parse_cluster
 from planner import NoPlanError, search
 from planner.cli import main
-from planner.space import check_strategy
+from planner.solve.space import check_strategy
 
 
 @hs.composite

@@ -61,11 +61,11 @@ def test_costmodels_does_use_hardware():
 
 
 @pytest.mark.parametrize("src, want", [
-    ("import planner.solver", "planner.solver"),
+    ("import planner.solve.solver", "planner.solve.solver"),
     ("from planner import search", "planner"),
-    ("from planner.space import SpaceOptions", "planner.space"),
-    ("def f():\n    from planner.optimize import search\n    return search", "planner.optimize"),
-    ("import importlib\nimportlib.import_module('planner.optimize')", "planner.optimize"),
+    ("from planner.solve.space import SpaceOptions", "planner.solve.space"),
+    ("def f():\n    from planner.solve.optimize import search\n    return search", "planner.solve.optimize"),
+    ("import importlib\nimportlib.import_module('planner.solve.optimize')", "planner.solve.optimize"),
     ("from .. import planner", "planner"),
 ])
 def test_checker_catches_each_import_form(src, want):

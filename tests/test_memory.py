@@ -17,7 +17,7 @@ from costmodels import ModelSpec, Strategy, evaluate, stage_costs
 from costmodels.memory import layer_activation_bytes, model_state_bytes, state_bytes_per_param
 from costmodels.presets import get_model
 from hardware import parse_cluster
-from planner.paper_memory import MODES, TABLE3, figure1_bars
+from planner.validation.paper_memory import MODES, TABLE3, figure1_bars
 
 GB = 1e9
 

@@ -21,8 +21,8 @@ from costmodels.serving import (Deployment, decode_step_time, kv_cache_bytes_per
                                 replica_performance)
 from hardware import load_catalog, parse_cluster
 from planner.cli import main
-from planner.serve import ServeError, serve_plan
-from planner.validate import validate_file
+from planner.serving.serve import ServeError, serve_plan
+from planner.validation.runs import validate_file
 
 SERVING_PUBLIC = Path(__file__).resolve().parents[2] / "shared/reference/serving/public.json"
 CAT = load_catalog()
@@ -174,7 +174,7 @@ def test_validation_skips_unpredictable_rows_and_counts_them(tmp_path):
 
 
 def _row_model(run):
-    from planner.validate import run_model
+    from planner.validation.runs import run_model
     return run_model({**run["model"], "seq_len": 256})
 
 

@@ -2,8 +2,8 @@
 
 A brute-force enumerator tries every split of the layers into pipeline stages (when the structure allows
 uneven stages) and every count of fully recomputed layers per stage (when the recompute count is free), and
-keeps the fastest layout that fits. planner.solver.solve_layout must find exactly that objective, and
-planner.search must find exactly the best step time over every structure of planner.space.
+keeps the fastest layout that fits. planner.solve.solver.solve_layout must find exactly that objective, and
+planner.search must find exactly the best step time over every structure of planner.solve.space.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from costmodels import ModelSpec, Strategy, evaluate, stage_costs
 from costmodels.performance import StageCosts, evaluate_layout, even_split
 from hardware import Cluster, load_catalog
 from planner import search
-from planner.solver import balanced_layers, greedy_layout, lower_bound, memory_infeasible, solve_layout
-from planner.space import SpaceOptions, enumerate_space
+from planner.solve.solver import balanced_layers, greedy_layout, lower_bound, memory_infeasible, solve_layout
+from planner.solve.space import SpaceOptions, enumerate_space
 
 CATALOG = load_catalog()
 GPUS = [g for g in CATALOG.gpus.values() if g.tflops["bf16"] is not None]
@@ -195,7 +195,7 @@ def test_fewest_recompute_shortcut_is_exact(seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_search_bounds_are_sound(seed):
-    # what the search's pruning relies on (planner.optimize): the lower bound never exceeds the optimum,
+    # what the search's pruning relies on (planner.solve.optimize): the lower bound never exceeds the optimum,
     # a structure called memory-infeasible has no layout that fits, and the greedy incumbent fits and is
     # never better than the optimum
     model, st, cluster, sc, cap = instance(seed)

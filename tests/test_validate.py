@@ -1,10 +1,10 @@
-"""Reading runs/v1 fields the way their sources mean them (planner.validate)."""
+"""Reading runs/v1 fields the way their sources mean them (planner.validation.runs)."""
 from __future__ import annotations
 
 import pytest
 
 from hardware import parse_cluster
-from planner.validate import mfu_peak, network_gbps_per_gpu, predict_run
+from planner.validation.runs import mfu_peak, network_gbps_per_gpu, predict_run
 
 
 @pytest.mark.parametrize("text, gbps", [

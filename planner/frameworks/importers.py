@@ -1,5 +1,5 @@
 """Read a framework's configuration back into a Strategy: Megatron-LM `pretrain_gpt.py` arguments and
-DeepSpeed JSON configs, as `planner.export` writes them (and as people write them by hand).
+DeepSpeed JSON configs, as `planner.frameworks.export` writes them (and as people write them by hand).
 
 `import_plan` then predicts it with the same cost model as `plan evaluate` and asks the search what
 would be better (the API behind `plan import`).
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
-from planner.export import canonical, chunks, deepspeed_split
+from planner.frameworks.export import canonical, chunks, deepspeed_split
 
 
 class ConfigImportError(ValueError):
@@ -251,8 +251,8 @@ class ImportResult:
 
 def import_plan(model: ModelSpec, cluster: Cluster, st: Strategy, time_limit_s: float = 30.0) -> ImportResult:
     """Predict an imported plan with the cost model and search for a better one on the same cluster."""
-    from planner.optimize import evaluate_strategy, search
-    from planner.space import SpaceOptions
+    from planner.solve.optimize import evaluate_strategy, search
+    from planner.solve.space import SpaceOptions
 
     imported = evaluate_strategy(model, cluster, st)
     opts = SpaceOptions(global_batch=st.global_batch, precision=st.precision, optimizer=st.optimizer,

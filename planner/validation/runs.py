@@ -20,8 +20,8 @@ from costmodels.model import ModelError, ModelSpec, MoESpec
 from costmodels.performance import Evaluation, evaluate, evaluate_layout, stage_costs
 from costmodels.strategy import Strategy, StrategyError
 from hardware import Cluster, HardwareError, load_catalog
-from planner.solver import solve_layout
-from planner.space import check_strategy, divisors
+from planner.solve.solver import solve_layout
+from planner.solve.space import check_strategy, divisors
 
 # the first one a run reports is predicted; peak memory only when the run reports no speed
 METRICS = ("step_time_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu", "hfu", "peak_memory_gb")
@@ -99,8 +99,8 @@ def validate_file(path: str | Path) -> ValidationResult:
     for i, run in enumerate(runs):
         rid = str(run.get("id", f"run-{i}")) if isinstance(run, dict) else f"run-{i}"
         try:
-            if schema == "serving/v1":   # inference rows: planner.serve predicts each in its mode
-                from planner.serve import predict_serving_run
+            if schema == "serving/v1":   # inference rows: planner.serving.serve predicts each in its mode
+                from planner.serving.serve import predict_serving_run
                 results.append(predict_serving_run(run))
                 continue
             results.append(predict_run(run))
@@ -376,7 +376,7 @@ def render_markdown(result: ValidationResult, plot: str | None = None) -> str:
     lines += ["", "Unknown fields of a run (null in the file) are filled with the fastest value that fits in memory, as "
               "an operator tuning that run would; the network bandwidth comes from the run's interconnect text when "
               "it states one. No constant is keyed to a run.", ""]
-    from planner.paper_memory import figure1_markdown
+    from planner.validation.paper_memory import figure1_markdown
 
     lines += figure1_markdown()
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""`plan`: the command line, a thin layer over planner.search / planner.evaluate_strategy.
+"""`plan`: the command group (the search itself) and its commands, a thin layer over the planner's API.
 
 Bad input gets one line on stderr naming the value and what is allowed, and exit code 2.
 """
@@ -9,186 +9,7 @@ import sys
 
 import click
 
-EXAMPLES = """\b
-Examples:
-  plan --model 175b --gpus 1024xA100
-  plan --model llama3-405b --gpus 16384xH100 --global-batch 2048 --top 5
-  plan --model ./config.json --gpus 64x8xH100 --format json
-  plan evaluate --model 175b --gpus 1024xA100 --tp 8 --pp 16 --micro-batch 1
-  plan models | plan gpus
-"""
-
-
-class UserError(click.ClickException):
-    exit_code = 2
-
-    def show(self, file=None) -> None:  # one line, no usage block
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-GRADS_HELP = ("Gradients the optimizer reads: fp32 (Megatron-LM and DeepSpeed default: bf16 accumulates and "
-              "reduces them in fp32, fp16 keeps an fp32 copy; 18 or 20 B/param before ZeRO) or 16bit (the ZeRO "
-              "paper's 16 B/param; Megatron --grad-reduce-in-bf16).")
-
-
-def _common(f):
-    """Options shared by the search and `evaluate`."""
-    opts = [
-        click.option("--model", "model_name", required=True,
-                     help="Preset name or alias (see `plan models`), or a Hugging Face config.json path."),
-        click.option("--gpus", required=True,
-                     help="Cluster: COUNTxGPU or NODESxPER_NODExGPU, e.g. 1024xA100, 128x8xH100 (see `plan gpus`)."),
-        click.option("--hardware", "hardware_files", multiple=True, type=click.Path(),
-                     help="JSON/YAML file adding or overriding GPU catalog entries (same schema as the catalog)."),
-        click.option("--seq-len", type=int, help="Training sequence length in tokens [default: the preset's]."),
-        click.option("--global-batch", type=int,
-                     help="Sequences per optimizer step [default: the preset's published batch]."),
-        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "fp8"]),
-                     help="Compute precision [default: the preset's]."),
-        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
-                     help="Optimizer (sets optimizer-state bytes and step traffic)."),
-        click.option("--no-flash-attention", is_flag=True,
-                     help="Model unfused attention (stores the s^2 score tensors)."),
-        click.option("--grads", type=click.Choice(["fp32", "16bit"]), default="fp32", show_default=True,
-                     help=GRADS_HELP),
-        click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
-def _catalog(hardware_files, prices=()):
-    """The GPU catalog with --hardware files and --price NAME=USD overrides applied."""
-    from hardware import load_catalog
-
-    catalog = load_catalog(hardware_files)
-    if prices:
-        parsed = {}
-        for item in prices:
-            name, sep, value = item.partition("=")
-            try:
-                parsed[name.strip()] = float(value)
-            except ValueError:
-                raise UserError(f"--price {item!r} is not NAME=USD, e.g. --price H100=2.49") from None
-            if not sep:
-                raise UserError(f"--price {item!r} is not NAME=USD, e.g. --price H100=2.49")
-        catalog = catalog.with_prices(parsed)
-    return catalog
-
-
-def _load(model_name: str, gpus: str, hardware_files, seq_len, global_batch, precision, prices=()):
-    from costmodels.model import ModelSpec
-    from costmodels.presets import get_model
-    from hardware import parse_pools
-
-    catalog = _catalog(hardware_files, prices)
-    pools = parse_pools(gpus, catalog) if gpus else ()
-    model, note = get_model(model_name)
-    if seq_len is not None:
-        if seq_len < 1:
-            raise UserError(f"--seq-len {seq_len} is not allowed; give a positive number of tokens")
-        model = ModelSpec(**{**model.model_dump(), "seq_len": seq_len})
-    if global_batch is not None and global_batch < 1:
-        raise UserError(f"--global-batch {global_batch} is not allowed; give a positive number of sequences")
-    for pool in pools:
-        pool.gpu.peak_tflops(precision or model.precision)  # raises if a GPU has no such peak
-    return model, note, pools
-
-
-def _emit(result, fmt: str, title: str = "Best plan") -> None:
-    if fmt == "json":
-        click.echo(json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True))
-        return
-
-    from planner.report import render_search
-    render_search(result, _console(), title=title)
-
-
-class _progress:
-    """A progress bar on a terminal for searches that run past a second (never in JSON mode)."""
-
-    def __init__(self, fmt: str):
-        self.fmt, self.bar, self.task, self.t0 = fmt, None, None, None
-
-    def __enter__(self):
-        import time
-        self.t0 = time.perf_counter()
-        return self
-
-    def __call__(self, done: int, total: int) -> None:
-        import time
-        if self.fmt != "table" or time.perf_counter() - self.t0 < 1.0:
-            return
-        if self.bar is None:
-            from rich.progress import Progress
-            console = _console()
-            if not console.is_terminal:
-                self.fmt = "off"
-                return
-            self.bar = Progress(console=console, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("searching (structures visited by bound)", total=total)
-        self.bar.update(self.task, completed=done)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
-        return False
-
-
-def _console():
-    from rich.console import Console
-    console = Console(highlight=False)
-    if not console.is_terminal:  # pipes and files: wide enough that tables keep their columns
-        console = Console(highlight=False, width=140)
-    return console
-
-
-def _int_tuple(text: str | None, name: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        vals = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise UserError(f"--{name} {text!r} is not a comma-separated list of whole numbers, e.g. 2,4,8") from None
-    if any(v < 0 for v in vals):
-        raise UserError(f"--{name} {text!r} has a negative value; use whole numbers >= 0")
-    return vals
-
-
-def _export_options(f):
-    """--emit / --out: write the plan as a training framework's configuration (planner.export)."""
-    f = click.option("--out", "out_dir", type=click.Path(file_okay=False),
-                     help="With --emit: write the configuration files into this folder and print their paths.")(f)
-    return click.option("--emit", type=click.Choice(["megatron", "deepspeed", "torchtitan"]),
-                        help="Also print the plan as Megatron-LM arguments, a DeepSpeed JSON config or a torchtitan "
-                             "TOML job config (JSON output: plans[0].emit).")(f)
-
-
-def _check_export_options(emit, out_dir) -> None:
-    if out_dir and not emit:
-        raise UserError(f"--out {out_dir!r} needs --emit megatron, deepspeed or torchtitan")
-
-
-def _show_export(result, fmt: str, ex, out_dir) -> None:
-    """Print (or write) an Export after the plan; in JSON mode, the whole document with plans[0].emit."""
-    if ex is None:
-        return
-    paths = [str(p) for p in ex.write(out_dir)] if out_dir else []
-    if fmt == "json":
-        doc = result.model_dump(mode="json")
-        doc["plans"][0]["emit"] = {**ex.as_json(), "paths": paths}
-        click.echo(json.dumps(doc, indent=2, sort_keys=True))
-        return
-    from planner.export import NAMES
-    click.echo(f"\n{NAMES[ex.framework]} configuration" + (f" (predicted step {ex.step_time_s:.3f} s)" if ex.notes else ""))
-    for n in ex.notes:
-        click.echo(f"note: {n}")
-    if paths:
-        click.echo("written: " + ", ".join(paths))
-    else:
-        click.echo(ex.text().rstrip())
+from planner.cli.common import (EXAMPLES, GRADS_HELP, UserError, _catalog, _check_export_options, _common, _console, _emit, _export_options, _int_tuple, _load, _progress, _show_export)
 
 
 @click.group(invoke_without_command=True, epilog=EXAMPLES,
@@ -241,7 +62,7 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
         if emit:
             raise UserError("--emit writes one plan; it does not combine with --gpu-types, --budget-usd, "
                             "--deadline-days or --max-gpus")
-        from planner.cli_run import budget_search
+        from planner.cli.run import budget_search
         budget_search(model_name, gpus, hardware_files, seq_len, global_batch, precision, tokens, prices, pue,
                       budget_usd, deadline_days, gpu_types, max_gpus, plot, time_limit, fmt)
         return
@@ -252,8 +73,8 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
         raise UserError(f"--top {top} is not allowed; give 1 or more plans")
     if not time_limit > 0 or time_limit == float("inf"):
         raise UserError(f"--time-limit {time_limit} is not allowed; give a positive, finite number of seconds")
-    from planner.optimize import default_global_batch, search
-    from planner.space import SpaceOptions
+    from planner.solve.optimize import default_global_batch, search
+    from planner.solve.space import SpaceOptions
 
     if tokens is not None and not 0 < tokens <= 1e16:
         raise UserError(f"--tokens {tokens:g} is not allowed; give a positive count up to 1e16, e.g. 300e9")
@@ -279,16 +100,16 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
         result = search(model, cluster, top=top, time_limit_s=time_limit, space=opts, progress=progress)
     result.model.note = note
     if tokens is not None:
-        from planner.cli_run import add_run_figures
+        from planner.cli.run import add_run_figures
         add_run_figures(result, model, cluster, tokens, pue)
     ex = None
     if emit:
-        from planner.export import export_best
+        from planner.frameworks.export import export_best
         ex = export_best(emit, model, cluster, result, opts, time_limit)
     if ex is None or fmt == "table":
         _emit(result, fmt)
     if report:
-        from planner.report_file import write_report
+        from planner.report.file import write_report
         try:
             files = write_report(result, report)
         except ValueError as e:
@@ -296,7 +117,7 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
         if fmt == "table":
             _console().print("report written: " + ", ".join(str(f) for f in files))
     if explain and fmt == "table":
-        from planner.report import explain as explain_lines
+        from planner.report.text import explain as explain_lines
         console = _console()
         console.print()
         console.print("[bold]Why the best plan wins[/]")
@@ -329,7 +150,7 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
              stage_layers, cp, ep, offload_optimizer, offload_params, schedule, emit, out_dir):
     """Predict step time, throughput, MFU and memory of one given strategy."""
     from costmodels.strategy import Strategy
-    from planner.optimize import default_global_batch, evaluate_strategy
+    from planner.solve.optimize import default_global_batch, evaluate_strategy
 
     _check_export_options(emit, out_dir)
     model, note, pools = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision)
@@ -355,7 +176,7 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
     result.model.note = note
     ex = None
     if emit:
-        from planner.export import export
+        from planner.frameworks.export import export
         ex = export(emit, model, st, cluster)
     if ex is None or fmt == "table":
         _emit(result, fmt, title="Plan")
@@ -429,7 +250,7 @@ def validate(runs_file, fmt, plot, markdown):
     HFU, in the source's FLOP convention; peak GB per GPU when it reports no speed). Fields the source leaves
     null (micro-batch, interleaving, recompute) are filled with the fastest value that fits. Runs that cannot be predicted are listed with the reason.
     """
-    from planner.validate import ValidationFileError, render_markdown, render_plot, validate_file
+    from planner.validation.runs import ValidationFileError, render_markdown, render_plot, validate_file
 
     try:
         result = validate_file(runs_file)
@@ -491,7 +312,7 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
     most tokens/s per GPU (or lowest latency, or lowest $ per token) within the latency limits."""
     from costmodels.presets import get_model
     from hardware import load_catalog, parse_cluster
-    from planner.serve import model_path_for, parse_price, render_serve, serve_plan, vllm_command
+    from planner.serving.serve import model_path_for, parse_price, render_serve, serve_plan, vllm_command
 
     if top < 1:
         raise UserError(f"--top {top} is not allowed; give 1 or more plans")
@@ -524,7 +345,6 @@ def _num(x: float | None) -> str:
     return f"{x:.4f}" if abs(x) < 1 else (f"{x:.2f}" if abs(x) < 1000 else f"{x:,.0f}")
 
 
-from planner import cli_run as _cli_run  # noqa: E402,F401  (registers `plan estimate` and `plan compare`)
 
 
 @cli.command("import")
@@ -539,7 +359,7 @@ from planner import cli_run as _cli_run  # noqa: E402,F401  (registers `plan est
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_files, time_limit, fmt):
     """Read a Megatron-LM or DeepSpeed config back into a plan, predict it, and show what would be better."""
-    from planner.importers import import_plan, read_deepspeed_config, read_megatron_args
+    from planner.frameworks.importers import import_plan, read_deepspeed_config, read_megatron_args
 
     if bool(megatron_file) == bool(deepspeed_file):
         raise UserError("give exactly one of --megatron-args FILE or --deepspeed-config FILE")

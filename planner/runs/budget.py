@@ -23,10 +23,10 @@ from costmodels.calibration import calibration_for
 from costmodels.flops import model_flops_per_step
 from costmodels.model import ModelSpec
 from hardware import Cluster, GPUSpec
-from planner.estimate import run_figures
-from planner.optimize import NoPlanError, default_global_batch, search
-from planner.report import describe_strategy
-from planner.space import SpaceOptions
+from planner.runs.estimate import run_figures
+from planner.solve.optimize import NoPlanError, default_global_batch, search
+from planner.solve.result import describe_strategy
+from planner.solve.space import SpaceOptions
 
 MAX_NODE_FACTOR_3 = 2  # node counts 2^a x 3^b with b <= 2: 1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, ...
 

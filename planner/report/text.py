@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from planner.result import PlanOut, SearchResult
+from planner.solve.result import PlanOut, SearchResult, describe_strategy, recompute_label, zero_label
 
 TIME_LABELS = {
     "compute": "compute (forward + backward)",
@@ -19,36 +19,6 @@ TIME_LABELS = {
     "bubble": "pipeline bubble",
 }
 MEMORY_LABELS = ["weights", "gradients", "optimizer", "activations", "buffers"]
-
-
-def describe_strategy(s: dict) -> str:
-    parts = [f"TP {s['tp']} x PP {s['pp']} x DP {s['dp']}"]
-    if s.get("cp", 1) > 1:
-        parts[0] += f" x CP {s['cp']}"
-    parts.append(f"micro-batch {s['micro_batch']} ({s['micro_batches']} per step)")
-    if s["virtual_stages"] > 1:
-        parts.append(f"interleaved 1F1B, {s['virtual_stages']} chunks per stage")
-    parts.append(_zero_label(s["zero_stage"]))
-    if s.get("offload_params"):
-        parts.append("weights and optimizer states in CPU memory")
-    elif s.get("offload_optimizer"):
-        parts.append("optimizer states in CPU memory (CPU Adam)")
-    if s.get("precision") != "fp32" and s.get("fp32_grads") is False:
-        parts.append("16-bit gradients")
-    parts.append(recompute_label(s))
-    if s["sequence_parallel"]:
-        parts.append("sequence parallel")
-    return ", ".join(parts)
-
-
-def _zero_label(z: int) -> str:
-    return {0: "no ZeRO", 1: "ZeRO-1 (distributed optimizer)", 2: "ZeRO-2", 3: "ZeRO-3"}[z]
-
-
-def recompute_label(s: dict) -> str:
-    if s["recompute"] == "full" and s.get("recompute_layers") and s["recompute_layers"] != s["stage_layers"]:
-        return "full recompute of " + "/".join(map(str, s["recompute_layers"])) + " layers per stage"
-    return {"none": "no recompute", "selective": "selective recompute", "full": "full recompute"}[s["recompute"]]
 
 
 def render_search(res: SearchResult, console: Console, title: str = "Best plan") -> None:

@@ -186,7 +186,7 @@ def unsupported(framework: str, model: ModelSpec, st: Strategy) -> str | None:
 
 
 def space_for(framework: str, opts):
-    """The part of a search space (planner.space.SpaceOptions) that `framework` can express."""
+    """The part of a search space (planner.solve.space.SpaceOptions) that `framework` can express."""
     _check_framework(framework)
     no_selective = tuple(r for r in opts.recompute if r != "selective") or ("none", "full")
     if framework == "megatron":
@@ -273,7 +273,7 @@ def export(framework: str, model: ModelSpec, st: Strategy, cluster: Cluster) -> 
 def export_best(framework: str, model: ModelSpec, cluster: Cluster, result, opts, time_limit_s: float = 30.0) -> Export:
     """Export a search result's best plan; when `framework` cannot express it, search again over the part
     of the space it can (space_for) and export that plan, saying how much slower it is predicted to be."""
-    from planner.optimize import search
+    from planner.solve.optimize import search
 
     best = strategy_from_plan(result.plans[0].strategy)
     reason = unsupported(framework, model, best)
@@ -300,7 +300,7 @@ def _prepend_note(body: str, note: str) -> str:
 
 
 def _header(model: ModelSpec, st: Strategy, cluster: Cluster, what: str, notes: list[str]) -> list[str]:
-    from planner.report import describe_strategy
+    from planner.solve.result import describe_strategy
     lines = [f"# {what} for {model.name} on {cluster.describe()}, written by llm-planner (plan --emit)",
              f"# plan: {describe_strategy(st.as_dict())}"]
     return lines + [f"# note: {n}" for n in notes]

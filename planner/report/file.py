@@ -8,8 +8,9 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from planner.report import MEMORY_LABELS, TIME_LABELS, describe_strategy, recompute_label
-from planner.result import PlanOut, SearchResult
+from planner.report.text import MEMORY_LABELS, TIME_LABELS
+from planner.solve.result import describe_strategy, recompute_label
+from planner.solve.result import PlanOut, SearchResult
 
 CHART_SIZE_PX = (800, 450)   # width, height of every chart (figsize x dpi)
 _DPI = 100

@@ -1,7 +1,7 @@
 """`search(...)`: the fastest plans that fit, found by bound-and-solve over the structure space.
 
-1. Enumerate every structure the divisibility rules allow (planner.space).
-2. Score each with its StageCosts (costmodels) and a lower bound on its step time (planner.solver).
+1. Enumerate every structure the divisibility rules allow (planner.solve.space).
+2. Score each with its StageCosts (costmodels) and a lower bound on its step time (planner.solve.solver).
 3. Visit structures by increasing bound; for each, test memory exactly, sharpen the bound, take the
    balanced (or Megatron's even) split as an incumbent and, unless it already meets the bound, solve the
    CP-SAT layout model. Stop when the next bound cannot beat the
@@ -18,9 +18,9 @@ from costmodels.model import ModelSpec
 from costmodels.performance import Evaluation, Pipeline, evaluate_pipeline, stage_costs
 from costmodels.strategy import Strategy
 from hardware import Cluster
-from planner.result import SearchResult, build_result
-from planner.solver import Layout, greedy_layout, lower_bound, memory_infeasible, solve_layout
-from planner.space import Space, SpaceOptions, enumerate_pools, enumerate_space
+from planner.solve.result import SearchResult, build_result
+from planner.solve.solver import Layout, greedy_layout, lower_bound, memory_infeasible, solve_layout
+from planner.solve.space import Space, SpaceOptions, enumerate_pools, enumerate_space
 
 
 CP_SAT_MAX_STAGES = 256   # beyond this many pipeline stages the balanced incumbent is kept, with its gap
@@ -264,8 +264,8 @@ def _min_gpus_that_fit(model: ModelSpec, cluster: Cluster, opts: SpaceOptions) -
 
 def evaluate_strategy(model: ModelSpec, cluster: Cluster, strategy: Strategy) -> SearchResult:
     """Predict a given strategy (the API behind `plan evaluate`); rules are checked first."""
-    from planner.result import assumptions, cluster_out, model_out, plan_out
-    from planner.space import check_strategy
+    from planner.solve.result import assumptions, cluster_out, model_out, plan_out
+    from planner.solve.space import check_strategy
     from costmodels.performance import evaluate
 
     check_strategy(model, strategy, cluster.num_gpus, cluster.gpus_per_node)

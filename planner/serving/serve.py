@@ -22,7 +22,7 @@ from costmodels.serving import (BYTES, Deployment, ServingError, check_deploymen
                                 kv_bytes_per_token_per_gpu, kv_cache_bytes_per_token, max_batch, memory_anatomy,
                                 replica_performance, usd_per_million_tokens)
 from hardware import Cluster, GPUSpec
-from planner.result import ClusterOut, ModelOut, cluster_out, model_out
+from planner.solve.result import ClusterOut, ModelOut, cluster_out, model_out
 
 GB = 1e9
 BATCH_CAP = 4096                    # largest batch searched (engines' CUDA-graph sizes stop at 4096-8192)
@@ -407,10 +407,10 @@ SERVING_METRICS = ("output_tokens_per_s", "output_tokens_per_s_per_gpu", "ttft_m
 
 
 def predict_serving_run(run: dict):
-    """Predict one serving/v1 row in its mode; returns planner.validate.RunResult."""
+    """Predict one serving/v1 row in its mode; returns planner.validation.runs.RunResult."""
     from costmodels.model import ModelError
     from hardware import load_catalog
-    from planner.validate import RunResult, run_model
+    from planner.validation.runs import RunResult, run_model
 
     rid = str(run["id"])
     measured = run.get("measured") or {}

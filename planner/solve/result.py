@@ -147,3 +147,33 @@ def build_result(model, cluster, opts, evaluations, layouts, seconds, stats, mod
                         assumptions=assumptions(model, opts.global_batch, opts.precision, opts.optimizer,
                                                 opts.flash_attention, opts.fp32_grads),
                         plans=plans, search=search)
+
+
+def describe_strategy(s: dict) -> str:
+    parts = [f"TP {s['tp']} x PP {s['pp']} x DP {s['dp']}"]
+    if s.get("cp", 1) > 1:
+        parts[0] += f" x CP {s['cp']}"
+    parts.append(f"micro-batch {s['micro_batch']} ({s['micro_batches']} per step)")
+    if s["virtual_stages"] > 1:
+        parts.append(f"interleaved 1F1B, {s['virtual_stages']} chunks per stage")
+    parts.append(zero_label(s["zero_stage"]))
+    if s.get("offload_params"):
+        parts.append("weights and optimizer states in CPU memory")
+    elif s.get("offload_optimizer"):
+        parts.append("optimizer states in CPU memory (CPU Adam)")
+    if s.get("precision") != "fp32" and s.get("fp32_grads") is False:
+        parts.append("16-bit gradients")
+    parts.append(recompute_label(s))
+    if s["sequence_parallel"]:
+        parts.append("sequence parallel")
+    return ", ".join(parts)
+
+
+def zero_label(z: int) -> str:
+    return {0: "no ZeRO", 1: "ZeRO-1 (distributed optimizer)", 2: "ZeRO-2", 3: "ZeRO-3"}[z]
+
+
+def recompute_label(s: dict) -> str:
+    if s["recompute"] == "full" and s.get("recompute_layers") and s["recompute_layers"] != s["stage_layers"]:
+        return "full recompute of " + "/".join(map(str, s["recompute_layers"])) + " layers per stage"
+    return {"none": "no recompute", "selective": "selective recompute", "full": "full recompute"}[s["recompute"]]

@@ -64,7 +64,7 @@ def estimate_for_cluster(model: ModelSpec, cluster: Cluster, tokens: float, *, m
     precision = precision or model.precision
     if mfu is not None:
         return estimate_run(model, cluster.gpu, cluster.num_gpus, tokens, mfu, precision, pue=pue)
-    from planner.optimize import search
+    from planner.solve.optimize import search
 
     best = search(model, cluster, precision=precision, top=1, **search_kw).plans[0]
     s = best.strategy

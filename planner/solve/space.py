@@ -1,7 +1,7 @@
 """The search space: every structural choice that satisfies the real divisibility rules.
 
 A structure fixes tp, pp, dp, micro-batch, virtual stages, ZeRO stage, recompute family and sequence
-parallel; the CP-SAT layout model (planner.solver) then chooses the layers and fully recomputed layers
+parallel; the CP-SAT layout model (planner.solve.solver) then chooses the layers and fully recomputed layers
 of every pipeline stage. Each rule that removes candidates is counted, so the output can say which
 rule removed what.
 """

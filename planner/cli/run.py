@@ -1,6 +1,6 @@
 """`plan estimate`, `plan compare` and the budget mode of `plan`: whole-run time, money and energy.
 
-Thin layers over planner.estimate and planner.budget; registered on the `plan` group by planner.cli.
+Thin layers over planner.runs.estimate and planner.runs.budget; registered on the `plan` group by planner/cli/__init__.py.
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 
 import click
 
-from planner.cli import UserError, _catalog, _console, _load, cli
+from planner.cli.common import UserError, _catalog, _console, _load
 
 _CLUSTERS_HELP = "Comma-separated clusters, e.g. 1024xA100,1024xH100,512xH200."
 
@@ -24,7 +24,7 @@ def _tokens_ok(tokens: float | None, required: bool = True) -> None:
 
 def add_run_figures(result, model, cluster, tokens: float, pue: float) -> None:
     """`plan --tokens N`: days, GPU-hours, $ and kWh of the whole run for every plan."""
-    from planner.estimate import run_figures
+    from planner.runs.estimate import run_figures
 
     pools = cluster if isinstance(cluster, tuple) else (cluster,)
     for p in result.plans:
@@ -38,7 +38,7 @@ def add_run_figures(result, model, cluster, tokens: float, pue: float) -> None:
         p.run = {"tokens": tokens, **fig}
 
 
-@cli.command()
+@click.command()
 @click.option("--model", "model_name", required=True, help="Preset name or alias, or a Hugging Face config.json path.")
 @click.option("--tokens", type=float, required=True, help="Training tokens, e.g. 300e9.")
 @click.option("--gpus", required=True, help="Cluster, e.g. 1024xA100.")
@@ -54,7 +54,7 @@ def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_fi
 
     Without --mfu the MFU of the best plan the planner finds for the cluster is used, and the output says so.
     """
-    from planner.estimate import estimate_for_cluster
+    from planner.runs.estimate import estimate_for_cluster
 
     _tokens_ok(tokens)
     if mfu is not None and not 0 < mfu <= 1:
@@ -80,7 +80,7 @@ def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_fi
     c.print(f"  energy          {est.energy_kwh:,.0f} kWh ({est.tdp_w:.0f} W TDP x PUE {est.pue:g})")
 
 
-@cli.command()
+@click.command()
 @click.option("--model", "model_name", required=True, help="Preset name or alias, or a Hugging Face config.json path.")
 @click.option("--gpus", required=True, help=_CLUSTERS_HELP)
 @click.option("--tokens", type=float, required=True, help="Training tokens of the whole run, e.g. 300e9.")
@@ -93,7 +93,7 @@ def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_fi
 def compare(model_name, gpus, tokens, global_batch, precision, hardware_files, prices, pue, fmt):
     """The best plan on each cluster in one table: step time, tokens/s, MFU, days, GPU-hours, $, kWh."""
     from hardware import parse_cluster
-    from planner.budget import compare as compare_api
+    from planner.runs.budget import compare as compare_api
 
     _tokens_ok(tokens)
     catalog = _catalog(hardware_files, prices)
@@ -127,7 +127,7 @@ def render_points(points, title: str, chosen=None) -> None:
 def budget_search(model_name, gpus, hardware_files, seq_len, global_batch, precision, tokens, prices, pue,
                   budget_usd, deadline_days, gpu_types, max_gpus, plot, time_limit, fmt) -> None:
     """`plan --budget-usd / --deadline-days / --gpu-types / --max-gpus`: choose GPU type and count."""
-    from planner.budget import choose_hardware
+    from planner.runs.budget import choose_hardware
 
     if not model_name:
         raise UserError("--model is required, e.g. `plan --model 175b --gpu-types A100,H100 --max-gpus 1024 "

@@ -1,0 +1,190 @@
+"""Shared pieces of the command line: the user-error type, option groups, loading, output helpers."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+EXAMPLES = """\b
+Examples:
+  plan --model 175b --gpus 1024xA100
+  plan --model llama3-405b --gpus 16384xH100 --global-batch 2048 --top 5
+  plan --model ./config.json --gpus 64x8xH100 --format json
+  plan evaluate --model 175b --gpus 1024xA100 --tp 8 --pp 16 --micro-batch 1
+  plan models | plan gpus
+"""
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # one line, no usage block
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+GRADS_HELP = ("Gradients the optimizer reads: fp32 (Megatron-LM and DeepSpeed default: bf16 accumulates and "
+              "reduces them in fp32, fp16 keeps an fp32 copy; 18 or 20 B/param before ZeRO) or 16bit (the ZeRO "
+              "paper's 16 B/param; Megatron --grad-reduce-in-bf16).")
+
+
+def _common(f):
+    """Options shared by the search and `evaluate`."""
+    opts = [
+        click.option("--model", "model_name", required=True,
+                     help="Preset name or alias (see `plan models`), or a Hugging Face config.json path."),
+        click.option("--gpus", required=True,
+                     help="Cluster: COUNTxGPU or NODESxPER_NODExGPU, e.g. 1024xA100, 128x8xH100 (see `plan gpus`)."),
+        click.option("--hardware", "hardware_files", multiple=True, type=click.Path(),
+                     help="JSON/YAML file adding or overriding GPU catalog entries (same schema as the catalog)."),
+        click.option("--seq-len", type=int, help="Training sequence length in tokens [default: the preset's]."),
+        click.option("--global-batch", type=int,
+                     help="Sequences per optimizer step [default: the preset's published batch]."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "fp8"]),
+                     help="Compute precision [default: the preset's]."),
+        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
+                     help="Optimizer (sets optimizer-state bytes and step traffic)."),
+        click.option("--no-flash-attention", is_flag=True,
+                     help="Model unfused attention (stores the s^2 score tensors)."),
+        click.option("--grads", type=click.Choice(["fp32", "16bit"]), default="fp32", show_default=True,
+                     help=GRADS_HELP),
+        click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _catalog(hardware_files, prices=()):
+    """The GPU catalog with --hardware files and --price NAME=USD overrides applied."""
+    from hardware import load_catalog
+
+    catalog = load_catalog(hardware_files)
+    if prices:
+        parsed = {}
+        for item in prices:
+            name, sep, value = item.partition("=")
+            try:
+                parsed[name.strip()] = float(value)
+            except ValueError:
+                raise UserError(f"--price {item!r} is not NAME=USD, e.g. --price H100=2.49") from None
+            if not sep:
+                raise UserError(f"--price {item!r} is not NAME=USD, e.g. --price H100=2.49")
+        catalog = catalog.with_prices(parsed)
+    return catalog
+
+
+def _load(model_name: str, gpus: str, hardware_files, seq_len, global_batch, precision, prices=()):
+    from costmodels.model import ModelSpec
+    from costmodels.presets import get_model
+    from hardware import parse_pools
+
+    catalog = _catalog(hardware_files, prices)
+    pools = parse_pools(gpus, catalog) if gpus else ()
+    model, note = get_model(model_name)
+    if seq_len is not None:
+        if seq_len < 1:
+            raise UserError(f"--seq-len {seq_len} is not allowed; give a positive number of tokens")
+        model = ModelSpec(**{**model.model_dump(), "seq_len": seq_len})
+    if global_batch is not None and global_batch < 1:
+        raise UserError(f"--global-batch {global_batch} is not allowed; give a positive number of sequences")
+    for pool in pools:
+        pool.gpu.peak_tflops(precision or model.precision)  # raises if a GPU has no such peak
+    return model, note, pools
+
+
+def _emit(result, fmt: str, title: str = "Best plan") -> None:
+    if fmt == "json":
+        click.echo(json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True))
+        return
+
+    from planner.report.text import render_search
+    render_search(result, _console(), title=title)
+
+
+class _progress:
+    """A progress bar on a terminal for searches that run past a second (never in JSON mode)."""
+
+    def __init__(self, fmt: str):
+        self.fmt, self.bar, self.task, self.t0 = fmt, None, None, None
+
+    def __enter__(self):
+        import time
+        self.t0 = time.perf_counter()
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+        if self.fmt != "table" or time.perf_counter() - self.t0 < 1.0:
+            return
+        if self.bar is None:
+            from rich.progress import Progress
+            console = _console()
+            if not console.is_terminal:
+                self.fmt = "off"
+                return
+            self.bar = Progress(console=console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("searching (structures visited by bound)", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+
+
+def _console():
+    from rich.console import Console
+    console = Console(highlight=False)
+    if not console.is_terminal:  # pipes and files: wide enough that tables keep their columns
+        console = Console(highlight=False, width=140)
+    return console
+
+
+def _int_tuple(text: str | None, name: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--{name} {text!r} is not a comma-separated list of whole numbers, e.g. 2,4,8") from None
+    if any(v < 0 for v in vals):
+        raise UserError(f"--{name} {text!r} has a negative value; use whole numbers >= 0")
+    return vals
+
+
+def _export_options(f):
+    """--emit / --out: write the plan as a training framework's configuration (planner.frameworks.export)."""
+    f = click.option("--out", "out_dir", type=click.Path(file_okay=False),
+                     help="With --emit: write the configuration files into this folder and print their paths.")(f)
+    return click.option("--emit", type=click.Choice(["megatron", "deepspeed", "torchtitan"]),
+                        help="Also print the plan as Megatron-LM arguments, a DeepSpeed JSON config or a torchtitan "
+                             "TOML job config (JSON output: plans[0].emit).")(f)
+
+
+def _check_export_options(emit, out_dir) -> None:
+    if out_dir and not emit:
+        raise UserError(f"--out {out_dir!r} needs --emit megatron, deepspeed or torchtitan")
+
+
+def _show_export(result, fmt: str, ex, out_dir) -> None:
+    """Print (or write) an Export after the plan; in JSON mode, the whole document with plans[0].emit."""
+    if ex is None:
+        return
+    paths = [str(p) for p in ex.write(out_dir)] if out_dir else []
+    if fmt == "json":
+        doc = result.model_dump(mode="json")
+        doc["plans"][0]["emit"] = {**ex.as_json(), "paths": paths}
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    from planner.frameworks.export import NAMES
+    click.echo(f"\n{NAMES[ex.framework]} configuration" + (f" (predicted step {ex.step_time_s:.3f} s)" if ex.notes else ""))
+    for n in ex.notes:
+        click.echo(f"note: {n}")
+    if paths:
+        click.echo("written: " + ", ".join(paths))
+    else:
+        click.echo(ex.text().rstrip())
+
+

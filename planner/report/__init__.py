@@ -1,0 +1,1 @@
+"""Presentation: terminal tables (text) and Markdown / HTML reports with charts (file)."""

@@ -1,0 +1,1 @@
+"""Serving plans: deployments searched for throughput, latency or cost under SLAs."""

@@ -1,0 +1,1 @@
+"""Predictions checked against measured runs (runs) and papers' figures (paper_memory)."""
