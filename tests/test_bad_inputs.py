@@ -35,3 +35,26 @@ def test_bad_input(case, scratch, capsys):
     assert lines[0].startswith("error: ")
     assert case["needle"].replace("{tmp}", str(scratch)) in lines[0], lines[0]
     assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("fault", [ValueError("internal: a negative bandwidth"), KeyError("gpu"),
+                                   TypeError("unsupported operand"), OSError("no filename: internal")])
+def test_internal_fault_is_a_traceback_not_a_user_error(fault, monkeypatch, capsys):
+    """A bug inside the search is not dressed as bad input: it propagates (traceback, exit code 1)."""
+    import planner.solve.optimize as optimize
+
+    def broken(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(optimize, "search", broken)
+    with pytest.raises(type(fault)):
+        main(["--model", "175b", "--gpus", "1024xA100"])
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_declared_user_errors_are_value_errors():
+    from planner.errors import USER_ERRORS
+
+    assert len(USER_ERRORS) >= 5
+    for cls in USER_ERRORS:
+        assert issubclass(cls, ValueError)   # API users may catch ValueError too

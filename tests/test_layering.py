@@ -78,3 +78,97 @@ def test_checker_resolves_relative_imports():
     mods = imports_in("from .memory import model_state_bytes\nfrom . import flops", ("costmodels",))
     assert "costmodels.memory" in mods and "costmodels.flops" in mods
     assert not any(top_level(m) == "planner" for m in mods)
+
+
+# --- inside the planner -----------------------------------------------------------------------------
+# Inner to outer: a subpackage imports only subpackages of a lower rank (never a sibling of its own rank),
+# so calculation (errors .. validation) never imports presentation (report) or the command line (cli).
+PLANNER_RANKS = {"errors": 0, "solve": 1, "runs": 2, "serving": 2, "frameworks": 3, "validation": 3,
+                 "report": 4, "cli": 5}
+PRESENTATION_LIBS = {"rich", "matplotlib", "click"}
+
+
+def _planner_unit(path: Path) -> str:
+    """The planner subpackage (or top-level module) a file belongs to: 'solve', 'errors', '__init__'."""
+    parts = path.relative_to(ROOT / "planner").parts
+    return parts[0] if len(parts) > 1 else Path(parts[0]).stem
+
+
+def _planner_target(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "planner" or len(parts) < 2:
+        return None
+    return parts[1]
+
+
+def test_planner_knows_every_subpackage():
+    units = {_planner_unit(p) for p in (ROOT / "planner").rglob("*.py")} - {"__init__"}
+    assert units <= set(PLANNER_RANKS), f"rank the new planner parts in PLANNER_RANKS: {units - set(PLANNER_RANKS)}"
+
+
+def test_planner_inner_layers():
+    bad = []
+    for path in sorted((ROOT / "planner").rglob("*.py")):
+        unit = _planner_unit(path)
+        if unit == "__init__":
+            continue
+        for mod in imports_of(path):
+            target = _planner_target(mod)
+            if target is None or target == unit or target not in PLANNER_RANKS:
+                continue
+            if PLANNER_RANKS[target] >= PLANNER_RANKS[unit]:
+                bad.append(f"{path.relative_to(ROOT)} ({unit}) imports {mod} ({target})")
+    assert not bad, "; ".join(bad)
+
+
+def test_calculation_does_not_render():
+    bad = [f"{path.relative_to(ROOT)} imports {mod}"
+           for package in ("hardware", "costmodels", "planner") for path in sorted((ROOT / package).rglob("*.py"))
+           if package != "planner" or PLANNER_RANKS.get(_planner_unit(path), 0) < PLANNER_RANKS["report"]
+           for mod in imports_of(path) if top_level(mod) in PRESENTATION_LIBS]
+    assert not bad, "; ".join(bad)
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def test_no_import_cycles():
+    """Module-level and function-level imports together form no cycle between our modules."""
+    files = [p for package in ("hardware", "costmodels", "planner") for p in (ROOT / package).rglob("*.py")]
+    names = {_module_name(p): p for p in files}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        deps = set()
+        for mod in imports_of(path):
+            # "from planner.solve import space" lists both planner.solve and planner.solve.space: keep modules
+            # that exist; a package's __init__ importing its own submodules is the package, not a cycle
+            if mod in names and mod != name and not name.startswith(mod + ".") and not mod.startswith(name + "."):
+                deps.add(mod)
+        graph[name] = deps
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[str] = []
+
+    def visit(n: str) -> None:
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(graph[n]):
+            if state.get(d) == 1:
+                cycles.append(" -> ".join(stack[stack.index(d):] + [d]))
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n)
+    assert not cycles, "; ".join(cycles)
+
+
+def test_cycle_check_sees_function_level_imports():
+    mods = imports_in("def f():\n    from planner.validation.runs import run_model\n", ("planner", "serving"))
+    assert "planner.validation.runs" in mods

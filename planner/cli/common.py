@@ -13,6 +13,10 @@ Examples:
   plan --model ./config.json --gpus 64x8xH100 --format json
   plan evaluate --model 175b --gpus 1024xA100 --tp 8 --pp 16 --micro-batch 1
   plan models | plan gpus
+
+\b
+Exit codes: 0 done; 2 bad input, an impossible request or a plan that does not
+fit (one line on stderr); 1 an internal error (a traceback: please report it).
 """
 
 

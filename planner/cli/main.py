@@ -390,10 +390,10 @@ def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_file
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
-    from costmodels.model import ModelError
-    from costmodels.strategy import StrategyError
-    from hardware import HardwareError
+    """Entry point. Exit codes: 0 done; 2 a declared user error (bad value, impossible request, a plan that
+    does not fit, a file the user named that cannot be read or written): one line on stderr, no traceback;
+    1 anything else: a bug, shown as a traceback to report; 130 interrupted."""
+    from planner.errors import USER_ERRORS, one_line
 
     try:
         cli.main(args=argv, prog_name="plan", standalone_mode=False)
@@ -411,14 +411,15 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(2)
-    except (HardwareError, ModelError, StrategyError, ValueError) as e:
-        click.echo(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
+    except USER_ERRORS as e:
+        click.echo(f"error: {one_line(e)}", err=True)
         sys.exit(2)
     except BrokenPipeError:
         sys.exit(0)
-    except OSError as e:   # a path the user gave cannot be read or written
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        click.echo(f"error: cannot use{where}: {e.strerror or e}", err=True)
+    except OSError as e:
+        if not getattr(e, "filename", None):
+            raise   # not a path the user named: a bug
+        click.echo(f"error: cannot use {e.filename}: {e.strerror or e}", err=True)
         sys.exit(2)
     sys.exit(0)
 

@@ -18,6 +18,7 @@ from costmodels.model import ModelSpec
 from costmodels.performance import Evaluation, Pipeline, evaluate_pipeline, stage_costs
 from costmodels.strategy import Strategy
 from hardware import Cluster
+from planner.errors import PlannerError
 from planner.solve.result import SearchResult, build_result
 from planner.solve.solver import Layout, greedy_layout, lower_bound, memory_infeasible, solve_layout
 from planner.solve.space import Space, SpaceOptions, enumerate_pools, enumerate_space
@@ -26,7 +27,7 @@ from planner.solve.space import Space, SpaceOptions, enumerate_pools, enumerate_
 CP_SAT_MAX_STAGES = 256   # beyond this many pipeline stages the balanced incumbent is kept, with its gap
 
 
-class NoPlanError(ValueError):
+class NoPlanError(PlannerError):
     """Nothing fits; the message says which resource binds and the smallest change that would fit."""
 
 
