@@ -2,7 +2,7 @@
 
 `Strategy` is a frozen dataclass validated on creation (one place per setting, as in Megatron-core's
 config dataclasses). Model-dependent rules (heads divisible by tp, layers by pp, ...) are checked by
-`check_strategy` in costmodels.rules, because they need the model.
+the planner (planner/solve/rules.py), because they need the model and the cluster.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Strategy:
     sequence_parallel: bool = True   # Megatron sequence parallel (norms and dropout split over tp)
     precision: Precision = "bf16"
     optimizer: Optimizer = "adam"
-    # Extension points (later issues): context / expert parallel, interleaving, offload, stage layout.
+    # Context / expert parallel, interleaving, offload and the stage layout.
     cp: int = 1                      # context parallel (ring attention)
     ep: int = 1                      # expert parallel (MoE)
     virtual_stages: int = 1          # interleaved 1F1B model chunks per stage

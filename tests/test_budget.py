@@ -1,4 +1,4 @@
-"""Whole-run estimates, comparisons, budgets and reports (issue 7)."""
+"""Whole-run estimates, comparisons, budgets and reports."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Heterogeneous clusters: pipeline stages on GPU pools, checked against a brute force (issue 5)."""
+"""Heterogeneous clusters: pipeline stages on GPU pools, checked against a brute force."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""Invariants of searched plans (issue 9), checked on random small instances with hypothesis."""
+"""Invariants of searched plans, checked on random small instances with hypothesis."""
 from __future__ import annotations
 
 import math
