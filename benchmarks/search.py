@@ -100,11 +100,10 @@ def git_line() -> str:
 
 
 def check_module_entry_point() -> str:
-    text = (REPO / "planner" / "cli.py").read_text()
-    has_main = 'if __name__ == "__main__":' in text or "if __name__ == '__main__':" in text
+    has_main = (REPO / "planner" / "cli" / "__main__.py").exists()
     r = subprocess.run([sys.executable, "-m", "planner.cli", "--help"], cwd=REPO, capture_output=True, text=True)
     ok = has_main and r.returncode == 0 and "Usage" in r.stdout
-    return (f"python -m planner.cli: {'ok' if ok else 'BROKEN'} (__main__ guard {'present' if has_main else 'missing'}, "
+    return (f"python -m planner.cli: {'ok' if ok else 'BROKEN'} (planner/cli/__main__.py {'present' if has_main else 'missing'}, "
             f"--help exit {r.returncode})")
 
 
@@ -211,9 +210,9 @@ def llama3_published_structure(model, cluster, gb: int):
 
 
 def llama3_measured() -> float | None:
-    """Measured MFU of the published run, from shared/reference/runs/public.json when present."""
+    """Measured MFU of the published run, from the bundled copy of the public runs when present."""
     import json
-    f = REPO.parent / "shared/reference/runs/public.json"
+    f = REPO / "planner" / "validation" / "data" / "runs-public.json"
     try:
         runs = json.loads(f.read_text())["runs"]
         return next(r["measured"]["mfu"] for r in runs if r["id"].startswith("llama3-405b"))
