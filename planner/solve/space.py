@@ -22,7 +22,8 @@ MAX_STRUCTURES = 20_000_000   # refused up front: enumerating more would take mi
 
 @dataclass
 class SpaceOptions:
-    """Which values each dimension may take (None: all the rules allow)."""
+    """Which values each dimension may take (None: all the rules allow). `ep` restricts MoE models only
+    and `virtual_stages` pipelines only (pp = 1 always runs one chunk)."""
     global_batch: int
     precision: str = "bf16"
     optimizer: str = "adam"
@@ -229,8 +230,9 @@ class _Builder:
                             flash_attention=opt.flash_attention, fp32_grads=opt.fp32_grads,
                             offload_optimizer=off != "none", offload_params=off == "optimizer+params"))
         p.virtual_stages = 1
-        for summary, n in per_mb_v.items():
-            self.removed[summary] += n * kept
+        if kept:
+            for summary, n in per_mb_v.items():
+                self.removed[summary] += n * kept
         return out
 
 
