@@ -10,9 +10,11 @@ from __future__ import annotations
 from costmodels.calibration import Calibration
 
 
-def gemm_efficiency(m: float, n: float, k: float, cal: Calibration) -> float:
+def gemm_efficiency(m: float | None, n: float, k: float, cal: Calibration) -> float:
+    """Share of peak of an (m, n, k) GEMM (numpy arrays broadcast). m None: a skinny GEMM whose m does not
+    pad to a tile (decode's GEMV / split-K kernels stream the weights), so only n and k enter."""
     d0 = cal.gemm_half_dim
-    return cal.gemm_efficiency * (m / (m + d0)) * (n / (n + d0)) * (k / (k + d0))
+    return cal.gemm_efficiency * (1.0 if m is None else m / (m + d0)) * (n / (n + d0)) * (k / (k + d0))
 
 
 def gemm_time(m: float, n: float, k: float, peak_flops: float, cal: Calibration) -> float:

@@ -15,8 +15,10 @@ Formulas and sources (docs/serving.md has the derivations):
 - Prefill GEMMs use the project's shape-dependent GEMM model (costmodels.compute.gemm_time); decode GEMMs
   are skinny (M = batch) and run as memory-streaming GEMV / split-K kernels, so only their N and K
   dimensions enter the efficiency; causal flash attention does 2*s^2*h FLOPs per sequence per layer.
-- Tensor parallelism: two all-reduces of the layer's activations per layer (Shoeybi et al. 2019), alpha-beta
-  (Thakur et al. 2005) with a per-collective latency that depends on the link (NVLink vs PCIe).
+- Tensor parallelism: two all-reduces of the layer's activations per layer (Shoeybi et al. 2019), timed by
+  the training collective model (costmodels.comm.collective_time, alpha-beta, Thakur et al. 2005); inside a
+  node one fused kernel per collective with a latency that depends on the link (NVLink vs PCIe) in place
+  of the ring's per-step latency (tp_collective_time).
 - Pipeline parallelism: m = min(pp, batch) micro-batches keep the stages busy; a token still passes every
   stage, so time per output token = the whole model's time for one micro-batch plus (pp-1) sends.
 - MoE: a decode step reads only the experts its tokens are routed to: E x (1 - (1 - k/E)^tokens) distinct
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 
 import numpy as np
 
@@ -39,7 +42,7 @@ from hardware import GPUSpec
 __all__ = ["BYTES", "WEIGHT_PRECISIONS", "KV_PRECISIONS", "ServingError", "Deployment", "MemoryAnatomy",
            "kv_cache_bytes_per_token", "kv_bytes_per_token_per_gpu", "weight_bytes_total", "memory_anatomy",
            "max_batch", "decode_step_time", "prefill_time", "ReplicaPerformance", "replica_performance",
-           "usd_per_million_tokens", "compute_precision"]
+           "usd_per_million_tokens", "compute_precision", "tp_collective_time", "fused_collective_latency_s"]
 
 BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 WEIGHT_PRECISIONS = ("bf16", "fp16", "fp8", "int8", "int4")
@@ -143,7 +146,7 @@ def weight_bytes_total(model: ModelSpec, weights: str) -> float:
     dense, moe_layer = _layer_matrix_params(model)
     n_moe = model.num_moe_layers
     layers = (model.layers - n_moe) * dense + n_moe * moe_layer
-    return layers * BYTES[weights] + (model.params_total() - model.params_dense_layers_total()) * 2.0
+    return layers * BYTES[weights] + (model.params_total() - model.params_layers_total()) * 2.0
 
 
 def _weight_bytes_per_gpu(model: ModelSpec, dep: Deployment) -> float:
@@ -235,20 +238,23 @@ def _rates(gpu: GPUSpec, dep: Deployment, cal: Calibration) -> _Rates:
                   hbm=gpu.hbm_gbps * 1e9 * cal.hbm_efficiency, wbytes=BYTES[dep.weights], kvbytes=BYTES[dep.kv])
 
 
+def _gemm(M, N: float, K: float, wbytes: float, peak: float, r: _Rates, cal: Calibration, tiled_m: bool):
+    """One GEMM of M token rows by an N x K weight: the roofline of its 2MNK FLOPs at the training GEMM
+    efficiency (costmodels.compute.gemm_efficiency, the one shape formula; compute.gemm_time vectorised
+    over M) and of reading the weights once. Prefill (tiled_m): tile / wave quantisation in all three
+    dimensions. Decode (M = tokens of a step): skinny GEMV / split-K kernels stream the weights and M does
+    not pad to a tile, so only N and K enter the efficiency."""
+    M = np.maximum(np.asarray(M, dtype=float), 1.0)
+    compute = 2.0 * M * N * K / (peak * gemm_efficiency(M if tiled_m else None, N, K, cal))
+    return np.maximum(compute, N * K * wbytes / r.hbm)
+
+
 def _gemm_decode(M, N: float, K: float, wbytes: float, peak: float, r: _Rates, cal: Calibration):
-    """Skinny GEMM (M = tokens of a decode step): roofline of the N x K weight read and the FLOPs at the
-    N, K shape efficiency (GEMV / split-K kernels stream the weights; M does not pad to a tile)."""
-    d0 = cal.gemm_half_dim
-    eff = cal.gemm_efficiency * (N / (N + d0)) * (K / (K + d0))
-    return np.maximum(2.0 * M * N * K / (peak * eff), N * K * wbytes / r.hbm)
+    return _gemm(M, N, K, wbytes, peak, r, cal, tiled_m=False)
 
 
 def _gemm_prefill(M, N: float, K: float, wbytes: float, peak: float, r: _Rates, cal: Calibration):
-    """Prefill GEMM: the training GEMM model (tile / wave quantisation in all three dimensions), floored
-    by reading the weights once."""
-    M = np.maximum(np.asarray(M, dtype=float), 1.0)
-    compute = 2.0 * M * N * K / (peak * gemm_efficiency(M, N, K, cal))   # = compute.gemm_time, vectorised
-    return np.maximum(compute, N * K * wbytes / r.hbm)
+    return _gemm(M, N, K, wbytes, peak, r, cal, tiled_m=True)
 
 
 def _expected_experts(E: int, k: int, tokens):
@@ -256,28 +262,35 @@ def _expected_experts(E: int, k: int, tokens):
     return E * (1.0 - np.power(1.0 - k / E, tokens))
 
 
-def _allreduce(nbytes, t: int, gpu: GPUSpec, gpus_per_node: int, cal: Calibration, srv: ServingCalibration):
-    """One all-reduce of the tp group: alpha + ring volume 2(t-1)/t x bytes over the link (Thakur 2005)."""
-    if t <= 1:
-        return np.zeros_like(np.asarray(nbytes, dtype=float))
+def fused_collective_latency_s(gpu: GPUSpec, srv: ServingCalibration = SERVING) -> float:
+    """Fixed latency of one collective of a tensor-parallel group inside a node (ServingCalibration: the
+    engines' one-shot custom all-reduce over NVLink, NCCL through the switch over PCIe)."""
     pcie = gpu.intra_node_link.strip().lower().startswith("pcie")
-    alpha = srv.allreduce_latency_pcie_s if pcie else srv.allreduce_latency_nvlink_s
+    return srv.allreduce_latency_pcie_s if pcie else srv.allreduce_latency_nvlink_s
+
+
+def tp_collective_time(kind: str, nbytes, t: int, gpu: GPUSpec, gpus_per_node: int, cal: Calibration,
+                       srv: ServingCalibration = SERVING):
+    """Seconds of one collective ("all_reduce", "all_to_all") of a tp group of t consecutive GPUs, for an
+    array of buffer sizes: costmodels.comm.collective_time (ring volume over the link, Thakur et al. 2005),
+    its latency counted once. Inside a node the engines run one fused kernel per collective (vLLM
+    custom_all_reduce, TensorRT-LLM), whose fixed latency (fused_collective_latency_s) replaces the ring's
+    per-step latency; a group spanning nodes runs NCCL's hierarchical ring, with collective_time's own
+    per-step latencies and nothing added."""
     nbytes = np.asarray(nbytes, dtype=float)
-    if t <= gpus_per_node:
-        bw = gpu.intra_node_gbps * 1e9 * cal.intra_node_efficiency
-        return alpha + 2.0 * (t - 1) / t * nbytes / bw
-    link = group_link(t, 1, gpus_per_node)   # spans nodes: the training model's hierarchical ring
-    return alpha + np.vectorize(lambda b: collective_time("all_reduce", b, link, gpu, cal), otypes=[float])(nbytes)
-
-
-def _all_to_all(nbytes, t: int, gpu: GPUSpec, gpus_per_node: int, cal: Calibration, srv: ServingCalibration):
     if t <= 1:
-        return np.zeros_like(np.asarray(nbytes, dtype=float))
-    pcie = gpu.intra_node_link.strip().lower().startswith("pcie")
-    alpha = srv.allreduce_latency_pcie_s if pcie else srv.allreduce_latency_nvlink_s
+        return np.zeros_like(nbytes)
     link = group_link(t, 1, gpus_per_node)
-    return alpha + np.vectorize(lambda b: collective_time("all_to_all", b, link, gpu, cal), otypes=[float])(
-        np.asarray(nbytes, dtype=float))
+    alpha = 0.0
+    if link.per_node >= t:
+        cal = dc_replace(cal, intra_node_latency_s=0.0)
+        alpha = fused_collective_latency_s(gpu, srv)
+    # collective_time is affine in the bytes for a given group (latency + bytes x time per byte): two
+    # evaluations give it for every size at once
+    per_byte = collective_time(kind, 1.0, link, gpu, dc_replace(cal, intra_node_latency_s=0.0,
+                                                                 inter_node_latency_s=0.0))
+    latency = collective_time(kind, 1.0, link, gpu, cal) - per_byte
+    return np.where(nbytes > 0, alpha + latency + per_byte * nbytes, 0.0)
 
 
 def _layer_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, tokens, ctx_tokens,
@@ -306,7 +319,8 @@ def _layer_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploym
                       for n, k in mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, 1))
             experts = touched / dep.ep * one
             # dispatch + combine all-to-all of top_k x tokens x h (GShard; 16-bit activations)
-            comm_extra = 2 * _all_to_all(tokens * moe.top_k * h * 2.0 / t, t, gpu, gpus_per_node, cal, srv)
+            comm_extra = 2 * tp_collective_time("all_to_all", tokens * moe.top_k * h * 2.0 / t, t, gpu, gpus_per_node,
+                                                cal, srv)
         else:            # every expert split over tp
             one = sum(gemm(per_expert, n, k, r.wbytes, r.peak, r, cal)
                       for n, k in mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, t))
@@ -330,7 +344,7 @@ def _layer_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploym
     # element-wise (16-bit): 2 norms read+write (4h), 2 residual adds (6h), activation 3f/t SwiGLU, 2f/t GELU
     elem = tokens * 2.0 * (10 * h + (3 if model.ffn_type == "swiglu" else 2) * model.ffn_hidden / t) / r.hbm
     # two all-reduces of tokens x h 16-bit activations per layer (attention output, MLP output)
-    comm = 2 * _allreduce(tokens * h * 2.0, t, gpu, gpus_per_node, cal, srv) + comm_extra
+    comm = 2 * tp_collective_time("all_reduce", tokens * h * 2.0, t, gpu, gpus_per_node, cal, srv) + comm_extra
     return {"gemm": t_attn + mlp, "attention": t_core, "elementwise": elem, "tp_comm": comm,
             "overhead": np.full_like(tokens, srv.layer_overhead_s)}
 
