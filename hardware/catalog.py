@@ -80,6 +80,50 @@ class Catalog:
         return Catalog(merged.values())
 
 
+def parse_prices(items: Iterable[str], bare_for: str | None = None) -> dict[str, float]:
+    """The one parser of `--price` for every command: items `NAME=USD` (USD per GPU-hour) -> {NAME: USD}.
+
+    NAME is any GPU name or alias the catalog resolves (Catalog.with_prices applies the dict, price_for
+    reads one GPU's price from it). A bare `USD` is allowed only when `bare_for` names the GPU it prices
+    (`plan serve`, which runs on one GPU type); it comes back as {bare_for: USD}. A malformed item, a
+    price that is not a positive finite number, or a bare USD elsewhere raises HardwareError naming it."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = str(item).partition("=")
+        name = name.strip()
+        if not sep:
+            name, value = (bare_for or ""), item
+        example = "--price H100=2.49" + (" or --price 2.49" if bare_for else "")
+        if not name:
+            raise HardwareError(f"--price {item!r} is not NAME=USD, e.g. {example}")
+        try:
+            usd = float(value)
+        except ValueError:
+            raise HardwareError(f"--price {item!r} is not {'[NAME=]USD' if bare_for else 'NAME=USD'} per GPU-hour, "
+                                f"e.g. {example}") from None
+        if not (math.isfinite(usd) and usd > 0):
+            raise HardwareError(f"--price {item!r} is not allowed; give a positive USD per GPU-hour, e.g. {example}")
+        out[name] = usd
+    return out
+
+
+def price_for(catalog: Catalog, prices: dict[str, float], gpu: GPUSpec) -> float | None:
+    """The price `prices` (parse_prices) sets for `gpu`, its names resolved as Catalog.resolve does; None
+    when they set none. For commands that run on one GPU type: HardwareError when a name is unknown or
+    is another GPU than `gpu`."""
+    usd = None
+    for name, value in prices.items():
+        try:
+            named, _ = catalog.resolve(name)
+        except HardwareError as e:
+            raise HardwareError(f"--price {name}={value:g}: {e}") from None
+        if named.name != gpu.name:
+            raise HardwareError(f"--price {name}={value:g} prices {named.name}, but the request runs on {gpu.name}; "
+                                f"give --price {gpu.name}={value:g} (or --price {value:g})")
+        usd = value
+    return usd
+
+
 def _read_entries(path: Path) -> list[GPUSpec]:
     """Parse and validate a gpus/v1 file (JSON, or YAML when pyyaml is installed)."""
     where = f"hardware file {path}"

@@ -165,3 +165,24 @@ def test_front_plot(tmp_path):
     w, h = _png_size(tmp_path / "front.png")
     assert (w, h) == (700, 450)
     assert "Chosen" in out.output
+
+
+def test_run_figures_one_formula_for_one_pool_and_several():
+    """planner.runs.estimate.run_figures: `plan --tokens` (one pool or several) and compare/budget (run_point)
+    use it; several pools add each pool's GPU-hours at its own price and power over the same wall clock."""
+    from planner.runs.estimate import run_figures
+
+    a100 = parse_cluster("64xA100")
+    h100 = parse_cluster("32xH100")
+    one = run_figures(2.0, 1024 * 2048, a100, 1e9, pue=1.2)
+    steps = 1e9 / (1024 * 2048)
+    assert one["days"] == pytest.approx(steps * 2.0 / 86400)
+    assert one["gpu_hours"] == pytest.approx(steps * 2.0 / 3600 * 64)
+    assert one["cost_usd"] == pytest.approx(one["gpu_hours"] * a100.gpu.price_usd_per_gpu_hour)
+    assert one["energy_kwh"] == pytest.approx(one["gpu_hours"] * a100.gpu.tdp_w / 1000 * 1.2)
+    assert run_figures(2.0, 1024 * 2048, (a100,), 1e9, pue=1.2) == one
+    both = run_figures(2.0, 1024 * 2048, (a100, h100), 1e9, pue=1.2)
+    other = run_figures(2.0, 1024 * 2048, h100, 1e9, pue=1.2)
+    assert both["days"] == one["days"]
+    for k in ("gpu_hours", "cost_usd", "energy_kwh"):
+        assert both[k] == pytest.approx(one[k] + other[k])

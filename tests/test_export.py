@@ -17,10 +17,12 @@ from costmodels.presets import get_model
 from costmodels.strategy import Strategy
 from hardware import parse_cluster
 from planner.cli import main
-from planner.frameworks.export import (ExportError, canonical, chunks, deepspeed_config, deepspeed_split, export, export_best,
-                            megatron_args, megatron_layout_string, megatron_recompute_layers, megatron_recomputed,
-                            nearest_layout, strategy_from_plan, torchtitan_config, unsupported)
-from planner.frameworks.importers import ConfigImportError, parse_megatron_args, read_deepspeed_config, read_megatron_args
+from planner.frameworks.api import export, export_best, nearest_layout, unsupported
+from planner.frameworks.base import ConfigImportError, ExportError, canonical, chunks, strategy_from_plan
+from planner.frameworks.deepspeed import deepspeed_config, deepspeed_split, read_deepspeed_config
+from planner.frameworks.megatron import (megatron_args, megatron_layout_string, megatron_recompute_layers,
+                                         megatron_recomputed, parse_megatron_args, read_megatron_args)
+from planner.frameworks.torchtitan import torchtitan_config
 from planner.solve.optimize import default_global_batch, evaluate_strategy
 from planner.solve.space import SpaceOptions
 
@@ -127,7 +129,7 @@ def test_megatron_layout_string_and_its_stages():
     # chunk c of stage i is entry c * pp + i; stage layers are the sums of their chunks
     assert chunks(7, 2) == [4, 3] and chunks(8, 3) == [3, 3, 2]
     args = parse_megatron_args(f'--pipeline-model-parallel-layout "{s}" --num-layers 30')
-    from planner.frameworks.importers import megatron_stage_layers
+    from planner.frameworks.megatron import megatron_stage_layers
     assert megatron_stage_layers(args, 30, 4) == ([7, 8, 8, 7], 2)
 
 
@@ -548,3 +550,38 @@ def test_megatron_core_rejects_broken_configs():
         megatron_core_configs(model, wrong)        # 41 layers in the layout, the model has 40
     with pytest.raises(ValueError, match="middle stage: 21 must be divisible"):
         megatron_core_configs(model, wrong.with_(stage_layers=(9, 11, 11, 10)))   # first/last flags, 41 layers
+
+
+# ---- one split, one recompute normalisation ---------------------------------------------------------------
+
+def test_deepspeed_split_is_deepspeeds_partition_uniform_and_the_chunk_split():
+    """DeepSpeed's PipelineModule stages and Megatron/torchtitan chunks are the same split (base.chunks);
+    the planner's own default (performance.even_split) puts the extra layers in the middle stages."""
+    from costmodels.performance import even_split
+
+    for n, p in [(32, 3), (10, 4), (7, 7), (96, 5), (126, 4)]:
+        assert deepspeed_split(n, p) == chunks(n, p)
+        assert sum(chunks(n, p)) == n and max(chunks(n, p)) - min(chunks(n, p)) <= 1
+    assert chunks(10, 4) == [3, 3, 2, 2] and even_split(10, 4) == [2, 3, 3, 2]
+    utils = pytest.importorskip("deepspeed.runtime.utils")
+    for n, p in [(32, 3), (10, 4), (96, 5)]:
+        parts = utils.partition_uniform(n, p)
+        assert [parts[i + 1] - parts[i] for i in range(p)] == deepspeed_split(n, p)
+
+
+def test_with_layout_is_the_one_recompute_spelling():
+    from planner.frameworks.base import with_layout
+
+    m = get_model("gpt3-1.3b")[0]
+    st = Strategy(pp=2, dp=8, global_batch=512, recompute="full")
+    assert with_layout(st, [12, 12], [0, 0]).recompute == "none"
+    full = with_layout(st, [12, 12], [12, 12])
+    assert full.recompute == "full" and full.recompute_layers is None and full.stage_layers == (12, 12)
+    assert with_layout(st, [12, 12], [3, 0]).recompute_layers == (3, 0)
+    sel = Strategy(pp=2, dp=8, global_batch=512, recompute="selective")
+    assert with_layout(sel, [11, 13], [0, 0]) == sel.with_(stage_layers=(11, 13))
+    # canonical is with_layout of the plan's resolved layout; importing a written plan gives it back
+    assert canonical(m, st) == full
+    for rs in ((12, 12), (0, 0), (5, 2)):
+        written = with_layout(st, [12, 12], list(rs))
+        assert canonical(m, written) == written

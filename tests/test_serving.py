@@ -1,10 +1,12 @@
 """Inference serving: the cost model (costmodels/serving.py), the plan search and `plan serve`
-(planner/serve.py), and the serving/v1 predictions of `plan validate`.
+(planner/serving/search.py, planner/frameworks/vllm.py, planner/report/serving.py), and the serving/v1
+predictions of `plan validate` (planner/validation/serving.py).
 
 Sources of the pinned values: seed article 003 (KV cache per token), seed article 002 (decode is
 memory-bandwidth bound; tensor-parallel all-reduce share on PCIe vs NVLink), seed article 000 (8 x A100 at
-$19.22/h, $0.0035 per 1k tokens), ../shared/reference/serving/public.json (measured serving runs),
-../shared/reference/hardware.md (HBM bandwidths: A10 600 GB/s, A100-80GB 2039 GB/s).
+$19.22/h, $0.0035 per 1k tokens), planner/validation/data/serving-public.json (measured serving runs, the
+bundled copy of the public serving set), docs/reference/hardware.md (HBM bandwidths: A10 600 GB/s,
+A100-80GB 2039 GB/s).
 """
 from __future__ import annotations
 
@@ -21,10 +23,10 @@ from costmodels.serving import (Deployment, decode_step_time, kv_cache_bytes_per
                                 replica_performance)
 from hardware import load_catalog, parse_cluster
 from planner.cli import main
-from planner.serving.serve import ServeError, serve_plan
+from planner.serving.search import ServeError, serve_plan
 from planner.validation.runs import validate_file
 
-SERVING_PUBLIC = Path(__file__).resolve().parents[2] / "shared/reference/serving/public.json"
+SERVING_PUBLIC = Path(__file__).resolve().parents[1] / "planner/validation/data/serving-public.json"
 CAT = load_catalog()
 A10, A100, H100 = (CAT.resolve(n)[0] for n in ("A10", "A100-80GB", "H100-SXM"))
 
@@ -141,7 +143,7 @@ def test_gpt3_175b_on_8xa100_price_and_throughput_seed000(capsys):
 
 # ---- validation target ------------------------------------------------------------------------------------
 def test_validation_on_public_serving_runs_meets_target():
-    """../shared/reference/serving/public.json: median |error| <= 15% and >= 70% of rows within 20%."""
+    """The public serving set: median |error| <= 15% and >= 70% of rows within 20%."""
     res = validate_file(SERVING_PUBLIC)
     s = res.summary
     assert res.schema_ == "serving/v1"
@@ -358,3 +360,111 @@ def test_weight_memory_by_precision():
     assert weight_bytes_total(m, "fp8") == pytest.approx(layers + 2 * ends, rel=1e-6)
     assert weight_bytes_total(m, "int4") == pytest.approx(0.5 * layers + 2 * ends, rel=1e-6)
     assert 205e9 < weight_bytes_total(m, "int4") < 215e9
+
+
+# ---- one collective formula, its latency counted once --------------------------------------------------------
+def test_multi_node_tp_all_reduce_is_collective_time_exactly():
+    """A tp group spanning nodes runs NCCL's hierarchical ring: the serving all-reduce is
+    costmodels.comm.collective_time itself, with no per-collective latency added on top of its per-step
+    latencies (it used to add the fused-kernel latency as well: counted twice)."""
+    from costmodels.calibration import calibration_for
+    from costmodels.comm import collective_time, group_link
+    from costmodels.serving import tp_collective_time
+
+    cal = calibration_for(H100.family)
+    sizes = np.array([2.0 * 8192, 64 * 8192 * 2.0, 4096 * 16384 * 2.0])
+    for kind in ("all_reduce", "all_to_all"):
+        got = tp_collective_time(kind, sizes, 16, H100, 8, cal)
+        want = [collective_time(kind, b, group_link(16, 1, 8), H100, cal) for b in sizes]
+        assert got == pytest.approx(want, rel=1e-12, abs=0)
+
+
+def test_intra_node_tp_all_reduce_counts_the_fused_kernel_latency_once():
+    """Inside a node: the ring's bandwidth term of collective_time plus one fused-kernel latency per collective
+    (ServingCalibration.allreduce_latency_*), not the ring's per-step latencies as well."""
+    from dataclasses import replace
+
+    from costmodels.calibration import SERVING, calibration_for
+    from costmodels.comm import collective_time, group_link
+    from costmodels.serving import tp_collective_time
+
+    for gpu, alpha in ((H100, SERVING.allreduce_latency_nvlink_s), (A10, SERVING.allreduce_latency_pcie_s)):
+        cal = calibration_for(gpu.family)
+        no_step = replace(cal, intra_node_latency_s=0.0)
+        for t in (2, 4):
+            sizes = np.array([1.0, 2.0 * 4096, 1e8])
+            got = tp_collective_time("all_reduce", sizes, t, gpu, 8, cal)
+            want = [alpha + collective_time("all_reduce", b, group_link(t, 1, 8), gpu, no_step) for b in sizes]
+            assert got == pytest.approx(want, rel=1e-12, abs=0)
+            assert got[0] == pytest.approx(alpha, rel=1e-3)   # a tiny message costs the latency, once
+    assert not np.any(tp_collective_time("all_reduce", np.array([1e6]), 1, H100, 8, calibration_for("hopper")))
+
+
+def test_serving_gemms_use_the_training_gemm_efficiency():
+    """Prefill GEMMs at compute.gemm_efficiency(M, N, K); decode GEMMs at the same formula with M untiled."""
+    from costmodels.calibration import calibration_for
+    from costmodels.compute import gemm_efficiency, gemm_time
+    from costmodels.serving import _gemm_decode, _gemm_prefill, _rates
+
+    cal = calibration_for(H100.family)
+    dep = Deployment(tp=1)
+    r = _rates(H100, dep, cal)
+    M, N, K = 8192.0, 8192.0, 8192.0   # compute bound
+    assert float(_gemm_prefill(np.array([M]), N, K, 2.0, r.peak, r, cal)[0]) == pytest.approx(
+        gemm_time(M, N, K, r.peak, cal), rel=1e-12)
+    big = 4096.0 * 16   # a decode step this large is compute bound too
+    assert float(_gemm_decode(np.array([big]), N, K, 2.0, r.peak, r, cal)[0]) == pytest.approx(
+        2 * big * N * K / (r.peak * gemm_efficiency(None, N, K, cal)), rel=1e-12)
+    assert gemm_efficiency(None, N, K, cal) > gemm_efficiency(big, N, K, cal)
+
+
+# ---- --price: one parser, looked up for the GPU served on -------------------------------------------------
+SERVE_8B = ["serve", "--model", "8b", "--gpus", "8xH100", "--prompt", "512", "--output", "128", "--format", "json"]
+
+
+@pytest.mark.parametrize("price", ["H100=1.5", "h100-sxm=1.5", "H100_SXM=1.5", "1.5"])
+def test_serve_price_applies_to_the_gpu_served_on(price, capsys):
+    code, out, err = run_main(SERVE_8B + ["--price", price], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["assumptions"]["price_usd_per_gpu_hour"] == 1.5
+    assert doc["assumptions"]["price_source"] == "user override"
+    p = doc["plan"]
+    assert p["usd_per_million_tokens"] == pytest.approx(1.5 * p["gpus"] / (p["tokens_per_s"] * 3600) * 1e6)
+
+
+@pytest.mark.parametrize("price, needle", [
+    ("A100=1.0", r"--price A100=1 prices A100-80GB, but the request runs on H100-SXM"),   # was: H100 at $1
+    ("B9000=1.0", r"--price B9000=1: unknown GPU"),
+    ("H100=abc", r"--price 'H100=abc' is not \[NAME=\]USD"),
+    ("H100=-2", r"--price 'H100=-2' is not allowed"),
+    ("=2", r"--price '=2' is not NAME=USD"),
+])
+def test_serve_price_for_another_gpu_or_malformed_is_one_line(price, needle, capsys):
+    code, out, err = run_main(SERVE_8B + ["--price", price], capsys)
+    assert_one_line_error(code, out, err, needle)
+
+
+def test_one_price_parser():
+    from hardware import HardwareError
+    from hardware.catalog import parse_prices, price_for
+
+    assert parse_prices(["H100=2.49", "a100 = 1.5"]) == {"H100": 2.49, "a100": 1.5}
+    assert parse_prices(["2"], bare_for="H100-SXM") == {"H100-SXM": 2.0}
+    for bad in (["2"], ["H100=x"], ["H100=inf"], ["H100=0"]):
+        with pytest.raises(HardwareError, match="--price"):
+            parse_prices(bad)
+    assert price_for(CAT, {"h100": 3.0}, H100) == 3.0
+    assert price_for(CAT, {}, H100) is None
+    with pytest.raises(HardwareError, match="prices A100-80GB"):
+        price_for(CAT, {"A100": 3.0}, H100)
+
+
+def test_training_price_takes_name_equals_usd_only(capsys):
+    code, out, err = run_main(["estimate", "--model", "gpt3-1.3b", "--gpus", "8xA100", "--tokens", "1e9",
+                               "--mfu", "0.5", "--price", "2.0"], capsys)
+    assert_one_line_error(code, out, err, r"--price '2.0' is not NAME=USD")
+    code, out, err = run_main(["estimate", "--model", "gpt3-1.3b", "--gpus", "8xA100", "--tokens", "1e9",
+                               "--mfu", "0.5", "--price", "a100=2.0", "--format", "json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["price_usd_per_gpu_hour"] == 2.0

@@ -60,21 +60,17 @@ def _common(f):
 
 
 def _catalog(hardware_files, prices=()):
-    """The GPU catalog with --hardware files and --price NAME=USD overrides applied."""
-    from hardware import load_catalog
+    """The GPU catalog with --hardware files and --price NAME=USD overrides (hardware.catalog.parse_prices)
+    applied."""
+    from hardware import HardwareError, load_catalog
+    from hardware.catalog import parse_prices
 
     catalog = load_catalog(hardware_files)
     if prices:
-        parsed = {}
-        for item in prices:
-            name, sep, value = item.partition("=")
-            try:
-                parsed[name.strip()] = float(value)
-            except ValueError:
-                raise UserError(f"--price {item!r} is not NAME=USD, e.g. --price H100=2.49") from None
-            if not sep:
-                raise UserError(f"--price {item!r} is not NAME=USD, e.g. --price H100=2.49")
-        catalog = catalog.with_prices(parsed)
+        try:
+            catalog = catalog.with_prices(parse_prices(prices))
+        except HardwareError as e:
+            raise UserError(str(e)) from None
     return catalog
 
 
@@ -159,7 +155,7 @@ def _int_tuple(text: str | None, name: str) -> tuple[int, ...] | None:
 
 
 def _export_options(f):
-    """--emit / --out: write the plan as a training framework's configuration (planner.frameworks.export)."""
+    """--emit / --out: write the plan as a training framework's configuration (planner.frameworks.api)."""
     f = click.option("--out", "out_dir", type=click.Path(file_okay=False),
                      help="With --emit: write the configuration files into this folder and print their paths.")(f)
     return click.option("--emit", type=click.Choice(["megatron", "deepspeed", "torchtitan"]),
@@ -182,7 +178,7 @@ def _show_export(result, fmt: str, ex, out_dir) -> None:
         doc["plans"][0]["emit"] = {**ex.as_json(), "paths": paths}
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
-    from planner.frameworks.export import NAMES
+    from planner.frameworks.api import NAMES
     click.echo(f"\n{NAMES[ex.framework]} configuration" + (f" (predicted step {ex.step_time_s:.3f} s)" if ex.notes else ""))
     for n in ex.notes:
         click.echo(f"note: {n}")

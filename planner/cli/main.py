@@ -100,11 +100,11 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
         result = search(model, cluster, top=top, time_limit_s=time_limit, space=opts, progress=progress)
     result.model.note = note
     if tokens is not None:
-        from planner.cli.run import add_run_figures
+        from planner.runs.estimate import add_run_figures
         add_run_figures(result, model, cluster, tokens, pue)
     ex = None
     if emit:
-        from planner.frameworks.export import export_best
+        from planner.frameworks.api import export_best
         ex = export_best(emit, model, cluster, result, opts, time_limit)
     if ex is None or fmt == "table":
         _emit(result, fmt)
@@ -176,7 +176,7 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
     result.model.note = note
     ex = None
     if emit:
-        from planner.frameworks.export import export
+        from planner.frameworks.api import export
         ex = export(emit, model, st, cluster)
     if ex is None or fmt == "table":
         _emit(result, fmt, title="Plan")
@@ -301,7 +301,8 @@ def validate(runs_file, fmt, plot, markdown):
 @click.option("--pp", type=int, help="Fix the pipeline-parallel size of a replica.")
 @click.option("--objective", type=click.Choice(["throughput", "latency", "cost"]), default="throughput", show_default=True)
 @click.option("--gpu-memory-utilization", "util", type=float, help="Share of GPU memory the engine uses [default: 0.9].")
-@click.option("--price", help="USD per GPU-hour (or NAME=USD) overriding the catalog price.")
+@click.option("--price", help="USD per GPU-hour overriding the catalog price of the GPU served on: USD, or NAME=USD "
+                             "with NAME that GPU (any catalog name or alias).")
 @click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
 @click.option("--top", type=int, default=3, show_default=True, help="Plans to show (the best and runner-ups).")
 @click.option("--emit", type=click.Choice(["vllm"]), help="Print only the matching `vllm serve` command.")
@@ -311,14 +312,20 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
     """Plan inference serving: tp / pp per replica, replicas, weight and KV-cache precision and batch, for the
     most tokens/s per GPU (or lowest latency, or lowest $ per token) within the latency limits."""
     from costmodels.presets import get_model
-    from hardware import load_catalog, parse_cluster
-    from planner.serving.serve import model_path_for, parse_price, render_serve, serve_plan, vllm_command
+    from hardware import HardwareError, load_catalog, parse_cluster
+    from hardware.catalog import parse_prices, price_for
+    from planner.frameworks.vllm import model_path_for, with_vllm_command
+    from planner.report.serving import render_serve
+    from planner.serving.search import serve_plan
 
     if top < 1:
         raise UserError(f"--top {top} is not allowed; give 1 or more plans")
     catalog = load_catalog(hardware_files)
     cluster = parse_cluster(gpus, catalog)
-    usd = parse_price(price, cluster.gpu)
+    try:   # one --price parser for every command; NAME must be the GPU served on
+        usd = price_for(catalog, parse_prices([price] if price else [], bare_for=cluster.gpu.name), cluster.gpu)
+    except HardwareError as e:
+        raise UserError(str(e)) from None
     if usd is not None:
         cluster = parse_cluster(gpus, catalog.with_prices({cluster.gpu.name: usd}))
     model, note = get_model(model_name)
@@ -328,9 +335,7 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
                             gpu_memory_utilization=util, top=top, model_note=note)
     except ValueError as e:   # ServeError, ServingError: one line naming the value and what would work
         raise UserError(str(e)) from None
-    path = model_path_for(model_name)
-    if path:
-        result.vllm_command = vllm_command(model, result.plan, prompt, output, result.assumptions["gpu_memory_utilization"], path)
+    result = with_vllm_command(result, model, model_path_for(model_name))
     if emit == "vllm":
         click.echo(result.vllm_command)
     elif fmt == "json":
@@ -359,7 +364,9 @@ def _num(x: float | None) -> str:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_files, time_limit, fmt):
     """Read a Megatron-LM or DeepSpeed config back into a plan, predict it, and show what would be better."""
-    from planner.frameworks.importers import import_plan, read_deepspeed_config, read_megatron_args
+    from planner.frameworks.api import import_plan
+    from planner.frameworks.deepspeed import read_deepspeed_config
+    from planner.frameworks.megatron import read_megatron_args
 
     if bool(megatron_file) == bool(deepspeed_file):
         raise UserError("give exactly one of --megatron-args FILE or --deepspeed-config FILE")

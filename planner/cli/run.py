@@ -22,22 +22,6 @@ def _tokens_ok(tokens: float | None, required: bool = True) -> None:
         raise UserError(f"--tokens {tokens:g} is not allowed; give a positive count up to 1e16, e.g. 300e9")
 
 
-def add_run_figures(result, model, cluster, tokens: float, pue: float) -> None:
-    """`plan --tokens N`: days, GPU-hours, $ and kWh of the whole run for every plan."""
-    from planner.runs.estimate import run_figures
-
-    pools = cluster if isinstance(cluster, tuple) else (cluster,)
-    for p in result.plans:
-        n = p.strategy["tp"] * p.strategy["pp"] * p.strategy["dp"] * p.strategy["cp"]
-        if len(pools) == 1:
-            fig = run_figures(p.step_time_s, p.strategy["global_batch"] * model.seq_len, n, pools[0].gpu, tokens, pue)
-        else:  # several pools: add each pool's GPU-hours at its own price and power
-            parts = [run_figures(p.step_time_s, p.strategy["global_batch"] * model.seq_len, c.num_gpus, c.gpu,
-                                 tokens, pue) for c in pools]
-            fig = {"days": parts[0]["days"], **{k: sum(x[k] for x in parts) for k in ("gpu_hours", "cost_usd", "energy_kwh")}}
-        p.run = {"tokens": tokens, **fig}
-
-
 @click.command()
 @click.option("--model", "model_name", required=True, help="Preset name or alias, or a Hugging Face config.json path.")
 @click.option("--tokens", type=float, required=True, help="Training tokens, e.g. 300e9.")

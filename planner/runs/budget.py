@@ -74,7 +74,7 @@ def run_point(model: ModelSpec, cluster: Cluster, tokens: float, pue: float = 1.
     res = search(model, cluster, top=1, **search_kw)
     p = res.plans[0]
     tokens_per_step = p.strategy["global_batch"] * model.seq_len
-    fig = run_figures(p.step_time_s, tokens_per_step, cluster.num_gpus, cluster.gpu, tokens, pue)
+    fig = run_figures(p.step_time_s, tokens_per_step, cluster, tokens, pue)
     return RunPoint(cluster=f"{cluster.num_gpus}x{cluster.gpu.name}", gpu=cluster.gpu.name,
                     num_gpus=cluster.num_gpus, plan=describe_strategy(p.strategy), step_time_s=p.step_time_s,
                     tokens_per_s=p.tokens_per_s, mfu=p.mfu, price_usd_per_gpu_hour=cluster.gpu.price_usd_per_gpu_hour,

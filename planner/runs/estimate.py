@@ -54,8 +54,12 @@ def estimate_run(model: ModelSpec, gpu: GPUSpec, num_gpus: int, tokens: float, m
         hardware_flops=training_flops(model, tokens, full_recompute=full_recompute), mfu=mfu,
         mfu_source=mfu_source, gpu_hours=gpu_hours, gpu_days=gpu_hours / HOURS_PER_DAY,
         days=gpu_hours / num_gpus / HOURS_PER_DAY, price_usd_per_gpu_hour=gpu.price_usd_per_gpu_hour,
-        cost_usd=gpu_hours * gpu.price_usd_per_gpu_hour, tdp_w=gpu.tdp_w, pue=pue,
-        energy_kwh=gpu_hours * gpu.tdp_w / 1000.0 * pue)
+        tdp_w=gpu.tdp_w, pue=pue, **_cost_energy(gpu_hours, gpu, pue))
+
+
+def _cost_energy(gpu_hours: float, gpu: GPUSpec, pue: float) -> dict[str, float]:
+    """Dollars (GPU-hours x price) and kWh (GPU-hours x TDP x PUE) of GPU-hours on one GPU type."""
+    return {"cost_usd": gpu_hours * gpu.price_usd_per_gpu_hour, "energy_kwh": gpu_hours * gpu.tdp_w / 1000.0 * pue}
 
 
 def estimate_for_cluster(model: ModelSpec, cluster: Cluster, tokens: float, *, mfu: float | None = None,
@@ -80,11 +84,26 @@ def estimate_for_cluster(model: ModelSpec, cluster: Cluster, tokens: float, *, m
                         full_recompute=full, pue=pue, mfu_source=source)
 
 
-def run_figures(step_time_s: float, tokens_per_step: float, num_gpus: int, gpu: GPUSpec, tokens: float,
-                pue: float = 1.0) -> dict[str, float]:
-    """Days, GPU-hours, dollars and energy of `tokens` at a plan's step time (for `plan --tokens`)."""
+def run_figures(step_time_s: float, tokens_per_step: float, cluster: Cluster | tuple[Cluster, ...],
+                tokens: float, pue: float = 1.0) -> dict[str, float]:
+    """Days, GPU-hours, dollars and energy of training `tokens` at a plan's step time on `cluster`: the one
+    run-cost formula of `plan --tokens`, `plan compare` and the budget search. Wall clock = steps x step
+    time; a cluster of several GPU pools adds each pool's GPU-hours at its own price and power."""
+    pools = cluster if isinstance(cluster, tuple) else (cluster,)
     seconds = tokens / tokens_per_step * step_time_s
-    gpu_hours = seconds / 3600.0 * num_gpus
-    return {"days": seconds / 86400.0, "gpu_hours": gpu_hours,
-            "cost_usd": gpu_hours * gpu.price_usd_per_gpu_hour,
-            "energy_kwh": gpu_hours * gpu.tdp_w / 1000.0 * pue}
+    out = {"days": seconds / 86400.0, "gpu_hours": 0.0, "cost_usd": 0.0, "energy_kwh": 0.0}
+    for c in pools:
+        gpu_hours = seconds / 3600.0 * c.num_gpus
+        out["gpu_hours"] += gpu_hours
+        for k, v in _cost_energy(gpu_hours, c.gpu, pue).items():
+            out[k] += v
+    return out
+
+
+def add_run_figures(result, model: ModelSpec, cluster: Cluster | tuple[Cluster, ...], tokens: float,
+                    pue: float = 1.0) -> None:
+    """Set `run` (tokens, days, GPU-hours, $, kWh of the whole run) on every plan of a search result
+    (planner.solve.result.SearchResult) for `plan --tokens`."""
+    for p in result.plans:
+        fig = run_figures(p.step_time_s, p.strategy["global_batch"] * model.seq_len, cluster, tokens, pue)
+        p.run = {"tokens": tokens, **fig}

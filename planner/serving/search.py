@@ -1,30 +1,31 @@
-"""`plan serve`: the inference serving plan, and the serving/v1 predictions of `plan validate`.
+"""`plan serve`: the search for the inference serving plan.
 
 serve_plan() enumerates every replica shape (tp x pp, expert parallel for MoE), weight and KV-cache
 precision, replica count and batch size as numpy arrays (costmodels.serving evaluates all batch sizes of a
 shape at once) and keeps the best plan within the latency limits: the most tokens/s per GPU (throughput),
 the lowest request latency (latency) or the lowest $ per million tokens (cost). The enumeration is exhaustive
 over a finite space, so the plan is exact for the model; docs/serving.md says why this beats CP-SAT here.
+The result schema is planner.serving.result; the `vllm serve` command of a plan is
+planner.frameworks.vllm.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import replace as dc_replace
-from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from costmodels.calibration import SERVING, ServingCalibration, calibration_for
 from costmodels.model import ModelSpec
-from costmodels.serving import (BYTES, Deployment, ServingError, check_deployment, compute_precision,
-                                kv_bytes_per_token_per_gpu, kv_cache_bytes_per_token, max_batch, memory_anatomy,
-                                replica_performance, usd_per_million_tokens)
+from costmodels.serving import (BYTES, Deployment, ServingError, compute_precision, kv_bytes_per_token_per_gpu,
+                                kv_cache_bytes_per_token, max_batch, memory_anatomy, replica_performance,
+                                usd_per_million_tokens)
 from hardware import Cluster, GPUSpec
-from planner.solve.result import ClusterOut, ModelOut, cluster_out, model_out
+from planner.errors import PlannerError
+from planner.serving.result import GB, ServePlan, ServeResult, assumptions
+from planner.solve.result import cluster_out, model_out
 
-GB = 1e9
 BATCH_CAP = 4096                    # largest batch searched (engines' CUDA-graph sizes stop at 4096-8192)
 SEARCH_WEIGHTS = ("bf16", "fp8", "int8", "int4")
 SEARCH_KV = ("bf16", "fp8")
@@ -32,57 +33,8 @@ OBJECTIVES = ("throughput", "latency", "cost")
 _PRECISION_RANK = {"bf16": 0, "fp16": 0, "fp8": 1, "int8": 2, "int4": 3}   # ties go to the more precise
 
 
-class ServeError(ValueError):
+class ServeError(PlannerError):
     """No plan: one line saying what is missing (memory, latency, throughput) and what would work."""
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ServePlan(_Out):
-    rank: int
-    tp: int
-    pp: int
-    ep: int
-    replicas: int
-    gpus: int                          # GPUs the plan uses (tp x pp x replicas)
-    weights: str
-    kv_cache: str
-    batch: int                         # concurrent sequences per replica (vLLM --max-num-seqs)
-    max_batch: int                     # most sequences of prompt + output tokens that fit per replica
-    ttft_s: float
-    tpot_s: float
-    e2e_latency_s: float               # ttft + (output - 1) x tpot
-    tokens_per_s: float                # generated tokens/s, all replicas
-    tokens_per_s_per_replica: float
-    tokens_per_s_per_gpu: float
-    requests_per_s: float
-    usd_per_million_tokens: float
-    usd_per_1k_tokens: float
-    kv_cache_bytes_per_token: float    # whole model, this plan's KV precision
-    kv_cache_bytes_per_token_per_gpu: float
-    memory_gb: dict[str, float]        # one GPU of the fullest stage
-    decode_ms: dict[str, float]        # one decode step (time per output token) by cause
-    decode_bound: str                  # "memory" (weights + KV reads) or "compute"
-
-
-class ServeResult(_Out):
-    model: ModelOut
-    cluster: ClusterOut
-    request: dict
-    assumptions: dict
-    # the best plan's headline figures (the same values as plan.*)
-    ttft_s: float
-    tpot_s: float
-    tokens_per_s: float
-    tokens_per_s_per_gpu: float
-    usd_per_million_tokens: float
-    kv_cache_bytes_per_token: float
-    plan: ServePlan
-    alternatives: list[ServePlan]
-    search: dict
-    vllm_command: str
 
 
 # ---- the search ---------------------------------------------------------------------------------------
@@ -161,13 +113,12 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
                "tpot_ms": tpot_ms, "weights": weights, "kv_cache": kv_cache, "tp": tp, "pp": pp, "objective": objective}
     return ServeResult(
         model=model_out(model, model_note), cluster=cluster_out(cluster), request=request,
-        assumptions=assumptions(srv, gpu),
+        assumptions=assumptions(srv, gpu, BATCH_CAP),
         ttft_s=best.ttft_s, tpot_s=best.tpot_s, tokens_per_s=best.tokens_per_s,
         tokens_per_s_per_gpu=best.tokens_per_s_per_gpu, usd_per_million_tokens=best.usd_per_million_tokens,
         kv_cache_bytes_per_token=best.kv_cache_bytes_per_token, plan=best, alternatives=plans[1:],
         search={"method": "exhaustive numpy enumeration (exact over the space)", "configurations": len(cands),
-                "points_evaluated": evaluated, "batch_cap": BATCH_CAP, "seconds": round(seconds, 4)},
-        vllm_command=vllm_command(model, best, prompt, output, srv.gpu_memory_utilization))
+                "points_evaluated": evaluated, "batch_cap": BATCH_CAP, "seconds": round(seconds, 4)})
 
 
 def _best_for_shape(dep: Deployment, bs: np.ndarray, perf, num_gpus: int, output: int, qps, ttft_ms, tpot_ms,
@@ -245,24 +196,6 @@ def _decode_compute_bound(gpu: GPUSpec, dep: Deployment, b: int) -> bool:
     flops_t = 2.0 * b / (gpu.peak_tflops(compute_precision(gpu, dep.weights)) * 1e12 * cal.gemm_efficiency)
     bytes_t = BYTES[dep.weights] / (gpu.hbm_gbps * 1e9 * cal.hbm_efficiency)
     return flops_t > bytes_t
-
-
-def assumptions(srv: ServingCalibration, gpu: GPUSpec) -> dict:
-    pcie = gpu.intra_node_link.strip().lower().startswith("pcie")
-    return {
-        "gpu_memory_utilization": srv.gpu_memory_utilization,
-        "kv_reservation": "full prompt + output per sequence (no eviction)",
-        "prefill_chunk_tokens": srv.prefill_chunk_tokens,
-        "workspace_gb": srv.workspace_bytes / GB,
-        "batching": "continuous batching; TTFT = one prompt's prefill + the decode step it waits for",
-        "quantisation": "fp8 W8A8 on fp8 tensor cores where the GPU has them; int8 / int4 weight-only (16-bit GEMMs); "
-                        "embedding and LM head stay 16-bit",
-        "tp_link": f"{gpu.intra_node_link} ({'PCIe' if pcie else 'NVLink-class'}, all-reduce latency "
-                   f"{1e6 * (srv.allreduce_latency_pcie_s if pcie else srv.allreduce_latency_nvlink_s):g} us)",
-        "price_usd_per_gpu_hour": gpu.price_usd_per_gpu_hour,
-        "price_source": gpu.price_source,
-        "batch_cap": BATCH_CAP,
-    }
 
 
 # ---- no plan: say why, with a computed alternative ---------------------------------------------------
@@ -367,191 +300,3 @@ def _check_request(model, prompt, output, qps, batch, ttft_ms, tpot_ms, objectiv
                            "choose a tp that divides them")
     if pp is not None and pp > model.layers:
         raise ServingError(f"--pp {pp} exceeds the {model.layers} layers of {model.name}")
-
-
-# ---- vLLM ---------------------------------------------------------------------------------------------
-HF_IDS = {
-    "llama2-7b": "meta-llama/Llama-2-7b-hf", "llama2-13b": "meta-llama/Llama-2-13b-hf",
-    "llama2-70b": "meta-llama/Llama-2-70b-hf", "llama3-8b": "meta-llama/Llama-3.1-8B-Instruct",
-    "llama3-70b": "meta-llama/Llama-3.1-70B-Instruct", "llama3-405b": "meta-llama/Llama-3.1-405B-Instruct",
-    "mixtral-8x7b": "mistralai/Mixtral-8x7B-Instruct-v0.1", "mixtral-8x22b": "mistralai/Mixtral-8x22B-Instruct-v0.1",
-}
-_VLLM_QUANT = {"fp8": ("fp8", None), "int8": ("gptq", "an 8-bit GPTQ checkpoint of the model"),
-               "int4": ("awq", "a 4-bit AWQ checkpoint of the model")}
-
-
-def vllm_command(model: ModelSpec, plan: ServePlan, prompt: int, output: int, util: float,
-                 model_path: str | None = None) -> str:
-    """The `vllm serve` command of a plan (flag names as in vLLM's engine arguments)."""
-    name = model_path or HF_IDS.get(model.name) or f"<{model.name} checkpoint>"
-    args = ["vllm serve", name, f"--tensor-parallel-size {plan.tp}", f"--pipeline-parallel-size {plan.pp}"]
-    if plan.replicas > 1:
-        args.append(f"--data-parallel-size {plan.replicas}")
-    if plan.ep > 1:
-        args.append("--enable-expert-parallel")
-    args += [f"--max-model-len {prompt + output}", f"--max-num-seqs {plan.batch}",
-             f"--gpu-memory-utilization {util:g}"]
-    note = None
-    if plan.weights in _VLLM_QUANT:
-        q, note = _VLLM_QUANT[plan.weights]
-        args.append(f"--quantization {q}")
-    else:
-        args.append(f"--dtype {'float16' if plan.weights == 'fp16' else 'bfloat16'}")
-    args.append(f"--kv-cache-dtype {'fp8' if plan.kv_cache == 'fp8' else 'auto'}")
-    cmd = " \\\n    ".join(args)
-    return (f"# needs {note}\n" if note else "") + cmd
-
-
-# ---- serving/v1 rows for `plan validate` ----------------------------------------------------------------
-SERVING_METRICS = ("output_tokens_per_s", "output_tokens_per_s_per_gpu", "ttft_ms", "tpot_ms")
-
-
-def predict_serving_run(run: dict):
-    """Predict one serving/v1 row in its mode; returns planner.validation.runs.RunResult."""
-    from costmodels.model import ModelError
-    from hardware import load_catalog
-    from planner.validation.runs import RunResult, run_model
-
-    rid = str(run["id"])
-    measured = run.get("measured") or {}
-    metric = next((k for k in SERVING_METRICS if measured.get(k) is not None), None)
-    if metric is None:
-        return RunResult(id=rid, metric=None, measured=None, predicted=None, pct_error=None,
-                         skipped="no measured " + ", ".join(SERVING_METRICS))
-    meas = float(measured[metric])
-    c = run["config"]
-    h = run["hardware"]
-    prompt, output = int(c["input_len"]), int(c["output_len"])
-    m = dict(run["model"])
-    m["seq_len"] = prompt + output
-    if isinstance(m.get("moe"), dict) and not m["moe"].get("expert_ffn_hidden") and m.get("ffn_hidden"):
-        m["moe"] = {**m["moe"], "expert_ffn_hidden": m["ffn_hidden"]}   # Mixtral-style: ffn_hidden is per expert
-    try:
-        model = run_model(m)
-    except ModelError as e:
-        raise ServingError(str(e)) from None
-    gpu, _ = load_catalog().resolve(h["gpu"])
-    tp, pp = int(c.get("tp") or 1), int(c.get("pp") or 1)
-    n = int(h.get("num_gpus") or tp * pp)
-    gpn = int(h.get("gpus_per_node") or gpu.gpus_per_node)
-    replicas = int(c.get("replicas") or max(1, n // (tp * pp)))
-    dep = Deployment(tp=tp, pp=pp, weights=_precision(c.get("weights_precision")),
-                     kv=_precision(c.get("kv_precision")), kv_read_per_query_head=_pre_gqa_engine(run.get("engine")))
-    check_deployment(model, dep)
-    mode = c.get("mode")
-    filled: dict = {}
-    if mode == "first_token":
-        batch = 1
-    elif mode in ("static_batch", "max_throughput"):
-        batch = c.get("batch_size")
-        if batch is None:
-            batch = max_batch(model, gpu, dep, prompt + output)
-            if batch < 1:
-                return RunResult(id=rid, metric=metric, measured=meas, predicted=None, pct_error=None,
-                                 skipped="weights, KV cache of one sequence and workspace do not fit in GPU memory")
-            filled["batch_size"] = batch
-        batch = int(batch)
-    else:
-        return RunResult(id=rid, metric=metric, measured=meas, predicted=None, pct_error=None,
-                         skipped=f"mode {mode!r}; known: static_batch, max_throughput, first_token")
-    if metric == "ttft_ms" and mode == "max_throughput":
-        return RunResult(id=rid, metric=metric, measured=meas, predicted=None, pct_error=None,
-                         skipped="TTFT of an offline max-throughput run is queueing time; not predicted")
-    perf = replica_performance(model, gpu, max(gpn, 1), dep, np.array([batch]), prompt, output)
-    tps = float(perf.tokens_per_s[0]) * replicas
-    if metric == "output_tokens_per_s":
-        pred = tps
-    elif metric == "output_tokens_per_s_per_gpu":
-        pred = tps / (replicas * dep.gpus)
-    elif metric == "ttft_ms":
-        pred = 1e3 * float(perf.ttft_s[0] if mode == "first_token" else perf.batch_prefill_s[0])
-    else:
-        pred = 1e3 * float(perf.tpot_s[0])
-    mem = memory_anatomy(model, gpu, dep, batch, prompt + output)
-    return RunResult(id=rid, metric=metric, measured=meas, predicted=pred, pct_error=(pred - meas) / meas,
-                     filled=filled, peak_memory_gb=mem.used / GB)
-
-
-def _pre_gqa_engine(engine) -> bool:
-    """Engines whose decode attention reads a shared KV head once per query head: TensorRT-LLM before 0.7
-    (CHANGELOG 0.7.0: "MMHA optimization for MQA and GQA"; 0.8: XQA kernel)."""
-    import re
-    mt = re.search(r"tensorrt[- _]?llm\D*(\d+)\.(\d+)", (engine or "").lower())
-    return bool(mt) and (int(mt.group(1)), int(mt.group(2))) < (0, 7)
-
-
-def _precision(p) -> str:
-    p = (p or "bf16").strip().lower()
-    return {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "w8a8": "int8", "w4a16": "int4"}.get(p, p)
-
-
-def parse_price(text: str | None, gpu: GPUSpec) -> float | None:
-    """--price USD or --price NAME=USD (USD per GPU-hour for the cluster's GPU)."""
-    if text is None:
-        return None
-    name, sep, value = text.partition("=")
-    raw = value if sep else name
-    try:
-        usd = float(raw)
-    except ValueError:
-        raise ServingError(f"--price {text!r} is not USD per GPU-hour, e.g. --price 2.40 or --price A100=2.40"
-                           ) from None
-    if not (math.isfinite(usd) and usd > 0):
-        raise ServingError(f"--price {text!r} is not allowed; give a positive USD per GPU-hour")
-    return usd
-
-
-def model_path_for(model_name: str) -> str | None:
-    """A Hugging Face config.json path given as --model becomes the vllm serve model directory."""
-    p = Path(model_name).expanduser()
-    if p.is_file():
-        return str(p.parent)
-    if p.is_dir():
-        return str(p)
-    return None
-
-
-# ---- the table ------------------------------------------------------------------------------------------
-def render_serve(result: ServeResult, console) -> None:
-    """`plan serve` table output (rich)."""
-    from rich.table import Table
-
-    p = result.plan
-    m, c, rq = result.model, result.cluster, result.request
-    note = f" ({m.note})" if m.note else ""
-    console.print(f"[bold]Serving plan[/] for {m.name}{note} on {c.num_gpus} x {c.gpu}: "
-                  f"{rq['prompt_tokens']} prompt + {rq['output_tokens']} output tokens per request, "
-                  f"objective {rq['objective']}" + (f", {rq['qps']:g} requests/s" if rq["qps"] else ""))
-    t = Table(show_edge=False, show_header=False)
-    t.add_column("what")
-    t.add_column("value")
-    t.add_row("replica", f"tp={p.tp} x pp={p.pp}" + (f", expert parallel over {p.ep}" if p.ep > 1 else "")
-              + f"; {p.replicas} replica(s), {p.gpus} GPUs used")
-    t.add_row("precision", f"weights {p.weights}, KV cache {p.kv_cache}")
-    t.add_row("batch", f"{p.batch} concurrent sequences per replica (memory allows {p.max_batch})")
-    t.add_row("latency", f"TTFT {p.ttft_s * 1e3:,.1f} ms, TPOT {p.tpot_s * 1e3:,.2f} ms "
-                         f"({1 / p.tpot_s:,.1f} tokens/s per user), request {p.e2e_latency_s:,.2f} s")
-    t.add_row("throughput", f"{p.tokens_per_s:,.0f} tokens/s ({p.tokens_per_s_per_replica:,.0f} per replica, "
-                            f"{p.tokens_per_s_per_gpu:,.0f} per GPU), {p.requests_per_s:,.2f} requests/s")
-    t.add_row("cost", f"${p.usd_per_million_tokens:,.3f} per million tokens (${p.usd_per_1k_tokens:.5f} per 1k) at "
-                      f"${result.assumptions['price_usd_per_gpu_hour']:.4g}/GPU-hour")
-    t.add_row("KV cache", f"{p.kv_cache_bytes_per_token / 1e6:.4g} MB per token "
-                          f"({p.kv_cache_bytes_per_token_per_gpu / 1e6:.4g} MB per GPU)")
-    mg = p.memory_gb
-    t.add_row("memory / GPU", f"weights {mg['weights']:.1f} GB + KV cache {mg['kv_cache']:.1f} + activations "
-                              f"{mg['activations']:.1f} + workspace {mg['workspace']:.1f} + free {mg['free']:.1f} "
-                              f"= usable {mg['usable']:.1f} of {mg['capacity']:.0f} GB")
-    d = p.decode_ms
-    t.add_row("decode step", f"{d['total']:.2f} ms ({p.decode_bound} bound): GEMMs {d['gemm']:.2f}, attention "
-                             f"{d['attention']:.2f}, TP all-reduce {d['tp_comm']:.2f}, pipeline {d['pipeline']:.2f}, "
-                             f"other {d['elementwise'] + d['overhead'] + d['lm_head']:.2f}")
-    console.print(t)
-    if result.alternatives:
-        alt = Table(show_edge=False, title="runner-ups")
-        for col in ("tp x pp", "replicas", "weights/KV", "batch", "TTFT ms", "TPOT ms", "tokens/s/GPU", "$/M tokens"):
-            alt.add_column(col, justify="right")
-        for a in result.alternatives:
-            alt.add_row(f"{a.tp} x {a.pp}" + (f" ep{a.ep}" if a.ep > 1 else ""), str(a.replicas),
-                        f"{a.weights}/{a.kv_cache}", str(a.batch), f"{a.ttft_s * 1e3:,.1f}", f"{a.tpot_s * 1e3:,.2f}",
-                        f"{a.tokens_per_s_per_gpu:,.0f}", f"{a.usd_per_million_tokens:,.3f}")
-        console.print(alt)

@@ -1,0 +1,127 @@
+"""Export a plan as configuration the real training frameworks accept, and read one back: the dispatch
+over the framework modules.
+
+- `megatron` (planner.frameworks.megatron): Megatron-LM `pretrain_gpt.py` arguments (megatron_args.sh)
+  and a torchrun launch.sh;
+- `deepspeed` (planner.frameworks.deepspeed): a DeepSpeed JSON config (ds_config.json) and a `deepspeed`
+  launch.sh;
+- `torchtitan` (planner.frameworks.torchtitan): a TOML job config (job.toml, torchtitan v0.2.x) and a
+  torchrun launch.sh.
+
+`export` raises ExportError, naming the nearest expressible plan, for what a framework cannot express; a
+stage layout or recompute count it cannot express exactly is replaced by the nearest one it can, and
+`Export.notes` says so and gives that plan's predicted step time. `export_best` does the same for a search
+result, and when the best plan cannot be expressed at all it searches again over the framework's part of
+the space. `import_plan` predicts an imported plan (planner.frameworks.megatron.read_megatron_args,
+planner.frameworks.deepspeed.read_deepspeed_config) and asks the search what would be better.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from costmodels.model import ModelSpec
+from costmodels.performance import resolve_layout
+from costmodels.strategy import Strategy
+from hardware import Cluster
+from planner.frameworks import deepspeed, megatron, torchtitan
+from planner.frameworks.base import Export, ExportError, canonical, prepend_note, strategy_from_plan, with_layout
+from planner.solve.evaluate import evaluate
+
+_MODULES = {"megatron": megatron, "deepspeed": deepspeed, "torchtitan": torchtitan}
+FRAMEWORKS = tuple(_MODULES)
+NAMES = {k: m.NAME for k, m in _MODULES.items()}
+RESEARCH_TOP = 5        # plans of the framework-restricted search re-ranked by their expressible layout
+
+
+def _module(framework: str):
+    if framework not in _MODULES:
+        raise ExportError(f"framework {framework!r} is not known; choose {', '.join(FRAMEWORKS)}")
+    return _MODULES[framework]
+
+
+def unsupported(framework: str, model: ModelSpec, st: Strategy) -> str | None:
+    """Why `framework` cannot run this plan at all (with the nearest plan it can), or None."""
+    return _module(framework).unsupported(model, st)
+
+
+def space_for(framework: str, opts):
+    """The part of a search space (planner.solve.space.SpaceOptions) that `framework` can express."""
+    return _module(framework).space_for(opts)
+
+
+def nearest_layout(framework: str, model: ModelSpec, st: Strategy) -> tuple[Strategy, list[str]]:
+    """The plan with its stage layout and recompute counts made expressible, and what changed."""
+    mod = _module(framework)
+    st = canonical(model, st)
+    Ls, Rs = resolve_layout(model, st)
+    new_Ls, new_Rs, notes = mod.nearest_layout(model, st, Ls, Rs)
+    if (list(new_Ls), list(new_Rs)) == (Ls, Rs):
+        return st, notes
+    return with_layout(st, new_Ls, new_Rs), notes
+
+
+def export(framework: str, model: ModelSpec, st: Strategy, cluster: Cluster) -> Export:
+    """Configuration files for `framework` running `st`; ExportError if it cannot express the plan."""
+    mod = _module(framework)
+    if isinstance(cluster, tuple):
+        if len(cluster) > 1:
+            raise ExportError("export needs one GPU type; a cluster of several GPU pools cannot be written as one "
+                              "framework config")
+        cluster = cluster[0]
+    reason = mod.unsupported(model, st)
+    if reason:
+        raise ExportError(reason)
+    asked = canonical(model, st)
+    st, notes = nearest_layout(framework, model, st)
+    ev = evaluate(model, st, cluster)
+    if st != asked:
+        before = evaluate(model, asked, cluster).step_time_s
+        notes.append(f"predicted step time of the plan written: {ev.step_time_s:.3f} s (the plan asked for: "
+                     f"{before:.3f} s, {100 * (ev.step_time_s / before - 1):+.1f}%)"
+                     + ("" if ev.fits else "; it does NOT fit in GPU memory"))
+    return Export(framework, st, mod.files(model, st, cluster, notes), tuple(notes), ev.step_time_s, ev.fits)
+
+
+def export_best(framework: str, model: ModelSpec, cluster: Cluster, result, opts, time_limit_s: float = 30.0) -> Export:
+    """Export a search result's best plan; when `framework` cannot express it, search again over the part
+    of the space it can (space_for) and export that plan, saying how much slower it is predicted to be."""
+    from planner.solve.optimize import search
+
+    best = strategy_from_plan(result.plans[0].strategy)
+    reason = unsupported(framework, model, best)
+    if not reason:
+        return export(framework, model, best, cluster)
+    again = search(model, cluster, top=RESEARCH_TOP, time_limit_s=time_limit_s, space=space_for(framework, opts))
+    # the search chooses layouts freely; rank its best few again by the layout the framework can write
+    options = [export(framework, model, strategy_from_plan(p.strategy), cluster) for p in again.plans]
+    ex = min(options, key=lambda e: (not e.fits, e.step_time_s))
+    t0, t1 = result.plans[0].step_time_s, ex.step_time_s
+    note = (f"the best plan cannot be written for {NAMES[framework]}: {reason}. Written instead: the fastest "
+            f"{NAMES[framework]}-expressible plan among the best {len(options)} of a search over that part of the "
+            f"space, predicted {t1:.3f} s per step vs {t0:.3f} s ({100 * (t1 / t0 - 1):+.1f}%)")
+    first = next(k for k in ex.files if not k.endswith(".json"))   # JSON has no comments
+    files = {k: prepend_note(v, note) if k == first else v for k, v in ex.files.items()}
+    return replace(ex, files=files, notes=(note, *ex.notes))
+
+
+@dataclass
+class ImportResult:
+    imported: object       # SearchResult of the imported plan (planner.evaluate_strategy)
+    best: object           # SearchResult of the search over the whole space
+    speedup: float         # imported step time / best step time
+
+
+def import_plan(model: ModelSpec, cluster: Cluster, st: Strategy, time_limit_s: float = 30.0) -> ImportResult:
+    """Predict an imported plan with the cost model and search for a better one on the same cluster."""
+    from planner.solve.optimize import evaluate_strategy, search
+    from planner.solve.space import SpaceOptions
+
+    imported = evaluate_strategy(model, cluster, st)
+    opts = SpaceOptions(global_batch=st.global_batch, precision=st.precision, optimizer=st.optimizer,
+                        flash_attention=st.flash_attention, fp32_grads=st.fp32_grads)
+    best = search(model, cluster, top=1, time_limit_s=time_limit_s, space=opts)
+    return ImportResult(imported, best, imported.plans[0].step_time_s / best.plans[0].step_time_s)
+
+
+__all__ = ["FRAMEWORKS", "NAMES", "Export", "ExportError", "export", "export_best", "strategy_from_plan",
+           "canonical", "unsupported", "space_for", "nearest_layout", "ImportResult", "import_plan"]

@@ -1,0 +1,123 @@
+"""What every framework module shares: the Export and the error types, the canonical spelling of a plan,
+the one even split of layers that the frameworks use, and the header written above emitted files.
+
+The framework modules (megatron, deepspeed, torchtitan, vllm) import this module and nothing else of
+planner.frameworks; planner.frameworks.api dispatches to them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from costmodels.model import ModelSpec
+from costmodels.performance import resolve_layout
+from costmodels.strategy import Strategy
+from hardware import Cluster
+from planner.errors import PlannerError
+
+_PLAN_ONLY = ("micro_batches", "schedule")   # PlanOut.strategy keys that are not Strategy fields
+
+
+class ExportError(PlannerError):
+    """A plan the framework cannot express; the message names the nearest plan it can."""
+
+
+class ConfigImportError(PlannerError):
+    """A config that cannot be read as a plan; the message names the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Export:
+    framework: str
+    strategy: Strategy                 # the plan written: the one asked for, or its nearest expressible form
+    files: dict[str, str]              # file name -> content
+    notes: tuple[str, ...] = ()        # what changed to make the plan expressible, and what to fill in
+    step_time_s: float | None = None   # predicted step time of `strategy`
+    fits: bool = True
+
+    def text(self) -> str:
+        return "\n".join(f"# ---- {name} ----\n{body.rstrip()}\n" for name, body in self.files.items())
+
+    def as_json(self) -> dict:
+        st = self.strategy.as_dict()
+        return {"framework": self.framework, "strategy": st, "step_time_s": self.step_time_s, "fits": self.fits,
+                "notes": list(self.notes), "files": dict(self.files)}
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, body in self.files.items():
+            p = out / name
+            p.write_text(body)
+            if name.endswith(".sh"):
+                p.chmod(0o755)
+            paths.append(p)
+        return paths
+
+
+# ---- strategies: from a plan, canonical form ----------------------------------------------------
+
+def strategy_from_plan(d: dict) -> Strategy:
+    """The Strategy of a PlanOut.strategy dict (as_dict plus the layout lists)."""
+    kw = {k: v for k, v in d.items() if k not in _PLAN_ONLY}
+    for key in ("stage_layers", "recompute_layers"):
+        if kw.get(key) is not None:
+            kw[key] = tuple(kw[key])
+    if kw.get("recompute") != "full":
+        kw["recompute_layers"] = None
+    return Strategy(**kw)
+
+
+def with_layout(st: Strategy, Ls: list[int], Rs: list[int]) -> Strategy:
+    """`st` with layers per stage Ls and fully recomputed layers per stage Rs, spelt one way: explicit
+    stage_layers; recompute 'none' when nothing is recomputed; no recompute_layers list when every layer
+    is (performance.resolve_layout reads all three spellings back as the same Ls, Rs). The one
+    normalisation of recompute for the frameworks (export, import, nearest layout)."""
+    if st.recompute != "full":
+        return st.with_(stage_layers=tuple(Ls), recompute_layers=None)
+    if not any(Rs):
+        return st.with_(recompute="none", stage_layers=tuple(Ls), recompute_layers=None)
+    return st.with_(stage_layers=tuple(Ls), recompute_layers=None if list(Rs) == list(Ls) else tuple(Rs))
+
+
+def canonical(model: ModelSpec, st: Strategy) -> Strategy:
+    """One spelling per plan: with_layout of the plan's own (resolved) layout."""
+    return with_layout(st, *resolve_layout(model, st))
+
+
+def chunks(n: int, parts: int) -> list[int]:
+    """n layers over `parts` parts, as even as possible, the first `n % parts` parts one layer more.
+
+    The one split the frameworks share: a stage's layers over its interleaved model chunks (Megatron's
+    layout string, torchtitan's model parts), and DeepSpeed's PipelineModule stages (partition_uniform,
+    deepspeed/runtime/utils.py, gives the first stages the extra layers). The planner's own default stage
+    split, costmodels.performance.even_split, puts the extra layers in the middle stages instead: a
+    different layout, which Megatron writes with --pipeline-model-parallel-layout."""
+    base, extra = divmod(n, parts)
+    return [base + (1 if c < extra else 0) for c in range(parts)]
+
+
+def fp16_grads_reason(name: str, st: Strategy) -> str | None:
+    """Megatron-LM and DeepSpeed keep fp32 main gradients for fp16 training: a plan with 16-bit gradients
+    under fp16 cannot be written for them."""
+    if st.precision == "fp16" and not st.fp32_grads:
+        return (f"{name} keeps an fp32 copy of fp16 gradients for the optimizer (20 B/param before sharding); "
+                f"nearest expressible plan: --grads fp32")
+    return None
+
+
+def header(model: ModelSpec, st: Strategy, cluster: Cluster, what: str, notes: list[str]) -> list[str]:
+    """Comment lines above an emitted file: what it is, the plan, and the notes."""
+    from planner.solve.result import describe_strategy
+    lines = [f"# {what} for {model.name} on {cluster.describe()}, written by llm-planner (plan --emit)",
+             f"# plan: {describe_strategy(st.as_dict())}"]
+    return lines + [f"# note: {n}" for n in notes]
+
+
+def prepend_note(body: str, note: str) -> str:
+    """A '# NOTE:' line at the top of a file (after its #! line)."""
+    first, _, rest = body.partition("\n")
+    if first.startswith("#!"):
+        return f"{first}\n# NOTE: {note}\n{rest}"
+    return f"# NOTE: {note}\n{body}"

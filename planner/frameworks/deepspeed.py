@@ -1,0 +1,168 @@
+"""DeepSpeed: a plan as a DeepSpeed JSON config (ds_config.json) and a `deepspeed` launch.sh, and such a
+config read back into a plan.
+
+Keys are DeepSpeed's own: deepspeed/runtime/config.py, runtime/zero/config.py, runtime/zero/offload_config.py.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from costmodels.model import ModelSpec
+from costmodels.strategy import Strategy
+from hardware import Cluster
+from planner.frameworks.base import ConfigImportError, canonical, chunks, fp16_grads_reason, header
+
+NAME = "DeepSpeed"
+
+
+def deepspeed_split(layers: int, pp: int) -> list[int]:
+    """Transformer layers per stage of DeepSpeed's PipelineModule with partition_method='type:<layer class>':
+    partition_balanced over unit weights, which equals partition_uniform (deepspeed/runtime/utils.py):
+    the first `layers % pp` stages get one more, the split base.chunks makes."""
+    return chunks(layers, pp)
+
+
+# ---- what DeepSpeed can express ----------------------------------------------------------------------
+
+def unsupported(model: ModelSpec, st: Strategy) -> str | None:
+    """Why a DeepSpeed JSON config cannot run this plan at all (with the nearest plan it can), or None."""
+    if st.recompute == "selective":
+        return (f"{NAME} has no selective (attention-core) recompute setting; nearest expressible plans: "
+                f"--recompute none (with flash attention it stores the same activations) or --recompute full")
+    if st.tp > 1:
+        return (f"tp={st.tp}: tensor parallelism needs Megatron-DeepSpeed, not a DeepSpeed JSON config; "
+                f"nearest expressible plan: tp=1 (rerun with --tp 1), or use --emit megatron")
+    if st.cp > 1:
+        return (f"cp={st.cp}: DeepSpeed has no ring-attention context parallelism (Ulysses is another scheme); "
+                f"nearest expressible plan: cp=1")
+    if st.ep > 1:
+        return (f"ep={st.ep}: DeepSpeed sets expert parallelism in model code (deepspeed.moe.layer.MoE ep_size), "
+                f"not in its JSON config; nearest expressible plan: ep=1")
+    if st.virtual_stages > 1:
+        return (f"virtual_stages={st.virtual_stages}: DeepSpeed's pipeline engine has no interleaved schedule; "
+                f"nearest expressible plan: --virtual-stages 1")
+    if st.pipeline_schedule == "gpipe":
+        return "DeepSpeed's pipeline engine runs 1F1B, not GPipe; nearest expressible plan: --schedule 1f1b"
+    if st.zero_stage >= 2 and st.pp > 1:
+        return f"DeepSpeed cannot combine ZeRO-{st.zero_stage} with pipeline parallelism; nearest: ZeRO-1"
+    if st.precision == "fp8":
+        return "DeepSpeed's config has no FP8 training; nearest expressible plan: --precision bf16"
+    return fp16_grads_reason(NAME, st)
+
+
+def space_for(opts):
+    """The part of a search space (planner.solve.space.SpaceOptions) a DeepSpeed JSON config can express."""
+    no_selective = tuple(r for r in opts.recompute if r != "selective") or ("none", "full")
+    return replace(opts, tp=(1,), cp=(1,), ep=(1,), virtual_stages=(1,), recompute=no_selective)
+
+
+def nearest_layout(model: ModelSpec, st: Strategy, Ls: list[int], Rs: list[int]
+                   ) -> tuple[list[int], list[int], list[str]]:
+    """DeepSpeed recomputes every layer or none, and its PipelineModule balances the layers itself."""
+    new_Ls, new_Rs, notes = list(Ls), list(Rs), []
+    if 0 < sum(Rs) < sum(Ls):
+        notes.append(f"{NAME} recomputes every layer or none: the plan's fully recomputed layers per stage {Rs} "
+                     f"become all layers")
+        new_Rs = list(Ls)
+    if st.pp > 1 and Ls != deepspeed_split(model.layers, st.pp):
+        new_Ls = deepspeed_split(model.layers, st.pp)
+        notes.append(f"DeepSpeed's PipelineModule balances the transformer layers: layers per stage {Ls} "
+                     f"become {new_Ls}")
+        new_Rs = list(new_Ls) if new_Rs == Ls else [0] * st.pp
+    return new_Ls, new_Rs, notes
+
+
+# ---- emit --------------------------------------------------------------------------------------------
+
+def deepspeed_config(model: ModelSpec, st: Strategy) -> dict:
+    """A DeepSpeed JSON config (keys: deepspeed/runtime/config.py, zero/config.py, zero/offload_config.py)."""
+    accum = st.micro_batches
+    cfg: dict = {
+        "train_batch_size": st.micro_batch * accum * st.dp,   # DeepSpeed asserts micro x accum x dp
+        "train_micro_batch_size_per_gpu": st.micro_batch,
+        "gradient_accumulation_steps": accum,
+    }
+    zero: dict = {"stage": st.zero_stage}
+    if st.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if st.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    cfg["zero_optimization"] = zero
+    if st.precision == "bf16":
+        cfg["bf16"] = {"enabled": True}
+        if not st.fp32_grads:   # else fp32 accumulation (runtime/config.py data_types.grad_accum_dtype)
+            cfg["data_types"] = {"grad_accum_dtype": "bf16"}
+    elif st.precision == "fp16":
+        cfg["fp16"] = {"enabled": True, "loss_scale": 0}   # 0 = dynamic loss scaling
+    cfg["optimizer"] = {"type": "Adam" if st.optimizer == "adam" else "SGD"}
+    if st.optimizer != "adam" and st.zero_stage:
+        cfg["zero_allow_untested_optimizer"] = True   # torch.optim.SGD is not one of DeepSpeed's own
+    if st.recompute == "full":
+        # deepspeed.checkpointing settings for the model's checkpointed layers (tp = 1: nothing to partition)
+        cfg["activation_checkpointing"] = {"partition_activations": False, "contiguous_memory_optimization": False,
+                                           "cpu_checkpointing": False}
+    if st.pp > 1:
+        # read by the training script for PipelineModule(num_stages=...); the engine reads the interval
+        cfg["pipeline"] = {"stages": st.pp, "activation_checkpoint_interval": 1 if st.recompute == "full" else 0}
+    return cfg
+
+
+def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) -> dict[str, str]:
+    head = header(model, st, cluster, "DeepSpeed launch", notes)
+    pipe = (["# pp > 1: build deepspeed.pipe.PipelineModule(layers, num_stages=ds_config['pipeline']['stages'],",
+             "#   partition_method='type:<your transformer layer class>'), which gives layers per stage "
+             f"{list(st.stage_layers)}"] if st.pp > 1 else [])
+    launch = "\n".join(["#!/usr/bin/env bash", *head, *pipe,
+                        "# Run with a hostfile listing the nodes (deepspeed --hostfile) on more than one node.",
+                        f"deepspeed --num_nodes {cluster.num_nodes} --num_gpus {cluster.gpus_per_node} train.py "
+                        '--deepspeed --deepspeed_config "$(dirname "$0")/ds_config.json" "$@"', ""])
+    return {"ds_config.json": json.dumps(deepspeed_config(model, st), indent=2) + "\n", "launch.sh": launch}
+
+
+# ---- import ------------------------------------------------------------------------------------------
+
+def read_deepspeed_config(config: dict | str, model: ModelSpec, cluster: Cluster) -> Strategy:
+    """The Strategy of a DeepSpeed JSON config (tp = cp = 1; pp from its "pipeline": {"stages": n})."""
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except json.JSONDecodeError as e:
+            raise ConfigImportError(f"DeepSpeed config is not JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ConfigImportError("DeepSpeed config must be a JSON object")
+    stages = (config.get("pipeline") or {}).get("stages", 1)
+    pp = 1 if stages in ("auto", None) else stages
+    if not isinstance(pp, int) or pp < 1 or cluster.num_gpus % pp:
+        raise ConfigImportError(f"pipeline.stages {stages!r} must be a whole number dividing the {cluster.num_gpus} GPUs")
+    dp = cluster.num_gpus // pp
+    micro = config.get("train_micro_batch_size_per_gpu")
+    accum = config.get("gradient_accumulation_steps")
+    total = config.get("train_batch_size")
+    if micro is None and total is not None and accum is not None:
+        micro = total // (accum * dp)
+    accum = accum if accum is not None else (total // (micro * dp) if total and micro else 1)
+    micro = micro or 1
+    total = total if total is not None else micro * accum * dp
+    if total != micro * accum * dp:   # DeepSpeedConfig._batch_assertion
+        raise ConfigImportError(f"train_batch_size {total} is not train_micro_batch_size_per_gpu x "
+                                f"gradient_accumulation_steps x data-parallel size = {micro} x {accum} x {dp}")
+    zero = config.get("zero_optimization") or {}
+    stage = zero.get("stage", 0)
+    off_opt = (zero.get("offload_optimizer") or {}).get("device", "none") == "cpu"
+    off_par = (zero.get("offload_param") or {}).get("device", "none") == "cpu"
+    precision = ("bf16" if (config.get("bf16") or {}).get("enabled") else
+                 "fp16" if (config.get("fp16") or {}).get("enabled") else "fp32")
+    opt = str((config.get("optimizer") or {}).get("type", "adam")).lower()
+    if opt not in ("adam", "adamw", "sgd"):
+        raise ConfigImportError(f"optimizer type {opt!r} is not modelled; allowed Adam, AdamW, SGD")
+    interval = (config.get("pipeline") or {}).get("activation_checkpoint_interval", 0)
+    full = ("activation_checkpointing" in config) if pp == 1 else interval > 0
+    Ls = deepspeed_split(model.layers, pp) if pp <= model.layers else None
+    st = Strategy(pp=pp, dp=dp, micro_batch=micro, global_batch=total, zero_stage=stage,
+                  recompute="full" if full else "none", precision=precision,
+                  optimizer="sgd" if opt == "sgd" else "adam", offload_optimizer=off_opt or off_par,
+                  offload_params=off_par, stage_layers=tuple(Ls) if Ls else None,
+                  fp32_grads=not (precision == "bf16" and
+                                  (config.get("data_types") or {}).get("grad_accum_dtype") in ("bf16", "bfloat16")))
+    return canonical(model, st)

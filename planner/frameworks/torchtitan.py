@@ -1,0 +1,148 @@
+"""torchtitan: a plan as a TOML job config (job.toml; torchtitan v0.2.x, later releases take Python
+configs) and a torchrun launch.sh.
+
+Field names are torchtitan's own: torchtitan v0.2.2 torchtitan/config/job_config.py.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from costmodels.model import ModelSpec
+from costmodels.strategy import Strategy
+from hardware import Cluster
+from planner.frameworks.base import chunks, header
+
+NAME = "torchtitan"
+TORCHTITAN_FLAVORS = {"llama3-8b": ("llama3", "8B"), "llama3-70b": ("llama3", "70B"),
+                      "llama3-405b": ("llama3", "405B")}   # torchtitan/models/llama3/__init__.py
+
+
+# ---- what torchtitan v0.2.x can express --------------------------------------------------------------
+
+def unsupported(model: ModelSpec, st: Strategy) -> str | None:
+    """Why torchtitan cannot run this plan at all (with the nearest plan it can), or None."""
+    if st.recompute == "selective":
+        return (f"{NAME} has no selective (attention-core) recompute setting; nearest expressible plans: "
+                f"--recompute none (with flash attention it stores the same activations) or --recompute full")
+    if st.zero_stage == 1:
+        nearest = "--zero 0" if st.pp > 1 else "--zero 2 (FSDP2 without resharding after forward)"
+        return (f"ZeRO-1 cannot be expressed in torchtitan (FSDP2 shards gradients too); nearest expressible "
+                f"plan: {nearest}")
+    if st.offload_optimizer and not st.offload_params:
+        return ("torchtitan offloads parameters, gradients and optimizer states together "
+                "(training.enable_cpu_offload); nearest expressible plan: ZeRO-3 with --offload-params")
+    if st.precision == "fp16":
+        return "torchtitan trains in bf16 or fp32 (no fp16 loss scaling); nearest expressible plan: --precision bf16"
+    if st.optimizer != "adam":
+        return "torchtitan builds Adam or AdamW only; nearest expressible plan: --optimizer adam"
+    if not st.flash_attention:
+        return "torchtitan's models always use fused (SDPA/flex) attention; nearest expressible plan: flash attention"
+    if st.tp > 1 and not st.sequence_parallel:
+        return "torchtitan's tensor parallelism always uses sequence parallelism; nearest: --sequence-parallel"
+    shard_cp = (st.dp if st.zero_stage >= 2 else 1) * st.cp
+    if st.ep > 1 and shard_cp % st.ep:
+        return (f"ep={st.ep}: torchtitan carves expert parallelism out of the FSDP-sharded and context-parallel "
+                f"ranks ({shard_cp} here); nearest expressible plan: ZeRO-3 (FSDP) or ep=1")
+    return None
+
+
+def space_for(opts):
+    """The part of a search space (planner.solve.space.SpaceOptions) torchtitan can express."""
+    no_selective = tuple(r for r in opts.recompute if r != "selective") or ("none", "full")
+    return replace(opts, zero_stage=tuple(z for z in opts.zero_stage if z != 1) or (0, 2, 3),
+                   offload=tuple(o for o in opts.offload if o != "optimizer") or ("none",), recompute=no_selective)
+
+
+def nearest_layout(model: ModelSpec, st: Strategy, Ls: list[int], Rs: list[int]
+                   ) -> tuple[list[int], list[int], list[str]]:
+    """torchtitan writes any stage layout (module_fqns_per_model_part); it recomputes every layer or none."""
+    if 0 < sum(Rs) < sum(Ls):
+        return Ls, list(Ls), [f"{NAME} recomputes every layer or none: the plan's fully recomputed layers per "
+                              f"stage {Rs} become all layers"]
+    return Ls, Rs, []
+
+
+# ---- emit --------------------------------------------------------------------------------------------
+
+def torchtitan_config(model: ModelSpec, st: Strategy) -> dict:
+    """torchtitan v0.2.x JobConfig sections (torchtitan/config/job_config.py) as a dict of TOML tables."""
+    name, flavor = TORCHTITAN_FLAVORS.get(model.name, ("llama3", model.name))
+    par: dict = {"data_parallel_replicate_degree": st.dp if st.zero_stage == 0 else 1,
+                 "data_parallel_shard_degree": st.dp if st.zero_stage >= 2 else 1,
+                 "tensor_parallel_degree": st.tp, "context_parallel_degree": st.cp,
+                 "expert_parallel_degree": st.ep, "pipeline_parallel_degree": st.pp}
+    if st.zero_stage == 2:
+        par["fsdp_reshard_after_forward"] = "never"     # parameters stay gathered: gradients-and-states sharding
+    elif st.zero_stage == 3:
+        par["fsdp_reshard_after_forward"] = "always"
+    training: dict = {"seq_len": model.seq_len, "global_batch_size": st.global_batch,
+                      "local_batch_size": st.micro_batch}
+    if st.pp > 1:
+        # torchtitan: pipeline micro-batches = local_batch_size / pipeline_parallel_microbatch_size
+        training["local_batch_size"] = st.global_batch // st.dp
+        par["pipeline_parallel_microbatch_size"] = st.micro_batch
+        par["pipeline_parallel_schedule"] = ("GPipe" if st.pipeline_schedule == "gpipe" else
+                                             "Interleaved1F1B" if st.virtual_stages > 1 else "1F1B")
+        par["module_fqns_per_model_part"] = torchtitan_model_parts(model, st)
+    training["mixed_precision_param"] = "float32" if st.precision == "fp32" else "bfloat16"
+    training["mixed_precision_reduce"] = "float32" if st.fp32_grads or st.precision == "fp32" else "bfloat16"
+    if st.offload_params:
+        training["enable_cpu_offload"] = True
+    out = {"model": {"name": name, "flavor": flavor}, "training": training, "parallelism": par,
+           "activation_checkpoint": {"mode": "full" if st.recompute == "full" else "none"},
+           "optimizer": {"name": "AdamW"}}
+    if st.precision == "fp8":
+        out["model"]["converters"] = ["quantize.linear.float8"]
+        out["quantize"] = {"linear": {"float8": {"recipe_name": "tensorwise"}}}
+    return out
+
+
+def torchtitan_model_parts(model: ModelSpec, st: Strategy) -> list[list[str]]:
+    """Module names of every model chunk, in pipeline order (stage 0 chunk 0, stage 1 chunk 0, ...), for
+    the llama-style module tree (tok_embeddings, layers.i, norm, output)."""
+    Ls, v, p = list(st.stage_layers), st.virtual_stages, st.pp
+    sizes = [chunks(Ls[i], v)[c] for c in range(v) for i in range(p)]
+    parts, nxt = [], 0
+    for k, n in enumerate(sizes):
+        part = (["tok_embeddings"] if k == 0 else []) + [f"layers.{j}" for j in range(nxt, nxt + n)]
+        parts.append(part + (["norm", "output"] if k == len(sizes) - 1 else []))
+        nxt += n
+    return parts
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+
+
+def toml_text(tables: dict, prefix: str = "") -> str:
+    out = []
+    for name, body in tables.items():
+        scalars = {k: v for k, v in body.items() if not isinstance(v, dict)}
+        if scalars:
+            out.append(f"[{prefix}{name}]")
+            out += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+            out.append("")
+        subs = {k: v for k, v in body.items() if isinstance(v, dict)}
+        if subs:
+            out.append(toml_text(subs, f"{prefix}{name}."))
+    return "\n".join(out)
+
+
+def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) -> dict[str, str]:
+    head = header(model, st, cluster, "torchtitan v0.2.x job config (--job.config_file)", notes)
+    if model.name not in TORCHTITAN_FLAVORS:
+        head.append(f"# [model] flavor: register a torchtitan model flavor with {model.name}'s shape under this name")
+    launch = "\n".join([
+        "#!/usr/bin/env bash",
+        f"# Run on every one of the {cluster.num_nodes} node(s) with NODE_RANK and MASTER_ADDR set.",
+        f"torchrun --nnodes {cluster.num_nodes} --nproc_per_node {cluster.gpus_per_node} "
+        '--node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-localhost}" --master_port 29500 \\',
+        '    -m torchtitan.train --job.config_file "$(dirname "$0")/job.toml" "$@"', ""])
+    return {"job.toml": "\n".join(head) + "\n\n" + toml_text(torchtitan_config(model, st)), "launch.sh": launch}

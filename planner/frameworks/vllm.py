@@ -1,0 +1,60 @@
+"""vLLM: a serving plan as the `vllm serve` command (flag names as in vLLM's engine arguments,
+vllm/engine/arg_utils.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from costmodels.model import ModelSpec
+from planner.serving.result import ServePlan, ServeResult
+
+HF_IDS = {
+    "llama2-7b": "meta-llama/Llama-2-7b-hf", "llama2-13b": "meta-llama/Llama-2-13b-hf",
+    "llama2-70b": "meta-llama/Llama-2-70b-hf", "llama3-8b": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama3-70b": "meta-llama/Llama-3.1-70B-Instruct", "llama3-405b": "meta-llama/Llama-3.1-405B-Instruct",
+    "mixtral-8x7b": "mistralai/Mixtral-8x7B-Instruct-v0.1", "mixtral-8x22b": "mistralai/Mixtral-8x22B-Instruct-v0.1",
+}
+# weights precision -> vLLM --quantization method (names: vllm/model_executor/layers/quantization/__init__.py)
+# and the checkpoint it needs
+_VLLM_QUANT = {"fp8": ("fp8", None), "int8": ("gptq", "an 8-bit GPTQ checkpoint of the model"),
+               "int4": ("awq", "a 4-bit AWQ checkpoint of the model")}
+
+
+def vllm_command(model: ModelSpec, plan: ServePlan, prompt: int, output: int, util: float,
+                 model_path: str | None = None) -> str:
+    """The `vllm serve` command of a serving plan."""
+    name = model_path or HF_IDS.get(model.name) or f"<{model.name} checkpoint>"
+    args = ["vllm serve", name, f"--tensor-parallel-size {plan.tp}", f"--pipeline-parallel-size {plan.pp}"]
+    if plan.replicas > 1:
+        args.append(f"--data-parallel-size {plan.replicas}")
+    if plan.ep > 1:
+        args.append("--enable-expert-parallel")
+    args += [f"--max-model-len {prompt + output}", f"--max-num-seqs {plan.batch}",
+             f"--gpu-memory-utilization {util:g}"]
+    note = None
+    if plan.weights in _VLLM_QUANT:
+        q, note = _VLLM_QUANT[plan.weights]
+        args.append(f"--quantization {q}")
+    else:
+        args.append(f"--dtype {'float16' if plan.weights == 'fp16' else 'bfloat16'}")
+    args.append(f"--kv-cache-dtype {'fp8' if plan.kv_cache == 'fp8' else 'auto'}")
+    cmd = " \\\n    ".join(args)
+    return (f"# needs {note}\n" if note else "") + cmd
+
+
+
+def with_vllm_command(result: ServeResult, model: ModelSpec, model_path: str | None = None) -> ServeResult:
+    """`result` (planner.serving.search.serve_plan) with its best plan's `vllm serve` command filled in."""
+    util = result.assumptions["gpu_memory_utilization"]
+    rq = result.request
+    cmd = vllm_command(model, result.plan, rq["prompt_tokens"], rq["output_tokens"], util, model_path)
+    return result.model_copy(update={"vllm_command": cmd})
+
+
+def model_path_for(model_name: str) -> str | None:
+    """A Hugging Face config.json path given as --model becomes the vllm serve model directory."""
+    p = Path(model_name).expanduser()
+    if p.is_file():
+        return str(p.parent)
+    if p.is_dir():
+        return str(p)
+    return None

@@ -1,0 +1,49 @@
+"""`plan serve` table output (rich)."""
+from __future__ import annotations
+
+from planner.serving.result import ServeResult
+
+
+def render_serve(result: ServeResult, console) -> None:
+    """`plan serve` table output (rich)."""
+    from rich.table import Table
+
+    p = result.plan
+    m, c, rq = result.model, result.cluster, result.request
+    note = f" ({m.note})" if m.note else ""
+    console.print(f"[bold]Serving plan[/] for {m.name}{note} on {c.num_gpus} x {c.gpu}: "
+                  f"{rq['prompt_tokens']} prompt + {rq['output_tokens']} output tokens per request, "
+                  f"objective {rq['objective']}" + (f", {rq['qps']:g} requests/s" if rq["qps"] else ""))
+    t = Table(show_edge=False, show_header=False)
+    t.add_column("what")
+    t.add_column("value")
+    t.add_row("replica", f"tp={p.tp} x pp={p.pp}" + (f", expert parallel over {p.ep}" if p.ep > 1 else "")
+              + f"; {p.replicas} replica(s), {p.gpus} GPUs used")
+    t.add_row("precision", f"weights {p.weights}, KV cache {p.kv_cache}")
+    t.add_row("batch", f"{p.batch} concurrent sequences per replica (memory allows {p.max_batch})")
+    t.add_row("latency", f"TTFT {p.ttft_s * 1e3:,.1f} ms, TPOT {p.tpot_s * 1e3:,.2f} ms "
+                         f"({1 / p.tpot_s:,.1f} tokens/s per user), request {p.e2e_latency_s:,.2f} s")
+    t.add_row("throughput", f"{p.tokens_per_s:,.0f} tokens/s ({p.tokens_per_s_per_replica:,.0f} per replica, "
+                            f"{p.tokens_per_s_per_gpu:,.0f} per GPU), {p.requests_per_s:,.2f} requests/s")
+    t.add_row("cost", f"${p.usd_per_million_tokens:,.3f} per million tokens (${p.usd_per_1k_tokens:.5f} per 1k) at "
+                      f"${result.assumptions['price_usd_per_gpu_hour']:.4g}/GPU-hour")
+    t.add_row("KV cache", f"{p.kv_cache_bytes_per_token / 1e6:.4g} MB per token "
+                          f"({p.kv_cache_bytes_per_token_per_gpu / 1e6:.4g} MB per GPU)")
+    mg = p.memory_gb
+    t.add_row("memory / GPU", f"weights {mg['weights']:.1f} GB + KV cache {mg['kv_cache']:.1f} + activations "
+                              f"{mg['activations']:.1f} + workspace {mg['workspace']:.1f} + free {mg['free']:.1f} "
+                              f"= usable {mg['usable']:.1f} of {mg['capacity']:.0f} GB")
+    d = p.decode_ms
+    t.add_row("decode step", f"{d['total']:.2f} ms ({p.decode_bound} bound): GEMMs {d['gemm']:.2f}, attention "
+                             f"{d['attention']:.2f}, TP all-reduce {d['tp_comm']:.2f}, pipeline {d['pipeline']:.2f}, "
+                             f"other {d['elementwise'] + d['overhead'] + d['lm_head']:.2f}")
+    console.print(t)
+    if result.alternatives:
+        alt = Table(show_edge=False, title="runner-ups")
+        for col in ("tp x pp", "replicas", "weights/KV", "batch", "TTFT ms", "TPOT ms", "tokens/s/GPU", "$/M tokens"):
+            alt.add_column(col, justify="right")
+        for a in result.alternatives:
+            alt.add_row(f"{a.tp} x {a.pp}" + (f" ep{a.ep}" if a.ep > 1 else ""), str(a.replicas),
+                        f"{a.weights}/{a.kv_cache}", str(a.batch), f"{a.ttft_s * 1e3:,.1f}", f"{a.tpot_s * 1e3:,.2f}",
+                        f"{a.tokens_per_s_per_gpu:,.0f}", f"{a.usd_per_million_tokens:,.3f}")
+        console.print(alt)

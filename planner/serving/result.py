@@ -1,0 +1,81 @@
+"""`plan serve`'s output schema: the serving plan, the result document and the assumptions it states."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from costmodels.calibration import ServingCalibration
+from costmodels.serving import fused_collective_latency_s
+from hardware import GPUSpec
+from planner.solve.result import ClusterOut, ModelOut
+
+GB = 1e9
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServePlan(_Out):
+    rank: int
+    tp: int
+    pp: int
+    ep: int
+    replicas: int
+    gpus: int                          # GPUs the plan uses (tp x pp x replicas)
+    weights: str
+    kv_cache: str
+    batch: int                         # concurrent sequences per replica (vLLM --max-num-seqs)
+    max_batch: int                     # most sequences of prompt + output tokens that fit per replica
+    ttft_s: float
+    tpot_s: float
+    e2e_latency_s: float               # ttft + (output - 1) x tpot
+    tokens_per_s: float                # generated tokens/s, all replicas
+    tokens_per_s_per_replica: float
+    tokens_per_s_per_gpu: float
+    requests_per_s: float
+    usd_per_million_tokens: float
+    usd_per_1k_tokens: float
+    kv_cache_bytes_per_token: float    # whole model, this plan's KV precision
+    kv_cache_bytes_per_token_per_gpu: float
+    memory_gb: dict[str, float]        # one GPU of the fullest stage
+    decode_ms: dict[str, float]        # one decode step (time per output token) by cause
+    decode_bound: str                  # "memory" (weights + KV reads) or "compute"
+
+
+class ServeResult(_Out):
+    model: ModelOut
+    cluster: ClusterOut
+    request: dict
+    assumptions: dict
+    # the best plan's headline figures (the same values as plan.*)
+    ttft_s: float
+    tpot_s: float
+    tokens_per_s: float
+    tokens_per_s_per_gpu: float
+    usd_per_million_tokens: float
+    kv_cache_bytes_per_token: float
+    plan: ServePlan
+    alternatives: list[ServePlan]
+    search: dict
+    # the matching `vllm serve` command: planner.frameworks.vllm.with_vllm_command fills it in
+    vllm_command: str | None = None
+
+
+def assumptions(srv: ServingCalibration, gpu: GPUSpec, batch_cap: int) -> dict:
+    """What a serving prediction assumes, stated in its output."""
+    pcie = gpu.intra_node_link.strip().lower().startswith("pcie")
+    return {
+        "gpu_memory_utilization": srv.gpu_memory_utilization,
+        "kv_reservation": "full prompt + output per sequence (no eviction)",
+        "prefill_chunk_tokens": srv.prefill_chunk_tokens,
+        "workspace_gb": srv.workspace_bytes / GB,
+        "batching": "continuous batching; TTFT = one prompt's prefill + the decode step it waits for",
+        "quantisation": "fp8 W8A8 on fp8 tensor cores where the GPU has them; int8 / int4 weight-only (16-bit GEMMs); "
+                        "embedding and LM head stay 16-bit",
+        "tp_link": f"{gpu.intra_node_link} ({'PCIe' if pcie else 'NVLink-class'}, all-reduce latency "
+                   f"{1e6 * fused_collective_latency_s(gpu, srv):g} us)",
+        "price_usd_per_gpu_hour": gpu.price_usd_per_gpu_hour,
+        "price_source": gpu.price_source,
+        "batch_cap": batch_cap,
+    }
+
