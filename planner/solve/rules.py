@@ -235,6 +235,17 @@ def first_broken(rules, ctx: Context, s) -> Rule | None:
     return None
 
 
+def allows(step: str, model: ModelSpec, num_gpus: int = 0, gpus_per_node: int = 8, tp_across_nodes: bool = False,
+           **fields) -> bool:
+    """Whether the training rules of `step` allow a partial structure with `fields` (the rest at Strategy
+    defaults), e.g. allows("virtual_stages", model, pp=4, micro_batches=8, virtual_stages=2)."""
+    p = Partial(fields.pop("global_batch", 1))
+    for k, v in fields.items():
+        setattr(p, k, v)
+    ctx = Context(model, num_gpus, gpus_per_node, tp_across_nodes)
+    return all(r.ok(ctx, p) for r in AT_STEP[step])
+
+
 def check_strategy(model: ModelSpec, st, num_gpus: int, gpus_per_node: int, tp_across_nodes: bool = False) -> None:
     """Raise StrategyError naming the first training rule a user-given strategy breaks (the rules the
     search applies, in the order it applies them; search bounds excepted)."""
