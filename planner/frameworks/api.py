@@ -106,7 +106,7 @@ def export_best(framework: str, model: ModelSpec, cluster: Cluster, result, opts
 
 @dataclass
 class ImportResult:
-    imported: object       # SearchResult of the imported plan (planner.evaluate_strategy)
+    imported: object       # SearchResult of the imported plan (planner.solve.optimize.evaluate_strategy)
     best: object           # SearchResult of the search over the whole space
     speedup: float         # imported step time / best step time
 

@@ -14,7 +14,8 @@ from costmodels.model import ModelSpec
 from costmodels.performance import resolve_layout
 from costmodels.strategy import Strategy
 from hardware import Cluster
-from planner.frameworks.base import ConfigImportError, canonical, chunks, fp16_grads_reason, header
+from planner.frameworks.base import ConfigImportError, canonical, chunks, header
+from planner.solve.rules import framework_problem
 
 NAME = "Megatron-LM"
 
@@ -23,20 +24,7 @@ NAME = "Megatron-LM"
 
 def unsupported(model: ModelSpec, st: Strategy) -> str | None:
     """Why Megatron-LM cannot run this plan at all (with the nearest plan it can), or None."""
-    if st.offload_params:
-        return ("parameter offload cannot be expressed in Megatron-LM (it offloads only the optimizer, "
-                "--optimizer-cpu-offload); nearest expressible plan: ZeRO-1 with optimizer offload")
-    if st.zero_stage >= 2:
-        return (f"ZeRO-{st.zero_stage} cannot be expressed in Megatron-LM arguments (its distributed optimizer "
-                f"is ZeRO-1); nearest expressible plan: ZeRO-1, e.g. rerun with --zero 0,1")
-    if st.pipeline_schedule == "gpipe":
-        return "Megatron-LM has no GPipe schedule; nearest expressible plan: --schedule 1f1b"
-    if st.offload_optimizer and st.optimizer != "adam":
-        return ("Megatron-LM offloads only an Adam optimizer (--optimizer-cpu-offload); nearest expressible "
-                "plan: no offload")
-    if model.position_embedding == "alibi":
-        return "Megatron-LM's GPT model has no ALiBi position embedding (rope or learned_absolute only)"
-    return fp16_grads_reason(NAME, st)
+    return framework_problem("megatron", model, st)   # the rules: planner/solve/rules.py
 
 
 def space_for(opts):
@@ -101,7 +89,7 @@ def megatron_args(model: ModelSpec, st: Strategy) -> list[list[str]]:
                   "--moe-ffn-hidden-size", str(m.expert_ffn_hidden)])
         if m.shared_experts:
             a.append(["--moe-shared-expert-intermediate-size", str(m.shared_experts * m.expert_ffn_hidden)])
-        if m.layer_freq > 1:   # our MoE layers are i with (i + 1) % freq == 0 (costmodels.model.is_moe_layer)
+        if m.layer_freq > 1:   # our MoE layers are i with (i + 1) % freq == 0 (costmodels.model.ModelSpec.is_moe_layer)
             a.append(["--moe-layer-freq", moe_layer_pattern(model)])
     a.append(["--tensor-model-parallel-size", str(st.tp), "--pipeline-model-parallel-size", str(st.pp)])
     if st.cp > 1:

@@ -1,1 +1,1 @@
-"""Presentation: terminal tables (text) and Markdown / HTML reports with charts (file)."""
+"""Presentation: terminal tables (text, serving) and Markdown / HTML reports with charts (file)."""
