@@ -143,13 +143,15 @@ def test_gpt3_175b_on_8xa100_price_and_throughput_seed000(capsys):
 
 # ---- validation target ------------------------------------------------------------------------------------
 def test_validation_on_public_serving_runs_meets_target():
-    """The public serving set: median |error| <= 15% and >= 70% of rows within 20%."""
+    """The public serving set, gated on its held-out rows (the serving constants are fitted on the other
+    12, planner.validation.fit): measured median |error| 11.4%, 10 of 12 within 20% (docs/validation.md)."""
     res = validate_file(SERVING_PUBLIC)
-    s = res.summary
+    s, held = res.summary, res.out_of_sample
     assert res.schema_ == "serving/v1"
     assert s.count == 24 and s.skipped == 0
-    assert s.median_abs_pct_error <= 0.15
-    assert s.within_20pct >= 0.70
+    assert held.count == 12 and res.in_sample.count == 12
+    assert held.median_abs_pct_error <= 0.13
+    assert held.within_20pct >= 0.75
     metrics = {r.metric for r in res.runs}
     assert metrics == {"output_tokens_per_s", "ttft_ms"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from hardware import parse_cluster
-from planner.validation.runs import mfu_peak, network_gbps_per_gpu, predict_run
+from planner.validation.runs import BUNDLED, RunSkipped, mfu_peak, network_gbps_per_gpu, predict_run, validate_file
 
 
 @pytest.mark.parametrize("text, gbps", [
@@ -73,9 +73,8 @@ def test_a_run_reporting_only_hfu_counts_the_recomputed_flops():
     # are counted here.)
     import copy
     import json
-    from pathlib import Path
 
-    runs = json.loads((Path(__file__).parents[1] / ".." / "shared" / "reference" / "runs" / "public.json").read_text())
+    runs = json.loads(BUNDLED["runs-public"].read_text())
     base = next(r for r in runs["runs"] if r["id"] == "korthikanti22-175b-selective-sp")
     by = {}
     for metric, value in (("mfu", 0.514), ("hfu", 0.528)):
@@ -87,3 +86,63 @@ def test_a_run_reporting_only_hfu_counts_the_recomputed_flops():
     want = 1 + s / (18 * h * (1 + s / (6 * h) + V / (12 * h * L)))
     assert by["hfu"].predicted / by["mfu"].predicted == pytest.approx(want, rel=1e-6)
     assert abs(by["mfu"].pct_error) < 0.10          # Table 5: MFU 51.4%
+
+
+# ---- a row is skipped only for a declared reason, named in the row ----------------------------------------
+def _megascale_row() -> dict:
+    import json
+    runs = json.loads(BUNDLED["runs-modern"].read_text())["runs"]
+    return next(r for r in runs if r["id"] == "megascale-175b-a100-megatron-lm-256gpu-bs768")
+
+
+def _validate_rows(tmp_path, rows: list[dict]) -> dict:
+    import json
+    p = tmp_path / "runs.json"
+    p.write_text(json.dumps({"schema": "runs/v1", "runs": rows}))
+    return {r.id: r for r in validate_file(p).runs}
+
+
+def test_a_null_global_batch_is_derived_from_tokens_per_step_or_named(tmp_path):
+    # MegaScale (Jiang et al. 2024) Table 1, 256 GPUs: 768 sequences of 2048 tokens per 6.0 s step. With
+    # global_batch null the batch is tokens/s/GPU x GPUs x step time / seq_len (a multiple of dp); a run
+    # that measures only MFU cannot give it back, and the skip names the field.
+    base = _megascale_row()
+    derived = {**base, "id": "gb-derived", "strategy": {**base["strategy"], "global_batch": None}}
+    only_mfu = {**derived, "id": "gb-null", "measured": {"flops_counting": base["measured"]["flops_counting"],
+                                                        "mfu": base["measured"]["mfu"]}}
+    by = _validate_rows(tmp_path, [base, derived, only_mfu])
+    assert by["gb-derived"].filled["global_batch"] == 768
+    assert by["gb-derived"].predicted == pytest.approx(by[base["id"]].predicted, rel=1e-12)
+    assert by["gb-null"].predicted is None
+    assert by["gb-null"].skipped.startswith("strategy.global_batch is null")
+
+
+def test_unknown_gpu_and_malformed_fields_are_named(tmp_path):
+    base = _megascale_row()
+    rows = [{**base, "id": "odd-gpu", "hardware": {**base["hardware"], "gpu": "Z9000"}},
+            {**base, "id": "tp-word", "strategy": {**base["strategy"], "tp": "eight"}},
+            {**base, "id": "no-layers", "model": {k: v for k, v in base["model"].items() if k != "layers"}},
+            {**base, "id": "null-hidden", "model": {**base["model"], "hidden": None}},
+            {**base, "id": "odd-recompute", "strategy": {**base["strategy"], "recompute": "partial"}},
+            {**base, "id": "text-measure", "measured": {"step_time_s": "six"}},
+            {**base, "id": "nothing-measured", "measured": {"step_time_s": None}}]
+    by = _validate_rows(tmp_path, rows)
+    assert by["odd-gpu"].skipped.startswith("unknown GPU 'Z9000'")
+    assert by["tp-word"].skipped == "strategy.tp is 'eight'; expected a whole number"
+    assert by["no-layers"].skipped == "model.layers is missing"
+    assert by["null-hidden"].skipped == "model.hidden is null"
+    assert "recompute='partial' is not allowed" in by["odd-recompute"].skipped
+    assert by["text-measure"].skipped == "measured.step_time_s is 'six'; expected a number"
+    assert by["nothing-measured"].skipped.startswith("no measured step_time_s")
+    with pytest.raises(RunSkipped, match="strategy.tp is 'eight'"):
+        predict_run(rows[1])
+
+
+def test_anything_else_is_a_bug_and_propagates(tmp_path, monkeypatch):
+    import planner.validation.runs as runs
+
+    def broken(run):
+        raise TypeError("internal bug")
+    monkeypatch.setattr(runs, "uses_flash_attention", broken)
+    with pytest.raises(TypeError, match="internal bug"):
+        _validate_rows(tmp_path, [_megascale_row()])

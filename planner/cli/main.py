@@ -238,34 +238,42 @@ def gpus(hardware_files, fmt):
 
 
 @cli.command()
-@click.option("--runs", "runs_file", required=True, type=click.Path(),
-              help="A runs/v1 file of published training runs (see shared/reference/runs/README.md).")
+@click.option("--runs", "runs_file", type=click.Path(),
+              help="A runs/v1 or serving/v1 file (schemas: planner/validation/data/README.md) "
+                   "[default: every bundled set, each reported separately].")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--plot", type=click.Path(), help="Write a PNG bar chart of the % errors here.")
 @click.option("--markdown", type=click.Path(), help="Write a Markdown report (table + summary) here.")
 def validate(runs_file, fmt, plot, markdown):
-    """Predict every run of a published-runs file and report measured vs predicted, % error and a summary.
+    """Predict every run of a published-runs file (or of every bundled set) and report measured vs
+    predicted, % error and the errors in sample (rows the constants were fitted on) and out of sample.
 
     Each run is predicted in the quantity it reports (step time, tokens/s per GPU, TFLOP/s per GPU, MFU or
     HFU, in the source's FLOP convention; peak GB per GPU when it reports no speed). Fields the source leaves
     null (micro-batch, interleaving, recompute) are filled with the fastest value that fits. Runs that cannot be predicted are listed with the reason.
     """
-    from planner.validation.runs import ValidationFileError, render_markdown, render_plot, validate_file
+    from planner.validation.runs import BUNDLED, ValidationFileError, render_markdown, render_plot, validate_file
 
     try:
-        result = validate_file(runs_file)
+        results = [validate_file(f) for f in ([runs_file] if runs_file else BUNDLED.values())]
     except ValidationFileError as e:
         raise UserError(str(e)) from None
     if plot:
-        render_plot(result, plot)
+        render_plot(results, plot)
     if markdown:
         with open(markdown, "w") as fh:
-            fh.write(render_markdown(result, plot))
+            fh.write(render_markdown(results, plot))
     if fmt == "json":
-        click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
+        doc = results[0].as_json() if runs_file else {"sets": [r.as_json() for r in results]}
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
+    for result in results:
+        _print_validation(result)
+
+
+def _print_validation(result) -> None:
     from rich.table import Table
-    t = Table(show_edge=False)
+    t = Table(show_edge=False, title=f"{result.file} ({result.schema_})")
     for col in ("id", "metric", "measured", "predicted", "error", "filled by the planner / skipped"):
         t.add_column(col, justify="left" if col in ("id", "metric", "filled by the planner / skipped") else "right")
     for r in result.runs:
@@ -277,13 +285,15 @@ def validate(runs_file, fmt, plot, markdown):
     console = _console()
     console.print(t)
     s = result.summary
-    if s.predicted:
-        console.print(f"{s.predicted} of {s.count} runs predicted ({s.skipped} skipped): median |error| "
-                      f"{100 * s.median_abs_pct_error:.1f}%, mean {100 * s.mean_abs_pct_error:.1f}%, max "
-                      f"{100 * s.max_abs_pct_error:.1f}%; {100 * s.within_10pct:.0f}% within 10%, "
-                      f"{100 * s.within_20pct:.0f}% within 20%")
-    else:
+    if not s.predicted:
         console.print(f"no run of {s.count} could be predicted")
+    for label, p in (("all", s), ("out of sample (held out)", result.out_of_sample),
+                     ("in sample (constants fitted on these)", result.in_sample)):
+        if p is not None and p.predicted:
+            console.print(f"{label}: {p.predicted} of {p.count} runs predicted ({p.skipped} skipped): median |error| "
+                          f"{100 * p.median_abs_pct_error:.1f}%, mean {100 * p.mean_abs_pct_error:.1f}%, max "
+                          f"{100 * p.max_abs_pct_error:.1f}%; {100 * p.within_10pct:.0f}% within 10%, "
+                          f"{100 * p.within_20pct:.0f}% within 20%")
 
 
 @cli.command()

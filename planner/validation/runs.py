@@ -11,6 +11,7 @@ import json
 import math
 import re
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -21,7 +22,14 @@ from costmodels.performance import Evaluation, evaluate, evaluate_layout, stage_
 from costmodels.strategy import Strategy, StrategyError
 from hardware import Cluster, HardwareError, load_catalog
 from planner.solve.solver import solve_layout
-from planner.solve.space import check_strategy, divisors
+from planner.solve.rules import MAX_VIRTUAL_STAGES, allows, check_strategy
+from planner.solve.space import divisors
+
+# The measurement sets shipped with the package (copies of the reference sets; data/README.md). `plan
+# validate` with no --runs validates each; planner.validation.fit fits the constants on their fit split.
+DATA = Path(__file__).resolve().parent / "data"
+BUNDLED = {"runs-public": DATA / "runs-public.json", "runs-modern": DATA / "runs-modern.json",
+           "serving-public": DATA / "serving-public.json"}
 
 # the first one a run reports is predicted; peak memory only when the run reports no speed
 METRICS = ("step_time_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu", "hfu", "peak_memory_gb")
@@ -29,6 +37,49 @@ METRICS = ("step_time_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu", "hfu"
 
 class ValidationFileError(ValueError):
     """The runs file cannot be read; the message names the file and the problem."""
+
+
+class RunSkipped(Exception):
+    """One run cannot be predicted, for a declared reason that becomes the row's `skipped` text: the GPU
+    is not in the catalog, a parallelism rule is broken, a feature is not modelled, a required field is
+    missing, null or malformed (named), or nothing is measured. `validate_file` turns this (and the rule
+    errors StrategyError / ModelError, whose messages name the offending value) into a skipped row; any
+    other exception is a bug and propagates with its traceback."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def group(run: dict, name: str) -> dict:
+    """`run[name]`, an object, or RunSkipped naming it."""
+    g = run.get(name)
+    if not isinstance(g, dict):
+        raise RunSkipped(f"{name} is {'missing' if g is None else 'not an object'}")
+    return g
+
+
+def field(run: dict, name: str, key: str, kind: type = int, *, required: bool = True, default=None):
+    """`run[name][key]` as `kind` (int: a whole number; float: a number; str; bool), or RunSkipped naming
+    the field when it is missing, null (and required) or of the wrong type."""
+    grp = group(run, name)
+    value = grp.get(key)
+    if value is None:
+        if required:
+            raise RunSkipped(f"{name}.{key} is {'null' if key in grp else 'missing'}")
+        return default
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RunSkipped(f"{name}.{key} is {value!r}; expected a whole number")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RunSkipped(f"{name}.{key} is {value!r}; expected a number")
+        value = float(value)
+    elif not isinstance(value, kind):
+        raise RunSkipped(f"{name}.{key} is {value!r}; expected {kind.__name__}")
+    return value
 
 
 class RunResult(BaseModel):
@@ -41,6 +92,7 @@ class RunResult(BaseModel):
     skipped: str | None = None       # why the run could not be predicted
     filled: dict = {}                # unknown fields chosen by the planner
     peak_memory_gb: float | None = None
+    split: str | None = None         # "fit": a bundled row constants were fitted on; else "held-out"
 
 
 class Summary(BaseModel):
@@ -60,6 +112,8 @@ class ValidationResult(BaseModel):
     schema_: str
     file: str
     summary: Summary
+    in_sample: Summary | None = None        # the rows constants were fitted on (planner.validation.fit)
+    out_of_sample: Summary | None = None    # all other rows
     runs: list[RunResult]
 
     def as_json(self) -> dict:
@@ -93,23 +147,40 @@ def load_runs(path: str | Path) -> tuple[str, list[dict]]:
     return schema, runs
 
 
-def validate_file(path: str | Path) -> ValidationResult:
+def validate_file(path: str | Path, completions: dict[str, Completion] | None = None) -> ValidationResult:
+    """Predict every run of a runs/v1 or serving/v1 file. A run is skipped only for a declared reason
+    (RunSkipped, a broken rule, an unknown GPU for serving rows); any other exception propagates.
+    `completions` collects the completion chosen for each predicted training run (predict_run)."""
+    from planner.validation.fit import FIT, HELD_OUT, fit_rows
+
     schema, runs = load_runs(path)
-    results = []
-    for i, run in enumerate(runs):
-        rid = str(run.get("id", f"run-{i}")) if isinstance(run, dict) else f"run-{i}"
-        try:
-            if schema == "serving/v1":   # inference rows: planner.serving.serve predicts each in its mode
-                from planner.serving.serve import predict_serving_run
-                results.append(predict_serving_run(run))
-                continue
-            results.append(predict_run(run))
-        except (KeyError, TypeError, ValueError, ModelError, StrategyError, HardwareError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if isinstance(e, KeyError):
-                msg = f"missing field {e}"
-            results.append(RunResult(id=rid, metric=None, measured=None, predicted=None, pct_error=None, skipped=msg))
-    return ValidationResult(schema_=schema, file=str(path), summary=summarise(results), runs=results)
+    results = [validate_run(schema, run, i, completions) for i, run in enumerate(runs)]
+    fitted = fit_rows()
+    for r in results:
+        r.split = FIT if (schema, r.id) in fitted else HELD_OUT
+    inside = [r for r in results if r.split == FIT]
+    outside = [r for r in results if r.split != FIT]
+    return ValidationResult(schema_=schema, file=str(path), summary=summarise(results),
+                            in_sample=summarise(inside) if inside else None,
+                            out_of_sample=summarise(outside) if outside else None, runs=results)
+
+
+def validate_run(schema: str, run, i: int = 0, completions: dict[str, Completion] | None = None) -> RunResult:
+    """One row of a file in `schema`, predicted or skipped with its reason."""
+    rid = str(run.get("id") or f"run-{i}") if isinstance(run, dict) else f"run-{i}"
+    declared: tuple[type[Exception], ...] = (RunSkipped, ModelError, StrategyError)
+    try:
+        if not isinstance(run, dict):
+            raise RunSkipped(f"row {i} is not a JSON object")
+        if schema == "serving/v1":   # inference rows: predicted in their mode (planner.validation.serving)
+            from costmodels.serving import ServingError
+            from planner.validation.serving import predict_serving_run
+            declared += (ServingError, HardwareError)   # HardwareError: the row's GPU is not in the catalog
+            return RunResult(**predict_serving_run(run, run_model))
+        return predict_run(run, completions)
+    except declared as e:
+        msg = e.reason if isinstance(e, RunSkipped) else (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return RunResult(id=rid, metric=None, measured=None, predicted=None, pct_error=None, skipped=msg)
 
 
 def summarise(results: list[RunResult]) -> Summary:
@@ -128,18 +199,29 @@ def summarise(results: list[RunResult]) -> Summary:
 # --- one run ----------------------------------------------------------------------------------------
 def run_model(m: dict) -> ModelSpec:
     """The run's shape. GELU models are GPT-style (learned positions, biases, tied embeddings);
-    SwiGLU models Llama-style (RoPE, no biases, untied)."""
-    gpt_style = (m.get("ffn_type") or "gelu") == "gelu"
-    moe = m.get("moe")
+    SwiGLU models Llama-style (RoPE, no biases, untied). A missing or malformed required field is named
+    (RunSkipped); values outside the model's rules raise ModelError naming them."""
+    r = {"model": m}
+    ffn_type = field(r, "model", "ffn_type", str, required=False, default="gelu")
+    if ffn_type not in ("gelu", "swiglu"):
+        raise RunSkipped(f"model.ffn_type {ffn_type!r} is not modelled; known: gelu, swiglu")
+    gpt_style = ffn_type == "gelu"
+    layers = field(r, "model", "layers")
+    moe = None
+    if m.get("moe") is not None:
+        e = {"model.moe": m["moe"]}
+        moe = MoESpec(experts=field(e, "model.moe", "experts"), top_k=field(e, "model.moe", "top_k"),
+                      expert_ffn_hidden=field(e, "model.moe", "expert_ffn_hidden"),
+                      shared_experts=field(e, "model.moe", "shared_experts", required=False, default=0),
+                      layer_freq=_moe_freq(layers, field(e, "model.moe", "moe_layers", required=False)))
     return ModelSpec(
-        name=m.get("name") or "run-model", layers=m["layers"], hidden=m["hidden"], heads=m["heads"],
-        kv_heads=m.get("kv_heads"), ffn_hidden=m.get("ffn_hidden"), ffn_type=m.get("ffn_type") or "gelu",
-        vocab=m.get("vocab") or 51200, seq_len=m["seq_len"], tied_embeddings=gpt_style,
+        name=field(r, "model", "name", str, required=False, default="run-model"), layers=layers,
+        hidden=field(r, "model", "hidden"), heads=field(r, "model", "heads"),
+        kv_heads=field(r, "model", "kv_heads", required=False), ffn_hidden=field(r, "model", "ffn_hidden", required=False),
+        ffn_type=ffn_type, vocab=field(r, "model", "vocab", required=False, default=51200),
+        seq_len=field(r, "model", "seq_len"), tied_embeddings=gpt_style,
         position_embedding="learned" if gpt_style else "rope", bias=gpt_style,
-        norm="layernorm" if gpt_style else "rmsnorm",
-        moe=MoESpec(experts=moe["experts"], top_k=moe["top_k"], expert_ffn_hidden=moe["expert_ffn_hidden"],
-                    shared_experts=moe.get("shared_experts") or 0,
-                    layer_freq=_moe_freq(m["layers"], moe.get("moe_layers"))) if moe else None,
+        norm="layernorm" if gpt_style else "rmsnorm", moe=moe,
     )
 
 
@@ -176,14 +258,19 @@ def network_gbps_per_gpu(text: str | None, gpus_per_node: int) -> float | None:
 
 
 def run_cluster(h: dict) -> Cluster:
-    gpu, note = load_catalog().resolve(h["gpu"])
-    n, gpn = int(h["num_gpus"]), int(h.get("gpus_per_node") or gpu.gpus_per_node)
-    gpn = min(gpn, n)
-    net = network_gbps_per_gpu(h.get("interconnect"), gpn)
+    r = {"hardware": h}
+    try:
+        gpu, note = load_catalog().resolve(field(r, "hardware", "gpu", str))
+    except HardwareError as e:          # not in the catalog: the message names it and the known GPUs
+        raise RunSkipped(str(e).splitlines()[0]) from None
+    n = field(r, "hardware", "num_gpus")
+    gpn = min(field(r, "hardware", "gpus_per_node", required=False, default=gpu.gpus_per_node), n)
+    net = network_gbps_per_gpu(field(r, "hardware", "interconnect", str, required=False), gpn)
     if net:
         gpu = gpu.model_copy(update={"inter_node_gbps": net})
     if n % gpn:
-        raise ValueError(f"num_gpus {n} is not a multiple of gpus_per_node {gpn}")
+        raise RunSkipped(f"num_gpus {n} is not a multiple of gpus_per_node {gpn} (rack-scale NVLink domains "
+                         "are not modelled)")
     return Cluster(gpu=gpu, num_nodes=n // gpn, gpus_per_node=gpn, note=note)
 
 
@@ -198,22 +285,28 @@ def uses_flash_attention(run: dict) -> bool:
 
 def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: bool) -> list[Strategy]:
     """The run's strategy, with every null field expanded to the values the rules allow."""
-    tp, pp, dp = int(s["tp"]), int(s["pp"]), int(s["dp"])
-    cp, ep = int(s.get("cp") or 1), int(s.get("ep") or 1)
-    gb = int(s["global_batch"])
+    r = {"strategy": s}
+    tp, pp, dp = field(r, "strategy", "tp"), field(r, "strategy", "pp"), field(r, "strategy", "dp")
+    cp, ep = field(r, "strategy", "cp", required=False, default=1), field(r, "strategy", "ep", required=False, default=1)
+    gb = field(r, "strategy", "global_batch")
     if gb % dp:
-        raise ValueError(f"global_batch {gb} is not divisible by dp {dp}")
-    mbs = [int(s["micro_batch"])] if s.get("micro_batch") else [d for d in divisors(gb // dp) if d <= 16]
-    recs = [s["recompute"]] if s.get("recompute") else ["none", "selective", "full"]
-    zeros = [int(s["zero_stage"])] if s.get("zero_stage") is not None else [0, 1]
-    sp = s.get("sequence_parallel")
-    sps = [bool(sp)] if sp is not None else [False]   # unknown: Megatron's default (off; it is opt-in)
-    precision = s.get("precision") or "bf16"
+        raise RunSkipped(f"global_batch {gb} is not divisible by dp {dp}")
+    mb = field(r, "strategy", "micro_batch", required=False)
+    mbs = [mb] if mb else [d for d in divisors(gb // dp) if d <= 16]
+    rec = field(r, "strategy", "recompute", str, required=False)
+    recs = [rec] if rec else ["none", "selective", "full"]
+    zero = field(r, "strategy", "zero_stage", required=False)
+    zeros = [zero] if zero is not None else [0, 1]
+    sp = field(r, "strategy", "sequence_parallel", bool, required=False)
+    sps = [sp] if sp is not None else [False]   # unknown: Megatron's default (off; it is opt-in)
+    precision = field(r, "strategy", "precision", str, required=False, default="bf16")
+    vs_known = field(r, "strategy", "virtual_stages", required=False)
     out = []
     for mb in mbs:
         m = gb // (dp * mb)
-        vs = [int(s["virtual_stages"])] if s.get("virtual_stages") else (
-            [v for v in range(1, 9) if v == 1 or (model.layers >= pp * v and m % pp == 0)] if pp > 1 else [1])
+        vs = [vs_known] if vs_known else (
+            [v for v in range(1, MAX_VIRTUAL_STAGES + 1)
+             if allows("virtual_stages", model, pp=pp, micro_batches=m, virtual_stages=v)])
         for v in vs:
             for rec in recs:
                 for z in zeros:
@@ -224,18 +317,43 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
     return out
 
 
-def predict_run(run: dict) -> RunResult:
-    rid = str(run["id"])
+@dataclass(frozen=True)
+class Completion:
+    """The completion predict_run chose for a run (its unknown fields filled, layers placed) and what it
+    takes to evaluate it again under other constants (planner.validation.fit)."""
+    run: dict
+    model: ModelSpec
+    cluster: Cluster
+    metric: str
+    measured: float
+    evaluation: Evaluation
+
+    def predicted(self) -> float:
+        """The run's metric for this completion under the constants in force now."""
+        ev = evaluate(self.model, self.evaluation.strategy, self.cluster)
+        return _metric(self.metric, ev, self.model, self.run, self.cluster)
+
+
+def predict_run(run: dict, completions: dict[str, Completion] | None = None) -> RunResult:
+    """Predict one runs/v1 row; RunSkipped (or a rule's error) when it cannot be, naming why. With
+    `completions`, the chosen completion is stored there under the run's id."""
+    rid = str(run.get("id") or "run")
     measured = run.get("measured") or {}
+    if not isinstance(measured, dict):
+        raise RunSkipped("measured is not an object")
     metric = next((k for k in METRICS if measured.get(k) is not None), None)
     if metric is None:
-        return RunResult(id=rid, metric=None, measured=None, predicted=None, pct_error=None,
-                         skipped="no measured step_time_s, tokens_per_s_per_gpu, tflops_per_gpu, mfu, hfu "
-                                 "or peak_memory_gb")
-    model = run_model(run["model"])
-    cluster = run_cluster(run["hardware"])
+        raise RunSkipped("no measured step_time_s, tokens_per_s_per_gpu, tflops_per_gpu, mfu, hfu or peak_memory_gb")
+    meas = field(run, "measured", metric, float)
+    if meas <= 0:
+        raise RunSkipped(f"measured.{metric} is {meas!r}; expected a positive number")
+    model = run_model(group(run, "model"))
+    cluster = run_cluster(group(run, "hardware"))
+    group(run, "strategy")
+    gb, derived = run_global_batch(run, model, cluster)
+    strategy = {**run["strategy"], "global_batch": gb}
     flash = uses_flash_attention(run)
-    cands = candidate_strategies(model, run["strategy"], cluster, flash)
+    cands = candidate_strategies(model, strategy, cluster, flash)
     best: Evaluation | None = None
     broken: StrategyError | None = None
     for st in cands:
@@ -257,16 +375,39 @@ def predict_run(run: dict) -> RunResult:
     if best is None:
         reason = str(broken) if broken is not None and not any_valid(cands, model, cluster) else \
             "no completion of the unknown fields fits in GPU memory"
-        return RunResult(id=rid, metric=metric, measured=measured[metric], predicted=None, pct_error=None,
+        return RunResult(id=rid, metric=metric, measured=meas, predicted=None, pct_error=None,
                          skipped=reason)
     predicted = _metric(metric, best, model, run, cluster)
+    if completions is not None:
+        completions[rid] = Completion(run, model, cluster, metric, meas, best)
     filled = {k: getattr(best.strategy, f) for k, f in (("micro_batch", "micro_batch"), ("virtual_stages", "virtual_stages"),
                                                         ("recompute", "recompute"), ("zero_stage", "zero_stage"))
               if run["strategy"].get(k) is None}
-    meas = float(measured[metric])
+    if derived:
+        filled = {"global_batch": gb, **filled}
     return RunResult(id=rid, metric=metric, measured=meas, predicted=predicted,
                      pct_error=(predicted - meas) / meas, filled=filled,
                      peak_memory_gb=max(best.stage_memory_b) / 1e9)
+
+
+def run_global_batch(run: dict, model: ModelSpec, cluster: Cluster) -> tuple[int, bool]:
+    """(global batch in sequences, whether it was derived). A null global_batch is derived when the run
+    measures both tokens_per_s_per_gpu and step_time_s: tokens per step / seq_len, accepted when it is
+    within 1% of a multiple of dp; otherwise the run is skipped, naming the field."""
+    s = run["strategy"]
+    if s.get("global_batch") is not None:
+        return field(run, "strategy", "global_batch"), False
+    m = run.get("measured") or {}
+    tok, step = m.get("tokens_per_s_per_gpu"), m.get("step_time_s")
+    dp = field(run, "strategy", "dp")
+    if tok and step:
+        gb = field(run, "measured", "tokens_per_s_per_gpu", float) * cluster.num_gpus * \
+            field(run, "measured", "step_time_s", float) / model.seq_len
+        k = round(gb / dp)
+        if k >= 1 and abs(k * dp - gb) <= 0.01 * gb:
+            return k * dp, True
+    raise RunSkipped("strategy.global_batch is null (derivable only from measured tokens_per_s_per_gpu x GPUs "
+                     "x step_time_s / seq_len, a multiple of dp)")
 
 
 def any_valid(cands: list[Strategy], model: ModelSpec, cluster: Cluster) -> bool:
@@ -337,43 +478,78 @@ def step_flops(run: dict, model: ModelSpec, global_batch: int) -> float:
     return model_flops_per_step(model, global_batch, model.seq_len)
 
 
-def render_markdown(result: ValidationResult, plot: str | None = None) -> str:
-    """docs/validation.md: the table and the summary, with the command that regenerates them."""
-    from costmodels.calibration import CALIBRATION
+def _summary_cells(s: Summary | None) -> str:
+    if s is None or not s.predicted:
+        return "- | - | - | - | - |"
+    return (f"{100 * s.median_abs_pct_error:.1f}% | {100 * s.mean_abs_pct_error:.1f}% | {100 * s.max_abs_pct_error:.1f}% | "
+            f"{100 * s.within_10pct:.0f}% | {100 * s.within_20pct:.0f}% |")
 
-    s = result.summary
+
+def _set_name(result: ValidationResult) -> str:
+    return Path(result.file).name
+
+
+def render_markdown(results: ValidationResult | list[ValidationResult], plot: str | None = None) -> str:
+    """docs/validation.md: per set, the errors in sample (rows constants were fitted on) and out of sample
+    (held out), every row, and the constants with where they come from."""
+    from costmodels.calibration import CALIBRATION, SERVING
+    from planner.validation.fit import SPLIT_RULE
+
+    results = [results] if isinstance(results, ValidationResult) else list(results)
+    bundled = all(Path(r.file).resolve() in {p.resolve() for p in BUNDLED.values()} for r in results)
+    cmd = "plan validate" if bundled else "plan validate " + " ".join(f"--runs {r.file}" for r in results)
     lines = [
-        "# Validation against published training runs",
+        "# Validation against published measurements",
         "",
         "Regenerate with:",
         "",
         "```bash",
-        f"plan validate --runs {result.file} --markdown docs/validation.md --plot docs/validation.png",
+        f"{cmd} --markdown docs/validation.md --plot docs/validation.png",
+        "python -m planner.validation.fit      # refits the constants of costmodels/calibration.py",
         "```",
         "",
+        f"**Split.** {SPLIT_RULE} Figures *out of sample* are on the held-out rows only; *in sample* on the "
+        "fit rows. The sets are copies of the reference sets, shipped in planner/validation/data.",
+        "",
+        "| set | rows | predicted | part | rows in part | median abs. error | mean | max | within 10% | within 20% |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    if s.predicted:
-        lines += [f"**{s.predicted} of {s.count} runs predicted** ({s.skipped} skipped): median |error| "
-                  f"{100 * s.median_abs_pct_error:.1f}%, mean {100 * s.mean_abs_pct_error:.1f}%, "
-                  f"max {100 * s.max_abs_pct_error:.1f}%; {100 * s.within_10pct:.0f}% of runs within 10%, "
-                  f"{100 * s.within_20pct:.0f}% within 20%.", ""]
+    for res in results:
+        s = res.summary
+        for label, part in (("out of sample", res.out_of_sample), ("in sample", res.in_sample), ("all", s)):
+            if part is None:
+                continue
+            lines.append(f"| {_set_name(res)} | {s.count} | {s.predicted} | {label} | {part.predicted} | "
+                         f"{_summary_cells(part)}")
+    lines.append("")
     if plot:
         lines += [f"![prediction errors]({Path(plot).name})", ""]
-    lines += ["| run | metric | measured | predicted | error | chosen for unknown fields |",
-              "|---|---|---:|---:|---:|---|"]
-    for r in result.runs:
-        if r.pct_error is None:
-            lines.append(f"| {r.id} | {r.metric or '-'} | {r.measured or '-'} | - | - | skipped: {r.skipped} |")
-        else:
-            filled = ", ".join(f"{k}={v}" for k, v in r.filled.items())
-            lines.append(f"| {r.id} | {r.metric} | {r.measured:.4g} | {r.predicted:.4g} | "
-                         f"{100 * r.pct_error:+.1f}% | {filled} |")
-    lines += ["", "## Fitted constants (costmodels/calibration.py)", "",
-              "| family | GEMM efficiency | GEMM half-efficiency dim | flash attention efficiency | HBM efficiency |",
-              "|---|---:|---:|---:|---:|"]
+    for res in results:
+        lines += [f"## {_set_name(res)} ({res.schema_})", "",
+                  "| run | split | metric | measured | predicted | error | chosen for unknown fields / skipped |",
+                  "|---|---|---|---:|---:|---:|---|"]
+        for r in res.runs:
+            if r.pct_error is None:
+                lines.append(f"| {r.id} | {r.split} | {r.metric or '-'} | {r.measured or '-'} | - | - | "
+                             f"skipped: {r.skipped} |")
+            else:
+                filled = ", ".join(f"{k}={v}" for k, v in r.filled.items())
+                lines.append(f"| {r.id} | {r.split} | {r.metric} | {r.measured:.4g} | {r.predicted:.4g} | "
+                             f"{100 * r.pct_error:+.1f}% | {filled} |")
+        lines.append("")
+    lines += ["## Constants (costmodels/calibration.py)", "",
+              "Fitted by `python -m planner.validation.fit` on the fit rows named above; the others are taken "
+              "from the sources calibration.py cites.", "",
+              "| family | GEMM efficiency | GEMM half-efficiency dim | flash attention efficiency | HBM efficiency | "
+              "provenance |", "|---|---:|---:|---:|---:|---|"]
     for fam, c in CALIBRATION.items():
-        lines.append(f"| {fam} | {c.gemm_efficiency} | {c.gemm_half_dim:g} | {c.attention_efficiency} | {c.hbm_efficiency} |")
-    lines += ["", "Unknown fields of a run (null in the file) are filled with the fastest value that fits in memory, as "
+        how = CALIBRATION_PROVENANCE.get(fam, "")
+        lines.append(f"| {fam} | {c.gemm_efficiency:g} | {c.gemm_half_dim:g} | {c.attention_efficiency:g} | "
+                     f"{c.hbm_efficiency:g} | {how} |")
+    lines += ["", f"Serving: layer overhead {1e6 * SERVING.layer_overhead_s:g} us and NVLink all-reduce latency "
+              f"{1e6 * SERVING.allreduce_latency_nvlink_s:g} us, fitted on the fit rows of serving-public.json; "
+              "the other serving constants are stated assumptions (docs/serving.md).", "",
+              "Unknown fields of a run (null in the file) are filled with the fastest value that fits in memory, as "
               "an operator tuning that run would; the network bandwidth comes from the run's interconnect text when "
               "it states one. No constant is keyed to a run.", ""]
     from planner.validation.paper_memory import figure1_markdown
@@ -382,28 +558,45 @@ def render_markdown(result: ValidationResult, plot: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def render_plot(result: ValidationResult, path: str | Path) -> None:
-    """Bar chart of signed % error per run (matplotlib, Agg backend)."""
+CALIBRATION_PROVENANCE = {
+    "default": "taken: ampere's (families without a fit)",
+    "ampere": "fitted on the ampere fit rows of runs-public.json and runs-modern.json",
+    "hopper": "fitted on the hopper fit rows of runs-public.json and runs-modern.json",
+    "blackwell": "taken: hopper's (one B200 row, GB200 not in the catalog)",
+    "cdna3": "taken: hopper's (one MI300X row)",
+}
+
+
+def render_plot(results: ValidationResult | list[ValidationResult], path: str | Path) -> None:
+    """Bar charts of signed % error per run, one panel per set (matplotlib, Agg backend); rows constants
+    were fitted on are marked '(fit)'."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
 
-    rows = [r for r in result.runs if r.pct_error is not None]
-    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.28 * len(rows) + 1)), dpi=100)
-    ys = range(len(rows))
-    errs = [100 * r.pct_error for r in rows]
-    ax.barh(list(ys), errs, color=["#2a7" if abs(e) <= 10 else ("#d90" if abs(e) <= 20 else "#c33") for e in errs])
-    ax.set_yticks(list(ys), [f"{r.id} ({r.metric})" for r in rows], fontsize=7)
-    ax.axvline(0, color="k", lw=0.8)
-    for x in (-10, 10):
-        ax.axvline(x, color="grey", lw=0.6, ls="--")
-    s = result.summary
-    ax.set_xlabel("prediction error, % of measured")
-    ax.set_title(f"{Path(result.file).name}: median |error| {100 * (s.median_abs_pct_error or 0):.1f}%, "
-                 f"{100 * (s.within_10pct or 0):.0f}% of runs within 10%", fontsize=9)
-    ax.invert_yaxis()
+    results = [results] if isinstance(results, ValidationResult) else list(results)
+    panels = [(res, [r for r in res.runs if r.pct_error is not None]) for res in results]
+    heights = [max(2.0, 0.2 * len(rows) + 1.2) for _, rows in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, sum(heights)), dpi=100,
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (res, rows) in zip(axes[:, 0], panels):
+        ys = list(range(len(rows)))
+        errs = [100 * r.pct_error for r in rows]
+        ax.barh(ys, errs, color=[to_rgba("#2a7" if abs(e) <= 10 else ("#d90" if abs(e) <= 20 else "#c33"),
+                                         0.4 if r.split == "fit" else 1.0) for e, r in zip(errs, rows)])
+        ax.set_yticks(ys, [f"{r.id} ({r.metric}){' (fit)' if r.split == 'fit' else ''}" for r in rows], fontsize=6)
+        ax.axvline(0, color="k", lw=0.8)
+        for x in (-10, 10):
+            ax.axvline(x, color="grey", lw=0.6, ls="--")
+        o = res.out_of_sample
+        title = f"{_set_name(res)}: {res.summary.predicted} of {res.summary.count} predicted"
+        if o is not None and o.predicted:
+            title += (f"; held out: median |error| {100 * o.median_abs_pct_error:.1f}%, "
+                      f"{100 * o.within_10pct:.0f}% within 10%")
+        ax.set_title(title, fontsize=9)
+        ax.invert_yaxis()
+    axes[-1, 0].set_xlabel("prediction error, % of measured (pale bars: rows the constants were fitted on)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    if not math.isfinite(s.median_abs_pct_error or 0):
-        raise ValueError("no run could be predicted")
