@@ -168,7 +168,8 @@ def test_enumeration_of_pools_is_every_combination_the_rules_allow(seed):
         tp, cp, pp, dp = k[:4]
         stages = [n // (tp * cp * dp) for n in pools]
         # every order of the pools, each pool's stages together
-        want = {tuple(i for i in order for _ in range(stages[i])) for order in itertools.permutations(range(len(pools)))}
+        orders = itertools.permutations(range(len(pools)))
+        want = {tuple(i for i in order for _ in range(stages[i])) for order in orders}
         assert len(placements) == len(set(placements)) or len(set(pools)) < len(pools)
         assert set(placements) == want
     assert all(known_summary(k) and c > 0 for k, c in space.removed.items()), space.removed

@@ -98,15 +98,6 @@ def chunks(n: int, parts: int) -> list[int]:
     return [base + (1 if c < extra else 0) for c in range(parts)]
 
 
-def fp16_grads_reason(name: str, st: Strategy) -> str | None:
-    """Megatron-LM and DeepSpeed keep fp32 main gradients for fp16 training: a plan with 16-bit gradients
-    under fp16 cannot be written for them."""
-    if st.precision == "fp16" and not st.fp32_grads:
-        return (f"{name} keeps an fp32 copy of fp16 gradients for the optimizer (20 B/param before sharding); "
-                f"nearest expressible plan: --grads fp32")
-    return None
-
-
 def header(model: ModelSpec, st: Strategy, cluster: Cluster, what: str, notes: list[str]) -> list[str]:
     """Comment lines above an emitted file: what it is, the plan, and the notes."""
     from planner.solve.result import describe_strategy

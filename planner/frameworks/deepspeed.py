@@ -11,7 +11,8 @@ from dataclasses import replace
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
-from planner.frameworks.base import ConfigImportError, canonical, chunks, fp16_grads_reason, header
+from planner.frameworks.base import ConfigImportError, canonical, chunks, header
+from planner.solve.rules import framework_problem
 
 NAME = "DeepSpeed"
 
@@ -27,28 +28,7 @@ def deepspeed_split(layers: int, pp: int) -> list[int]:
 
 def unsupported(model: ModelSpec, st: Strategy) -> str | None:
     """Why a DeepSpeed JSON config cannot run this plan at all (with the nearest plan it can), or None."""
-    if st.recompute == "selective":
-        return (f"{NAME} has no selective (attention-core) recompute setting; nearest expressible plans: "
-                f"--recompute none (with flash attention it stores the same activations) or --recompute full")
-    if st.tp > 1:
-        return (f"tp={st.tp}: tensor parallelism needs Megatron-DeepSpeed, not a DeepSpeed JSON config; "
-                f"nearest expressible plan: tp=1 (rerun with --tp 1), or use --emit megatron")
-    if st.cp > 1:
-        return (f"cp={st.cp}: DeepSpeed has no ring-attention context parallelism (Ulysses is another scheme); "
-                f"nearest expressible plan: cp=1")
-    if st.ep > 1:
-        return (f"ep={st.ep}: DeepSpeed sets expert parallelism in model code (deepspeed.moe.layer.MoE ep_size), "
-                f"not in its JSON config; nearest expressible plan: ep=1")
-    if st.virtual_stages > 1:
-        return (f"virtual_stages={st.virtual_stages}: DeepSpeed's pipeline engine has no interleaved schedule; "
-                f"nearest expressible plan: --virtual-stages 1")
-    if st.pipeline_schedule == "gpipe":
-        return "DeepSpeed's pipeline engine runs 1F1B, not GPipe; nearest expressible plan: --schedule 1f1b"
-    if st.zero_stage >= 2 and st.pp > 1:
-        return f"DeepSpeed cannot combine ZeRO-{st.zero_stage} with pipeline parallelism; nearest: ZeRO-1"
-    if st.precision == "fp8":
-        return "DeepSpeed's config has no FP8 training; nearest expressible plan: --precision bf16"
-    return fp16_grads_reason(NAME, st)
+    return framework_problem("deepspeed", model, st)   # the rules: planner/solve/rules.py
 
 
 def space_for(opts):

@@ -12,6 +12,7 @@ from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.frameworks.base import chunks, header
+from planner.solve.rules import framework_problem
 
 NAME = "torchtitan"
 TORCHTITAN_FLAVORS = {"llama3-8b": ("llama3", "8B"), "llama3-70b": ("llama3", "70B"),
@@ -22,29 +23,7 @@ TORCHTITAN_FLAVORS = {"llama3-8b": ("llama3", "8B"), "llama3-70b": ("llama3", "7
 
 def unsupported(model: ModelSpec, st: Strategy) -> str | None:
     """Why torchtitan cannot run this plan at all (with the nearest plan it can), or None."""
-    if st.recompute == "selective":
-        return (f"{NAME} has no selective (attention-core) recompute setting; nearest expressible plans: "
-                f"--recompute none (with flash attention it stores the same activations) or --recompute full")
-    if st.zero_stage == 1:
-        nearest = "--zero 0" if st.pp > 1 else "--zero 2 (FSDP2 without resharding after forward)"
-        return (f"ZeRO-1 cannot be expressed in torchtitan (FSDP2 shards gradients too); nearest expressible "
-                f"plan: {nearest}")
-    if st.offload_optimizer and not st.offload_params:
-        return ("torchtitan offloads parameters, gradients and optimizer states together "
-                "(training.enable_cpu_offload); nearest expressible plan: ZeRO-3 with --offload-params")
-    if st.precision == "fp16":
-        return "torchtitan trains in bf16 or fp32 (no fp16 loss scaling); nearest expressible plan: --precision bf16"
-    if st.optimizer != "adam":
-        return "torchtitan builds Adam or AdamW only; nearest expressible plan: --optimizer adam"
-    if not st.flash_attention:
-        return "torchtitan's models always use fused (SDPA/flex) attention; nearest expressible plan: flash attention"
-    if st.tp > 1 and not st.sequence_parallel:
-        return "torchtitan's tensor parallelism always uses sequence parallelism; nearest: --sequence-parallel"
-    shard_cp = (st.dp if st.zero_stage >= 2 else 1) * st.cp
-    if st.ep > 1 and shard_cp % st.ep:
-        return (f"ep={st.ep}: torchtitan carves expert parallelism out of the FSDP-sharded and context-parallel "
-                f"ranks ({shard_cp} here); nearest expressible plan: ZeRO-3 (FSDP) or ep=1")
-    return None
+    return framework_problem("torchtitan", model, st)   # the rules: planner/solve/rules.py
 
 
 def space_for(opts):

@@ -129,7 +129,7 @@ TP_HEADS = Rule(  # megatron/core/transformer/attention.py: heads and query grou
     "tp_heads", "tp", "tp must divide attention heads and kv heads",
     "tp={tp} does not divide the {heads} attention heads and {kv_heads} kv heads of {model}; allowed tp: {allowed_tp}",
     lambda c, s: c.model.heads % s.tp == 0 and c.model.kv_heads % s.tp == 0)
-CP_BALANCED = Rule(  # megatron/core/transformer/custom_layers/transformer_engine.py: 2 x cp chunks balance the causal mask
+CP_BALANCED = Rule(  # megatron/core/transformer/custom_layers/transformer_engine.py: 2 x cp causal-balanced chunks
     "cp_balanced", "cp", "cp needs the sequence divisible by 2 x cp (load-balanced causal chunks)",
     "cp={cp}: the sequence of {seq_len} tokens is not divisible by 2 x cp = {two_cp}",
     lambda c, s: s.cp == 1 or c.model.seq_len % (2 * s.cp) == 0, frameworks=("megatron", "torchtitan"))
@@ -187,7 +187,8 @@ V_MICROBATCHES = Rule(  # megatron/core/pipeline_parallel/schedules.py: interlea
     lambda c, s: s.virtual_stages == 1 or s.micro_batches % s.pp == 0, frameworks=("megatron", "torchtitan"))
 ZERO_PP = Rule(  # deepspeed/runtime/pipe/engine.py: ZeRO-2/3 are incompatible with pipeline parallelism
     "zero_pp", "zero_stage", "ZeRO-2/3 cannot be combined with pipeline parallelism",
-    "ZeRO-{zero_stage} cannot be combined with pipeline parallelism (pp={pp}); use ZeRO-1 or pp=1",
+    "ZeRO-{zero_stage} cannot be combined with pipeline parallelism (pp={pp}; DeepSpeed's pipeline engine "
+    "refuses ZeRO-2/3); nearest: ZeRO-1 or pp=1",
     lambda c, s: s.zero_stage < 2 or s.pp == 1, frameworks=("deepspeed",))
 ZERO_DP = Rule(  # Rajbhandari et al. 2020 (ZeRO), 5: states are partitioned over the data-parallel ranks
     "zero_dp", "zero_stage", "ZeRO needs a data-parallel group (dp x cp > 1)",
@@ -201,7 +202,7 @@ PARAM_OFFLOAD_ZERO3 = Rule(  # deepspeed/runtime/zero/offload_config.py: offload
     "param_offload_zero3", "offload", "parameter offload needs ZeRO-3",
     "parameter offload needs ZeRO-3 (only ZeRO-3 partitions the weights), but zero_stage={zero_stage}",
     lambda c, s: not s.offload_params or s.zero_stage == 3, frameworks=("deepspeed", "torchtitan"))
-LAYERS_SUM = Rule(  # a pipeline holds every layer once
+LAYERS_SUM = Rule(  # megatron/core/transformer/transformer_block.py: the stages hold every layer once
     "layers_sum", "layout", "stage layers must sum to the layers",
     lambda f: (f"stage layers {list(f['stage_layers'])} sum to {sum(f['stage_layers'])}, "
                f"but {f['model']} has {f['layers']} layers"),
@@ -211,7 +212,7 @@ STAGE_CHUNKS = Rule(  # megatron/training/arguments.py: every model chunk needs 
     lambda f: (f"stage layers {list(f['stage_layers'])}: with {f['virtual_stages']} interleaved chunks "
                f"every stage needs at least {f['virtual_stages']} layers"),
     lambda c, s: s.stage_layers is None or min(s.stage_layers) >= s.virtual_stages)
-RECOMPUTE_IN_STAGE = Rule(  # megatron/core/transformer/transformer_block.py: recompute-num-layers counts a chunk's layers
+RECOMPUTE_IN_STAGE = Rule(  # megatron/core/transformer/transformer_block.py: recompute counts a chunk's layers
     "recompute_in_stage", "layout", "recomputed layers must not exceed the stage's layers",
     lambda f: _over_stage(f),
     lambda c, s: s.recompute_layers is None
@@ -323,7 +324,7 @@ DS_FP8 = Rule(  # deepspeed/runtime/config.py: fp16 and bf16 sections, no fp8
     "deepspeed_fp8", "setting", "DeepSpeed's config has no FP8",
     "DeepSpeed's config has no FP8 training; nearest expressible plan: --precision bf16",
     lambda c, s: s.precision != "fp8", frameworks=("deepspeed",))
-FP16_GRADS = Rule(  # megatron/core/optimizer/__init__.py, deepspeed/runtime/fp16/fused_optimizer.py: fp32 grads for fp16
+FP16_GRADS = Rule(  # megatron/core/optimizer/__init__.py, deepspeed/runtime/fp16/fused_optimizer.py: fp32 grads
     "fp16_grads_fp32_copy", "setting", "fp16 training keeps fp32 gradients",
     "{framework_name} keeps an fp32 copy of fp16 gradients for the optimizer (20 B/param before sharding); "
     "nearest expressible plan: --grads fp32",
