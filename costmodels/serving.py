@@ -81,17 +81,6 @@ class Deployment:
         return self.tp * self.pp
 
 
-def check_deployment(model: ModelSpec, dep: Deployment) -> None:
-    """Shapes an engine accepts: tp divides the attention heads, pp at most the layers."""
-    if model.heads % dep.tp:
-        raise ServingError(f"tp={dep.tp} does not divide the {model.heads} attention heads of {model.name}; "
-                           "choose a tp that divides them")
-    if dep.pp > model.layers:
-        raise ServingError(f"pp={dep.pp} exceeds the {model.layers} layers of {model.name}")
-    if dep.ep > 1 and model.moe is None:
-        raise ServingError(f"ep={dep.ep} needs a mixture-of-experts model; {model.name} is dense")
-
-
 def compute_precision(gpu: GPUSpec, weights: str) -> str:
     """GEMM precision: fp8 weights run W8A8 on fp8 tensor cores where the GPU has them (Hopper, Ada,
     Blackwell, MI300); other quantised weights are dequantised into 16-bit GEMMs (W8A16 / W4A16, e.g.

@@ -25,6 +25,7 @@ from hardware import Cluster, GPUSpec
 from planner.errors import PlannerError
 from planner.serving.result import GB, ServePlan, ServeResult, assumptions
 from planner.solve.result import cluster_out, model_out
+from planner.solve.rules import deployment_problem, shape_ok
 
 BATCH_CAP = 4096                    # largest batch searched (engines' CUDA-graph sizes stop at 4096-8192)
 SEARCH_WEIGHTS = ("bf16", "fp8", "int8", "int4")
@@ -47,13 +48,12 @@ def _pow2_upto(n: int) -> list[int]:
 
 
 def _shapes(model: ModelSpec, cluster: Cluster, tp_fixed: int | None, pp_fixed: int | None) -> list[tuple[int, int]]:
+    """Replica shapes the serving rules allow (planner.solve.rules): powers of two, tp inside a node."""
     n, gpn = cluster.num_gpus, cluster.gpus_per_node
-    tps = [tp_fixed] if tp_fixed else [t for t in _pow2_upto(min(n, gpn)) if model.heads % t == 0]
     out = []
-    for tp in tps:
-        pps = [pp_fixed] if pp_fixed else _pow2_upto(n // tp)
-        for pp in pps:
-            if tp * pp <= n and n % (tp * pp) == 0 and pp <= model.layers and model.heads % tp == 0:
+    for tp in [tp_fixed] if tp_fixed else _pow2_upto(min(n, gpn)):
+        for pp in [pp_fixed] if pp_fixed else _pow2_upto(n // tp):
+            if shape_ok(model, tp, pp, n):
                 out.append((tp, pp))
     return out
 
@@ -204,7 +204,7 @@ def _min_gpus_that_fit(model: ModelSpec, gpu: GPUSpec, gpn: int, weights: str, k
     n = 1
     while n <= limit:
         for t in _pow2_upto(min(n, gpn)):
-            if n % t or model.heads % t or n // t > model.layers:
+            if not shape_ok(model, t, n // t, n):
                 continue
             if max_batch(model, gpu, Deployment(tp=t, pp=n // t, weights=weights, kv=kv), ctx, srv) >= 1:
                 return n
@@ -220,7 +220,7 @@ def _why_none(model, cluster, prompt, output, qps, batch, ttft_ms, tpot_ms, weig
     if not fits_any:
         w = weights or "int4"       # the search tried every precision: report the smallest
         kv = kv_cache or "fp8"
-        t = tp or next((x for x in reversed(_pow2_upto(min(n, gpn))) if model.heads % x == 0), 1)
+        t = tp or next((x for x in reversed(_pow2_upto(min(n, gpn))) if shape_ok(model, x, 1)), 1)
         dep = Deployment(tp=t, pp=pp or max(1, min(n // t, model.layers)), weights=w, kv=kv)
         mem = memory_anatomy(model, gpu, dep, 1, ctx, srv)
         options = [(p, m) for p in ("bf16", "fp8", "int8", "int4")
@@ -295,8 +295,6 @@ def _check_request(model, prompt, output, qps, batch, ttft_ms, tpot_ms, objectiv
             raise ServingError(f"{name} {v} is not allowed on {n} GPUs; give a divisor of {n}")
     if tp is not None and pp is not None and n % (tp * pp):
         raise ServingError(f"--tp {tp} x --pp {pp} = {tp * pp} does not divide the {n} GPUs")
-    if tp is not None and model.heads % tp:
-        raise ServingError(f"--tp {tp} does not divide the {model.heads} attention heads of {model.name}; "
-                           "choose a tp that divides them")
-    if pp is not None and pp > model.layers:
-        raise ServingError(f"--pp {pp} exceeds the {model.layers} layers of {model.name}")
+    problem = deployment_problem(model, Deployment(tp=tp or 1, pp=pp or 1))
+    if problem:
+        raise ServingError(problem)

@@ -10,7 +10,7 @@ callers ask this module:
 - `check_strategy` checks the same rules, in the same order, on a finished strategy (a user's plan,
   `plan evaluate`, `plan validate`) and raises the first broken rule's `message`;
 - export (planner.frameworks) asks `framework_problem` which plans a framework cannot express;
-- serving (planner.serving) asks `check_deployment` / `deployment_ok` for engine shapes.
+- serving (planner.serving.search, planner.validation.serving) asks `shape_ok` / `check_deployment`.
 
 The training space applies every training rule whatever the target framework, because the cost model
 predicts one execution for all of them; `Rule.frameworks` records whose code imposes a rule, and selects
@@ -398,6 +398,19 @@ def deployment_problem(model: ModelSpec, dep, num_gpus: int | None = None) -> st
     ctx = Context(model, num_gpus or 0)
     rule = first_broken(DEPLOYMENT_RULES if num_gpus is None else SHAPE_RULES, ctx, dep)
     return None if rule is None else rule.error(ctx, dep, "vllm")
+
+
+class _Shape:
+    __slots__ = ("tp", "pp", "ep")
+
+    def __init__(self, tp: int, pp: int, ep: int) -> None:
+        self.tp, self.pp, self.ep = tp, pp, ep
+
+
+def shape_ok(model: ModelSpec, tp: int, pp: int, num_gpus: int | None = None, ep: int = 1) -> bool:
+    """Whether the serving rules allow a tp x pp replica (with num_gpus: replicas filling that many GPUs)."""
+    ctx = Context(model, num_gpus or 0)
+    return first_broken(DEPLOYMENT_RULES if num_gpus is None else SHAPE_RULES, ctx, _Shape(tp, pp, ep)) is None
 
 
 def check_deployment(model: ModelSpec, dep, num_gpus: int | None = None) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 
 from costmodels.model import ModelError, ModelSpec
 from hardware import load_catalog
-from costmodels.serving import (Deployment, ServingError, check_deployment, max_batch, memory_anatomy,
-                                replica_performance)
+from costmodels.serving import Deployment, ServingError, max_batch, memory_anatomy, replica_performance
+from planner.solve.rules import check_deployment
 
 GB = 1e9
 SERVING_METRICS = ("output_tokens_per_s", "output_tokens_per_s_per_gpu", "ttft_ms", "tpot_ms")
