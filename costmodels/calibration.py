@@ -3,7 +3,7 @@
 Everything else in the cost model is physics (FLOPs, bytes, bandwidths from the catalog). Each constant
 below says whether it is *fitted* (on which rows, by which script) or *taken* (from which source).
 The fitted ones are produced by `python -m planner.validation.fit` on the declared fit split of the
-bundled measurement sets (planner/validation/data; the split rule is in planner/validation/fit.py), and
+bundled measurement sets (planner/validation/data; the split rule is in planner/validation/split.py), and
 docs/validation.md reports the errors on the held-out rows separately. Nothing is keyed to a run. Change
 them here and nowhere else, and rerun the fit (`--check` says whether these values are its output).
 """

@@ -252,7 +252,8 @@ def validate(runs_file, fmt, plot, markdown):
     HFU, in the source's FLOP convention; peak GB per GPU when it reports no speed). Fields the source leaves
     null (micro-batch, interleaving, recompute) are filled with the fastest value that fits. Runs that cannot be predicted are listed with the reason.
     """
-    from planner.validation.runs import BUNDLED, ValidationFileError, render_markdown, render_plot, validate_file
+    from planner.report.validation import render_markdown, render_plot
+    from planner.validation.runs import BUNDLED, ValidationFileError, validate_file
 
     try:
         results = [validate_file(f) for f in ([runs_file] if runs_file else BUNDLED.values())]

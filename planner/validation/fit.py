@@ -4,7 +4,7 @@ measurement sets, and report the errors in sample (fit rows) and out of sample (
     python -m planner.validation.fit            # fit, print the constants (today's and fitted) and the errors
     python -m planner.validation.fit --check    # exit 1 when calibration.py differs from what the fit gives
 
-The split (`split`): the rows of each bundled file are grouped by GPU family (the catalog's, e.g. ampere,
+The split (planner/validation/split.py): the rows of each bundled file are grouped by GPU family (the catalog's, e.g. ampere,
 hopper; a GPU the catalog does not know is its own group), each group is ordered by the SHA-256 of the row
 ids, and the 1st, 3rd, 5th, ... row of each group is in the fit split; the others are held out. The rule
 looks at ids and GPUs only, never at errors, so it is fixed before any fit; it keeps each family's rows
@@ -28,7 +28,6 @@ every run is predicted afresh with the new constants, and this repeats until the
 from __future__ import annotations
 
 import argparse
-import hashlib
 import inspect
 import itertools
 import math
@@ -36,18 +35,12 @@ import statistics
 import sys
 from contextlib import contextmanager
 from dataclasses import replace
-from functools import lru_cache
 
 import costmodels.calibration as calibration
 from costmodels.calibration import CALIBRATION, ServingCalibration
-from hardware import HardwareError, load_catalog
-from planner.validation.runs import BUNDLED, Completion, load_runs, validate_file
+from planner.validation.runs import Completion, load_runs, validate_file
+from planner.validation.split import BUNDLED, FIT, bundled_split
 
-FIT, HELD_OUT = "fit", "held-out"
-SPLIT_RULE = ("The rows of each bundled set are grouped by GPU family, each group is ordered by the SHA-256 of "
-              "the run ids, and the 1st, 3rd, 5th, ... row of each group is a fit row (the constants are fitted "
-              "on these by `python -m planner.validation.fit`); every other row, and every row of any other "
-              "file, is held out (planner/validation/fit.py, `split`).")
 TRAINING_SETS = ("runs-public", "runs-modern")
 SERVING_SETS = ("serving-public",)
 FITTED_FAMILIES = ("ampere", "hopper")
@@ -73,43 +66,6 @@ SERVING_AXES = {
     "layer_overhead_s": (_frange(0.0, 60e-6, 5e-6), 1e-6),
     "allreduce_latency_nvlink_s": (_frange(1e-6, 21e-6, 2e-6), 1e-6),
 }
-
-
-# ---- the split --------------------------------------------------------------------------------------------
-def _family(hardware) -> str:
-    gpu = hardware.get("gpu") if isinstance(hardware, dict) else None
-    try:
-        return load_catalog().resolve(str(gpu))[0].family
-    except HardwareError:
-        return f"unknown GPU {gpu}"
-
-
-def split(runs: list) -> dict[str, str]:
-    """{run id: FIT or HELD_OUT} for the rows of one file (the rule in the module docstring)."""
-    groups: dict[str, list[str]] = {}
-    for i, run in enumerate(runs):
-        if isinstance(run, dict):
-            groups.setdefault(_family(run.get("hardware")), []).append(str(run.get("id") or f"run-{i}"))
-    out = {}
-    for ids in groups.values():
-        for k, rid in enumerate(sorted(ids, key=lambda r: hashlib.sha256(r.encode()).hexdigest())):
-            out[rid] = FIT if k % 2 == 0 else HELD_OUT
-    return out
-
-
-def bundled_split() -> dict[str, dict[str, str]]:
-    """{set name: {run id: FIT or HELD_OUT}} for the bundled sets."""
-    return {name: split(load_runs(path)[1]) for name, path in BUNDLED.items()}
-
-
-@lru_cache(maxsize=1)
-def fit_rows() -> frozenset[tuple[str, str]]:
-    """(schema, run id) of every bundled row some constant was fitted on."""
-    out = set()
-    for name, path in BUNDLED.items():
-        schema, runs = load_runs(path)
-        out |= {(schema, rid) for rid, part in split(runs).items() if part == FIT}
-    return frozenset(out)
 
 
 # ---- constants in force -------------------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""Which rows of the bundled measurement sets the fitted constants are fitted on (the fit split) and which
+are held out, by a rule declared here and fixed before any fit.
+
+The rows of each bundled file are grouped by GPU family (the catalog's, e.g. ampere, hopper; a GPU the
+catalog does not know is its own group), each group is ordered by the SHA-256 of the row ids, and the 1st,
+3rd, 5th, ... row of each group is in the fit split; the others are held out. The rule looks at ids and
+GPUs only, never at errors; it keeps each family's rows half in, half out. Rows of any other file are held
+out. planner.validation.fit fits on the fit split; `plan validate` reports both parts separately.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from hardware import HardwareError, load_catalog
+
+# The measurement sets shipped with the package (copies of the reference sets; data/README.md). `plan
+# validate` with no --runs validates each.
+DATA = Path(__file__).resolve().parent / "data"
+BUNDLED = {"runs-public": DATA / "runs-public.json", "runs-modern": DATA / "runs-modern.json",
+           "serving-public": DATA / "serving-public.json"}
+
+FIT, HELD_OUT = "fit", "held-out"
+SPLIT_RULE = ("The rows of each bundled set are grouped by GPU family, each group is ordered by the SHA-256 of "
+              "the run ids, and the 1st, 3rd, 5th, ... row of each group is a fit row (the constants are fitted "
+              "on these by `python -m planner.validation.fit`); every other row, and every row of any other "
+              "file, is held out (planner/validation/split.py).")
+
+
+def _load(path: Path) -> tuple[str, list]:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return doc["schema"], doc["runs"]
+
+
+# ---- the split --------------------------------------------------------------------------------------------
+def _family(hardware) -> str:
+    gpu = hardware.get("gpu") if isinstance(hardware, dict) else None
+    try:
+        return load_catalog().resolve(str(gpu))[0].family
+    except HardwareError:
+        return f"unknown GPU {gpu}"
+
+
+def split(runs: list) -> dict[str, str]:
+    """{run id: FIT or HELD_OUT} for the rows of one file (the rule in the module docstring)."""
+    groups: dict[str, list[str]] = {}
+    for i, run in enumerate(runs):
+        if isinstance(run, dict):
+            groups.setdefault(_family(run.get("hardware")), []).append(str(run.get("id") or f"run-{i}"))
+    out = {}
+    for ids in groups.values():
+        for k, rid in enumerate(sorted(ids, key=lambda r: hashlib.sha256(r.encode()).hexdigest())):
+            out[rid] = FIT if k % 2 == 0 else HELD_OUT
+    return out
+
+
+def bundled_split() -> dict[str, dict[str, str]]:
+    """{set name: {run id: FIT or HELD_OUT}} for the bundled sets."""
+    return {name: split(_load(path)[1]) for name, path in BUNDLED.items()}
+
+
+@lru_cache(maxsize=1)
+def fit_rows() -> frozenset[tuple[str, str]]:
+    """(schema, run id) of every bundled row some constant was fitted on."""
+    out = set()
+    for name, path in BUNDLED.items():
+        schema, runs = _load(path)
+        out |= {(schema, rid) for rid, part in split(runs).items() if part == FIT}
+    return frozenset(out)
