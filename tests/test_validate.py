@@ -146,3 +146,55 @@ def test_anything_else_is_a_bug_and_propagates(tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "uses_flash_attention", broken)
     with pytest.raises(TypeError, match="internal bug"):
         _validate_rows(tmp_path, [_megascale_row()])
+
+
+# ---- the declared split and the fit's machinery (planner.validation.split, planner.validation.fit) -----------
+def test_split_is_half_of_each_gpu_family_by_id_hash():
+    import hashlib
+    import json
+
+    from planner.validation.split import FIT, HELD_OUT, fit_rows, split
+
+    runs = json.loads(BUNDLED["runs-public"].read_text())["runs"]
+    parts = split(runs)
+    assert set(parts.values()) == {FIT, HELD_OUT} and len(parts) == 30
+    # 25 A100 rows -> 13 fit, 5 H100 rows -> 3 fit: the 1st, 3rd, ... of each family by sha256(id)
+    h100 = sorted((r["id"] for r in runs if r["hardware"]["gpu"] == "H100-SXM"),
+                  key=lambda i: hashlib.sha256(i.encode()).hexdigest())
+    assert [parts[i] for i in h100] == [FIT, HELD_OUT, FIT, HELD_OUT, FIT]
+    assert sum(p == FIT for p in parts.values()) == 16
+    # the split does not depend on the order of the rows or on their measurements
+    shuffled = [dict(r, measured={}) for r in reversed(runs)]
+    assert split(shuffled) == parts
+    counts = {}
+    for schema, _ in fit_rows():
+        counts[schema] = counts.get(schema, 0) + 1
+    assert counts == {"runs/v1": 16 + 25, "serving/v1": 12}
+
+
+def test_fit_grid_search_and_constant_overrides_restore():
+    from costmodels.calibration import CALIBRATION, SERVING
+    from planner.validation.fit import grid_search, serving_constants, training_constants
+
+    axes = {"a": ((0.0, 0.5, 1.0), 0.1), "b": ((1.0, 2.0, 4.0), None)}
+    best, v = grid_search(axes, lambda p: (p["a"] - 0.3) ** 2 + abs(p["b"] - 2.0))
+    assert best == {"a": 0.3, "b": 2.0} and v == pytest.approx(0.0)
+    before_hopper, before_srv = CALIBRATION["hopper"], SERVING
+    with training_constants({"hopper": {"gemm_efficiency": 0.5}}):
+        assert CALIBRATION["hopper"].gemm_efficiency == 0.5
+        assert CALIBRATION["blackwell"].gemm_efficiency == 0.5      # borrows hopper's
+    assert CALIBRATION["hopper"] is before_hopper
+
+    import costmodels.serving as cs
+    from dataclasses import replace
+    import json
+
+    from planner.validation.runs import validate_run
+    row = json.loads(BUNDLED["serving-public"].read_text())["runs"][0]
+    base = validate_run("serving/v1", row).predicted
+    slow = replace(SERVING, layer_overhead_s=1e-3)
+    with serving_constants(slow):
+        assert cs.SERVING is slow
+        assert validate_run("serving/v1", row).predicted < 0.8 * base    # 1 ms per layer: slower
+    assert cs.SERVING is before_srv
+    assert validate_run("serving/v1", row).predicted == base

@@ -4,11 +4,12 @@ measurement sets, and report the errors in sample (fit rows) and out of sample (
     python -m planner.validation.fit            # fit, print the constants (today's and fitted) and the errors
     python -m planner.validation.fit --check    # exit 1 when calibration.py differs from what the fit gives
 
-The split (planner/validation/split.py): the rows of each bundled file are grouped by GPU family (the catalog's, e.g. ampere,
-hopper; a GPU the catalog does not know is its own group), each group is ordered by the SHA-256 of the row
-ids, and the 1st, 3rd, 5th, ... row of each group is in the fit split; the others are held out. The rule
-looks at ids and GPUs only, never at errors, so it is fixed before any fit; it keeps each family's rows
-half in, half out. `plan validate` reports every row's split and the two parts' errors separately.
+The split (planner/validation/split.py): the rows of each bundled file are grouped by GPU family (the
+catalog's, e.g. ampere, hopper; a GPU the catalog does not know is its own group), each group is ordered by
+the SHA-256 of the row ids, and the 1st, 3rd, 5th, ... row of each group is in the fit split; the others are
+held out. The rule looks at ids and GPUs only, never at errors, so it is fixed before any fit; it keeps each
+family's rows half in, half out. `plan validate` reports every row's split and the two parts' errors
+separately.
 
 What is fitted, on which rows (constants not named here are taken, with their sources, in calibration.py):
 - per GPU family, `gemm_efficiency`, `gemm_half_dim` and `attention_efficiency`, on the fit rows of that
@@ -19,7 +20,8 @@ What is fitted, on which rows (constants not named here are taken, with their so
 
 Objective: the mean over the fit rows of |ln(predicted / measured)| (symmetric in over- and
 under-prediction). Search: a coarse grid, then a fine grid around the coarse minimum (axes below); ties go
-to the first point in grid order, so the result is deterministic. A training run's prediction depends on
+to the first point in grid order, so the result is deterministic (gemm_efficiency is bounded at 0.85, see
+TRAINING_AXES). A training run's prediction depends on
 the completion chosen for its unknown fields (micro-batch, interleaving, recompute, layers per stage), which
 depends on the constants: the grid evaluates each run's completion chosen at the current constants, then
 every run is predicted afresh with the new constants, and this repeats until the constants do not change
@@ -50,7 +52,7 @@ ROUNDS = 3
 
 def _frange(lo: float, hi: float, step: float) -> tuple[float, ...]:
     n = int(round((hi - lo) / step))
-    return tuple(round(lo + i * step, 6) for i in range(n + 1))
+    return tuple(round(lo + i * step, 10) for i in range(n + 1))
 
 
 # (coarse axis, fine step or None for a list axis) per constant
