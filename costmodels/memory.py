@@ -83,7 +83,7 @@ def layer_activation_bytes(model: ModelSpec, st: Strategy, layer: int = 0) -> La
     sbh = s * b * h
     unsplit = 10.0 * sbh
     attn = 4.0 * sbh + 4.0 * s * b * model.kv_dim
-    mlp = _mlp_activation_elems(model, layer) * s * b
+    mlp = _mlp_activation_bytes_per_token(model, layer) * s * b
     scores = 5.0 * model.heads * s * (s * st.cp) * b if not st.flash_attention else 0.0
     sp = st.sequence_parallel
     base = (unsplit / t if sp else unsplit) + (attn + mlp) / t
@@ -93,7 +93,7 @@ def layer_activation_bytes(model: ModelSpec, st: Strategy, layer: int = 0) -> La
     return LayerActivations(stored=stored, checkpoint=checkpoint, full=full)
 
 
-def _mlp_activation_elems(model: ModelSpec, layer: int) -> float:
+def _mlp_activation_bytes_per_token(model: ModelSpec, layer: int) -> float:
     """MLP activation bytes per token (16-bit): GELU 4f (2 tensors of f), SwiGLU 6f (3 tensors)."""
     per_f = 6.0 if model.ffn_type == "swiglu" else 4.0
     if model.moe is not None and model.is_moe_layer(layer):

@@ -265,13 +265,14 @@ class ModelSpec(_Spec):
         head = 0 if self.tied_embeddings else self.vocab * self.hidden
         return head + self._norm()  # final norm + untied LM head
 
-    def params_dense_layers_total(self) -> int:
+    def params_layers_total(self) -> int:
+        """Parameters of all transformer layers, dense and MoE."""
         n_moe = self.num_moe_layers
         total = (self.layers - n_moe) * self._dense_layer()
         return total + (n_moe * self._moe_layer() if n_moe else 0)
 
     def params_total(self) -> int:
-        return self.params_embedding() + self.params_dense_layers_total() + self.params_output()
+        return self.params_embedding() + self.params_layers_total() + self.params_output()
 
     def params_active(self) -> int:
         """Parameters one token touches (embeddings and LM head included, as in Mixtral's 12.9B)."""

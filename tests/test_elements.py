@@ -23,13 +23,19 @@ from costmodels.flops import model_flops_per_step, narayanan_flops_per_step
 from costmodels.memory import (layer_activation_bytes, logits_bytes, model_state_bytes,
                                state_bytes_per_param)
 from costmodels.model import ModelSpec
-from costmodels.performance import (NS, evaluate, evaluate_layout, layer_times, memory_anatomy,
-                                    stage_costs)
+from costmodels.performance import layer_times, stage_costs
 from costmodels.presets import get_model
 from costmodels.strategy import Strategy, StrategyError
 from hardware import Cluster, HardwareError, parse_cluster
 from planner.cli import cli, main
+from planner.solve.evaluate import evaluate, evaluate_layout, memory_anatomy
 from planner.solve.space import check_strategy
+from planner.solve.stages import NS, coefficients
+
+
+def coeffs(*args):
+    """The planner's integer coefficients of a structure (planner.solve.stages)."""
+    return coefficients(stage_costs(*args))
 
 GPT13, _ = get_model("gpt3-1.3b")        # 24 layers, h 2048, 16 heads, MHA, GELU 4h, tied embeddings
 GPT175, _ = get_model("175b")            # 96 layers, h 12288, 96 heads
@@ -67,7 +73,7 @@ def _equal_stage_eval(st: Strategy):
     """Evaluate with identical stages: the embedding / head work is zeroed so every stage does the same
     layers, the same sends; the bubble is then purely the schedule's."""
     check_strategy(GPT13, st, A100_64.num_gpus, A100_64.gpus_per_node)
-    sc = dataclasses.replace(stage_costs(GPT13, st, A100_64), first_ns=0, last_ns=0)
+    sc = dataclasses.replace(coeffs(GPT13, st, A100_64), first_ns=0, last_ns=0)
     L = GPT13.layers // st.pp
     ev = evaluate_layout(GPT13, st, A100_64, sc, [L] * st.pp, [0] * st.pp)
     return ev, sc, sc.stage_ns(0, L, 0)
@@ -88,8 +94,8 @@ def test_interleaved_bubble_fraction(v):
 @pytest.mark.parametrize("v", [2, 3])
 def test_interleaved_p2p_traffic_is_v_times(v):
     # Narayanan et al. 2021, section 2.2.2: "the amount of communication also increases by v"
-    base = stage_costs(GPT13, _pipe(1), A100_64)
-    inter = stage_costs(GPT13, _pipe(v), A100_64)
+    base = coeffs(GPT13, _pipe(1), A100_64)
+    inter = coeffs(GPT13, _pipe(v), A100_64)
     assert base.p2p_ns > 0
     assert abs(inter.p2p_ns / base.p2p_ns - v) <= 0.01 * v
 
@@ -125,6 +131,7 @@ def test_gpipe_keeps_all_micro_batches_in_flight():
     assert g.inflight == (8.0,) * 4
     assert f.inflight == (4.0, 3.0, 2.0, 1.0)
     # m = 8 > p = 4: more activation memory on every stage; stage 0 exactly m/p = 2x the layer activations
+    g, f = coefficients(g), coefficients(f)
     for i in range(4):
         assert g.stage_bytes(i, 6, 0) > f.stage_bytes(i, 6, 0)
     acts_g = memory_anatomy(g, 0, 6, 0)["activations"]
@@ -183,18 +190,19 @@ def test_block_recompute_per_stage_time_and_memory():
     Rs = (3, 1, 0, 6)
     st = Strategy(tp=2, pp=4, dp=8, micro_batch=1, global_batch=64, recompute="full", recompute_layers=Rs)
     check_strategy(GPT13, st, 64, 8)
-    sc = stage_costs(GPT13, st, A100_64)
+    parts = stage_costs(GPT13, st, A100_64)
+    sc = coefficients(parts)
     ev = evaluate(GPT13, st, A100_64)
     assert ev.recompute_layers == list(Rs) and ev.stage_layers == [6] * 4
     s, b, h, t = GPT13.seq_len, 1, GPT13.hidden, 2
-    assert sc.act_stored_mb == pytest.approx(34 * s * b * h / t, rel=1e-12)
-    assert sc.act_ckpt_mb == pytest.approx(2 * s * b * h / t, rel=1e-12)
+    assert parts.act_stored_b == pytest.approx(34 * s * b * h / t, rel=1e-12)
+    assert parts.act_checkpoint_b == pytest.approx(2 * s * b * h / t, rel=1e-12)
     for i, k in enumerate(Rs):
         # time grows by exactly k recomputes
         assert sc.stage_ns(i, 6, k) - sc.stage_ns(i, 6, 0) == k * sc.recompute_ns
-        stored, ckpt, _ = sc.act_b(i)
+        stored, ckpt = sc.act_stored_b[i], sc.act_ckpt_b[i]
         # each recomputed layer saves (stored - checkpoint) x in-flight micro-batches: 32sbh/t per micro-batch
-        assert abs((stored - ckpt) - sc.inflight[i] * 32 * s * b * h / t) <= 1
+        assert abs((stored - ckpt) - parts.inflight[i] * 32 * s * b * h / t) <= 1
         if k:
             # memory falls by k*(stored - ckpt), less the one recomputed layer's transient working set
             assert sc.stage_bytes(i, 6, 0) - sc.stage_bytes(i, 6, k) == k * (stored - ckpt) - sc.act_full_b
@@ -202,7 +210,7 @@ def test_block_recompute_per_stage_time_and_memory():
         assert ev.stage_memory_b[i] == float(sc.stage_bytes(i, 6, k))
     # the recompute costs one forward pass of the layer, collectives included (Chen et al. 2016: one extra
     # forward per checkpointed segment)
-    lt = sc.layer_parts
+    lt = parts.layer
     # one layer's forward again (collectives included), in whole ns rounded up to a multiple of 8 (_ns)
     assert sc.recompute_ns == 8 * math.ceil((lt.compute_fwd + lt.tp_fwd) / NS / 8)
 
@@ -220,7 +228,7 @@ def test_block_recompute_zero_layers_equals_no_recompute():
 def test_block_recompute_step_time_single_stage():
     # pp = 1: step = m * stage time + tail, so k recomputed layers add m * k * recompute_ns exactly
     base = Strategy(tp=8, pp=1, dp=8, micro_batch=1, global_batch=32, recompute="full", recompute_layers=(0,))
-    sc = stage_costs(GPT13, base, A100_64)
+    sc = coeffs(GPT13, base, A100_64)
     t0 = evaluate(GPT13, base, A100_64).step_time_s
     t5 = evaluate(GPT13, base.with_(recompute_layers=(5,)), A100_64).step_time_s
     assert rel(t5 - t0, 4 * 5 * sc.recompute_ns * NS) < 1e-9
@@ -328,17 +336,17 @@ def test_ep_divides_expert_weights_only():
     expert = m.params_expert()
     for ep in (1, 2, 8):
         check_strategy(m, _moe(ep), 8, 8)
-        w, g, o, host = stage_costs(m, _moe(ep), H100_8).layer_states_b
+        w, g, o, host = coeffs(m, _moe(ep), H100_8).layer_states_b
         assert w == 2 * (dense + 8 // ep * expert)          # bf16 weights: 2 bytes/param (ZeRO, section 3)
         assert g == 4 * (dense + 8 // ep * expert)          # fp32 gradients (Megatron's bf16 default)
         assert o == 12 * (dense + 8 // ep * expert)
         assert host == 0
-    w1 = stage_costs(m, _moe(1), H100_8).layer_states_b[0]
-    w8 = stage_costs(m, _moe(8), H100_8).layer_states_b[0]
+    w1 = coeffs(m, _moe(1), H100_8).layer_states_b[0]
+    w8 = coeffs(m, _moe(8), H100_8).layer_states_b[0]
     assert w1 - w8 == 2 * 7 * expert                       # 7 of 8 experts leave each GPU
     # ZeRO-1: dense optimizer states shard over dp = 8; expert states over the expert-data-parallel
     # group dp/ep = 1 (Megatron-core MoE), i.e. not at all
-    o8 = stage_costs(m, _moe(8, zero=1), H100_8).layer_states_b[2]
+    o8 = coeffs(m, _moe(8, zero=1), H100_8).layer_states_b[2]
     assert abs(o8 - (12 * dense / 8 + 12 * expert)) <= 1
 
 
@@ -368,9 +376,9 @@ def test_zero3_comm_is_1_5x_data_parallel(cluster, dp):
     # ZeRO, section 7.2: ZeRO-3 all-gathers the weights in forward and backward and reduce-scatters the
     # gradients: 3 x (n-1)/n x Psi vs the all-reduce's 2 x (n-1)/n x Psi, i.e. 1.5x (m = 1 micro-batch)
     st0 = Strategy(tp=1, pp=1, dp=dp, micro_batch=1, global_batch=dp, zero_stage=0, fp32_grads=False)
-    sc0 = stage_costs(GPT13, st0, cluster, AMPERE_NO_LAT)
-    sc1 = stage_costs(GPT13, st0.with_(zero_stage=1), cluster, AMPERE_NO_LAT)
-    sc3 = stage_costs(GPT13, st0.with_(zero_stage=3), cluster, AMPERE_NO_LAT)
+    sc0 = coeffs(GPT13, st0, cluster, AMPERE_NO_LAT)
+    sc1 = coeffs(GPT13, st0.with_(zero_stage=1), cluster, AMPERE_NO_LAT)
+    sc3 = coeffs(GPT13, st0.with_(zero_stage=3), cluster, AMPERE_NO_LAT)
     assert sc0.dp_layer_ns > 0
     assert rel(sc3.zero3_layer_ns / sc0.dp_layer_ns, 1.5) < 1e-5   # coefficients are whole multiples of 8 ns
     # ZeRO-1/2: reduce-scatter + all-gather moves what an all-reduce moves (ZeRO, section 7.1)
@@ -396,7 +404,7 @@ def test_zero_memory_via_stage_costs(zero, per_param):
     # ZeRO, section 5.1: (2 + 2 + K)Psi, (4 + K/Nd)Psi, (2 + (2+K)/Nd)Psi, (4+K)Psi/Nd with K = 12, Nd = 64;
     # one pipeline stage holds the whole model (llama3-8b: untied, so embedding and head are two tables)
     st = Strategy(tp=1, pp=1, dp=64, micro_batch=1, global_batch=64, zero_stage=zero, fp32_grads=False)
-    sc = stage_costs(LLAMA8, st, H100_64)
+    sc = coeffs(LLAMA8, st, H100_64)
     total = LLAMA8.layers * sc.layer_static_b + sc.first_static_b + sc.last_static_b
     assert rel(total, per_param * LLAMA8.params_total()) < 1e-5   # final norm (4096 params) aside
 
@@ -408,7 +416,7 @@ def test_megatron_bytes_per_param_table(precision, zero, per_param):
     # Megatron-LM docs/distrib_optimizer.md, bytes per parameter (d = 64): non-distributed / distributed
     # optimizer: bf16 param + fp32 grads 18 / 6 + 12/d, fp16 param + fp16 grads 20 / 4 + 16/d, fp32 16 / 8 + 8/d
     st = Strategy(tp=1, pp=1, dp=64, micro_batch=1, global_batch=64, zero_stage=zero, precision=precision)
-    sc = stage_costs(LLAMA8, st, H100_64)
+    sc = coeffs(LLAMA8, st, H100_64)
     total = LLAMA8.layers * sc.layer_static_b + sc.first_static_b + sc.last_static_b
     assert rel(total, per_param * LLAMA8.params_total()) < 1e-5
 
@@ -417,16 +425,16 @@ def test_bf16_reduces_gradients_in_fp32():
     # Megatron-LM arguments.py: "bfloat16 requires gradient accumulation and all-reduce to be done in fp32"
     # (unless --grad-reduce-in-bf16); fp16 reduces its 16-bit gradients. Bandwidth-bound: twice the time.
     st = Strategy(tp=1, pp=1, dp=64, micro_batch=1, global_batch=64, zero_stage=1)
-    fp32 = stage_costs(LLAMA8, st, H100_64, AMPERE_NO_LAT).dp_layer_ns
-    bf16 = stage_costs(LLAMA8, st.with_(fp32_grads=False), H100_64, AMPERE_NO_LAT).dp_layer_ns
-    fp16 = stage_costs(LLAMA8, st.with_(precision="fp16"), H100_64, AMPERE_NO_LAT).dp_layer_ns
+    fp32 = coeffs(LLAMA8, st, H100_64, AMPERE_NO_LAT).dp_layer_ns
+    bf16 = coeffs(LLAMA8, st.with_(fp32_grads=False), H100_64, AMPERE_NO_LAT).dp_layer_ns
+    fp16 = coeffs(LLAMA8, st.with_(precision="fp16"), H100_64, AMPERE_NO_LAT).dp_layer_ns
     assert abs(fp32 / bf16 - 2) < 1e-5 and fp16 == bf16
 
 
 def test_zero_memory_tied_embeddings_single_stage():
     # ZeRO, section 3: 16 bytes per parameter; Psi of a tied-embedding model counts the V x h table once
     st = Strategy(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero_stage=0, fp32_grads=False)
-    sc = stage_costs(GPT13, st, A100_8)
+    sc = coeffs(GPT13, st, A100_8)
     total = GPT13.layers * sc.layer_static_b + sc.first_static_b + sc.last_static_b
     assert rel(total, 16 * GPT13.params_total()) < 1e-4
 
@@ -551,15 +559,15 @@ def _dp_parts(sc, L):
 def test_dp_sync_hidden_behind_backward():
     # Li et al. 2020 (PyTorch DDP), section 3.2: gradient buckets all-reduce while backward runs; a sync
     # shorter than the backward hides behind it: nothing sticks out, max(0, sync - backward window) = 0,
-    # and the backward it overlaps runs 1/8 slower while NCCL's kernels hold their SMs (overlap_ns)
+    # and the backward it overlaps runs 1/8 slower while NCCL's kernels hold their SMs (stages.overlap)
     st = Strategy(tp=1, pp=1, dp=8, micro_batch=2, global_batch=16, zero_stage=1)
-    sc = stage_costs(LLAMA8, st, H100_8)
+    sc = coeffs(LLAMA8, st, H100_8)
     dp, window, opt = _dp_parts(sc, 32)
     assert 0 < dp < window
     assert sc.stage_tail_ns(0, 32) - opt == -(-dp // OVERLAP_SM_SHARE_DEN)
-    # (the breakdown rounds each layer's time up to a multiple of 8 ns: at most 8 (L + 4) ns per micro-batch)
+    # the breakdown's data-parallel part is exactly that term (no ZeRO-3: nothing else is data-parallel)
     ev = evaluate(LLAMA8, st, H100_8)
-    assert abs(ev.time_s["dp_comm"] - -(-dp // OVERLAP_SM_SHARE_DEN) * NS) <= 8 * st.micro_batches * (32 + 4) * NS
+    assert ev.time_s["dp_comm"] == pytest.approx(-(-dp // OVERLAP_SM_SHARE_DEN) * NS, rel=1e-12)
 
 
 def test_dp_sync_longer_than_backward_is_exposed():
@@ -567,13 +575,13 @@ def test_dp_sync_longer_than_backward_is_exposed():
     # the backward and the excess is exposed
     m = with_seq(LLAMA8, 1024)
     st = Strategy(tp=8, pp=1, dp=8, micro_batch=1, global_batch=8, zero_stage=1)
-    sc = stage_costs(m, st, H100_64)
+    sc = coeffs(m, st, H100_64)
     dp, window, opt = _dp_parts(sc, 32)
     assert dp > window > 0
     exposed = dp - window + -(-window // OVERLAP_SM_SHARE_DEN)
     assert sc.stage_tail_ns(0, 32) - opt == exposed
     ev = evaluate(m, st, H100_64)
-    assert abs(ev.time_s["dp_comm"] - exposed * NS) <= 8 * st.micro_batches * (32 + 4) * NS
+    assert ev.time_s["dp_comm"] == pytest.approx(exposed * NS, rel=1e-12)
 
 
 def test_interleaved_dp_sync_only_last_chunk_exposed():
@@ -585,8 +593,8 @@ def test_interleaved_dp_sync_only_last_chunk_exposed():
     st1 = Strategy(tp=8, pp=2, dp=4, micro_batch=1, global_batch=8, zero_stage=1)
     L = 16
     for v in (2, 4):
-        sc1 = stage_costs(m, st1, H100_64)
-        scv = stage_costs(m, st1.with_(virtual_stages=v), H100_64)
+        sc1 = coeffs(m, st1, H100_64)
+        scv = coeffs(m, st1.with_(virtual_stages=v), H100_64)
         # stage 0 of 2: its layers and the embedding (the head is on stage 1)
         dp = L * sc1.dp_layer_ns + sc1.dp_first_ns
         window1 = L * sc1.dp_window_layer_ns

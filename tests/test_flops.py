@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from costmodels import ModelSpec, Strategy, evaluate
+from costmodels import ModelSpec, Strategy
 from costmodels import flops
+from planner.solve.evaluate import evaluate
 from costmodels.presets import PRESETS, get_model
 from hardware import parse_cluster
 

@@ -78,6 +78,9 @@ def test_search_matches_brute_force_on_two_pools(seed):
     assert res.search.optimal
     assert math.isclose(got.step_time_s, want, rel_tol=1e-12), (got.step_time_s, want)
     assert got.fits
+    # the breakdown adds up with stages on two GPU types too (each part its own term)
+    assert math.isclose(sum(got.time_s.values()), got.step_time_s, rel_tol=1e-12)
+    assert all(v >= 0 for v in got.time_s.values())
     # every pool runs whole stages, and each stage's memory is within its own GPU's capacity
     assert got.stage_gpus is None or len(got.stage_gpus) == got.strategy["pp"]
     s = got.strategy

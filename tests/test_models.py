@@ -283,7 +283,7 @@ def specs(draw):
 def test_totals_are_sums_of_parts(m):
     layers = [m.params_layer(i) for i in range(m.layers)]
     active = [m.params_layer_active(i) for i in range(m.layers)]
-    assert m.params_dense_layers_total() == sum(layers)
+    assert m.params_layers_total() == sum(layers)
     assert m.params_total() == m.params_embedding() + sum(layers) + m.params_output()
     assert m.params_active() == m.params_embedding() + sum(active) + m.params_output()
     assert 0 < m.params_active() <= m.params_total()

@@ -11,11 +11,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from costmodels import ModelSpec, Strategy, evaluate, stage_costs
+from costmodels import ModelSpec, Strategy
+from costmodels.performance import stage_costs as stage_parts
 from costmodels.calibration import calibration_for
 from costmodels.comm import Link, collective_time, group_link
 from costmodels.presets import PRESETS
 from hardware import load_catalog, parse_cluster
+from planner.solve.evaluate import evaluate
+from planner.solve.stages import coefficients
+
+
+def stage_costs(*args):
+    """The planner's integer coefficients of a structure (planner.solve.stages)."""
+    return coefficients(stage_parts(*args))
 
 RUNS = Path(__file__).resolve().parents[1] / "planner/validation/data/runs-public.json"   # bundled copy
 
@@ -45,13 +53,23 @@ SPREAD = [
              stage_layers=(2, 3, 3, 4, 4, 3, 3, 2)),
     Strategy(tp=8, pp=2, dp=4, micro_batch=1, global_batch=64, zero_stage=2, recompute="none",
              sequence_parallel=False, flash_attention=False),
+    Strategy(tp=2, pp=1, dp=32, micro_batch=1, global_batch=64, zero_stage=1, recompute="selective",
+             offload_optimizer=True),
+    Strategy(tp=1, pp=1, dp=64, micro_batch=1, global_batch=64, zero_stage=3, recompute="full",
+             offload_optimizer=True, offload_params=True),
+    Strategy(tp=8, pp=8, dp=1, micro_batch=1, global_batch=64, zero_stage=0, recompute="full",
+             recompute_layers=(1, 0, 2, 0, 0, 3, 0, 0), virtual_stages=3),
+    Strategy(tp=8, pp=1, dp=8, micro_batch=1, global_batch=64, zero_stage=3, recompute="selective"),
 ]
 
 
 @pytest.mark.parametrize("st", SPREAD, ids=lambda s: f"tp{s.tp}-pp{s.pp}v{s.virtual_stages}-z{s.zero_stage}-{s.recompute}")
 def test_breakdown_sums_to_step_time(st):
     ev = evaluate(MODEL, st, C64)
-    assert rel_eq(sum(ev.time_s.values()), ev.step_time_s, 1e-9)
+    # each part is its own term (planner.solve.evaluate.time_breakdown): they add up to float precision
+    assert rel_eq(sum(ev.time_s.values()), ev.step_time_s, 1e-12)
+    assert set(ev.time_s) == {"compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_comm",
+                              "embedding_and_head", "dp_comm", "optimizer", "bubble"}
     # every part is a real share of the step
     assert all(v >= -1e-12 * ev.step_time_s for v in ev.time_s.values()), ev.time_s
     assert ev.time_s["compute"] > 0
@@ -72,6 +90,43 @@ def test_breakdown_sums_to_step_time(st):
     Ls, Rs = ev.stage_layers, ev.recompute_layers
     assert rel_eq(ev.step_time_s, sc.step_scaled(Ls, Rs) / sc.v * 1e-9, 1e-12)
     assert rel_eq(ev.tokens_per_s, st.global_batch * MODEL.seq_len / ev.step_time_s, 1e-12)
+
+
+@pytest.mark.parametrize("st", SPREAD, ids=lambda s: f"tp{s.tp}-pp{s.pp}v{s.virtual_stages}-z{s.zero_stage}-{s.recompute}")
+def test_breakdown_parts_are_their_own_terms(st):
+    # no part is a remainder: m x the slowest stage's layer parts, the bubble sum_{i != k} T_i / v
+    # (Narayanan et al. 2021, 2.2 / 2.2.2), and the tail stage's exposed sync and optimizer step
+    ev = evaluate(MODEL, st, C64)
+    sc = stage_costs(MODEL, st, C64)
+    k, m, NS = ev.bottleneck_stage, st.micro_batches, 1e-9
+    L, R = ev.stage_layers[k], ev.recompute_layers[k]
+    assert rel_eq(ev.time_s["compute"], m * L * sc.compute_ns * NS, 1e-12)
+    assert ev.time_s["tp_comm"] == pytest.approx(m * L * sc.tp_ns * NS, rel=1e-12)
+    assert ev.time_s["recompute"] == pytest.approx(m * (R * sc.recompute_ns + L * sc.selective_ns) * NS, rel=1e-12)
+    assert ev.time_s["pp_comm"] == pytest.approx(m * sc.p2p_ns * NS, rel=1e-12)
+    times = [t / NS for t in ev.stage_time_s]
+    assert ev.time_s["bubble"] == pytest.approx((sum(times) - times[k]) / st.virtual_stages * NS, rel=1e-9, abs=1e-15)
+    # the parts of one layer add up to the layer's (rounded) time exactly, and a zero cost stays zero
+    assert sc.compute_ns + sc.tp_ns + sc.cp_ns + sc.ep_ns + sc.selective_ns == sc.layer_ns
+    assert sc.cp_ns == sc.ep_ns == 0
+    assert (sc.selective_ns > 0) == (st.recompute == "selective")
+    if st.zero_stage < 3:
+        assert ev.time_s["optimizer"] > 0
+    # the memory anatomy adds up to the peak exactly (integer bytes)
+    mem = ev.memory_b
+    assert sum(mem[key] for key in ("weights", "gradients", "optimizer", "activations", "buffers")) == mem["peak"]
+    assert mem["peak"] == max(ev.stage_memory_b) or not ev.fits
+
+
+@pytest.mark.parametrize("pp, v", [(1, 1), (4, 1), (4, 2)])
+def test_no_data_parallel_no_dp_comm(pp, v):
+    # dp = 1 and no ZeRO-3: nothing is data-parallel, so the breakdown shows exactly 0 (not a rounding
+    # remainder)
+    cluster = parse_cluster(f"{8 * pp}xA100")
+    st = Strategy(tp=8, pp=pp, dp=1, micro_batch=1, global_batch=16, virtual_stages=v, recompute="selective")
+    ev = evaluate(MODEL, st, cluster)
+    assert ev.time_s["dp_comm"] == 0.0
+    assert rel_eq(sum(ev.time_s.values()), ev.step_time_s, 1e-12)
 
 
 def _sc(p: int, m: int, v: int):

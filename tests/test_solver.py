@@ -15,12 +15,19 @@ from functools import lru_cache
 
 import pytest
 
-from costmodels import ModelSpec, Strategy, evaluate, stage_costs
-from costmodels.performance import StageCosts, evaluate_layout, even_split
+from costmodels import ModelSpec, Strategy
+from costmodels.performance import even_split, stage_costs as stage_parts
 from hardware import Cluster, load_catalog
 from planner import search
 from planner.solve.solver import balanced_layers, greedy_layout, lower_bound, memory_infeasible, solve_layout
+from planner.solve.evaluate import evaluate, evaluate_layout
 from planner.solve.space import SpaceOptions, enumerate_space
+from planner.solve.stages import StageCoeffs, coefficients
+
+
+def stage_costs(*args) -> StageCoeffs:
+    """The planner's integer coefficients of a structure (planner.solve.stages)."""
+    return coefficients(stage_parts(*args))
 
 CATALOG = load_catalog()
 GPUS = [g for g in CATALOG.gpus.values() if g.tflops["bf16"] is not None]
@@ -36,14 +43,14 @@ def compositions(n: int, k: int):
         yield tuple(bounds[i + 1] - bounds[i] for i in range(k))
 
 
-def layer_splits(sc: StageCosts):
+def layer_splits(sc: StageCoeffs):
     """Every split with at least v layers per stage (each of the v interleaved chunks holds >= 1 layer)."""
     extra = sc.v - 1
     for parts in compositions(sc.layers - extra * sc.p, sc.p):
         yield tuple(x + extra for x in parts)
 
 
-def brute_force(sc: StageCosts, cap: int, free: bool) -> tuple[int, tuple, tuple] | None:
+def brute_force(sc: StageCoeffs, cap: int, free: bool) -> tuple[int, tuple, tuple] | None:
     """Exhaustive: every layer split x every recompute count R_i in 0..L_i (0 unless free)."""
     best = None
     for Ls in layer_splits(sc):
@@ -57,14 +64,14 @@ def brute_force(sc: StageCosts, cap: int, free: bool) -> tuple[int, tuple, tuple
     return best
 
 
-def fewest_recompute(sc: StageCosts, i: int, L: int, cap: int, free: bool) -> int | None:
+def fewest_recompute(sc: StageCoeffs, i: int, L: int, cap: int, free: bool) -> int | None:
     for R in range(L + 1 if free else 1):
         if sc.stage_bytes(i, L, R) <= cap:
             return R
     return None
 
 
-def brute_force_fast(sc: StageCosts, cap: int, free: bool) -> int | None:
+def brute_force_fast(sc: StageCoeffs, cap: int, free: bool) -> int | None:
     """Every layer split, each stage with the fewest recomputed layers that fit: stage time grows with
     R_i and nothing else depends on R_i, so this is the same optimum (checked against brute_force)."""
     best = None
@@ -108,7 +115,7 @@ def random_structure(rng: random.Random, model: ModelSpec, interleaved: bool) ->
                     precision="bf16", virtual_stages=v, flash_attention=rng.random() < 0.7)
 
 
-def memory_range(sc: StageCosts, free: bool) -> tuple[int, int]:
+def memory_range(sc: StageCoeffs, free: bool) -> tuple[int, int]:
     """Smallest and largest peak stage memory over every layout (the capacity that fits some / all)."""
     peaks = []
     for Ls in layer_splits(sc):

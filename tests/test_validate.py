@@ -45,7 +45,8 @@ def test_a_broken_rule_is_named_when_it_is_why_a_run_is_skipped():
 def test_a_run_reporting_only_peak_memory_is_predicted_in_memory():
     # runs/v1 has measured.peak_memory_gb: a run that reports no speed is predicted in memory (GB, the most
     # loaded GPU), not skipped. Korthikanti et al. 2022 Table 3, 175B with SP + selective recompute.
-    from costmodels import Strategy, evaluate
+    from costmodels import Strategy
+    from planner.solve.evaluate import evaluate
     from costmodels.presets import get_model
 
     run = {"id": "mem-only", "model": {"name": "gpt3", "layers": 96, "hidden": 12288, "heads": 96, "vocab": 51200,

@@ -1,7 +1,8 @@
 """`search(...)`: the fastest plans that fit, found by bound-and-solve over the structure space.
 
 1. Enumerate every structure the divisibility rules allow (planner.solve.space).
-2. Score each with its StageCosts (costmodels) and a lower bound on its step time (planner.solve.solver).
+2. Score each with its stage coefficients (planner.solve.stages, from costmodels' parts) and a lower
+   bound on its step time (planner.solve.solver).
 3. Visit structures by increasing bound; for each, test memory exactly, sharpen the bound, take the
    balanced (or Megatron's even) split as an incumbent and, unless it already meets the bound, solve the
    CP-SAT layout model. Stop when the next bound cannot beat the
@@ -15,13 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from costmodels.model import ModelSpec
-from costmodels.performance import Evaluation, Pipeline, evaluate_pipeline, stage_costs
+from costmodels.performance import Evaluation, stage_costs
 from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.errors import PlannerError
+from planner.solve.evaluate import evaluate_pipeline
 from planner.solve.result import SearchResult, build_result
 from planner.solve.solver import Layout, greedy_layout, lower_bound, memory_infeasible, solve_layout
 from planner.solve.space import Space, SpaceOptions, enumerate_pools, enumerate_space
+from planner.solve.stages import Pipeline, coefficients
 
 
 CP_SAT_MAX_STAGES = 256   # beyond this many pipeline stages the balanced incumbent is kept, with its gap
@@ -93,7 +96,7 @@ def candidates(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions)
     for st, placement in zip(space.strategies, space.stage_pools):
         per_pool = cache.get(st)
         if per_pool is None:
-            per_pool = cache[st] = [stage_costs(model, st, c) for c in pools]
+            per_pool = cache[st] = [coefficients(stage_costs(model, st, c)) for c in pools]
         pl = Pipeline(tuple(per_pool[k] for k in placement), tuple(int(pools[k].gpu.memory_bytes) for k in placement))
         gpus = [pools[k].gpu for k in placement]
         out.append(Candidate(st, pl, gpus, tuple(g.name for g in gpus)))
@@ -221,10 +224,10 @@ def _min_peak_bytes(model: ModelSpec, cluster: Cluster, space: Space) -> float:
     structures whose offloaded states fit in host memory."""
     best = float("inf")
     for st in space.strategies:
-        sc = stage_costs(model, st, cluster)
+        sc = coefficients(stage_costs(model, st, cluster))
         R_all = st.recompute == "full"
         L = -(-model.layers // st.pp)
-        if any(sc.stage_host_bytes(i, L) > sc.host_cap_b for i in range(st.pp)):
+        if any(sc.host_bytes(i, L) > sc.host_cap_b for i in range(st.pp)):
             continue
         best = min(best, max(sc.stage_bytes(i, L, L if R_all else 0) for i in range(st.pp)))
     return best
@@ -267,7 +270,7 @@ def evaluate_strategy(model: ModelSpec, cluster: Cluster, strategy: Strategy) ->
     """Predict a given strategy (the API behind `plan evaluate`); rules are checked first."""
     from planner.solve.result import assumptions, cluster_out, model_out, plan_out
     from planner.solve.space import check_strategy
-    from costmodels.performance import evaluate
+    from planner.solve.evaluate import evaluate
 
     check_strategy(model, strategy, cluster.num_gpus, cluster.gpus_per_node)
     ev = evaluate(model, strategy, cluster)

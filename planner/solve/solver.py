@@ -1,17 +1,18 @@
 """CP-SAT model of the pipeline layout: layers and fully recomputed layers per stage.
 
-For one structure (tp, pp, dp, micro-batch, ...), StageCosts makes every stage's time and memory linear
-in its layers L_i and recomputed layers R_i. The model (built in one function, variables and
-constraints named, as in the CP-SAT primer):
+For one structure (tp, pp, dp, micro-batch, ...), planner.solve.stages makes every stage's time and memory
+linear in its layers L_i and recomputed layers R_i (and has_R_i), with integer coefficients. The model
+(built in one function, variables and constraints named, as in the CP-SAT primer) calls the very same
+stage methods the evaluation calls, with CpOps creating the max and exact-division variables:
 
   variables   L_i in [v, layers] (at least one layer per interleaved chunk), R_i in [0, L_i],
               has_R_i <=> R_i > 0, T_i (stage time per micro-batch), E_i (exposed data-parallel sync)
   constraints sum L_i = layers;  memory_i(L_i, R_i, has_R_i) <= capacity;  host_i(L_i) <= host share;
-              T_i = L_i*layer + R_i*recompute + extras_i  (>= L_i * ZeRO-3 gathers when ZeRO-3);
-              E_i = max(0, dp sync_i - backward window_i);  Tmax = max T_i;  Tail = max(E_i + opt_i)
-  objective   minimise v x step = (m-1) Tmax + sum T_i + Tail        (1F1B, v = 1)
-                                  v m Tmax + sum T_i - Tmax + v Tail   (interleaved)
-All coefficients are integers (ns, bytes), so the objective equals costmodels' step time exactly.
+              T_i = StageCoeffs.stage_ns (work, and ZeRO-3 gathers overlapping it);
+              E_i = StageCoeffs.exposed_sync_ns;  Tmax = max T_i;  Tail = max(E_i + opt_i)
+  objective   Pipeline.objective: minimise v x step = (m-1) Tmax + sum T_i + Tail        (1F1B, v = 1)
+                                                      v m Tmax + sum T_i - Tmax + v Tail   (interleaved)
+All coefficients are integers (ns, bytes), so the objective equals the evaluated step time exactly.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from costmodels.calibration import OVERLAP_SM_SHARE_DEN as D
-from costmodels.performance import Pipeline, StageCosts, even_split, overlap_ns
+from costmodels.performance import StageCosts, even_split
+from planner.solve.stages import Pipeline, StageCoeffs, coefficients
 
 
 @dataclass(frozen=True)
@@ -34,19 +35,49 @@ class Layout:
     gap: float            # relative gap between objective and the solver's bound (0 when optimal)
 
 
-def as_pipeline(sc: StageCosts | Pipeline, cap: int | None = None) -> Pipeline:
-    """Solver functions take a Pipeline, or one StageCosts and a capacity for a single GPU type."""
+Stages = StageCosts | StageCoeffs | Pipeline
+
+
+def as_pipeline(sc: Stages, cap: int | None = None) -> Pipeline:
+    """Solver functions take a Pipeline, or one structure's costs (float parts or their integer
+    coefficients) and a capacity for a single GPU type."""
     if isinstance(sc, Pipeline):
         return sc
     return Pipeline.uniform(sc, cap if cap is not None else 2**62)
 
 
-def min_recompute(sc: StageCosts | Pipeline, i: int, L: int, cap: int | None, free: bool) -> int | None:
+class CpOps:
+    """`ops` of planner.solve.stages for the CP-SAT model: a max or an exact division becomes a named
+    variable, bounded by the time or sync bound of the model."""
+
+    def __init__(self, mdl: cp_model.CpModel, ub: dict[str, int]):
+        self.mdl, self.ub = mdl, ub
+
+    def max(self, xs, kind: str, name: str):
+        x = self.mdl.NewIntVar(0, self.ub[kind], name)
+        self.mdl.AddMaxEquality(x, xs)
+        return x
+
+    def div(self, x, d: int, kind: str, name: str):
+        q = self.mdl.NewIntVar(0, self.ub[kind], name)
+        self.mdl.Add(d * q == x).WithName(f"{name}_overlap")
+        return q
+
+    def var(self, x, kind: str, name: str):
+        """x itself when it is a variable, else a named variable equal to it."""
+        if isinstance(x, cp_model.IntVar):
+            return x
+        v = self.mdl.NewIntVar(0, self.ub[kind], name)
+        self.mdl.Add(v == x)
+        return v
+
+
+def min_recompute(sc: Stages, i: int, L: int, cap: int | None, free: bool) -> int | None:
     """Fewest fully recomputed layers that make stage i fit (time grows with R, so fewest is best)."""
     pl = as_pipeline(sc, cap)
     if pl.stage_fits(i, L, 0):
         return 0
-    if not free or pl.stages[i].stage_host_bytes(i, L) > pl.stages[i].host_cap_b:
+    if not free or pl.host_bytes(i, L) > pl.stages[i].host_cap_b:
         return None
     for R in range(1, L + 1):  # memory falls with R while a stored layer outweighs a checkpoint
         if pl.stage_fits(i, L, R):
@@ -54,7 +85,7 @@ def min_recompute(sc: StageCosts | Pipeline, i: int, L: int, cap: int | None, fr
     return None
 
 
-def balanced_layers(sc: StageCosts | Pipeline) -> tuple[list[int], int]:
+def balanced_layers(sc: Stages) -> tuple[list[int], int]:
     """Integer layers per stage (>= v each) minimising the slowest stage when nothing is recomputed, and
     that time: binary search on T, stage i fits floor((T - extras_i) / layer_i) layers. Stages with the
     same coefficients (first, middle, last of one GPU type) are counted as one group."""
@@ -100,7 +131,7 @@ def balanced_layers(sc: StageCosts | Pipeline) -> tuple[list[int], int]:
     return caps, lo
 
 
-def greedy_layout(sc: StageCosts | Pipeline, cap: int | None = None, free: bool = False) -> Layout | None:
+def greedy_layout(sc: Stages, cap: int | None = None, free: bool = False) -> Layout | None:
     """An upper bound: the balanced split (or Megatron's even split) with the fewest recomputed layers
     per stage that fit; the better of the two that fit."""
     pl = as_pipeline(sc, cap)
@@ -118,15 +149,13 @@ def greedy_layout(sc: StageCosts | Pipeline, cap: int | None = None, free: bool 
 
 
 def _stage_memory_terms(pl: Pipeline, i: int) -> tuple[int, int, int, int]:
-    """Stage i's memory as const + L * (static + stored) + R * (ckpt - stored) (+ full when R > 0)."""
-    sc = pl.stages[i]
-    stored, ckpt, first_act = sc.act_b(i)
-    const = sc.fixed_b + sc.zero3_buffer_b + first_act + (sc.first_static_b if i == 0 else 0)
-    const += (sc.last_static_b + sc.last_act_b) if i == pl.p - 1 else 0
-    return const, sc.layer_static_b + stored, sc.layer_static_b + ckpt, stored - ckpt
+    """Stage i's memory as const + L * per_plain + R * (per_ckpt - per_plain) (+ full when R > 0):
+    (const, per_plain, per_ckpt, stored - ckpt) from StageCoeffs.memory_form."""
+    const, per_L, per_R, _ = pl.stages[i].memory_form(i)
+    return const, per_L, per_L + per_R, -per_R
 
 
-def layer_caps(sc: StageCosts | Pipeline, cap: int | None, free: bool) -> tuple[list[int], list[int]]:
+def layer_caps(sc: Stages, cap: int | None, free: bool) -> tuple[list[int], list[int]]:
     """Per stage: the most layers it holds with nothing recomputed, and with every layer recomputed
     (or nothing, when recompute is not free). Memory grows with L and falls with R, so these are exact."""
     pl = as_pipeline(sc, cap)
@@ -135,7 +164,7 @@ def layer_caps(sc: StageCosts | Pipeline, cap: int | None, free: bool) -> tuple[
         const, per_plain, per_ckpt, _ = _stage_memory_terms(pl, i)
         room = pl.caps[i] - const
         host_per_layer = st.layer_states_b[3]
-        host_room = st.host_cap_b - st.stage_host_bytes(i, 0)
+        host_room = st.host_cap_b - st.host_bytes(i, 0)
         host_cap = (host_room // host_per_layer if host_per_layer else pl.layers) if host_room >= 0 else -1
         k0 = room // per_plain if room >= 0 else -1
         plain.append(min(k0, host_cap, pl.layers))
@@ -147,7 +176,7 @@ def layer_caps(sc: StageCosts | Pipeline, cap: int | None, free: bool) -> tuple[
     return plain, most
 
 
-def memory_infeasible(sc: StageCosts | Pipeline, cap: int | None, free: bool) -> bool:
+def memory_infeasible(sc: Stages, cap: int | None, free: bool) -> bool:
     """True exactly when no layout fits: some stage cannot hold its v layers even fully recomputed, or
     all stages together cannot hold every layer."""
     pl = as_pipeline(sc, cap)
@@ -155,7 +184,7 @@ def memory_infeasible(sc: StageCosts | Pipeline, cap: int | None, free: bool) ->
     return min(most) < pl.v or sum(most) < pl.layers
 
 
-def min_recomputed_layers(sc: StageCosts | Pipeline, cap: int | None, free: bool) -> int:
+def min_recomputed_layers(sc: Stages, cap: int | None, free: bool) -> int:
     """A lower bound on the layers any fitting layout recomputes. Stage i with L layers must recompute
     R >= (const_i + L*A_i - cap_i) / D_i layers (A_i = static + stored bytes per layer, D_i = stored -
     checkpoint bytes), so it holds x_i = (cap_i - const_i) / A_i layers free and each further layer costs
@@ -182,7 +211,7 @@ def min_recomputed_layers(sc: StageCosts | Pipeline, cap: int | None, free: bool
     return max(0, math.floor(total * (1 - 1e-9)))
 
 
-def lower_bound(sc: StageCosts | Pipeline, cap: int | None = None, free: bool = False) -> int:
+def lower_bound(sc: Stages, cap: int | None = None, free: bool = False) -> int:
     """A bound no fitting layout beats (v x step, ns). max T_i is at least the best integer balance of
     layers with nothing recomputed, and at least the average stage; sum T_i >= S + R_min * recompute,
     S = every layer once at the fastest stage's rate + first + last + p2p, R_min from
@@ -197,19 +226,18 @@ def lower_bound(sc: StageCosts | Pipeline, cap: int | None = None, free: bool = 
         S += min_recomputed_layers(pl, None, free) * min(st.recompute_ns for st in pl.stages)
     tmax = max(balanced_layers(pl)[1], -(-S // p))
     Lmax = -(-pl.layers // p)
-    # a middle stage's tail at Lmax layers (overlap_ns of sync and window both growing with L is non-decreasing)
-    tail = min(overlap_ns(Lmax * st.dp_layer_ns, Lmax * st.dp_window_layer_ns) + Lmax * st.opt_layer_ns
-               for st in pl.stages)
+    # a middle stage's tail at Lmax layers (the overlap of sync and window both growing with L is non-decreasing)
+    tail = min(st.stage_tail_ns(None, Lmax) for st in {id(st): st for st in pl.stages}.values())
     if v == 1:
         return (m - 1) * tmax + S + tail
     return v * m * tmax + S - tmax + v * tail
 
 
-def solve_layout(sc: StageCosts | Pipeline, cap: int | None, free: bool, time_limit_s: float = 10.0,
+def solve_layout(sc: Stages, cap: int | None, free: bool, time_limit_s: float = 10.0,
                  hint: Layout | None = None) -> Layout | None:
     """Best layout for one structure, or None when none fits. `free`: R_i may be chosen (block recompute)."""
     pl = as_pipeline(sc, cap)
-    p, v, m, layers = pl.p, pl.v, pl.m, pl.layers
+    p, v, layers = pl.p, pl.v, pl.layers
     mdl = cp_model.CpModel()
     # every stage holds >= v layers, so each of its v interleaved chunks has at least one
     L = [mdl.NewIntVar(v, layers - v * (p - 1), f"layers_{i}") for i in range(p)]
@@ -220,49 +248,24 @@ def solve_layout(sc: StageCosts | Pipeline, cap: int | None, free: bool, time_li
                for st in pl.stages)
     e_ub = max(layers * max(0, st.dp_layer_ns) + st.dp_first_ns + st.dp_last_ns for st in pl.stages)
     o_ub = max(layers * st.opt_layer_ns + st.opt_first_ns + st.opt_last_ns for st in pl.stages)
+    ops = CpOps(mdl, {"time": t_ub, "sync": e_ub})
     for i, sc_i in enumerate(pl.stages):
         Ri = mdl.NewIntVar(0, layers if free else 0, f"recomputed_{i}")
         mdl.Add(Ri <= L[i]).WithName(f"recompute_within_stage_{i}")
         has = mdl.NewBoolVar(f"recomputes_{i}")
         mdl.Add(Ri >= 1).OnlyEnforceIf(has)
         mdl.Add(Ri == 0).OnlyEnforceIf(has.Not())
-        first, last = i == 0, i == p - 1
-        const, per_plain, per_ckpt, _ = _stage_memory_terms(pl, i)
-        mem = const + L[i] * per_plain + Ri * (per_ckpt - per_plain) + has * sc_i.act_full_b
-        mdl.Add(mem <= pl.caps[i]).WithName(f"memory_stage_{i}")
-        if sc_i.layer_states_b[3] or (first and sc_i.first_states_b[3]) or (last and sc_i.last_states_b[3]):
-            host = L[i] * sc_i.layer_states_b[3] + sc_i.stage_host_bytes(i, 0)
-            mdl.Add(host <= sc_i.host_cap_b).WithName(f"host_memory_stage_{i}")
-        work = L[i] * sc_i.layer_ns + Ri * sc_i.recompute_ns + sc_i.fixed_ns(i)
-        Ti = mdl.NewIntVar(0, t_ub, f"stage_time_{i}")
-        if sc_i.zero3_layer_ns:
-            # T = max(work, gathers) + min(work, gathers) / D (costmodels.performance.overlap_ns; every time
-            # coefficient is a multiple of D ns, so the division is exact): D*T = (D-1)*max + work + gathers
-            gathers = L[i] * sc_i.zero3_layer_ns
-            Mi = mdl.NewIntVar(0, t_ub, f"zero3_max_{i}")
-            mdl.AddMaxEquality(Mi, [work, gathers])
-            mdl.Add(D * Ti == (D - 1) * Mi + work + gathers).WithName(f"zero3_overlap_{i}")
-        else:
-            mdl.Add(Ti == work)
-        T.append(Ti)
-        sync, window = sc_i.dp_sync_ns(i, L[i]), sc_i.dp_window_ns(i, L[i])
-        # exposed sync: X = max(0, sync - window) sticks out, and min(sync, window) / D slows the
-        # overlapped backward (exact: coefficients are multiples of D ns): D*E = (D-1)*X + sync
-        Xi = mdl.NewIntVar(0, e_ub, f"dp_sticking_out_{i}")
-        mdl.AddMaxEquality(Xi, [0, sync - window])
-        Ei = mdl.NewIntVar(0, e_ub, f"dp_exposed_{i}")
-        mdl.Add(D * Ei == (D - 1) * Xi + sync).WithName(f"dp_overlap_{i}")
-        opt = L[i] * sc_i.opt_layer_ns + (sc_i.opt_first_ns if first else 0) + (sc_i.opt_last_ns if last else 0)
-        tails.append(Ei + opt)
+        mdl.Add(pl.stage_bytes(i, L[i], Ri, has) <= pl.caps[i]).WithName(f"memory_stage_{i}")
+        if sc_i.host_bytes(i, 1):
+            mdl.Add(pl.host_bytes(i, L[i]) <= sc_i.host_cap_b).WithName(f"host_memory_stage_{i}")
+        T.append(ops.var(pl.stage_ns(i, L[i], Ri, ops, f"stage_time_{i}"), "time", f"stage_time_{i}"))
+        tails.append(pl.stage_tail_ns(i, L[i], ops, f"dp_exposed_{i}"))
         R.append(Ri)
     tmax = mdl.NewIntVar(0, t_ub, "slowest_stage")
     mdl.AddMaxEquality(tmax, T)
     tail = mdl.NewIntVar(0, e_ub + o_ub, "step_tail")
     mdl.AddMaxEquality(tail, tails)
-    if v == 1:
-        mdl.Minimize((m - 1) * tmax + sum(T) + tail)
-    else:
-        mdl.Minimize(v * m * tmax + sum(T) - tmax + v * tail)
+    mdl.Minimize(pl.objective(T, tmax, tail))
     if hint is not None:
         for i in range(p):
             mdl.AddHint(L[i], hint.stage_layers[i])

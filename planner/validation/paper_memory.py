@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from costmodels.performance import evaluate
 from costmodels.presets import get_model
 from costmodels.strategy import Strategy
 from hardware import parse_cluster
+from planner.solve.evaluate import evaluate
 
 GB = 1e9
 

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict
 
 from costmodels.flops import llm_foundry_flops_per_step, model_flops_per_step, narayanan_flops_per_step
 from costmodels.model import ModelError, ModelSpec, MoESpec
-from costmodels.performance import Evaluation, evaluate, evaluate_layout, stage_costs
+from costmodels.performance import Evaluation, stage_costs
 from costmodels.strategy import Strategy, StrategyError
 from hardware import Cluster, HardwareError, load_catalog
+from planner.solve.evaluate import evaluate, evaluate_layout
 from planner.solve.solver import solve_layout
 from planner.solve.rules import MAX_VIRTUAL_STAGES, allows, check_strategy
 from planner.solve.space import divisors
