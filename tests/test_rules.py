@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -18,7 +19,7 @@ from costmodels import ModelSpec, Strategy
 from costmodels.model import MoESpec
 from costmodels.strategy import StrategyError
 from planner.solve import rules
-from planner.solve.space import SpaceOptions, divisors, enumerate_pools, enumerate_space
+from planner.solve.space import SpaceOptions, divisors, enumerate_pools, enumerate_space, for_framework
 
 OFFLOADS = ("none", "optimizer", "optimizer+params")
 
@@ -60,7 +61,9 @@ def random_options(rng: random.Random, model: ModelSpec, n: int) -> SpaceOptions
         micro_batch=subset(rng, range(1, gb + 1)), virtual_stages=subset(rng, range(1, 5)),
         zero_stage=subset(rng, (0, 1, 2, 3), 0.5) or (0, 1, 2, 3), offload=subset(rng, OFFLOADS, 0.5) or OFFLOADS,
         recompute=subset(rng, ("none", "selective", "full"), 0.5) or ("none", "selective", "full"),
-        tp_across_nodes=rng.random() < 0.2)
+        tp_across_nodes=rng.random() < 0.2, precision=rng.choice(("bf16", "bf16", "fp16", "fp8")),
+        optimizer=rng.choice(("adam", "adam", "sgd")), fp32_grads=rng.random() < 0.8,
+        framework=rng.choice((None, None, "megatron", "deepspeed", "torchtitan")))
 
 
 def families(allowed) -> list[str]:
@@ -70,20 +73,25 @@ def families(allowed) -> list[str]:
 
 
 def brute_force(model: ModelSpec, num_gpus: int, gpn: int, opt: SpaceOptions, pools=None) -> set[tuple]:
-    """Every combination the options and the training rules allow, one field at a time."""
+    """Every combination the options and the training rules allow (with opt.framework, also that
+    framework's rules), one field at a time."""
     ctx = rules.Context(model, num_gpus, gpn, opt.tp_across_nodes)
+    at = rules.rules_at(opt.framework)
 
     def ok(step, s) -> bool:
-        return all(r.ok(ctx, s) for r in rules.AT_STEP[step])
+        return all(r.ok(ctx, s) for r in at[step])
 
     def allowed(value, choices) -> bool:
         return choices is None or value in choices
 
     gb = opt.global_batch
-    out = set()
-    s0 = Fixed(global_batch=gb)
+    out: set[tuple] = set()
+    s0 = Fixed(global_batch=gb, precision=opt.precision, optimizer=opt.optimizer, fp32_grads=opt.fp32_grads,
+               flash_attention=opt.flash_attention, pipeline_schedule="1f1b")
+    if not ok("setting", s0):
+        return out
     for tp in range(1, num_gpus + 1):
-        s1 = s0.with_(tp=tp)
+        s1 = s0.with_(tp=tp, sequence_parallel=tp > 1)
         if not (allowed(tp, opt.tp) and ok("tp", s1)):
             continue
         for cp in range(1, num_gpus + 1):
@@ -121,6 +129,8 @@ def brute_force(model: ModelSpec, num_gpus: int, gpn: int, opt: SpaceOptions, po
                                     s9 = s8.with_(stage_layers=None, recompute_layers=None)
                                     assert ok("layout", s9)
                                     for rec in families(opt.recompute):
+                                        if not ok("recompute", s9.with_(recompute=rec)):
+                                            continue
                                         out.add((tp, cp, pp, dp, ep, mb, v, zero, s8.offload_optimizer,
                                                  s8.offload_params, rec))
     return out
@@ -132,7 +142,8 @@ def key(st: Strategy) -> tuple:
 
 
 def known_summary(text: str) -> bool:
-    return text in {r.summary for r in rules.TRAINING_RULES} or text.startswith("excluded by --")
+    return (text in {r.summary for r in rules.TRAINING_RULES + rules.FRAMEWORK_RULES}
+            or text.startswith("excluded by --"))
 
 
 @pytest.mark.parametrize("seed", range(60))
@@ -147,9 +158,10 @@ def test_enumeration_is_every_combination_the_rules_allow(seed):
     assert len(got) == len(set(got)), "the enumeration repeats a structure"
     assert set(got) == brute_force(model, n, gpn, opt)
     assert all(known_summary(k) and c > 0 for k, c in space.removed.items()), space.removed
-    # every enumerated structure is a valid user strategy
+    # every enumerated structure is a valid user strategy (and one its framework can express)
     for st in space.strategies:
         rules.check_strategy(model, st, n, gpn, tp_across_nodes=opt.tp_across_nodes)
+        assert opt.framework is None or rules.framework_problem(opt.framework, model, st) is None
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -253,3 +265,22 @@ def test_removed_counts_name_rules():
     for name in ("tp_heads", "cp_chunk", "pp_layers", "ep_dp_cp", "v_layers", "zero_pp", "offload_zero",
                  "param_offload_zero3"):
         assert next(r for r in rules.TRAINING_RULES if r.name == name).summary in space.removed, name
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_framework_space_is_the_expressible_part_of_the_space(seed):
+    """for_framework (export's search again for a framework) keeps exactly the structures the framework can
+    express; an option restricted to values the framework cannot express is opened instead."""
+    rng = random.Random(3000 + seed)
+    model = random_model(rng)
+    n = rng.choice([2, 4, 8, 16])
+    opt = replace(random_options(rng, model, n), framework=None)
+    whole = enumerate_space(model, n, 8, opt).strategies
+    for fw in ("megatron", "deepspeed", "torchtitan"):
+        fopt = for_framework(opt, fw)
+        got = enumerate_space(model, n, 8, fopt).strategies
+        assert all(rules.framework_problem(fw, model, st) is None for st in got)
+        if fopt == replace(opt, framework=fw):    # nothing opened: the expressible part of the same space
+            assert got == [st for st in whole if rules.framework_problem(fw, model, st) is None]
+        else:
+            assert set(got) >= {st for st in whole if rules.framework_problem(fw, model, st) is None}

@@ -6,13 +6,13 @@ Keys are DeepSpeed's own: deepspeed/runtime/config.py, runtime/zero/config.py, r
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.frameworks.base import ConfigImportError, canonical, chunks, header
 from planner.solve.rules import framework_problem
+from planner.solve.space import for_framework
 
 NAME = "DeepSpeed"
 
@@ -32,9 +32,9 @@ def unsupported(model: ModelSpec, st: Strategy) -> str | None:
 
 
 def space_for(opts):
-    """The part of a search space (planner.solve.space.SpaceOptions) a DeepSpeed JSON config can express."""
-    no_selective = tuple(r for r in opts.recompute if r != "selective") or ("none", "full")
-    return replace(opts, tp=(1,), cp=(1,), ep=(1,), virtual_stages=(1,), recompute=no_selective)
+    """The part of a search space (planner.solve.space.SpaceOptions) a DeepSpeed JSON config can express: the
+    search applies its rules (planner.solve.rules.framework_rules)."""
+    return for_framework(opts, "deepspeed")
 
 
 def nearest_layout(model: ModelSpec, st: Strategy, Ls: list[int], Rs: list[int]

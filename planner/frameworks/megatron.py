@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import replace
 
 from costmodels.model import ModelSpec
 from costmodels.performance import resolve_layout
@@ -16,6 +15,7 @@ from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.frameworks.base import ConfigImportError, canonical, chunks, header
 from planner.solve.rules import framework_problem
+from planner.solve.space import for_framework
 
 NAME = "Megatron-LM"
 
@@ -28,9 +28,9 @@ def unsupported(model: ModelSpec, st: Strategy) -> str | None:
 
 
 def space_for(opts):
-    """The part of a search space (planner.solve.space.SpaceOptions) Megatron-LM can express."""
-    return replace(opts, zero_stage=tuple(z for z in opts.zero_stage if z <= 1) or (0, 1),
-                   offload=tuple(o for o in opts.offload if o != "optimizer+params") or ("none",))
+    """The part of a search space (planner.solve.space.SpaceOptions) Megatron-LM can express: the
+    search applies its rules (planner.solve.rules.framework_rules)."""
+    return for_framework(opts, "megatron")
 
 
 def nearest_layout(model: ModelSpec, st: Strategy, Ls: list[int], Rs: list[int]

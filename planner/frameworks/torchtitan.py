@@ -6,13 +6,13 @@ Field names are torchtitan's own: torchtitan v0.2.2 torchtitan/config/job_config
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.frameworks.base import chunks, header
 from planner.solve.rules import framework_problem
+from planner.solve.space import for_framework
 
 NAME = "torchtitan"
 TORCHTITAN_FLAVORS = {"llama3-8b": ("llama3", "8B"), "llama3-70b": ("llama3", "70B"),
@@ -27,10 +27,9 @@ def unsupported(model: ModelSpec, st: Strategy) -> str | None:
 
 
 def space_for(opts):
-    """The part of a search space (planner.solve.space.SpaceOptions) torchtitan can express."""
-    no_selective = tuple(r for r in opts.recompute if r != "selective") or ("none", "full")
-    return replace(opts, zero_stage=tuple(z for z in opts.zero_stage if z != 1) or (0, 2, 3),
-                   offload=tuple(o for o in opts.offload if o != "optimizer") or ("none",), recompute=no_selective)
+    """The part of a search space (planner.solve.space.SpaceOptions) torchtitan can express: the
+    search applies its rules (planner.solve.rules.framework_rules)."""
+    return for_framework(opts, "torchtitan")
 
 
 def nearest_layout(model: ModelSpec, st: Strategy, Ls: list[int], Rs: list[int]

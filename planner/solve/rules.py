@@ -40,9 +40,11 @@ MAX_PIPELINE_STAGES = 512     # deeper pipelines than any published run; keeps l
 MIN_CP_CHUNK = 1024           # tokens per context-parallel rank below which attention kernels starve
 
 # The enumeration's steps, in the order it fixes the fields: a rule is checked at the first step that
-# knows everything it reads ("layout": stage layers and recompute counts of a finished plan; "setting":
-# whole-run settings the search never varies, such as precision or the model's position embedding).
-STEPS = ("tp", "cp", "pp_dp", "ep", "micro_batch", "virtual_stages", "zero_stage", "offload", "layout", "setting")
+# knows everything it reads ("recompute": the recompute family; "layout": stage layers and recompute counts
+# of a finished plan; "setting": whole-run settings the search never varies, such as precision or the
+# model's position embedding).
+STEPS = ("tp", "cp", "pp_dp", "ep", "micro_batch", "virtual_stages", "zero_stage", "offload", "recompute", "layout",
+         "setting")
 
 
 @dataclass(frozen=True)
@@ -75,14 +77,19 @@ class Rule:
 class Partial:
     """A structure the search is still building: the fields fixed so far (the rest at Strategy defaults)."""
     __slots__ = ("tp", "cp", "pp", "dp", "ep", "micro_batch", "micro_batches", "global_batch", "virtual_stages",
-                 "zero_stage", "offload_optimizer", "offload_params")
+                 "zero_stage", "offload_optimizer", "offload_params", "recompute", "sequence_parallel", "precision",
+                 "optimizer", "flash_attention", "fp32_grads", "pipeline_schedule")
 
-    def __init__(self, global_batch: int) -> None:
+    def __init__(self, global_batch: int, precision: str = "bf16", optimizer: str = "adam",
+                 flash_attention: bool = True, fp32_grads: bool = True) -> None:
         self.tp = self.cp = self.pp = self.dp = self.ep = self.micro_batch = self.micro_batches = 1
         self.virtual_stages = 1
         self.global_batch = global_batch
         self.zero_stage = 0
-        self.offload_optimizer = self.offload_params = False
+        self.offload_optimizer = self.offload_params = self.sequence_parallel = False
+        self.recompute = "selective"
+        self.precision, self.optimizer, self.pipeline_schedule = precision, optimizer, "1f1b"
+        self.flash_attention, self.fp32_grads = flash_attention, fp32_grads
 
 
 def _stage_layers(ctx: Context, s) -> list[int]:
@@ -292,7 +299,7 @@ MG_ALIBI = Rule(  # megatron/core/models/gpt/gpt_model.py: position_embedding_ty
     "Megatron-LM's GPT model has no ALiBi position embedding (rope or learned_absolute only)",
     lambda c, s: c.model.position_embedding != "alibi", frameworks=("megatron",))
 NO_SELECTIVE = Rule(  # deepspeed/runtime/activation_checkpointing, torchtitan job_config.py ac mode: whole layers only
-    "no_selective_recompute", "setting", "no selective recompute setting",
+    "no_selective_recompute", "recompute", "no selective recompute setting",
     "{framework_name} has no selective (attention-core) recompute setting; nearest expressible plans: "
     "--recompute none (with flash attention it stores the same activations) or --recompute full",
     lambda c, s: s.recompute != "selective", frameworks=("deepspeed", "torchtitan"))
@@ -369,6 +376,22 @@ FRAMEWORK_RULES: tuple[Rule, ...] = (
 def framework_rules(framework: str) -> tuple[Rule, ...]:
     """The restrictions `framework` adds to the training rules, in the order it reports them."""
     return tuple(r for r in FRAMEWORK_RULES if framework in r.frameworks)
+
+
+def rules_at(framework: str | None = None) -> dict[str, tuple[Rule, ...]]:
+    """The rules the search checks at every step: the training rules, and with a framework also the
+    restrictions it adds (a search over the part of the space that framework can express)."""
+    if framework is None:
+        return AT_STEP
+    if framework not in _AT_STEP_FOR:
+        if framework not in TRAINING:
+            raise ValueError(f"framework {framework!r} is not known; choose {', '.join(TRAINING)}")
+        extra = [r for r in framework_rules(framework) if r not in TRAINING_RULES]
+        _AT_STEP_FOR[framework] = {s: AT_STEP[s] + tuple(r for r in extra if r.step == s) for s in STEPS}
+    return _AT_STEP_FOR[framework]
+
+
+_AT_STEP_FOR: dict[str, dict[str, tuple[Rule, ...]]] = {}
 
 
 def framework_problem(framework: str, model: ModelSpec, st) -> str | None:

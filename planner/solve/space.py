@@ -10,12 +10,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy, StrategyError
-from planner.solve.rules import (AT_STEP, MAX_MICRO_BATCH, MAX_PIPELINE_STAGES, MAX_VIRTUAL_STAGES,  # noqa: F401
-                                 MIN_CP_CHUNK, Context, Partial, check_strategy)
+from planner.solve.rules import (MAX_MICRO_BATCH, MAX_PIPELINE_STAGES, MAX_VIRTUAL_STAGES, MIN_CP_CHUNK,  # noqa: F401
+                                 Context, Partial, check_strategy, rules_at)
 
 MAX_STRUCTURES = 20_000_000   # refused up front: enumerating more would take minutes
 
@@ -40,6 +40,7 @@ class SpaceOptions:
     flash_attention: bool = True
     fp32_grads: bool = True
     tp_across_nodes: bool = False
+    framework: str | None = None   # also apply what this framework cannot express (planner.solve.rules)
 
 
 @dataclass
@@ -126,7 +127,8 @@ class _Builder:
 
     def __init__(self, model: ModelSpec, num_gpus: int, gpus_per_node: int, opt: SpaceOptions) -> None:
         self.ctx = Context(model, num_gpus, gpus_per_node, opt.tp_across_nodes)
-        self.p = Partial(opt.global_batch)
+        self.p = Partial(opt.global_batch, opt.precision, opt.optimizer, opt.flash_attention, opt.fp32_grads)
+        self.at = rules_at(opt.framework)
         self.opt = opt
         self.removed: Counter = Counter()
         self.families = _recompute_families(opt.recompute)
@@ -135,10 +137,10 @@ class _Builder:
         """Whether the partial structure with `fields` set passes the rules of `step` (nothing counted)."""
         for k, v in fields.items():
             setattr(self.p, k, v)
-        return all(r.ok(self.ctx, self.p) for r in AT_STEP[step])
+        return all(r.ok(self.ctx, self.p) for r in self.at[step])
 
     def _passes(self, step: str) -> bool:
-        for r in AT_STEP[step]:
+        for r in self.at[step]:
             if not r.ok(self.ctx, self.p):
                 self.removed[r.summary] += 1
                 return False
@@ -153,12 +155,14 @@ class _Builder:
     def tp_cp(self, n: int):
         """(tp, cp) pairs with tp x cp dividing n that the options and the rules allow."""
         p, opt = self.p, self.opt
+        if not self._passes("setting"):       # a framework that cannot run these settings at all
+            return
         for tp in divisors(n):
-            p.tp = tp
+            p.tp, p.sequence_parallel = tp, tp > 1
             if not (self._option("tp", tp, opt.tp) and self._passes("tp")):
                 continue
             for cp in divisors(n // tp):
-                p.tp, p.cp = tp, cp
+                p.tp, p.sequence_parallel, p.cp = tp, tp > 1, cp
                 if self._option("cp", cp, opt.cp) and self._passes("cp"):
                     yield tp, cp
 
@@ -171,7 +175,7 @@ class _Builder:
         """Every structure with these degrees: expert parallel, micro-batch, interleaving, ZeRO stage,
         offload and recompute family."""
         p, opt, model = self.p, self.opt, self.ctx.model
-        p.tp, p.cp, p.pp, p.dp = tp, cp, pp, dp
+        p.tp, p.sequence_parallel, p.cp, p.pp, p.dp = tp, tp > 1, cp, pp, dp
         out: list[Strategy] = []
         for ep in (divisors(model.moe.experts) if model.moe is not None else (1,)):
             p.ep = ep
@@ -181,33 +185,40 @@ class _Builder:
                 out.extend(self._inner(tp, cp, pp, dp, ep))
         return out
 
-    def _zero_offload(self) -> tuple[list[tuple[int, str]], Counter]:
-        """The (ZeRO stage, offload) pairs the rules allow for the degrees fixed so far, and what the rules
-        removed; the rules of these steps read no micro-batch or interleaving, so this holds for every one."""
-        p, ctx = self.p, self.ctx
-        pairs: list[tuple[int, str]] = []
+    def _zero_offload(self) -> tuple[list[tuple[int, str, str]], Counter]:
+        """The (ZeRO stage, offload, recompute family) triples the rules allow for the degrees fixed so far,
+        and what the rules removed; the rules of these steps read no micro-batch or interleaving, so this
+        holds for every one."""
+        p, ctx, at = self.p, self.ctx, self.at
+        out: list[tuple[int, str, str]] = []
         removed: Counter = Counter()
         for zero in self.opt.zero_stage:
             p.zero_stage, p.offload_optimizer, p.offload_params = zero, False, False
-            rule = next((r for r in AT_STEP["zero_stage"] if not r.ok(ctx, p)), None)
+            rule = next((r for r in at["zero_stage"] if not r.ok(ctx, p)), None)
             if rule is not None:
                 removed[rule.summary] += 1
                 continue
             for off in self.opt.offload:
                 p.offload_optimizer, p.offload_params = off != "none", off == "optimizer+params"
-                rule = next((r for r in AT_STEP["offload"] if not r.ok(ctx, p)), None)
+                rule = next((r for r in at["offload"] if not r.ok(ctx, p)), None)
                 if rule is not None:
                     removed[rule.summary] += 1
                     continue
-                pairs.append((zero, off))
-        return pairs, removed
+                for rec in self.families:
+                    p.recompute = rec
+                    rule = next((r for r in at["recompute"] if not r.ok(ctx, p)), None)
+                    if rule is not None:
+                        removed[rule.summary] += 1
+                        continue
+                    out.append((zero, off, rec))
+        return out, removed
 
     def _inner(self, tp: int, cp: int, pp: int, dp: int, ep: int) -> list[Strategy]:
         p, opt = self.p, self.opt
         gb = opt.global_batch
-        pairs, per_mb_v = self._zero_offload()
+        triples, per_mb_v = self._zero_offload()
         out: list[Strategy] = []
-        kept = 0     # (micro-batch, interleaving) pairs kept: each meets the ZeRO and offload rules once
+        kept = 0     # (micro-batch, interleaving) pairs kept: each meets the ZeRO, offload and recompute rules once
         for mb in divisors(gb // dp):
             if mb > MAX_MICRO_BATCH or (opt.micro_batch is not None and mb not in opt.micro_batch):
                 continue
@@ -221,14 +232,13 @@ class _Builder:
                 if not self._passes("virtual_stages"):
                     continue
                 kept += 1
-                for zero, off in pairs:
-                    for rec in self.families:
-                        out.append(Strategy(
-                            tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, micro_batch=mb, global_batch=gb,
-                            zero_stage=zero, recompute=rec, sequence_parallel=tp > 1,
-                            precision=opt.precision, optimizer=opt.optimizer, virtual_stages=v,
-                            flash_attention=opt.flash_attention, fp32_grads=opt.fp32_grads,
-                            offload_optimizer=off != "none", offload_params=off == "optimizer+params"))
+                for zero, off, rec in triples:
+                    out.append(Strategy(
+                        tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, micro_batch=mb, global_batch=gb,
+                        zero_stage=zero, recompute=rec, sequence_parallel=tp > 1,
+                        precision=opt.precision, optimizer=opt.optimizer, virtual_stages=v,
+                        flash_attention=opt.flash_attention, fp32_grads=opt.fp32_grads,
+                        offload_optimizer=off != "none", offload_params=off == "optimizer+params"))
         p.virtual_stages = 1
         if kept:
             for summary, n in per_mb_v.items():
@@ -245,3 +255,36 @@ def _recompute_families(allowed: tuple[str, ...]) -> list[str]:
     elif "none" in allowed:
         fams.append("none")
     return fams
+
+
+_DEFAULTS = SpaceOptions(global_batch=1)
+# option -> (step, Partial fields of one value)
+_OPTION_FIELDS = {
+    "tp": ("tp", lambda v: {"tp": v, "sequence_parallel": v > 1}), "cp": ("cp", lambda v: {"cp": v}),
+    "ep": ("ep", lambda v: {"ep": v}), "virtual_stages": ("virtual_stages", lambda v: {"virtual_stages": v}),
+    "zero_stage": ("zero_stage", lambda v: {"zero_stage": v}),
+    "offload": ("offload", lambda v: {"offload_optimizer": v != "none", "offload_params": v == "optimizer+params"}),
+    "recompute": ("recompute", lambda v: {"recompute": v})}
+
+
+def for_framework(opt: SpaceOptions, framework: str) -> SpaceOptions:
+    """The search space `framework` can express: the training rules and the framework's own restrictions
+    (planner.solve.rules.framework_rules). An option the user restricted to values the framework cannot
+    express at all (e.g. --zero 2,3 for Megatron-LM) is opened to every value, so the search finds the
+    framework's best plan instead of none."""
+    extra = {step: [r for r in rules_at(framework)[step] if r not in rules_at(None)[step]] for step in rules_at(None)}
+    ctx = Context(None)    # type: ignore[arg-type]  # the restrictions of these options read no model
+    changes: dict = {"framework": framework}
+    for name, (step, fields) in _OPTION_FIELDS.items():
+        allowed = getattr(opt, name)
+        if allowed is None:
+            continue
+        ok = []
+        for v in allowed:
+            p = Partial(opt.global_batch, opt.precision, opt.optimizer, opt.flash_attention, opt.fp32_grads)
+            for k, x in fields(v).items():
+                setattr(p, k, x)
+            ok.append(all(r.ok(ctx, p) for r in extra[step]))
+        if not any(ok):
+            changes[name] = getattr(_DEFAULTS, name)
+    return replace(opt, **changes)
