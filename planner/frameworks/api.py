@@ -26,6 +26,7 @@ from hardware import Cluster
 from planner.frameworks import deepspeed, megatron, torchtitan
 from planner.frameworks.base import Export, ExportError, canonical, prepend_note, strategy_from_plan, with_layout
 from planner.solve.evaluate import evaluate
+from planner.solve.rules import setting_problem
 
 _MODULES = {"megatron": megatron, "deepspeed": deepspeed, "torchtitan": torchtitan}
 FRAMEWORKS = tuple(_MODULES)
@@ -91,6 +92,8 @@ def export_best(framework: str, model: ModelSpec, cluster: Cluster, result, opts
     reason = unsupported(framework, model, best)
     if not reason:
         return export(framework, model, best, cluster)
+    if setting_problem(framework, model, best):      # no structure helps: say what to change
+        raise ExportError(reason)
     again = search(model, cluster, top=RESEARCH_TOP, time_limit_s=time_limit_s, space=space_for(framework, opts))
     # the search chooses layouts freely; rank its best few again by the layout the framework can write
     options = [export(framework, model, strategy_from_plan(p.strategy), cluster) for p in again.plans]

@@ -394,6 +394,14 @@ def rules_at(framework: str | None = None) -> dict[str, tuple[Rule, ...]]:
 _AT_STEP_FOR: dict[str, dict[str, tuple[Rule, ...]]] = {}
 
 
+def setting_problem(framework: str, model: ModelSpec, st) -> str | None:
+    """What `framework` cannot run in the plan's whole-run settings (precision, optimizer, schedule, the
+    model): no other structure helps, so searching again is pointless; None if the settings are fine."""
+    ctx = Context(model)
+    rule = first_broken([r for r in framework_rules(framework) if r.step == "setting"], ctx, st)
+    return None if rule is None else rule.error(ctx, st, framework)
+
+
 def framework_problem(framework: str, model: ModelSpec, st) -> str | None:
     """Why `framework` cannot express `st` (the first of its rules it breaks, naming the nearest plan), or None."""
     ctx = Context(model)
