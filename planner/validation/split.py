@@ -35,8 +35,8 @@ def _load(path: Path) -> tuple[str, list]:
 
 
 # ---- the split --------------------------------------------------------------------------------------------
-def _family(hardware) -> str:
-    gpu = hardware.get("gpu") if isinstance(hardware, dict) else None
+def _family(hw) -> str:
+    gpu = hw.get("gpu") if isinstance(hw, dict) else None
     try:
         return load_catalog().resolve(str(gpu))[0].family
     except HardwareError:
