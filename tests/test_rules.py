@@ -284,3 +284,36 @@ def test_framework_space_is_the_expressible_part_of_the_space(seed):
             assert got == [st for st in whole if rules.framework_problem(fw, model, st) is None]
         else:
             assert set(got) >= {st for st in whole if rules.framework_problem(fw, model, st) is None}
+
+
+def test_every_rule_message_formats_on_a_plan_that_breaks_it():
+    """Every rule's message fills in (no missing field) for a structure that breaks it; structures are
+    unvalidated (Fixed), as the search's partial structures are, so rules Strategy also enforces break too."""
+    rng = random.Random(7)
+    broken: dict[str, str] = {}
+    everything = rules.TRAINING_RULES + rules.FRAMEWORK_RULES + rules.SHAPE_RULES
+    for _ in range(3000):
+        model = random_model(rng)
+        if rng.random() < 0.3:
+            model = model.model_copy(update={"position_embedding": "alibi"})
+        off = rng.choice(OFFLOADS)
+        s = Fixed(tp=rng.randint(1, 16), cp=rng.randint(1, 16), pp=rng.choice([1, 2, 3, 8, 13, 600]),
+                  dp=rng.randint(1, 8), ep=rng.randint(1, 8), micro_batch=rng.randint(1, 4),
+                  global_batch=rng.choice([8, 12, 24]), virtual_stages=rng.randint(1, 8),
+                  zero_stage=rng.randint(0, 3), recompute=rng.choice(("none", "selective", "full")),
+                  offload_optimizer=off != "none", offload_params=rng.random() < 0.3,
+                  precision=rng.choice(("bf16", "fp16", "fp8")), optimizer=rng.choice(("adam", "sgd")),
+                  sequence_parallel=rng.random() < 0.7, flash_attention=rng.random() < 0.8,
+                  fp32_grads=rng.random() < 0.7, pipeline_schedule=rng.choice(("1f1b", "gpipe")),
+                  stage_layers=None, recompute_layers=None)
+        s.micro_batches = s.global_batch // (s.dp * s.micro_batch)
+        if rng.random() < 0.3:
+            s.stage_layers = tuple(rng.randint(1, 4) for _ in range(min(s.pp, 20)))
+            s.pp = len(s.stage_layers)
+            s.recompute_layers = tuple(x + rng.randint(-1, 1) for x in s.stage_layers)
+        ctx = rules.Context(model, rng.choice([1, 2, 4, 8, 16, 600]), rng.choice([2, 8]))
+        for r in everything:
+            if r.name not in broken and not r.ok(ctx, s):
+                broken[r.name] = r.error(ctx, s, next(iter(r.frameworks), None))
+                assert "{" not in broken[r.name] and "None" not in broken[r.name], broken[r.name]
+    assert set(broken) == {r.name for r in everything}, {r.name for r in everything} - set(broken)
