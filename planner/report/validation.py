@@ -90,8 +90,8 @@ def render_markdown(results: ValidationResult | list[ValidationResult], plot: st
 
 CALIBRATION_PROVENANCE = {
     "default": "taken: ampere's (families without a fit)",
-    "ampere": "fitted on the ampere fit rows of runs-public.json and runs-modern.json",
-    "hopper": "fitted on the hopper fit rows of runs-public.json and runs-modern.json",
+    "ampere": "GEMM and attention: fitted on the ampere fit rows of runs-public.json and runs-modern.json; HBM: taken",
+    "hopper": "GEMM and attention: fitted on the hopper fit rows of runs-public.json and runs-modern.json; HBM: taken",
     "blackwell": "taken: hopper's (one B200 row, GB200 not in the catalog)",
     "cdna3": "taken: hopper's (one MI300X row)",
 }
