@@ -41,7 +41,8 @@ def render_markdown(results: ValidationResult | list[ValidationResult], plot: st
         f"**Split.** {SPLIT_RULE} Figures *out of sample* are on the held-out rows only; *in sample* on the "
         "fit rows. The sets are copies of the reference sets, shipped in planner/validation/data.",
         "",
-        "| set | rows | predicted | part | rows in part | median abs. error | mean | max | within 10% | within 20% |",
+        "| set | rows | predicted | part | predicted / rows in part | median abs. error | mean | max | within 10% | "
+        "within 20% |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for res in results:
@@ -49,7 +50,7 @@ def render_markdown(results: ValidationResult | list[ValidationResult], plot: st
         for label, part in (("out of sample", res.out_of_sample), ("in sample", res.in_sample), ("all", s)):
             if part is None:
                 continue
-            lines.append(f"| {_set_name(res)} | {s.count} | {s.predicted} | {label} | {part.predicted} | "
+            lines.append(f"| {_set_name(res)} | {s.count} | {s.predicted} | {label} | {part.predicted} / {part.count} | "
                          f"{_summary_cells(part)}")
     lines.append("")
     if plot:
