@@ -6,16 +6,18 @@ the enumeration at which every field it reads is known, and the frameworks whose
 callers ask this module:
 
 - the training search (planner.solve.space) checks `TRAINING_RULES` step by step while it builds
-  structures, and counts each removal under the rule's `summary`;
+  structures (`rules_at`), and counts each removal under the rule's `summary`; a search for one framework
+  (SpaceOptions.framework, export's space_for) also checks that framework's rules;
 - `check_strategy` checks the same rules, in the same order, on a finished strategy (a user's plan,
   `plan evaluate`, `plan validate`) and raises the first broken rule's `message`;
-- export (planner.frameworks) asks `framework_problem` which plans a framework cannot express;
+- export (planner.frameworks) asks `framework_problem` which plans a framework cannot express, and
+  `setting_problem` whether searching again can help;
 - serving (planner.serving.search, planner.validation.serving) asks `shape_ok` / `check_deployment`.
 
 The training space applies every training rule whatever the target framework, because the cost model
 predicts one execution for all of them; `Rule.frameworks` records whose code imposes a rule, and selects
-the framework restrictions export checks. `bound` rules are limits of the search, not of any framework:
-the search applies them, `check_strategy` does not.
+the framework restrictions export and a framework's search check. `bound` rules are limits of the search,
+not of any framework: the search applies them, `check_strategy` does not.
 
 A predicate takes (ctx, s): ctx a `Context` (model and cluster), s anything with the Strategy fields it
 reads (a Strategy, the search's partial structure `Partial`, a serving Deployment).
@@ -299,7 +301,7 @@ MG_ALIBI = Rule(  # megatron/core/models/gpt/gpt_model.py: position_embedding_ty
     "Megatron-LM's GPT model has no ALiBi position embedding (rope or learned_absolute only)",
     lambda c, s: c.model.position_embedding != "alibi", frameworks=("megatron",))
 NO_SELECTIVE = Rule(  # deepspeed/runtime/activation_checkpointing, torchtitan job_config.py ac mode: whole layers only
-    "no_selective_recompute", "recompute", "no selective recompute setting",
+    "no_selective_recompute", "recompute", "the framework has no selective recompute setting",
     "{framework_name} has no selective (attention-core) recompute setting; nearest expressible plans: "
     "--recompute none (with flash attention it stores the same activations) or --recompute full",
     lambda c, s: s.recompute != "selective", frameworks=("deepspeed", "torchtitan"))
