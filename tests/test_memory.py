@@ -1,6 +1,6 @@
 """Per-GPU memory: model states (ZeRO), activations (Korthikanti et al. 2022) and the memory anatomy.
 
-Figures come from /work/shared/reference/formulas.md ("Memory per GPU") and the papers it cites.
+Figures come from docs/reference/formulas.md ("Memory per GPU") and the papers it cites.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_korthikanti_selective_saves_70_and_65_percent():
 
 
 def _korthikanti_memory(name: str, precision: str) -> dict:
-    """mode -> (peak, activations, capacity) in bytes of the most loaded GPU (planner/paper_memory.py)."""
+    """mode -> (peak, activations, capacity) in bytes of the most loaded GPU (planner/validation/paper_memory.py)."""
     return {b.mode: (b.peak_gb * GB, b.activations_gb * GB, b.capacity_gb * GB)
             for b in figure1_bars(precision) if b.model == name}
 
@@ -176,7 +176,7 @@ def test_korthikanti_figure1_only_sp_plus_selective_fits(name, precision):
     # 80GB"; section 6.1: "Without the memory savings provided by sequence parallelism and selective
     # recompute together, none of these models will fit into memory"; Figure 1: the present work fits.
     # (The figure's bar heights are not published as numbers; these are the claims its text makes.)
-    # Configurations: Table 3 (tp = 8, no dp) with section 6's interleaving (planner/paper_memory.TABLE3).
+    # Configurations: Table 3 (tp = 8, no dp) with section 6's interleaving (planner.validation.paper_memory.TABLE3).
     mem = _korthikanti_memory(name, precision)
     cap = mem["baseline"][2]
     assert cap == 80e9

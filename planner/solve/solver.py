@@ -90,25 +90,26 @@ def balanced_layers(sc: Stages) -> tuple[list[int], int]:
     that time: binary search on T, stage i fits floor((T - extras_i) / layer_i) layers. Stages with the
     same coefficients (first, middle, last of one GPU type) are counted as one group."""
     pl = as_pipeline(sc)
-    p, v = pl.p, pl.v
+    p, v, layers = pl.p, pl.v, pl.layers
     groups: dict[tuple[int, int, int], list[int]] = {}
     for i, st in enumerate(pl.stages):
         groups.setdefault((st.layer_ns, st.fixed_ns(i), st.zero3_layer_ns), []).append(i)
+    sizes = [(a, c, z, len(members)) for (a, c, z), members in groups.items()]
 
     def room(T: int, a: int, c: int, z: int) -> int:
-        k = (T - c) // a if a else pl.layers
+        k = (T - c) // a if a else layers
         return min(k, T // z) if z else k
 
     def fits(T: int) -> bool:
         total = 0
-        for (a, c, z), members in groups.items():
+        for a, c, z, n in sizes:
             k = room(T, a, c, z)
             if k < v:
                 return False
-            total += k * len(members)
-        return total >= pl.layers
+            total += k * n
+        return total >= layers
 
-    lo, hi = 0, max(pl.layers * (a + z) + c for a, c, z in groups)
+    lo, hi = 0, max(layers * (a + z) + c for a, c, z in groups)
     while lo < hi:
         mid = (lo + hi) // 2
         if fits(mid):
@@ -119,7 +120,7 @@ def balanced_layers(sc: Stages) -> tuple[list[int], int]:
     for (a, c, z), members in groups.items():
         for i in members:
             caps[i] = room(lo, a, c, z)
-    excess = sum(caps) - pl.layers
+    excess = sum(caps) - layers
     heap = [(-caps[i], i) for i in range(p)]
     heapq.heapify(heap)
     while excess > 0:   # take one layer at a time from the fullest stage (ties: the earliest)

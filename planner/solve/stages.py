@@ -251,11 +251,11 @@ def coefficients(sc: StageCosts) -> StageCoeffs:
     total = total + lt.tp_fwd + lt.tp_bwd
     c2 = _ns(total)
     total += lt.cp_exposed
-    c3 = _ns(total)
+    c3 = _ns(total) if lt.cp_exposed else c2      # adding 0 leaves the total (and its rounding) as is
     total += lt.ep_comm
-    c4 = _ns(total)
+    c4 = _ns(total) if lt.ep_comm else c3
     total += lt.selective_extra
-    c5 = _ns(total)
+    c5 = _ns(total) if lt.selective_extra else c4
     dp_layer = _ns(sc.dp_layer_s)
     return StageCoeffs(
         p=sc.p, m=sc.m, v=v, layers=sc.layers,
