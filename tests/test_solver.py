@@ -219,6 +219,34 @@ def test_search_bounds_are_sound(seed):
         assert g.stage_layers in (even_split(model.layers, st.pp), balanced_layers(sc)[0])
 
 
+@pytest.mark.parametrize("seed", SEEDS[:20])
+def test_cp_sat_and_numbers_share_the_stage_expression(seed):
+    # planner.solve.stages: the CP-SAT model and the plain evaluation call the same StageCoeffs methods
+    # (CpOps turns each max / exact division into a variable); with L, R fixed the model's stage times,
+    # tails and bytes must equal the numbers exactly, ZeRO-3 overlap and interleaved windows included
+    from ortools.sat.python import cp_model
+    from planner.solve.solver import CpOps
+    _, st, _, sc, _ = instance(seed)
+    rng = random.Random(seed)
+    Ls = next(iter(layer_splits(sc)))
+    Rs = [rng.randint(0, L) if st.recompute == "full" else 0 for L in Ls]
+    mdl = cp_model.CpModel()
+    ub = 10 ** 15
+    ops = CpOps(mdl, {"time": ub, "sync": ub})
+    got = []
+    for i, (L, R) in enumerate(zip(Ls, Rs)):
+        Lv, Rv = mdl.NewIntVar(L, L, f"L{i}"), mdl.NewIntVar(R, R, f"R{i}")
+        has = mdl.NewIntVar(int(R > 0), int(R > 0), f"h{i}")
+        got.append((ops.var(sc.stage_ns(i, Lv, Rv, ops, f"T{i}"), "time", f"T{i}"),
+                    ops.var(sc.stage_tail_ns(i, Lv, ops, f"E{i}"), "sync", f"tail{i}"),
+                    ops.var(sc.stage_bytes(i, Lv, Rv, has), "time", f"bytes{i}")))
+    solver = cp_model.CpSolver()
+    assert solver.Solve(mdl) == cp_model.OPTIMAL
+    for i, (L, R) in enumerate(zip(Ls, Rs)):
+        T, tail, mem = (solver.Value(x) for x in got[i])
+        assert (T, tail, mem) == (sc.stage_ns(i, L, R), sc.stage_tail_ns(i, L), sc.stage_bytes(i, L, R))
+
+
 def test_stage_time_grows_with_recompute():
     # the premise of the shortcut: T_i(L, R) is non-decreasing in R and the tail does not depend on R
     for seed in SEEDS:

@@ -18,7 +18,8 @@ from hardware import Cluster
 from planner.solve.stages import NS, Pipeline, StageCoeffs, coefficients
 
 
-def evaluate(model: ModelSpec, st: Strategy, cluster: Cluster, sc: StageCosts | StageCoeffs | None = None) -> Evaluation:
+def evaluate(model: ModelSpec, st: Strategy, cluster: Cluster,
+             sc: StageCosts | StageCoeffs | None = None) -> Evaluation:
     """Predict step time, throughput, utilisation and per-GPU memory of `st` (rules checked by caller)."""
     sc = sc or stage_costs(model, st, cluster)
     Ls, Rs = resolve_layout(model, st)

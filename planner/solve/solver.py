@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from costmodels.performance import StageCosts, even_split
-from planner.solve.stages import Pipeline, StageCoeffs, coefficients
+from planner.solve.stages import Pipeline, StageCoeffs
 
 
 @dataclass(frozen=True)
