@@ -1,6 +1,6 @@
 """Transformer model description and exact parameter counts.
 
-Formulas: /work/shared/reference/formulas.md ("Parameters"); Narayanan et al. 2021 eq. 2 for the
+Formulas: docs/reference/formulas.md ("Parameters"); Narayanan et al. 2021 eq. 2 for the
 GPT/Megatron block, Touvron et al. 2023 / Llama 3 paper for SwiGLU + GQA, Jiang et al. 2024 (Mixtral)
 for MoE layers.
 """
