@@ -63,9 +63,10 @@ def narayanan_flops_per_step(model: ModelSpec, global_batch: int, seq_len: int) 
     return 96.0 * global_batch * s * l * h * h * (1 + s / (6 * h) + v / (16 * l * h))
 
 
-def llm_foundry_flops_per_step(model: ModelSpec, global_batch: int, seq_len: int) -> float:
-    """llm-foundry (MosaicML) model FLOPs: per sequence 6*N*s + 12*l*h*s^2 (N incl. position embeddings)."""
-    n = model.params_total()
+def llm_foundry_flops_per_step(model: ModelSpec, global_batch: int, seq_len: int, params: float | None = None) -> float:
+    """llm-foundry (MosaicML) model FLOPs: per sequence 6*N*s + 12*l*h*s^2 (N incl. position embeddings;
+    `params` overrides N with the count a source reports)."""
+    n = model.params_total() if params is None else params
     return global_batch * (6.0 * n * seq_len + 12.0 * model.layers * model.hidden * seq_len * seq_len)
 
 

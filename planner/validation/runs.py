@@ -466,7 +466,5 @@ def step_flops(run: dict, model: ModelSpec, global_batch: int) -> float:
         return narayanan_flops_per_step(model, global_batch, model.seq_len)
     if "foundry" in conv or "6*n*s" in conv.replace(" ", ""):
         params_b = run.get("model", {}).get("params_b")
-        n_params = params_b * 1e9 if params_b else model.params_total()
-        seq = model.seq_len
-        return global_batch * (6.0 * n_params * seq + 12.0 * model.layers * model.hidden * seq * seq)
+        return llm_foundry_flops_per_step(model, global_batch, model.seq_len, params_b * 1e9 if params_b else None)
     return model_flops_per_step(model, global_batch, model.seq_len)
