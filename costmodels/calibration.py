@@ -20,12 +20,12 @@ OVERLAP_SM_SHARE_DEN = 8
 
 @dataclass(frozen=True)
 class Calibration:
-    gemm_efficiency: float        # share of dense peak a large GEMM reaches (hardware.md: 70-80% A100, 60-75% H100)
+    gemm_efficiency: float        # share of dense peak a large GEMM reaches (docs/reference/hardware.md: 70-80% A100, 60-75% H100)
     gemm_half_dim: float          # a GEMM dimension of this size halves efficiency (tile / wave quantisation)
     attention_efficiency: float   # share of peak for fused (flash) attention, counting causal FLOPs only
     hbm_efficiency: float         # share of HBM bandwidth reached by element-wise kernels
-    intra_node_efficiency: float  # NCCL bus bandwidth / link rate inside a node (hardware.md: ~230/300 on DGX A100)
-    inter_node_efficiency: float  # NCCL bus bandwidth / NIC line rate across nodes (hardware.md: 80-90%)
+    intra_node_efficiency: float  # NCCL bus bandwidth / link rate inside a node (docs/reference/hardware.md: ~230/300 on DGX A100)
+    inter_node_efficiency: float  # NCCL bus bandwidth / NIC line rate across nodes (docs/reference/hardware.md: 80-90%)
     intra_node_latency_s: float   # per ring step inside a node
     inter_node_latency_s: float   # per ring step across nodes
     kernel_overhead_s: float      # launch / framework overhead per layer per pass

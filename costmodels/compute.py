@@ -2,7 +2,7 @@
 memory-bound element-wise kernels (layer norms, activations, dropout, softmax) at HBM speed.
 
 A GEMM of shape (m, n, k) runs at peak * e * prod(d / (d + d0)) over its three dimensions: large GEMMs
-approach e (hardware.md: 70-80% of dense peak on A100, 60-75% on H100), thin ones lose to tile and wave
+approach e (docs/reference/hardware.md: 70-80% of dense peak on A100, 60-75% on H100), thin ones lose to tile and wave
 quantisation. Constants e and d0 live in costmodels.calibration.
 """
 from __future__ import annotations

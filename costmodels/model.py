@@ -203,7 +203,7 @@ class ModelSpec(_Spec):
     def is_moe_layer(self, i: int) -> bool:
         return self.moe is not None and (i + 1) % self.moe.layer_freq == 0
 
-    # ---- parameter counts (formulas.md "Parameters") -------------------------------------------
+    # ---- parameter counts (docs/reference/formulas.md "Parameters") -------------------------------------------
     def params_attention(self) -> int:
         h, kv = self.hidden, self.kv_dim
         # Q and output h*h each, K and V h*kv_dim each (GQA); biases h + 2*kv_dim + h.

@@ -4,7 +4,7 @@ sizes in, arrays out, so a search can evaluate every batch at once.
 
 Formulas and sources (docs/serving.md has the derivations):
 - KV cache bytes per token = 2 (K and V) x layers x kv_heads x head_dim x bytes (seed article 003,
-  formulas.md "Inference"); GQA / MQA store kv_heads < heads; tensor parallelism splits the KV heads
+  docs/reference/formulas.md "Inference"); GQA / MQA store kv_heads < heads; tensor parallelism splits the KV heads
   (a KV head is replicated when tp > kv_heads, as vLLM and TensorRT-LLM do).
 - Weights: quantised checkpoints (fp8, int8 / int4 AWQ / GPTQ) quantise the transformer layers' matrices
   and keep the embedding and LM head in 16 bits (vLLM / TensorRT-LLM quantisation recipes).

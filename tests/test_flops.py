@@ -35,7 +35,7 @@ def test_narayanan_eq3_gpt3_175b():
 @pytest.mark.parametrize("name", ["gpt3-175b", "megatron-530b", "megatron-1t", "gpt3-13b"])
 def test_model_flops_without_recompute_match_72_factor(name):
     # Narayanan eq. 3 counts four passes (forward, recomputed forward, backward = 2 x forward) -> 96;
-    # without recompute three passes -> 72 (formulas.md, "FLOPs"). The vocabulary term V/(16lh) assumes the
+    # without recompute three passes -> 72 (docs/reference/formulas.md, "FLOPs"). The vocabulary term V/(16lh) assumes the
     # logits are recomputed too, so model FLOPs differ from the 72 form by a fraction of a percent.
     model = PRESETS[name]
     B, s = model.global_batch or 512, model.seq_len

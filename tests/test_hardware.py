@@ -52,9 +52,9 @@ def test_catalog_has_required_gpus_with_all_precisions(catalog):
 
 
 def test_datasheet_peaks(catalog):
-    # hardware.md / NVIDIA A100 datasheet: 312 TF bf16 dense (624 is the 2:4 sparse figure)
+    # docs/reference/hardware.md / NVIDIA A100 datasheet: 312 TF bf16 dense (624 is the 2:4 sparse figure)
     assert catalog.gpus["A100-80GB"].peak_tflops("bf16") == 312
-    # hardware.md / NVIDIA H100 SXM datasheet: 989 TF bf16, 1979 TF fp8 dense
+    # docs/reference/hardware.md / NVIDIA H100 SXM datasheet: 989 TF bf16, 1979 TF fp8 dense
     h100 = catalog.gpus["H100-SXM"]
     assert h100.peak_tflops("bf16") == 989
     assert h100.peak_tflops("fp8") == 1979
@@ -86,16 +86,16 @@ def test_v100_has_no_bf16(catalog):
 
 def test_memory_bytes_and_links(catalog):
     assert catalog.gpus["A100-80GB"].memory_bytes == 80e9
-    # NVLink bidir / 2: A100 600 -> 300, H100 900 -> 450 (hardware.md)
+    # NVLink bidir / 2: A100 600 -> 300, H100 900 -> 450 (docs/reference/hardware.md)
     assert catalog.gpus["A100-80GB"].intra_node_gbps == 300
     assert catalog.gpus["H100-SXM"].intra_node_gbps == 450
-    # DGX A100: 200 Gb/s HDR per GPU = 25 GB/s; DGX H100: 400 Gb/s NDR = 50 GB/s (hardware.md)
+    # DGX A100: 200 Gb/s HDR per GPU = 25 GB/s; DGX H100: 400 Gb/s NDR = 50 GB/s (docs/reference/hardware.md)
     assert catalog.gpus["A100-80GB"].inter_node_gbps == 25
     assert catalog.gpus["H100-SXM"].inter_node_gbps == 50
 
 
 def test_prices_from_reference(catalog):
-    # hardware.md price table
+    # docs/reference/hardware.md price table
     assert catalog.gpus["A100-80GB"].price_usd_per_gpu_hour == 5.12
     assert catalog.gpus["H100-SXM"].price_usd_per_gpu_hour == 12.29
     assert catalog.gpus["H200"].price_usd_per_gpu_hour == 3.99

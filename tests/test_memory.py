@@ -54,7 +54,7 @@ def test_megatron_holds_fp32_gradients_by_default():
 
 
 def test_gpt3_175b_model_states_about_2800_gb():
-    # seed article 002 / formulas.md: 175B x 16 bytes ~ 2800 GB = 350 weights + 350 grads + 2100 optimizer.
+    # seed article 002 / docs/reference/formulas.md: 175B x 16 bytes ~ 2800 GB = 350 weights + 350 grads + 2100 optimizer.
     model, _ = get_model("175b")
     assert model.name == "gpt3-175b"
     n = model.params_total()

@@ -25,8 +25,8 @@ def close(x: float, want: float, rel: float) -> bool:
 @pytest.mark.parametrize(
     "name, want, rel, cite",
     [
-        # formulas.md: 12*l*h^2 + V*h ~ 174.6B; Brown et al. 2020 call it 175B.
-        ("gpt3-175b", 174.6 * B, 0.005, "formulas.md / Brown et al. 2020 Table 2.1"),
+        # docs/reference/formulas.md: 12*l*h^2 + V*h ~ 174.6B; Brown et al. 2020 call it 175B.
+        ("gpt3-175b", 174.6 * B, 0.005, "docs/reference/formulas.md / Brown et al. 2020 Table 2.1"),
         ("llama3-405b", 405 * B, 0.01, "Llama Team 2024, The Llama 3 Herd of Models, Table 3"),
         ("llama3-8b", 8.03 * B, 0.01, "meta-llama/Meta-Llama-3-8B model card: 8.03B"),
         ("llama2-70b", 69 * B, 0.01, "meta-llama/Llama-2-70b-hf model card: 69B"),

@@ -213,7 +213,7 @@ def test_more_gpu_memory_never_unfits(gpu, tp, pp, mb, zero, rec, cap_gb, extra_
 
 def test_all_reduce_inside_a_dgx_a100():
     # Ring all-reduce over 8 GPUs moves 2 (n-1)/n of the buffer per GPU (Thakur et al. 2005); NVLink3 300 GB/s
-    # per direction at the calibrated 77% bus efficiency (hardware.md: ~230 of 300 GB/s on DGX A100).
+    # per direction at the calibrated 77% bus efficiency (docs/reference/hardware.md: ~230 of 300 GB/s on DGX A100).
     gpu = CATALOG.gpus["A100-80GB"]
     cal = calibration_for(gpu.family)
     t = collective_time("all_reduce", 1e9, Link(size=8, per_node=8), gpu, cal)

@@ -84,7 +84,7 @@ def test_kv_heads_split_over_tp_and_replicated_past_kv_heads():
 # ---- seed article 002: decode is memory-bandwidth bound; all-reduce share -----------------------------
 def test_batch1_decode_scales_with_hbm_bandwidth_a10_vs_a100_seed002():
     """Seed 002: single-batch decode reads the weights from HBM every token, so the A10 / A100 time per token
-    follows their HBM bandwidths (A100-80GB 2039 / A10 600 = 3.40, hardware.md). Llama-2-7B bf16, TP=1,
+    follows their HBM bandwidths (A100-80GB 2039 / A10 600 = 3.40, docs/reference/hardware.md). Llama-2-7B bf16, TP=1,
     batch 1, 512 tokens of context; it fits in the A10's 24 GB."""
     m = model("llama2-7b")
     dep = Deployment(tp=1)

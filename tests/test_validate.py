@@ -11,9 +11,9 @@ from planner.validation.runs import BUNDLED, RunSkipped, mfu_peak, network_gbps_
     ("DGX A100 (Selene), 8x HDR 200Gb/s per node", 25.0),     # 8 x 200 Gb/s over 8 GPUs = 25 GB/s each
     ("RoCE 1600 Gb/s per node", 25.0),
     ("RoCE / InfiniBand, 400Gb/s per GPU", 50.0),
-    ("3200 Gbps EFA per node", 50.0),                         # AWS p5 (hardware.md)
+    ("3200 Gbps EFA per node", 50.0),                         # AWS p5 (docs/reference/hardware.md)
     ("8 x 400 Gbps NDR InfiniBand per node", 50.0),
-    ("EFA 4x100 Gb/s per node", 6.25),                        # AWS p4d: 400 Gb/s per node (hardware.md)
+    ("EFA 4x100 Gb/s per node", 6.25),                        # AWS p4d: 400 Gb/s per node (docs/reference/hardware.md)
     ("8x 200Gb/s HDR", 25.0),                                 # a count without a scope: per node
     ("NVLink + IB", None), (None, None), ("1.6 Tb/s per node", 25.0),
 ])
