@@ -7,7 +7,7 @@ the planner (planner/solve/rules.py), because they need the model and the cluste
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Callable, Literal
 
 Recompute = Literal["none", "selective", "full"]
 Precision = Literal["fp32", "bf16", "fp16", "fp8"]
@@ -22,6 +22,33 @@ OPTIMIZER_CHOICES: tuple[str, ...] = ("adam", "sgd")
 class StrategyError(ValueError):
     """A strategy that cannot run; the message names the bad value and what is allowed."""
 
+
+
+@dataclass(frozen=True)
+class Invariant:
+    """A structural rule every Strategy holds by construction (checked in __post_init__). The planner's
+    rules module (planner/solve/rules.py) applies the same predicate and message while it enumerates."""
+    name: str
+    message: str                    # str.format over the Strategy's fields and dp_mb = dp x micro_batch
+    ok: Callable[[Any], bool]       # reads only Strategy fields
+
+    def error(self, s) -> str:
+        fields = {k: getattr(s, k) for k in ("global_batch", "dp", "micro_batch", "pp", "virtual_stages", "zero_stage")}
+        return self.message.format(**fields, dp_mb=s.dp * s.micro_batch)
+
+
+# megatron/core/num_microbatches_calculator.py: global batch = micro-batch x dp x micro-batches
+BATCH_DIVIDES = Invariant(
+    "mb_batch", "global batch {global_batch} is not divisible by dp x micro-batch = {dp} x {micro_batch}; choose a "
+    "global batch that is a multiple of {dp_mb}", lambda s: s.global_batch % (s.dp * s.micro_batch) == 0)
+# megatron/training/arguments.py: virtual pipeline stages need pipeline parallelism
+INTERLEAVING_NEEDS_PP = Invariant(
+    "v_needs_pp", "virtual_stages={virtual_stages} needs pp > 1 (interleaving splits pipeline stages)",
+    lambda s: s.virtual_stages == 1 or s.pp > 1)
+# deepspeed/runtime/zero/offload_config.py: offload_param is valid only with stage 3
+PARAM_OFFLOAD_NEEDS_ZERO3 = Invariant(
+    "param_offload_zero3", "parameter offload needs ZeRO-3 (zero_stage=3: only ZeRO-3 partitions the weights), but "
+    "zero_stage={zero_stage}", lambda s: not s.offload_params or s.zero_stage == 3)
 
 @dataclass(frozen=True, slots=True)
 class Strategy:
@@ -60,20 +87,15 @@ class Strategy:
             raise StrategyError(f"precision={self.precision!r} is not allowed; choose fp32, bf16, fp16 or fp8")
         if self.optimizer not in OPTIMIZER_CHOICES:
             raise StrategyError(f"optimizer={self.optimizer!r} is not allowed; choose adam or sgd")
-        if self.global_batch % (self.dp * self.micro_batch):
-            raise StrategyError(
-                f"global batch {self.global_batch} is not divisible by dp x micro-batch = "
-                f"{self.dp} x {self.micro_batch}; choose a global batch that is a multiple of {self.dp * self.micro_batch}")
+        for rule in (BATCH_DIVIDES, INTERLEAVING_NEEDS_PP, PARAM_OFFLOAD_NEEDS_ZERO3):
+            if not rule.ok(self):
+                raise StrategyError(rule.error(self))
         if self.sequence_parallel and self.tp == 1:
             object.__setattr__(self, "sequence_parallel", False)  # sequence parallel needs tp > 1
-        if self.virtual_stages > 1 and self.pp == 1:
-            raise StrategyError(f"virtual_stages={self.virtual_stages} needs pp > 1 (interleaving splits pipeline stages)")
         if self.pipeline_schedule not in ("1f1b", "gpipe"):
             raise StrategyError(f"pipeline_schedule={self.pipeline_schedule!r} is not allowed; choose 1f1b or gpipe")
         if self.pipeline_schedule == "gpipe" and self.virtual_stages > 1:
             raise StrategyError("virtual_stages > 1 (interleaving) needs the 1f1b schedule, not gpipe")
-        if self.offload_params and self.zero_stage != 3:
-            raise StrategyError("offload_params needs zero_stage=3 (only ZeRO-3 partitions the weights)")
         for name in ("stage_layers", "recompute_layers"):
             value = getattr(self, name)
             if value is not None:

@@ -30,7 +30,8 @@ from typing import Any, Callable
 from costmodels.model import ModelSpec
 from costmodels.performance import even_split
 from costmodels.serving import ServingError
-from costmodels.strategy import StrategyError
+from costmodels.strategy import (BATCH_DIVIDES, INTERLEAVING_NEEDS_PP, PARAM_OFFLOAD_NEEDS_ZERO3,
+                                 StrategyError)
 
 TRAINING = ("megatron", "deepspeed", "torchtitan")
 SERVING = ("vllm",)
@@ -175,14 +176,12 @@ EP_DP_CP = Rule(  # megatron/core/parallel_state.py: expert-parallel groups are 
     "ep_dp_cp", "ep", "ep must divide dp x cp (experts are spread over data-parallel ranks)",
     "ep={ep} must divide dp x cp = {dp_cp} (experts are spread over data-parallel ranks)",
     lambda c, s: (s.dp * s.cp) % s.ep == 0)
-MB_BATCH = Rule(  # megatron/core/num_microbatches_calculator.py: global batch = micro-batch x dp x micro-batches
-    "mb_batch", "micro_batch", "global batch must be divisible by dp x micro-batch",
-    "global batch {global_batch} is not divisible by dp x micro-batch = {dp_mb}",
-    lambda c, s: s.global_batch % (s.dp * s.micro_batch) == 0)
-V_NEEDS_PP = Rule(  # megatron/training/arguments.py: virtual pipeline stages need pipeline parallelism
-    "v_needs_pp", "virtual_stages", "interleaving needs pipeline parallelism (pp > 1)",
-    "virtual_stages={virtual_stages} needs pp > 1 (interleaving splits pipeline stages)",
-    lambda c, s: s.virtual_stages == 1 or s.pp > 1)
+MB_BATCH = Rule(  # a Strategy invariant (costmodels.strategy.BATCH_DIVIDES cites its source)
+    BATCH_DIVIDES.name, "micro_batch", "global batch must be divisible by dp x micro-batch",
+    BATCH_DIVIDES.message, lambda c, s: BATCH_DIVIDES.ok(s))
+V_NEEDS_PP = Rule(  # a Strategy invariant (costmodels.strategy.INTERLEAVING_NEEDS_PP)
+    INTERLEAVING_NEEDS_PP.name, "virtual_stages", "interleaving needs pipeline parallelism (pp > 1)",
+    INTERLEAVING_NEEDS_PP.message, lambda c, s: INTERLEAVING_NEEDS_PP.ok(s))
 V_LAYERS = Rule(  # megatron/training/arguments.py: every model chunk needs a layer
     "v_layers", "virtual_stages",
     "interleaving needs at least one layer per chunk (layers >= pp x virtual stages)",
@@ -207,10 +206,9 @@ OFFLOAD_ZERO = Rule(  # megatron/training/arguments.py: --optimizer-cpu-offload 
     "offload_zero", "offload", "optimizer offload needs a sharded optimizer (ZeRO >= 1)",
     "optimizer offload needs a sharded optimizer (ZeRO >= 1), but zero_stage=0",
     lambda c, s: not s.offload_optimizer or s.zero_stage >= 1)
-PARAM_OFFLOAD_ZERO3 = Rule(  # deepspeed/runtime/zero/offload_config.py: offload_param is valid only with stage 3
-    "param_offload_zero3", "offload", "parameter offload needs ZeRO-3",
-    "parameter offload needs ZeRO-3 (only ZeRO-3 partitions the weights), but zero_stage={zero_stage}",
-    lambda c, s: not s.offload_params or s.zero_stage == 3, frameworks=("deepspeed", "torchtitan"))
+PARAM_OFFLOAD_ZERO3 = Rule(  # a Strategy invariant (costmodels.strategy.PARAM_OFFLOAD_NEEDS_ZERO3)
+    PARAM_OFFLOAD_NEEDS_ZERO3.name, "offload", "parameter offload needs ZeRO-3", PARAM_OFFLOAD_NEEDS_ZERO3.message,
+    lambda c, s: PARAM_OFFLOAD_NEEDS_ZERO3.ok(s), frameworks=("deepspeed", "torchtitan"))
 LAYERS_SUM = Rule(  # megatron/core/transformer/transformer_block.py: the stages hold every layer once
     "layers_sum", "layout", "stage layers must sum to the layers",
     lambda f: (f"stage layers {list(f['stage_layers'])} sum to {sum(f['stage_layers'])}, "
