@@ -129,6 +129,17 @@ class Strategy:
     def with_(self, **changes) -> "Strategy":
         return replace(self, **changes)
 
+    def with_layout(self, Ls, Rs) -> "Strategy":
+        """This strategy with layers per stage Ls and fully recomputed layers per stage Rs, spelt one way:
+        explicit stage_layers; recompute 'none' when nothing is recomputed; no recompute_layers list when
+        every layer is (costmodels.performance.resolve_layout reads each spelling back as the same Ls, Rs).
+        The one normalisation of recompute: the search's result, export, import and nearest layouts."""
+        if self.recompute != "full":
+            return replace(self, stage_layers=tuple(Ls), recompute_layers=None)
+        if not any(Rs):
+            return replace(self, recompute="none", stage_layers=tuple(Ls), recompute_layers=None)
+        return replace(self, stage_layers=tuple(Ls), recompute_layers=None if list(Rs) == list(Ls) else tuple(Rs))
+
     def as_dict(self) -> dict:
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
         for key in ("stage_layers", "recompute_layers"):

@@ -570,18 +570,16 @@ def test_deepspeed_split_is_deepspeeds_partition_uniform_and_the_chunk_split():
 
 
 def test_with_layout_is_the_one_recompute_spelling():
-    from planner.frameworks.base import with_layout
-
     m = get_model("gpt3-1.3b")[0]
     st = Strategy(pp=2, dp=8, global_batch=512, recompute="full")
-    assert with_layout(st, [12, 12], [0, 0]).recompute == "none"
-    full = with_layout(st, [12, 12], [12, 12])
+    assert st.with_layout([12, 12], [0, 0]).recompute == "none"
+    full = st.with_layout([12, 12], [12, 12])
     assert full.recompute == "full" and full.recompute_layers is None and full.stage_layers == (12, 12)
-    assert with_layout(st, [12, 12], [3, 0]).recompute_layers == (3, 0)
+    assert st.with_layout([12, 12], [3, 0]).recompute_layers == (3, 0)
     sel = Strategy(pp=2, dp=8, global_batch=512, recompute="selective")
-    assert with_layout(sel, [11, 13], [0, 0]) == sel.with_(stage_layers=(11, 13))
+    assert sel.with_layout([11, 13], [0, 0]) == sel.with_(stage_layers=(11, 13))
     # canonical is with_layout of the plan's resolved layout; importing a written plan gives it back
     assert canonical(m, st) == full
     for rs in ((12, 12), (0, 0), (5, 2)):
-        written = with_layout(st, [12, 12], list(rs))
+        written = st.with_layout([12, 12], list(rs))
         assert canonical(m, written) == written

@@ -24,7 +24,7 @@ from costmodels.performance import resolve_layout
 from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.frameworks import deepspeed, megatron, torchtitan
-from planner.frameworks.base import Export, ExportError, canonical, prepend_note, strategy_from_plan, with_layout
+from planner.frameworks.base import Export, ExportError, canonical, prepend_note, strategy_from_plan
 from planner.solve.evaluate import evaluate
 from planner.solve.rules import setting_problem
 
@@ -58,7 +58,7 @@ def nearest_layout(framework: str, model: ModelSpec, st: Strategy) -> tuple[Stra
     new_Ls, new_Rs, notes = mod.nearest_layout(model, st, Ls, Rs)
     if (list(new_Ls), list(new_Rs)) == (Ls, Rs):
         return st, notes
-    return with_layout(st, new_Ls, new_Rs), notes
+    return st.with_layout(new_Ls, new_Rs), notes
 
 
 def export(framework: str, model: ModelSpec, st: Strategy, cluster: Cluster) -> Export:

@@ -69,21 +69,9 @@ def strategy_from_plan(d: dict) -> Strategy:
     return Strategy(**kw)
 
 
-def with_layout(st: Strategy, Ls: list[int], Rs: list[int]) -> Strategy:
-    """`st` with layers per stage Ls and fully recomputed layers per stage Rs, spelt one way: explicit
-    stage_layers; recompute 'none' when nothing is recomputed; no recompute_layers list when every layer
-    is (performance.resolve_layout reads all three spellings back as the same Ls, Rs). The one
-    normalisation of recompute for the frameworks (export, import, nearest layout)."""
-    if st.recompute != "full":
-        return st.with_(stage_layers=tuple(Ls), recompute_layers=None)
-    if not any(Rs):
-        return st.with_(recompute="none", stage_layers=tuple(Ls), recompute_layers=None)
-    return st.with_(stage_layers=tuple(Ls), recompute_layers=None if list(Rs) == list(Ls) else tuple(Rs))
-
-
 def canonical(model: ModelSpec, st: Strategy) -> Strategy:
-    """One spelling per plan: with_layout of the plan's own (resolved) layout."""
-    return with_layout(st, *resolve_layout(model, st))
+    """One spelling per plan: Strategy.with_layout of the plan's own (resolved) layout."""
+    return st.with_layout(*resolve_layout(model, st))
 
 
 def chunks(n: int, parts: int) -> list[int]:

@@ -164,7 +164,7 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
         step = layout.objective / pl.v
         if key in best and best[key].step_ns <= step:
             continue
-        final = _finalise(st, layout)
+        final = st.with_layout(layout.stage_layers, layout.recompute_layers)   # names the recompute chosen
         ev = evaluate_pipeline(model, final, pl, c.gpus, layout.stage_layers, layout.recompute_layers)
         best[key] = Found(step, final, layout, ev)
     ranked = sorted(best.values(), key=lambda f: (f.step_ns, _order_key(f.strategy)))[:top]
@@ -189,18 +189,6 @@ def _order_key(st: Strategy) -> tuple:
     lower ZeRO, no offload, then larger micro-batch."""
     return (st.pp, st.tp, st.cp, st.ep, st.virtual_stages, st.zero_stage, st.offload_optimizer, st.offload_params,
             -st.micro_batch, st.recompute)
-
-
-def _finalise(st: Strategy, layout: Layout) -> Strategy:
-    """Name the recompute the layout chose: none, full, or block recompute of some layers per stage."""
-    Ls, Rs = layout.stage_layers, layout.recompute_layers
-    if st.recompute == "full":
-        if not any(Rs):
-            return st.with_(recompute="none", stage_layers=tuple(Ls))
-        if list(Rs) == list(Ls):
-            return st.with_(stage_layers=tuple(Ls))
-        return st.with_(stage_layers=tuple(Ls), recompute_layers=tuple(Rs))
-    return st.with_(stage_layers=tuple(Ls))
 
 
 def explain_no_fit(model: ModelSpec, cluster: Cluster, opts: SpaceOptions, space: Space) -> str:
