@@ -33,7 +33,8 @@ from dataclasses import replace as dc_replace
 
 import numpy as np
 
-from costmodels.calibration import SERVING, Calibration, ServingCalibration, calibration_for
+from costmodels import calibration
+from costmodels.calibration import Calibration, ServingCalibration, calibration_for
 from costmodels.comm import collective_time, group_link, p2p_time
 from costmodels.compute import gemm_efficiency, mlp_gemm_widths
 from costmodels.model import ModelSpec
@@ -182,8 +183,9 @@ class MemoryAnatomy:
 
 
 def memory_anatomy(model: ModelSpec, gpu: GPUSpec, dep: Deployment, batch: int, context: int,
-                   srv: ServingCalibration = SERVING) -> MemoryAnatomy:
+                   srv: ServingCalibration | None = None) -> MemoryAnatomy:
     """Memory of one GPU holding `batch` sequences of `context` tokens (prompt + output) each."""
+    srv = srv or calibration.SERVING
     usable = gpu.memory_bytes * srv.gpu_memory_utilization
     w = _weight_bytes_per_gpu(model, dep)
     chunk = min(srv.prefill_chunk_tokens, max(batch, 1) * context)
@@ -195,9 +197,10 @@ def memory_anatomy(model: ModelSpec, gpu: GPUSpec, dep: Deployment, batch: int, 
 
 
 def max_batch(model: ModelSpec, gpu: GPUSpec, dep: Deployment, context: int,
-              srv: ServingCalibration = SERVING) -> int:
+              srv: ServingCalibration | None = None) -> int:
     """Most sequences of `context` tokens whose weights, KV cache (full context each: no eviction, as
     TensorRT-LLM's guaranteed-no-evict scheduler reserves) and workspace fit; 0 if not even one does."""
+    srv = srv or calibration.SERVING
     kv = context * kv_bytes_per_token_per_gpu(model, dep) + model.vocab * 4.0   # per sequence, with its logits
     a = _activation_bytes_per_token(model, dep.tp)
     room = gpu.memory_bytes * srv.gpu_memory_utilization - _weight_bytes_per_gpu(model, dep) - srv.workspace_bytes
@@ -251,21 +254,23 @@ def _expected_experts(E: int, k: int, tokens):
     return E * (1.0 - np.power(1.0 - k / E, tokens))
 
 
-def fused_collective_latency_s(gpu: GPUSpec, srv: ServingCalibration = SERVING) -> float:
+def fused_collective_latency_s(gpu: GPUSpec, srv: ServingCalibration | None = None) -> float:
     """Fixed latency of one collective of a tensor-parallel group inside a node (ServingCalibration: the
     engines' one-shot custom all-reduce over NVLink, NCCL through the switch over PCIe)."""
+    srv = srv or calibration.SERVING
     pcie = gpu.intra_node_link.strip().lower().startswith("pcie")
     return srv.allreduce_latency_pcie_s if pcie else srv.allreduce_latency_nvlink_s
 
 
 def tp_collective_time(kind: str, nbytes, t: int, gpu: GPUSpec, gpus_per_node: int, cal: Calibration,
-                       srv: ServingCalibration = SERVING):
+                       srv: ServingCalibration | None = None):
     """Seconds of one collective ("all_reduce", "all_to_all") of a tp group of t consecutive GPUs, for an
     array of buffer sizes: costmodels.comm.collective_time (ring volume over the link, Thakur et al. 2005),
     its latency counted once. Inside a node the engines run one fused kernel per collective (vLLM
     custom_all_reduce, TensorRT-LLM), whose fixed latency (fused_collective_latency_s) replaces the ring's
     per-step latency; a group spanning nodes runs NCCL's hierarchical ring, with collective_time's own
     per-step latencies and nothing added."""
+    srv = srv or calibration.SERVING
     nbytes = np.asarray(nbytes, dtype=float)
     if t <= 1:
         return np.zeros_like(nbytes)
@@ -353,12 +358,13 @@ def _p2p(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, to
 
 
 def decode_step_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, batch, context: float,
-                     cal: Calibration | None = None, srv: ServingCalibration = SERVING) -> dict[str, np.ndarray]:
+                     cal: Calibration | None = None, srv: ServingCalibration | None = None) -> dict[str, np.ndarray]:
     """Seconds per output token of a replica decoding `batch` sequences whose KV caches hold `context`
     tokens, split by cause ("total" is the time per output token, TPOT).
 
     Pipeline: m = min(pp, batch) micro-batches of batch/m sequences; every token passes all stages, so
     TPOT = layers x layer(batch/m) + head + (pp - 1) sends, and each stage is busy m/pp of the time."""
+    srv = srv or calibration.SERVING
     cal = cal or calibration_for(gpu.family)
     b = np.asarray(batch, dtype=float)
     m = np.minimum(dep.pp, b)
@@ -372,9 +378,10 @@ def decode_step_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: De
 
 
 def prefill_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, seqs, prompt: int,
-                 cal: Calibration | None = None, srv: ServingCalibration = SERVING) -> np.ndarray:
+                 cal: Calibration | None = None, srv: ServingCalibration | None = None) -> np.ndarray:
     """Seconds to prefill `seqs` prompts of `prompt` tokens in one batch (their first tokens come out at the
     end). Pipeline: m = min(pp, seqs) micro-batches, (m + pp - 1) stage slots of 1/pp of the model each."""
+    srv = srv or calibration.SERVING
     cal = cal or calibration_for(gpu.family)
     n = np.asarray(seqs, dtype=float)
     m = np.minimum(dep.pp, n)
@@ -398,13 +405,14 @@ class ReplicaPerformance:
 
 def replica_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, batch,
                         prompt: int, output: int, cal: Calibration | None = None,
-                        srv: ServingCalibration = SERVING) -> ReplicaPerformance:
+                        srv: ServingCalibration | None = None) -> ReplicaPerformance:
     """A batch of sequences, each `prompt` tokens in and `output` tokens out, on one replica.
 
     Decode steps 1..output-1 attend to prompt + j tokens: the mean context is prompt + output/2, exact
     for the linear attention term. Throughput = batch x output / (batch prefill + (output - 1) x TPOT): a
     static batch, and the steady state of continuous batching at that concurrency (each request's prefill
     is paid once, its decode steps are shared)."""
+    srv = srv or calibration.SERVING
     cal = cal or calibration_for(gpu.family)
     b = np.atleast_1d(np.asarray(batch, dtype=float))
     dec = decode_step_time(model, gpu, gpus_per_node, dep, b, prompt + output / 2.0, cal, srv)

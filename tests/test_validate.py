@@ -195,7 +195,25 @@ def test_fit_grid_search_and_constant_overrides_restore():
     base = validate_run("serving/v1", row).predicted
     slow = replace(SERVING, layer_overhead_s=1e-3)
     with serving_constants(slow):
-        assert cs.SERVING is slow
+        assert cs.calibration.SERVING is slow
         assert validate_run("serving/v1", row).predicted < 0.8 * base    # 1 ms per layer: slower
-    assert cs.SERVING is before_srv
+    assert cs.calibration.SERVING is before_srv
     assert validate_run("serving/v1", row).predicted == base
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda r: r.pop("config"), "config is missing"),
+    (lambda r: r["config"].pop("input_len"), "config.input_len is missing"),
+    (lambda r: r["config"].update(output_len="long"), "config.output_len is 'long'; expected a whole number"),
+    (lambda r: r["hardware"].update(gpu=None), "hardware.gpu is null"),
+    (lambda r: r["config"].update(tp=2.5), "config.tp is 2.5; expected a whole number"),
+])
+def test_malformed_serving_row_is_skipped_with_its_field_named(change, reason):
+    import copy
+    import json
+
+    from planner.validation.runs import validate_run
+    row = copy.deepcopy(json.loads(BUNDLED["serving-public"].read_text())["runs"][0])
+    change(row)
+    res = validate_run("serving/v1", row)
+    assert res.predicted is None and res.skipped == reason

@@ -16,7 +16,8 @@ from dataclasses import replace as dc_replace
 
 import numpy as np
 
-from costmodels.calibration import SERVING, ServingCalibration, calibration_for
+from costmodels import calibration
+from costmodels.calibration import ServingCalibration, calibration_for
 from costmodels.model import ModelSpec
 from costmodels.serving import (BYTES, Deployment, ServingError, compute_precision, kv_bytes_per_token_per_gpu,
                                 kv_cache_bytes_per_token, max_batch, memory_anatomy, replica_performance,
@@ -69,8 +70,9 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
     fix that choice; ttft_ms / tpot_ms are upper limits. Raises ServeError when no plan exists."""
     _check_request(model, prompt, output, qps, batch, ttft_ms, tpot_ms, objective, gpu_memory_utilization, tp, pp,
                    cluster)
-    srv = SERVING if gpu_memory_utilization is None else dc_replace(SERVING,
-                                                                    gpu_memory_utilization=gpu_memory_utilization)
+    srv = calibration.SERVING
+    if gpu_memory_utilization is not None:
+        srv = dc_replace(srv, gpu_memory_utilization=gpu_memory_utilization)
     gpu, gpn = cluster.gpu, cluster.gpus_per_node
     t0 = time.perf_counter()
     wlist = [weights] if weights else list(SEARCH_WEIGHTS)

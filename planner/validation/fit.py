@@ -30,7 +30,6 @@ every run is predicted afresh with the new constants, and this repeats until the
 from __future__ import annotations
 
 import argparse
-import inspect
 import itertools
 import math
 import statistics
@@ -87,37 +86,15 @@ def training_constants(values: dict[str, dict[str, float]]):
         CALIBRATION.update(saved)
 
 
-def _serving_modules():
-    """The loaded modules of this project (the serving predictions import what binds the constants)."""
-    import costmodels.serving  # noqa: F401
-    import planner.validation.serving  # noqa: F401
-    return [m for n, m in sorted(sys.modules.items()) if n.split(".")[0] in ("costmodels", "planner") and m]
-
-
 @contextmanager
 def serving_constants(srv: ServingCalibration):
-    """calibration.SERVING replaced by `srv` inside, wherever it is bound: module globals and the default
-    arguments of functions that take it."""
+    """calibration.SERVING replaced by `srv` inside (the serving cost model reads it at call time)."""
     old = calibration.SERVING
-    undo = []
-    for mod in _serving_modules():
-        if getattr(mod, "SERVING", None) is old:
-            undo.append((mod, "SERVING", old))
-            mod.SERVING = srv
-        for obj in list(vars(mod).values()):
-            if not inspect.isfunction(obj) or getattr(obj, "__module__", None) != mod.__name__:
-                continue
-            if obj.__defaults__ and any(d is old for d in obj.__defaults__):
-                undo.append((obj, "__defaults__", obj.__defaults__))
-                obj.__defaults__ = tuple(srv if d is old else d for d in obj.__defaults__)
-            if obj.__kwdefaults__ and any(d is old for d in obj.__kwdefaults__.values()):
-                undo.append((obj, "__kwdefaults__", obj.__kwdefaults__))
-                obj.__kwdefaults__ = {k: srv if d is old else d for k, d in obj.__kwdefaults__.items()}
+    calibration.SERVING = srv
     try:
         yield
     finally:
-        for target, attr, value in reversed(undo):
-            setattr(target, attr, value)
+        calibration.SERVING = old
 
 
 # ---- the search ---------------------------------------------------------------------------------------------

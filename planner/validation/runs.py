@@ -8,7 +8,6 @@ recompute). Nothing here knows a run by its id.
 from __future__ import annotations
 
 import json
-import math
 import re
 import statistics
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from costmodels.flops import llm_foundry_flops_per_step, model_flops_per_step, narayanan_flops_per_step
-from costmodels.model import ModelError, ModelSpec, MoESpec
+from costmodels.model import ModelError, ModelSpec
 from costmodels.performance import Evaluation, stage_costs
 from costmodels.strategy import Strategy, StrategyError
 from hardware import Cluster, HardwareError, load_catalog
@@ -25,6 +24,7 @@ from planner.solve.evaluate import evaluate, evaluate_layout
 from planner.solve.solver import solve_layout
 from planner.solve.rules import MAX_VIRTUAL_STAGES, allows, check_strategy
 from planner.solve.space import divisors
+from planner.validation.schema import RunSkipped, field, group, run_model  # noqa: F401  (re-exported)
 from planner.validation.split import BUNDLED, FIT, HELD_OUT, fit_rows  # noqa: F401  (BUNDLED: the sets, for callers)
 
 # the first one a run reports is predicted; peak memory only when the run reports no speed
@@ -33,49 +33,6 @@ METRICS = ("step_time_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu", "hfu"
 
 class ValidationFileError(ValueError):
     """The runs file cannot be read; the message names the file and the problem."""
-
-
-class RunSkipped(Exception):
-    """One run cannot be predicted, for a declared reason that becomes the row's `skipped` text: the GPU
-    is not in the catalog, a parallelism rule is broken, a feature is not modelled, a required field is
-    missing, null or malformed (named), or nothing is measured. `validate_file` turns this (and the rule
-    errors StrategyError / ModelError, whose messages name the offending value) into a skipped row; any
-    other exception is a bug and propagates with its traceback."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-def group(run: dict, name: str) -> dict:
-    """`run[name]`, an object, or RunSkipped naming it."""
-    g = run.get(name)
-    if not isinstance(g, dict):
-        raise RunSkipped(f"{name} is {'missing' if g is None else 'not an object'}")
-    return g
-
-
-def field(run: dict, name: str, key: str, kind: type = int, *, required: bool = True, default=None):
-    """`run[name][key]` as `kind` (int: a whole number; float: a number; str; bool), or RunSkipped naming
-    the field when it is missing, null (and required) or of the wrong type."""
-    grp = group(run, name)
-    value = grp.get(key)
-    if value is None:
-        if required:
-            raise RunSkipped(f"{name}.{key} is {'null' if key in grp else 'missing'}")
-        return default
-    if kind is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RunSkipped(f"{name}.{key} is {value!r}; expected a whole number")
-    elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RunSkipped(f"{name}.{key} is {value!r}; expected a number")
-        value = float(value)
-    elif not isinstance(value, kind):
-        raise RunSkipped(f"{name}.{key} is {value!r}; expected {kind.__name__}")
-    return value
 
 
 class RunResult(BaseModel):
@@ -170,7 +127,7 @@ def validate_run(schema: str, run, i: int = 0, completions: dict[str, Completion
             from costmodels.serving import ServingError
             from planner.validation.serving import predict_serving_run
             declared += (ServingError, HardwareError)   # HardwareError: the row's GPU is not in the catalog
-            return RunResult(**predict_serving_run(run, run_model))
+            return RunResult(**predict_serving_run(run))
         return predict_run(run, completions)
     except declared as e:
         msg = e.reason if isinstance(e, RunSkipped) else (str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -191,40 +148,6 @@ def summarise(results: list[RunResult]) -> Summary:
 
 
 # --- one run ----------------------------------------------------------------------------------------
-def run_model(m: dict) -> ModelSpec:
-    """The run's shape. GELU models are GPT-style (learned positions, biases, tied embeddings);
-    SwiGLU models Llama-style (RoPE, no biases, untied). A missing or malformed required field is named
-    (RunSkipped); values outside the model's rules raise ModelError naming them."""
-    r = {"model": m}
-    ffn_type = field(r, "model", "ffn_type", str, required=False, default="gelu")
-    if ffn_type not in ("gelu", "swiglu"):
-        raise RunSkipped(f"model.ffn_type {ffn_type!r} is not modelled; known: gelu, swiglu")
-    gpt_style = ffn_type == "gelu"
-    layers = field(r, "model", "layers")
-    moe = None
-    if m.get("moe") is not None:
-        e = {"model.moe": m["moe"]}
-        moe = MoESpec(experts=field(e, "model.moe", "experts"), top_k=field(e, "model.moe", "top_k"),
-                      expert_ffn_hidden=field(e, "model.moe", "expert_ffn_hidden"),
-                      shared_experts=field(e, "model.moe", "shared_experts", required=False, default=0),
-                      layer_freq=_moe_freq(layers, field(e, "model.moe", "moe_layers", required=False)))
-    return ModelSpec(
-        name=field(r, "model", "name", str, required=False, default="run-model"), layers=layers,
-        hidden=field(r, "model", "hidden"), heads=field(r, "model", "heads"),
-        kv_heads=field(r, "model", "kv_heads", required=False), ffn_hidden=field(r, "model", "ffn_hidden", required=False),
-        ffn_type=ffn_type, vocab=field(r, "model", "vocab", required=False, default=51200),
-        seq_len=field(r, "model", "seq_len"), tied_embeddings=gpt_style,
-        position_embedding="learned" if gpt_style else "rope", bias=gpt_style,
-        norm="layernorm" if gpt_style else "rmsnorm", moe=moe,
-    )
-
-
-def _moe_freq(layers: int, moe_layers) -> int:
-    if not moe_layers:
-        return 1
-    return max(1, round(layers / moe_layers))
-
-
 _RATE = re.compile(r"(?:(\d+)\s*[x\u00d7]\s*(?:[A-Za-z-]+\s+)?)?(\d+(?:\.\d+)?)\s*([GT])b(?:/s|ps|it/s|s)\b", re.I)
 _PER_GPU = re.compile(r"per\s+gpu|/\s*gpu|each\s+gpu", re.I)
 _PER_NODE = re.compile(r"per\s+node|/\s*node", re.I)

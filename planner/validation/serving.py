@@ -3,36 +3,32 @@ the serving cost model (costmodels.serving)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-
 import numpy as np
 
-from costmodels.model import ModelError, ModelSpec
+from costmodels.model import ModelError
 from hardware import load_catalog
 from costmodels.serving import Deployment, ServingError, max_batch, memory_anatomy, replica_performance
 from planner.solve.rules import check_deployment
+from planner.validation.schema import field, group, run_model
 
 GB = 1e9
 SERVING_METRICS = ("output_tokens_per_s", "output_tokens_per_s_per_gpu", "ttft_ms", "tpot_ms")
 
 
-def predict_serving_run(run: dict, run_model: Callable[[dict], ModelSpec]) -> dict:
-    """Predict one serving/v1 row in its mode: the fields of a planner.validation.runs.RunResult.
-
-    run_model builds the row's ModelSpec from its "model" object (planner.validation.runs.run_model, passed
-    in by that module, which calls this one: importing it back would be an import cycle)."""
-
-    rid = str(run["id"])
+def predict_serving_run(run: dict) -> dict:
+    """Predict one serving/v1 row in its mode: the fields of a planner.validation.runs.RunResult. A missing
+    or malformed field is named (RunSkipped)."""
+    rid = str(run.get("id") or "serving-row")
     measured = run.get("measured") or {}
     metric = next((k for k in SERVING_METRICS if measured.get(k) is not None), None)
     if metric is None:
         return dict(id=rid, metric=None, measured=None, predicted=None, pct_error=None,
                          skipped="no measured " + ", ".join(SERVING_METRICS))
-    meas = float(measured[metric])
-    c = run["config"]
-    h = run["hardware"]
-    prompt, output = int(c["input_len"]), int(c["output_len"])
-    m = dict(run["model"])
+    meas = field(run, "measured", metric, float)
+    c = group(run, "config")
+    group(run, "hardware")   # named when missing
+    prompt, output = field(run, "config", "input_len"), field(run, "config", "output_len")
+    m = dict(group(run, "model"))
     m["seq_len"] = prompt + output
     if isinstance(m.get("moe"), dict) and not m["moe"].get("expert_ffn_hidden") and m.get("ffn_hidden"):
         m["moe"] = {**m["moe"], "expert_ffn_hidden": m["ffn_hidden"]}   # Mixtral-style: ffn_hidden is per expert
@@ -40,11 +36,12 @@ def predict_serving_run(run: dict, run_model: Callable[[dict], ModelSpec]) -> di
         model = run_model(m)
     except ModelError as e:
         raise ServingError(str(e)) from None
-    gpu, _ = load_catalog().resolve(h["gpu"])
-    tp, pp = int(c.get("tp") or 1), int(c.get("pp") or 1)
-    n = int(h.get("num_gpus") or tp * pp)
-    gpn = int(h.get("gpus_per_node") or gpu.gpus_per_node)
-    replicas = int(c.get("replicas") or max(1, n // (tp * pp)))
+    gpu, _ = load_catalog().resolve(field(run, "hardware", "gpu", str))
+    tp = field(run, "config", "tp", required=False, default=1)
+    pp = field(run, "config", "pp", required=False, default=1)
+    n = field(run, "hardware", "num_gpus", required=False, default=tp * pp)
+    gpn = field(run, "hardware", "gpus_per_node", required=False, default=gpu.gpus_per_node)
+    replicas = field(run, "config", "replicas", required=False, default=max(1, n // (tp * pp)))
     dep = Deployment(tp=tp, pp=pp, weights=_precision(c.get("weights_precision")),
                      kv=_precision(c.get("kv_precision")), kv_read_per_query_head=_pre_gqa_engine(run.get("engine")))
     check_deployment(model, dep)
@@ -53,7 +50,7 @@ def predict_serving_run(run: dict, run_model: Callable[[dict], ModelSpec]) -> di
     if mode == "first_token":
         batch = 1
     elif mode in ("static_batch", "max_throughput"):
-        batch = c.get("batch_size")
+        batch = field(run, "config", "batch_size", required=False)
         if batch is None:
             batch = max_batch(model, gpu, dep, prompt + output)
             if batch < 1:

@@ -1,0 +1,85 @@
+"""Reading a row of the bundled schemas (runs/v1, serving/v1): typed fields, the model it describes, and
+`RunSkipped`, the one declared reason a row is not predicted. Shared by training rows
+(planner.validation.runs) and serving rows (planner.validation.serving)."""
+from __future__ import annotations
+
+import math
+
+from costmodels.model import ModelSpec, MoESpec
+
+
+class RunSkipped(Exception):
+    """One run cannot be predicted, for a declared reason that becomes the row's `skipped` text: the GPU
+    is not in the catalog, a parallelism rule is broken, a feature is not modelled, a required field is
+    missing, null or malformed (named), or nothing is measured. `validate_file` turns this (and the rule
+    errors StrategyError / ModelError, whose messages name the offending value) into a skipped row; any
+    other exception is a bug and propagates with its traceback."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def group(run: dict, name: str) -> dict:
+    """`run[name]`, an object, or RunSkipped naming it."""
+    g = run.get(name)
+    if not isinstance(g, dict):
+        raise RunSkipped(f"{name} is {'missing' if g is None else 'not an object'}")
+    return g
+
+
+def field(run: dict, name: str, key: str, kind: type = int, *, required: bool = True, default=None):
+    """`run[name][key]` as `kind` (int: a whole number; float: a number; str; bool), or RunSkipped naming
+    the field when it is missing, null (and required) or of the wrong type."""
+    grp = group(run, name)
+    value = grp.get(key)
+    if value is None:
+        if required:
+            raise RunSkipped(f"{name}.{key} is {'null' if key in grp else 'missing'}")
+        return default
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RunSkipped(f"{name}.{key} is {value!r}; expected a whole number")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RunSkipped(f"{name}.{key} is {value!r}; expected a number")
+        value = float(value)
+    elif not isinstance(value, kind):
+        raise RunSkipped(f"{name}.{key} is {value!r}; expected {kind.__name__}")
+    return value
+
+
+def run_model(m: dict) -> ModelSpec:
+    """The run's shape. GELU models are GPT-style (learned positions, biases, tied embeddings);
+    SwiGLU models Llama-style (RoPE, no biases, untied). A missing or malformed required field is named
+    (RunSkipped); values outside the model's rules raise ModelError naming them."""
+    r = {"model": m}
+    ffn_type = field(r, "model", "ffn_type", str, required=False, default="gelu")
+    if ffn_type not in ("gelu", "swiglu"):
+        raise RunSkipped(f"model.ffn_type {ffn_type!r} is not modelled; known: gelu, swiglu")
+    gpt_style = ffn_type == "gelu"
+    layers = field(r, "model", "layers")
+    moe = None
+    if m.get("moe") is not None:
+        e = {"model.moe": m["moe"]}
+        moe = MoESpec(experts=field(e, "model.moe", "experts"), top_k=field(e, "model.moe", "top_k"),
+                      expert_ffn_hidden=field(e, "model.moe", "expert_ffn_hidden"),
+                      shared_experts=field(e, "model.moe", "shared_experts", required=False, default=0),
+                      layer_freq=_moe_freq(layers, field(e, "model.moe", "moe_layers", required=False)))
+    return ModelSpec(
+        name=field(r, "model", "name", str, required=False, default="run-model"), layers=layers,
+        hidden=field(r, "model", "hidden"), heads=field(r, "model", "heads"),
+        kv_heads=field(r, "model", "kv_heads", required=False), ffn_hidden=field(r, "model", "ffn_hidden", required=False),
+        ffn_type=ffn_type, vocab=field(r, "model", "vocab", required=False, default=51200),
+        seq_len=field(r, "model", "seq_len"), tied_embeddings=gpt_style,
+        position_embedding="learned" if gpt_style else "rope", bias=gpt_style,
+        norm="layernorm" if gpt_style else "rmsnorm", moe=moe,
+    )
+
+
+def _moe_freq(layers: int, moe_layers) -> int:
+    if not moe_layers:
+        return 1
+    return max(1, round(layers / moe_layers))
