@@ -1,21 +1,13 @@
 """`plan serve`'s output schema: the serving plan, the result document and the assumptions it states."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
-
 from costmodels.calibration import ServingCalibration
 from costmodels.serving import fused_collective_latency_s
 from hardware import GPUSpec
-from planner.solve.result import ClusterOut, ModelOut
-
-GB = 1e9
+from planner.solve.result import GB, ClusterOut, ModelOut, Out
 
 
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ServePlan(_Out):
+class ServePlan(Out):
     rank: int
     tp: int
     pp: int
@@ -42,7 +34,7 @@ class ServePlan(_Out):
     decode_bound: str                  # "memory" (weights + KV reads) or "compute"
 
 
-class ServeResult(_Out):
+class ServeResult(Out):
     model: ModelOut
     cluster: ClusterOut
     request: dict

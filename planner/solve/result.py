@@ -10,11 +10,12 @@ from hardware import Cluster
 GB = 1e9
 
 
-class _Out(BaseModel):
+class Out(BaseModel):
+    """Base of every JSON output document: unknown keys are refused."""
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelOut(_Out):
+class ModelOut(Out):
     name: str
     params: int
     params_active: int
@@ -26,7 +27,7 @@ class ModelOut(_Out):
     note: str | None = None
 
 
-class ClusterOut(_Out):
+class ClusterOut(Out):
     gpu: str                        # "A100-80GB", or "A100-80GB+H100-SXM" for several pools
     num_gpus: int
     num_nodes: int
@@ -36,7 +37,7 @@ class ClusterOut(_Out):
     pools: list[dict] | None = None  # several GPU pools: gpu, num_gpus, num_nodes, memory_gb_per_gpu each
 
 
-class PlanOut(_Out):
+class PlanOut(Out):
     rank: int
     strategy: dict
     step_time_s: float
@@ -55,7 +56,7 @@ class PlanOut(_Out):
     run: dict | None = None               # with --tokens: days, gpu_hours, cost_usd, energy_kwh of the run
 
 
-class SearchOut(_Out):
+class SearchOut(Out):
     seconds: float
     candidates: int
     structures_solved: int
@@ -67,7 +68,7 @@ class SearchOut(_Out):
     removed_by_rule: dict[str, int]
 
 
-class SearchResult(_Out):
+class SearchResult(Out):
     model: ModelOut
     cluster: ClusterOut
     assumptions: dict
