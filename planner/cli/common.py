@@ -15,9 +15,35 @@ Examples:
   plan models | plan gpus
 
 \b
-Exit codes: 0 done; 2 bad input, an impossible request or a plan that does not
-fit (one line on stderr); 1 an internal error (a traceback: please report it).
+Exit codes: 0 done; 3 `plan evaluate` / `plan import`: the plan was evaluated
+and does not fit (full output printed, its verdict says what is over); 2 bad
+input, an impossible request or no plan that fits (one line on stderr);
+1 an internal error (a traceback: please report it); 130 interrupted.
 """
+
+EXIT_DOES_NOT_FIT = 3
+
+
+class PlanDoesNotFit(click.exceptions.Exit):
+    """Raised by `plan evaluate` and `plan import` after the full output (table or JSON) is printed, when the
+    plan evaluated does not fit in memory: exit code 3 (EXIT_DOES_NOT_FIT), no further message, since the
+    verdict is in the output. Not a user error: the input was valid and the answer is "it does not fit".
+    (A click Exit: click returns its code from Command.main(standalone_mode=False), which planner.cli.main
+    passes to sys.exit, and exits with it in standalone mode.)"""
+
+    def __init__(self) -> None:
+        super().__init__(EXIT_DOES_NOT_FIT)
+
+
+HEADROOM_HELP = ("GPU memory kept free on every GPU on top of the model's own accounting: a share of each GPU's "
+                 "memory (5%) or an amount (4GB, 3.5GiB, 512MB). Only plans whose peak is at most capacity minus "
+                 "headroom fit, and the verdict says what is left after it. [default: 0 extra: the accounting "
+                 "already reserves 1 GB per GPU for workspaces, NCCL and allocator slack and counts capacity as "
+                 "datasheet GB x 1e9 bytes, below the GiB the GPU has (an 80 GB A100 reports 81920 MiB); with it "
+                 "the four configurations Korthikanti et al. 2022 (Table 3) trained on 80 GB A100s need "
+                 "66.9-74.0 GB. Add what your own stack shows, e.g. PyTorch's max_memory_reserved minus "
+                 "max_memory_allocated.]")
+
 
 
 class UserError(click.ClickException):

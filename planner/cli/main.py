@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from planner.cli.common import (EXAMPLES, GRADS_HELP, UserError, _catalog, _check_export_options, _common, _console, _emit, _export_options, _int_tuple, _load, _progress, _show_export)
+from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROOM_HELP, PlanDoesNotFit, UserError, _catalog, _check_export_options, _common, _console, _emit, _export_options, _int_tuple, _load, _progress, _show_export)
 
 
 @click.group(invoke_without_command=True, epilog=EXAMPLES,
@@ -29,6 +29,7 @@ from planner.cli.common import (EXAMPLES, GRADS_HELP, UserError, _catalog, _chec
 @click.option("--pp", "pp_only", help="Only these pipeline sizes, e.g. 8,16.")
 @click.option("--zero", "zero_only", help="Only these ZeRO stages, e.g. 0,1.")
 @click.option("--recompute", "recompute_only", help="Only these recompute kinds: none, selective, full (comma-separated).")
+@click.option("--headroom", help=HEADROOM_HELP)
 @click.option("--top", type=int, default=3, show_default=True, help="How many distinct plans to show.")
 @click.option("--time-limit", type=float, default=30.0, show_default=True,
               help="Seconds the search may take; it returns the best plan found so far (searching on until it has "
@@ -47,24 +48,27 @@ from planner.cli.common import (EXAMPLES, GRADS_HELP, UserError, _catalog, _chec
 @_export_options
 @click.pass_context
 def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
-        grads, tp_only, pp_only, zero_only, recompute_only, top, time_limit, explain, tokens, prices, pue, budget_usd,
+        grads, tp_only, pp_only, zero_only, recompute_only, headroom, top, time_limit, explain, tokens, prices, pue, budget_usd,
         deadline_days, gpu_types, max_gpus, plot, report, fmt, emit, out_dir):
     """Find the fastest parallelism plan for training MODEL on GPUS that fits in GPU memory.
 
     Searches tensor / pipeline / data parallel sizes, micro-batch, interleaving, ZeRO stage, activation
     recompute (per pipeline stage) and the layers of each pipeline stage, with OR-Tools CP-SAT, and prints
-    the best plan, its step time, throughput, MFU, memory and time breakdown, and the runner-ups.
+    the best plan, its step time, throughput, MFU, memory (with its verdict: "fits, X GB to spare") and time
+    breakdown, and the runner-ups. Nothing that fits (also after --headroom): one line and exit code 2.
     """
     if ctx.invoked_subcommand is not None:
         return
     _check_export_options(emit, out_dir)
+    from planner.solve.evaluate import parse_headroom
+    room = parse_headroom(headroom)
     if gpu_types or budget_usd is not None or deadline_days is not None or max_gpus is not None:
         if emit:
             raise UserError("--emit writes one plan; it does not combine with --gpu-types, --budget-usd, "
                             "--deadline-days or --max-gpus")
         from planner.cli.run import budget_search
         budget_search(model_name, gpus, hardware_files, seq_len, global_batch, precision, tokens, prices, pue,
-                      budget_usd, deadline_days, gpu_types, max_gpus, plot, time_limit, fmt)
+                      budget_usd, deadline_days, gpu_types, max_gpus, plot, time_limit, fmt, room)
         return
     if not model_name or not gpus:
         missing = "--model" if not model_name else "--gpus"
@@ -93,7 +97,8 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     opts = SpaceOptions(global_batch=global_batch or default_global_batch(model, cluster),
                         precision=precision or model.precision, optimizer=optimizer,
                         tp=_int_tuple(tp_only, "tp"), pp=_int_tuple(pp_only, "pp"), zero_stage=zero,
-                        recompute=recompute, flash_attention=not no_flash_attention, fp32_grads=grads == "fp32")
+                        recompute=recompute, flash_attention=not no_flash_attention, fp32_grads=grads == "fp32",
+                        headroom=room)
     if explain:
         top = max(top, 2)
     with _progress(fmt) as progress:
@@ -145,14 +150,21 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
 @click.option("--offload-params", is_flag=True, help="Also keep weights in host memory (needs --zero 3).")
 @click.option("--schedule", type=click.Choice(["1f1b", "gpipe"]), default="1f1b", show_default=True,
               help="Pipeline schedule (1f1b is interleaved when --virtual-stages > 1).")
+@click.option("--headroom", help=HEADROOM_HELP)
 def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
              grads, fmt, tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages,
-             stage_layers, cp, ep, offload_optimizer, offload_params, schedule, emit, out_dir):
-    """Predict step time, throughput, MFU and memory of one given strategy."""
+             stage_layers, cp, ep, offload_optimizer, offload_params, schedule, headroom, emit, out_dir):
+    """Predict step time, throughput, MFU and memory of one given strategy, with the memory verdict in words
+    ("fits, X GB to spare ..." or "does not fit: needs X GB of Y GB on stage k ...").
+
+    Exit code 3 when the plan does not fit (after printing it in full); 2 for bad input.
+    """
     from costmodels.strategy import Strategy
+    from planner.solve.evaluate import parse_headroom
     from planner.solve.optimize import default_global_batch, evaluate_strategy
 
     _check_export_options(emit, out_dir)
+    room = parse_headroom(headroom)
     model, note, pools = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision)
     if len(pools) > 1:
         raise UserError(f"--gpus {gpus!r}: `plan evaluate` takes one GPU type; search several pools with `plan`")
@@ -172,7 +184,7 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
                   recompute_layers=_int_tuple(recompute_layers, "recompute-layers"),
                   cp=cp, ep=ep, offload_optimizer=offload_optimizer or offload_params, offload_params=offload_params,
                   pipeline_schedule=schedule)
-    result = evaluate_strategy(model, cluster, st)
+    result = evaluate_strategy(model, cluster, st, room)
     result.model.note = note
     ex = None
     if emit:
@@ -181,6 +193,8 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
     if ex is None or fmt == "table":
         _emit(result, fmt, title="Plan")
     _show_export(result, fmt, ex, out_dir)
+    if not result.plans[0].fits:
+        raise PlanDoesNotFit()
 
 
 @cli.command()
@@ -372,10 +386,17 @@ def _num(x: float | None) -> str:
 @click.option("--gpus", required=True, help="The cluster it runs on, e.g. 1024xA100.")
 @click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
 @click.option("--time-limit", type=float, default=30.0, show_default=True, help="Seconds for the search for a better plan.")
+@click.option("--headroom", help=HEADROOM_HELP)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_files, time_limit, fmt):
-    """Read a Megatron-LM or DeepSpeed config back into a plan, predict it, and show what would be better."""
+def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_files, time_limit, headroom, fmt):
+    """Read a Megatron-LM or DeepSpeed config back into a plan, predict it (with its memory verdict in words),
+    and show what would be better.
+
+    Exit code 3 when the imported plan does not fit (after printing everything); 2 for bad input or when no
+    plan at all fits the cluster.
+    """
     from planner.frameworks.api import import_plan
+    from planner.solve.evaluate import parse_headroom
     from planner.frameworks.deepspeed import read_deepspeed_config
     from planner.frameworks.megatron import read_megatron_args
 
@@ -383,6 +404,7 @@ def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_file
         raise UserError("give exactly one of --megatron-args FILE or --deepspeed-config FILE")
     if not time_limit > 0 or time_limit == float("inf"):
         raise UserError(f"--time-limit {time_limit} is not allowed; give a positive, finite number of seconds")
+    room = parse_headroom(headroom)
     model, note, pools = _load(model_name, gpus, hardware_files, None, None, None)
     if len(pools) > 1:
         raise UserError(f"--gpus {gpus!r}: `plan import` takes one GPU type")
@@ -393,28 +415,34 @@ def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_file
         model, st = read_megatron_args(text, model, cluster)
     else:
         st = read_deepspeed_config(text, model, cluster)
-    res = import_plan(model, cluster, st, time_limit)
+    res = import_plan(model, cluster, st, time_limit, room)
     res.imported.model.note = res.best.model.note = note
     if fmt == "json":
         doc = {"imported": res.imported.model_dump(mode="json"), "best": res.best.model_dump(mode="json"),
                "speedup": res.speedup}
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
-        return
-    _emit(res.imported, fmt, title="Imported plan")
-    _emit(res.best, fmt, title="Best plan found by the search")
-    t0, t1 = res.imported.plans[0].step_time_s, res.best.plans[0].step_time_s
-    click.echo(f"\nWhat would be better: the best plan is predicted {res.speedup:.2f}x as fast as the imported one "
-               f"({t0:.3f} s -> {t1:.3f} s per step)")
+    else:
+        _emit(res.imported, fmt, title="Imported plan")
+        _emit(res.best, fmt, title="Best plan found by the search")
+        t0, t1 = res.imported.plans[0].step_time_s, res.best.plans[0].step_time_s
+        click.echo(f"\nWhat would be better: the best plan is predicted {res.speedup:.2f}x as fast as the imported "
+                   f"one ({t0:.3f} s -> {t1:.3f} s per step)"
+                   + ("" if res.fits else f"; the imported plan {res.imported.plans[0].verdict}"))
+    if not res.fits:
+        raise PlanDoesNotFit()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point. Exit codes: 0 done; 2 a declared user error (bad value, impossible request, a plan that
-    does not fit, a file the user named that cannot be read or written): one line on stderr, no traceback;
-    1 anything else: a bug, shown as a traceback to report; 130 interrupted."""
+    """Entry point. Exit codes: 0 done; 3 (EXIT_DOES_NOT_FIT) `plan evaluate` / `plan import` printed a plan
+    that does not fit (PlanDoesNotFit, raised after the full output); 2 a declared user error (bad value,
+    impossible request, no plan that fits, a file the user named that cannot be read or written): one line
+    on stderr, no traceback; 1 anything else: a bug, shown as a traceback to report; 130 interrupted."""
     from planner.errors import USER_ERRORS, one_line
 
     try:
-        cli.main(args=argv, prog_name="plan", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="plan", standalone_mode=False)
+        if code == EXIT_DOES_NOT_FIT:   # click returns an Exit's code (PlanDoesNotFit) in this mode
+            sys.exit(EXIT_DOES_NOT_FIT)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -109,7 +109,7 @@ def render_points(points, title: str, chosen=None) -> None:
 
 
 def budget_search(model_name, gpus, hardware_files, seq_len, global_batch, precision, tokens, prices, pue,
-                  budget_usd, deadline_days, gpu_types, max_gpus, plot, time_limit, fmt) -> None:
+                  budget_usd, deadline_days, gpu_types, max_gpus, plot, time_limit, fmt, headroom=None) -> None:
     """`plan --budget-usd / --deadline-days / --gpu-types / --max-gpus`: choose GPU type and count."""
     from planner.runs.budget import choose_hardware
 
@@ -138,7 +138,7 @@ def budget_search(model_name, gpus, hardware_files, seq_len, global_batch, preci
         g.peak_tflops(precision or model.precision)
     res = choose_hardware(model, types, max_gpus, tokens, budget_usd=budget_usd, deadline_days=deadline_days,
                           global_batch=global_batch, precision=precision, pue=pue, full_front=bool(plot),
-                          time_limit_s=time_limit)
+                          time_limit_s=time_limit, headroom=headroom)
     if plot:
         render_front(res, plot)
     if fmt == "json":

@@ -113,15 +113,25 @@ class ImportResult:
     best: object           # SearchResult of the search over the whole space
     speedup: float         # imported step time / best step time
 
+    @property
+    def fits(self) -> bool:
+        """Whether the imported plan fits (its verdict, imported.plans[0].verdict, says by how much)."""
+        return self.imported.plans[0].fits
 
-def import_plan(model: ModelSpec, cluster: Cluster, st: Strategy, time_limit_s: float = 30.0) -> ImportResult:
-    """Predict an imported plan with the cost model and search for a better one on the same cluster."""
+
+def import_plan(model: ModelSpec, cluster: Cluster, st: Strategy, time_limit_s: float = 30.0,
+                headroom=None) -> ImportResult:
+    """Predict an imported plan with the cost model and search for a better one on the same cluster; both
+    keep `headroom` (planner.solve.evaluate.Headroom) free on every GPU. An imported plan that does not fit
+    is still predicted (ImportResult.fits is False); NoPlanError when no plan fits at all."""
+    from planner.solve.evaluate import Headroom
     from planner.solve.optimize import evaluate_strategy, search
     from planner.solve.space import SpaceOptions
 
-    imported = evaluate_strategy(model, cluster, st)
+    headroom = headroom or Headroom()
+    imported = evaluate_strategy(model, cluster, st, headroom)
     opts = SpaceOptions(global_batch=st.global_batch, precision=st.precision, optimizer=st.optimizer,
-                        flash_attention=st.flash_attention, fp32_grads=st.fp32_grads)
+                        flash_attention=st.flash_attention, fp32_grads=st.fp32_grads, headroom=headroom)
     best = search(model, cluster, top=1, time_limit_s=time_limit_s, space=opts)
     return ImportResult(imported, best, imported.plans[0].step_time_s / best.plans[0].step_time_s)
 

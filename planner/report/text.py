@@ -41,7 +41,7 @@ def render_search(res: SearchResult, console: Console, title: str = "Best plan")
     console.print(f"[bold]Assumptions[/] sequence {a['seq_len']} tokens, global batch {a['global_batch_sequences']} "
                   f"sequences ({a['tokens_per_step'] / 1e6:.2f} M tokens/step), {a['precision']}, {a['optimizer']}, "
                   f"flash attention {'on' if a['flash_attention'] else 'off'}, {a['reserved_buffers_gb']:.0f} GB "
-                  f"reserved per GPU; {a['dp_overlap']}.")
+                  f"reserved per GPU, {_headroom(a)}; {a['dp_overlap']}.")
     if not res.plans:
         return
     best = res.plans[0]
@@ -100,7 +100,19 @@ def render_plan(p: PlanOut, console: Console, title: str) -> None:
             tim.add_row(TIME_LABELS.get(k, k), f"{v:.3f}", f"{v / p.step_time_s:.1%}")
     tim.add_row("[bold]step[/]", f"[bold]{p.step_time_s:.3f}[/]", "100%")
     console.print(mem)
+    console.print(verdict_line(p))
     console.print(tim)
+
+
+def verdict_line(p: PlanOut) -> str:
+    """The memory verdict under the memory table, green when the plan fits and red when it does not."""
+    colour = "green" if p.fits else "red"
+    return f" [bold {colour}]memory: {p.verdict}[/]"
+
+
+def _headroom(a: dict) -> str:
+    h = a.get("headroom", "none")
+    return "no extra headroom" if h == "none" else f"headroom {h} kept free"
 
 
 def render_runner_ups(plans: list[PlanOut], console: Console) -> None:

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from costmodels.model import ModelSpec
-from costmodels.performance import Evaluation, stage_costs
+from costmodels.performance import FIXED_BUFFER_BYTES, Evaluation, stage_costs
 from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.errors import PlannerError
-from planner.solve.evaluate import evaluate_pipeline
+from planner.solve.evaluate import Headroom, evaluate_pipeline
 from planner.solve.result import SearchResult, build_result
 from planner.solve.solver import Layout, greedy_layout, lower_bound, memory_infeasible, solve_layout
 from planner.solve.space import Space, SpaceOptions, enumerate_pools, enumerate_space
@@ -44,19 +44,24 @@ class Found:
 
 def search(model: ModelSpec, cluster: Cluster | Sequence[Cluster], *, global_batch: int | None = None,
            precision: str | None = None, optimizer: str = "adam", fp32_grads: bool = True, top: int = 3,
-           time_limit_s: float = 30.0, space: SpaceOptions | None = None, progress=None) -> SearchResult:
+           time_limit_s: float = 30.0, space: SpaceOptions | None = None, progress=None,
+           headroom: Headroom | None = None) -> SearchResult:
     """Find the `top` fastest distinct plans for `model` on `cluster` (see module doc). `cluster` may be
-    a sequence of GPU pools (hardware.parse_pools): pipeline stages are then assigned to pools."""
+    a sequence of GPU pools (hardware.parse_pools): pipeline stages are then assigned to pools. Only plans
+    whose peak is at most each GPU's capacity less the headroom are accepted (`space.headroom`, or
+    `headroom` when no `space` is given; planner.solve.evaluate.parse_headroom); NoPlanError when none fits."""
     t0 = time.perf_counter()
     pools = tuple(cluster) if isinstance(cluster, (list, tuple)) else (cluster,)
     opts = space or SpaceOptions(global_batch=global_batch or default_global_batch(model, pools),
                                  precision=precision or model.precision, optimizer=optimizer,
-                                 fp32_grads=fp32_grads)
+                                 fp32_grads=fp32_grads, headroom=headroom or Headroom())
     found, stats = _search(model, pools, opts, top, time_limit_s, progress)
     if not found:
         if len(pools) > 1:
             raise NoPlanError(f"no plan of {model.name} fits on {'+'.join(p.describe() for p in pools)} with every "
-                              f"pool running whole pipeline stages; try other pool sizes or one GPU type")
+                              f"pool running whole pipeline stages"
+                              + (f" and {opts.headroom.describe()} kept free" if opts.headroom else "")
+                              + "; try other pool sizes or one GPU type")
         raise NoPlanError(explain_no_fit(model, pools[0], opts, stats["space"]))
     return build_result(model, pools, opts, [f.evaluation for f in found], [f.layout for f in found],
                         seconds=time.perf_counter() - t0, stats=stats)
@@ -85,7 +90,7 @@ def candidates(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions)
     if len(pools) == 1:
         c = pools[0]
         space = enumerate_space(model, c.num_gpus, c.gpus_per_node, opts)
-        cap = int(c.gpu.memory_bytes)
+        cap = opts.headroom.usable(c.gpu.memory_bytes)
         out = []
         for st in space.strategies:
             out.append(Candidate(st, Pipeline.uniform(stage_costs(model, st, c), cap), [c.gpu] * st.pp, ()))
@@ -97,7 +102,8 @@ def candidates(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions)
         per_pool = cache.get(st)
         if per_pool is None:
             per_pool = cache[st] = [coefficients(stage_costs(model, st, c)) for c in pools]
-        pl = Pipeline(tuple(per_pool[k] for k in placement), tuple(int(pools[k].gpu.memory_bytes) for k in placement))
+        pl = Pipeline(tuple(per_pool[k] for k in placement),
+                      tuple(opts.headroom.usable(pools[k].gpu.memory_bytes) for k in placement))
         gpus = [pools[k].gpu for k in placement]
         out.append(Candidate(st, pl, gpus, tuple(g.name for g in gpus)))
     return space, out
@@ -199,8 +205,14 @@ def explain_no_fit(model: ModelSpec, cluster: Cluster, opts: SpaceOptions, space
                 f"try another GPU count or global batch")
     need = _min_peak_bytes(model, cluster, space)
     gpu = cluster.gpu
+    kept = opts.headroom.of(gpu.memory_bytes)
+    have = f"{gpu.name} has {gpu.memory_bytes / 1e9:.0f} GB" + (
+        f" less {kept / 1e9:.1f} GB headroom ({opts.headroom.usable(gpu.memory_bytes) / 1e9:.1f} GB)" if kept else "")
     msg = (f"{model.name} does not fit on {cluster.describe()}: GPU memory binds; the leanest plan needs "
-           f"{need / 1e9:.1f} GB per GPU, {gpu.name} has {gpu.memory_bytes / 1e9:.0f} GB")
+           f"{need / 1e9:.1f} GB per GPU, {have}")
+    if opts.headroom.usable(gpu.memory_bytes) <= FIXED_BUFFER_BYTES:
+        return msg + ("; the headroom leaves at most the 1 GB reserved for buffers, so no GPU count fits: give a "
+                      "smaller --headroom")
     more = _min_gpus_that_fit(model, cluster, opts)
     if more:
         msg += f"; the smallest {gpu.name} cluster that fits is {more} GPUs"
@@ -254,16 +266,21 @@ def _min_gpus_that_fit(model: ModelSpec, cluster: Cluster, opts: SpaceOptions) -
     return hi * gpn
 
 
-def evaluate_strategy(model: ModelSpec, cluster: Cluster, strategy: Strategy) -> SearchResult:
-    """Predict a given strategy (the API behind `plan evaluate`); rules are checked first."""
+def evaluate_strategy(model: ModelSpec, cluster: Cluster, strategy: Strategy,
+                      headroom: Headroom | None = None) -> SearchResult:
+    """Predict a given strategy (the API behind `plan evaluate`); rules are checked first. The plan's
+    `fits`, `verdict` and `spare_gb` keep `headroom` free on every GPU (planner.solve.evaluate.parse_headroom).
+    A plan that does not fit is still predicted and returned (its verdict says what is over): the caller
+    decides, e.g. `plan evaluate` prints it and exits 3."""
     from planner.solve.result import assumptions, cluster_out, model_out, plan_out
     from planner.solve.space import check_strategy
     from planner.solve.evaluate import evaluate
 
+    headroom = headroom or Headroom()
     check_strategy(model, strategy, cluster.num_gpus, cluster.gpus_per_node)
-    ev = evaluate(model, strategy, cluster)
+    ev = evaluate(model, strategy, cluster, headroom=headroom)
     return SearchResult(model=model_out(model), cluster=cluster_out(cluster),
                         assumptions=assumptions(model, strategy.global_batch, strategy.precision,
                                                 strategy.optimizer, strategy.flash_attention,
-                                                strategy.fp32_grads),
+                                                strategy.fp32_grads, headroom),
                         plans=[plan_out(1, ev, {"status": "EVALUATED", "gap": None})])

@@ -4,8 +4,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from costmodels.model import ModelSpec
-from costmodels.performance import FIXED_BUFFER_BYTES, Evaluation
+from costmodels.performance import FIXED_BUFFER_BYTES
 from hardware import Cluster
+from planner.solve.evaluate import Headroom, PlanEvaluation
 
 GB = 1e9
 
@@ -51,6 +52,8 @@ class PlanOut(Out):
     stage_time_ms: list[float]         # each pipeline stage's time for one micro-batch
     time_s: dict[str, float]
     fits: bool
+    verdict: str                       # "fits, X GB to spare ..." or "does not fit: needs X GB of Y GB on stage k ..."
+    spare_gb: float                    # GPU memory left on the most loaded GPU after any headroom; negative when over
     solver: dict
     stage_gpus: list[str] | None = None   # GPU type of each pipeline stage (several pools only)
     run: dict | None = None               # with --tokens: days, gpu_hours, cost_usd, energy_kwh of the run
@@ -97,7 +100,7 @@ def cluster_out(cluster: Cluster | tuple[Cluster, ...]) -> ClusterOut:
 
 
 def assumptions(model: ModelSpec, global_batch: int, precision: str, optimizer: str, flash: bool,
-                fp32_grads: bool = True) -> dict:
+                fp32_grads: bool = True, headroom: Headroom | None = None) -> dict:
     from costmodels.memory import state_bytes_per_param
 
     sb = state_bytes_per_param(precision, optimizer, fp32_grads)
@@ -113,13 +116,15 @@ def assumptions(model: ModelSpec, global_batch: int, precision: str, optimizer: 
         "flash_attention": flash,
         "memory_capacity": "datasheet GB x 1e9 bytes per GPU (the GiB/GB difference is headroom)",
         "reserved_buffers_gb": FIXED_BUFFER_BYTES / GB,
+        "headroom": (headroom or Headroom()).describe(),
         "rank_order": "tp innermost, then cp, dp, pp (Megatron); tp stays inside a node",
         "dp_overlap": "gradient sync overlaps the last micro-batch's backward",
     }
 
 
-def plan_out(rank: int, ev: Evaluation, solver: dict) -> PlanOut:
+def plan_out(rank: int, ev: PlanEvaluation, solver: dict) -> PlanOut:
     st = ev.strategy
+    v = ev.verdict
     d = st.as_dict()
     d["stage_layers"] = list(ev.stage_layers)
     d["recompute_layers"] = list(ev.recompute_layers)
@@ -131,7 +136,7 @@ def plan_out(rank: int, ev: Evaluation, solver: dict) -> PlanOut:
         tokens_per_s_per_gpu=ev.tokens_per_s / n, tflops_per_gpu=ev.tflops_per_gpu, mfu=ev.mfu, hfu=ev.hfu,
         memory_gb=mem, stage_memory_gb=[round(x / GB, 3) for x in ev.stage_memory_b],
         stage_time_ms=[round(t * 1e3, 3) for t in ev.stage_time_s],
-        time_s={k: v for k, v in ev.time_s.items()}, fits=ev.fits, solver=solver,
+        time_s=dict(ev.time_s), fits=ev.fits, verdict=v.text(), spare_gb=round(v.spare_b / GB, 3), solver=solver,
         stage_gpus=list(ev.stage_gpus) if len(set(ev.stage_gpus)) > 1 else None)
 
 
@@ -146,7 +151,7 @@ def build_result(model, cluster, opts, evaluations, layouts, seconds, stats, mod
         removed_by_rule=dict(sorted(space.removed.items())))
     return SearchResult(model=model_out(model, model_note), cluster=cluster_out(cluster),
                         assumptions=assumptions(model, opts.global_batch, opts.precision, opts.optimizer,
-                                                opts.flash_attention, opts.fp32_grads),
+                                                opts.flash_attention, opts.fp32_grads, opts.headroom),
                         plans=plans, search=search)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy, StrategyError
+from planner.solve.evaluate import Headroom
 from planner.solve.rules import (MAX_MICRO_BATCH, MAX_PIPELINE_STAGES, MAX_VIRTUAL_STAGES, MIN_CP_CHUNK,  # noqa: F401
                                  Context, Partial, check_strategy, rules_at)
 
@@ -23,7 +24,9 @@ MAX_STRUCTURES = 20_000_000   # refused up front: enumerating more would take mi
 @dataclass
 class SpaceOptions:
     """Which values each dimension may take (None: all the rules allow). `ep` restricts MoE models only
-    and `virtual_stages` pipelines only (pp = 1 always runs one chunk)."""
+    and `virtual_stages` pipelines only (pp = 1 always runs one chunk). `headroom`: GPU memory kept free on
+    every GPU (planner.solve.evaluate.parse_headroom); the search accepts only plans whose peak is at most
+    capacity - headroom (the default keeps none beyond the model's own 1 GB of buffers)."""
     global_batch: int
     precision: str = "bf16"
     optimizer: str = "adam"
@@ -41,6 +44,7 @@ class SpaceOptions:
     fp32_grads: bool = True
     tp_across_nodes: bool = False
     framework: str | None = None   # also apply what this framework cannot express (planner.solve.rules)
+    headroom: Headroom = field(default_factory=Headroom)
 
 
 @dataclass
