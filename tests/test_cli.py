@@ -119,6 +119,14 @@ def test_search_json_contract(json_175b):
             assert isinstance(p[k], float) and p[k] > 0, k
         assert {"peak", "weights", "gradients", "optimizer", "activations"} <= set(p["memory_gb"])
         assert "compute" in p["time_s"]
+        # the memory verdict: words and GPU memory to spare on the most loaded GPU (negative when over)
+        assert isinstance(p["verdict"], str) and p["verdict"].startswith("fits, ")
+        assert isinstance(p["spare_gb"], float)
+        assert p["spare_gb"] == pytest.approx(p["memory_gb"]["capacity"] - p["memory_gb"]["peak"], abs=2e-3)
+    assert d["assumptions"]["headroom"] == "none"
+    assert set(d["plans"][0]) == {"rank", "strategy", "step_time_s", "tokens_per_s", "tokens_per_s_per_gpu",
+                                  "tflops_per_gpu", "mfu", "hfu", "memory_gb", "stage_memory_gb", "stage_time_ms",
+                                  "time_s", "fits", "verdict", "spare_gb", "solver", "stage_gpus", "run"}
 
 
 def test_search_json_values(json_175b):

@@ -425,9 +425,12 @@ def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_file
         _emit(res.imported, fmt, title="Imported plan")
         _emit(res.best, fmt, title="Best plan found by the search")
         t0, t1 = res.imported.plans[0].step_time_s, res.best.plans[0].step_time_s
-        click.echo(f"\nWhat would be better: the best plan is predicted {res.speedup:.2f}x as fast as the imported "
-                   f"one ({t0:.3f} s -> {t1:.3f} s per step)"
-                   + ("" if res.fits else f"; the imported plan {res.imported.plans[0].verdict}"))
+        if res.fits:
+            click.echo(f"\nWhat would be better: the best plan is predicted {res.speedup:.2f}x as fast as the "
+                       f"imported one ({t0:.3f} s -> {t1:.3f} s per step)")
+        else:
+            click.echo(f"\nWhat would be better: the imported plan {res.imported.plans[0].verdict}; the best plan "
+                       f"that fits is predicted at {t1:.3f} s per step (the imported one: {t0:.3f} s, if it fitted)")
     if not res.fits:
         raise PlanDoesNotFit()
 

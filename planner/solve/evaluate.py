@@ -118,14 +118,13 @@ class Verdict:
     def gpu_fits(self) -> bool:
         return self.spare_b >= 0
 
-    def _where(self, stage: int) -> str:
-        return f"stage {stage} of {self.stages}" + (f" ({self.gpu})" if self.pools and stage == self.stage else "")
 
     def text(self) -> str:
         """'fits, 1.0 GB to spare on ...' or 'does not fit: needs X GB of Y GB on stage k ...'."""
         after = f" after {_gb(self.headroom_b)} GB headroom" if self.headroom_b > 0 else ""
         if self.fits:
-            return (f"fits, {_gb(self.spare_b)} GB to spare{after} on the most loaded GPU ({self._where(self.stage)}: "
+            where = f"stage {self.stage} of {self.stages}" + (f" on {self.gpu}" if self.pools else "")
+            return (f"fits, {_gb(self.spare_b)} GB to spare{after} on the most loaded GPU ({where}: "
                     f"peak {_gb(self.need_b)} GB of {_gb(self.capacity_b)} GB)")
         problems = []
         if not self.gpu_fits:
