@@ -78,6 +78,7 @@ class OracleConfig:
     hidden_dropout: float = 0.1          # dropout after the attention and MLP projections (0: none)
     kernels: Literal["fused", "eager"] = "fused"
     steps: int = 2                       # optimizer steps (the first creates the optimizer states)
+    shard: int = 1                       # FSDP2 sharding degree (> 1: fully_shard over a fake process group)
 
     @property
     def kv(self) -> int:
@@ -90,7 +91,8 @@ class OracleConfig:
                          bias=False, tied_embeddings=False, precision="bf16")
 
     def strategy(self) -> Strategy:
-        return Strategy(micro_batch=self.micro_batch, global_batch=self.micro_batch, recompute=self.recompute,
+        return Strategy(micro_batch=self.micro_batch, global_batch=self.micro_batch * self.shard,
+                        dp=self.shard, zero_stage=3 if self.shard > 1 else 0, recompute=self.recompute,
                         flash_attention=self.flash, precision="bf16", optimizer="adam", fp32_grads=True)
 
     def label(self) -> str:
@@ -103,6 +105,8 @@ class OracleConfig:
             bits.append("no-dropout")
         if self.kernels != "fused":
             bits.append(self.kernels)
+        if self.shard > 1:
+            bits.append(f"fsdp{self.shard}")
         return " ".join(bits)
 
 
@@ -115,12 +119,15 @@ class Tracked:
     peak: int             # the largest total the tracker saw
     stored: int           # activations alive when the last forward returns the loss (saved for the backward)
     peak_split: dict = field(default_factory=dict)   # the tracker's categories at the peak
+    states_at_peak: int = -1   # model states alive at the peak (-1: weights + gradients + optimizer)
+    gathered: int = 0          # FSDP2: unsharded (all-gathered) bf16 parameters alive at the peak
 
     @property
     def activations(self) -> int:
-        """Everything at the peak that is not a model state: activations, backward temporaries and the
-        transient bf16 gradients."""
-        return self.peak - self.weights - self.gradients - self.optimizer
+        """Everything at the peak that is not a model state or a gathered parameter: activations, backward
+        temporaries and transient gradients."""
+        states = self.states_at_peak if self.states_at_peak >= 0 else self.weights + self.gradients + self.optimizer
+        return self.peak - states - self.gathered
 
 
 @dataclass
@@ -139,12 +146,18 @@ class Row:
 # --- the planner's side ---------------------------------------------------------------------------
 
 def planner_bytes(cfg: OracleConfig, cluster: str = "1xH100") -> tuple[dict, float]:
-    """The planner's memory for `cfg` on one GPU: ({weights, gradients, optimizer, activations, peak}, buffers);
-    peak excludes the fixed buffers (cuBLAS/NCCL/allocator slack), which fake tensors cannot show."""
+    """The planner's memory for `cfg` on one GPU: ({weights, gradients, optimizer, activations, gathered,
+    peak}, fixed buffers); peak excludes the fixed buffers (cuBLAS/NCCL/allocator slack), which fake tensors
+    cannot show, and keeps ZeRO-3's gathered weights ("gathered"). With cfg.shard = d the strategy is
+    dp = d, ZeRO-3 on d GPUs of the cluster's type."""
+    from costmodels.performance import FIXED_BUFFER_BYTES
+    if cfg.shard > 1:
+        cluster = f"{cfg.shard}x{cluster.split('x', 1)[1]}"
     mem = evaluate(cfg.model_spec(), cfg.strategy(), parse_cluster(cluster)).memory_b
     out = {k: float(mem[k]) for k in ("weights", "gradients", "optimizer", "activations")}
-    out["peak"] = float(mem["peak"]) - float(mem["buffers"])
-    return out, float(mem["buffers"])
+    out["gathered"] = float(mem["buffers"]) - FIXED_BUFFER_BYTES     # ZeRO-3: two layers' gathered weights
+    out["peak"] = float(mem["peak"]) - FIXED_BUFFER_BYTES
+    return out, FIXED_BUFFER_BYTES
 
 
 # --- the PyTorch side -------------------------------------------------------------------------------
@@ -157,6 +170,7 @@ def _build(cfg: OracleConfig):
     from torch.utils.checkpoint import checkpoint
 
     bf16 = torch.bfloat16
+    wdtype = torch.float32 if cfg.shard > 1 else bf16     # FSDP2 keeps fp32 shards and gathers bf16 copies
     fused = cfg.kernels == "fused"
 
     class _RMSNormFn(torch.autograd.Function):
@@ -228,9 +242,9 @@ def _build(cfg: OracleConfig):
         def __init__(self, h: int):
             super().__init__()
             if cfg.norm == "layernorm":
-                self.inner = nn.LayerNorm(h, eps=1e-5, dtype=bf16)
+                self.inner = nn.LayerNorm(h, eps=1e-5, dtype=wdtype)
             else:
-                self.weight = nn.Parameter(torch.ones(h, dtype=bf16))
+                self.weight = nn.Parameter(torch.ones(h, dtype=wdtype))
 
         def forward(self, x):
             if cfg.norm == "layernorm":
@@ -247,10 +261,10 @@ def _build(cfg: OracleConfig):
         def __init__(self):
             super().__init__()
             self.norm1, self.norm2 = Norm(h), Norm(h)
-            self.qkv = nn.Linear(h, h + 2 * kv * d, bias=False, dtype=bf16)
-            self.proj = nn.Linear(h, h, bias=False, dtype=bf16)
-            self.fc1 = nn.Linear(h, 2 * f if swiglu else f, bias=False, dtype=bf16)
-            self.fc2 = nn.Linear(f, h, bias=False, dtype=bf16)
+            self.qkv = nn.Linear(h, h + 2 * kv * d, bias=False, dtype=wdtype)
+            self.proj = nn.Linear(h, h, bias=False, dtype=wdtype)
+            self.fc1 = nn.Linear(h, 2 * f if swiglu else f, bias=False, dtype=wdtype)
+            self.fc2 = nn.Linear(f, h, bias=False, dtype=wdtype)
 
         def attention(self, y):
             b, s, _ = y.shape
@@ -286,10 +300,10 @@ def _build(cfg: OracleConfig):
     class Decoder(nn.Module):
         def __init__(self):
             super().__init__()
-            self.embed = nn.Embedding(cfg.vocab, h, dtype=bf16)
+            self.embed = nn.Embedding(cfg.vocab, h, dtype=wdtype)
             self.blocks = nn.ModuleList(Block() for _ in range(cfg.layers))
             self.norm = Norm(h)
-            self.head = nn.Linear(h, cfg.vocab, bias=False, dtype=bf16)
+            self.head = nn.Linear(h, cfg.vocab, bias=False, dtype=wdtype)
 
         def forward(self, tokens, labels):
             x = self.embed(tokens)
@@ -334,7 +348,10 @@ def _build(cfg: OracleConfig):
 
 
 def track(cfg: OracleConfig) -> Tracked:
-    """Run `cfg.steps` training steps of the decoder on fake CPU tensors under MemTracker."""
+    """Run `cfg.steps` training steps of the decoder on fake CPU tensors under MemTracker (FSDPMemTracker
+    when cfg.shard > 1)."""
+    if cfg.shard > 1:
+        return track_fsdp(cfg)
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
@@ -383,6 +400,65 @@ def track(cfg: OracleConfig) -> Tracked:
         peak = mt.get_tracker_snapshot("peak")[dev]
     return Tracked(weights=now[_MemRefType.PARAM], gradients=now[_MemRefType.OTH], optimizer=now[_MemRefType.OPT],
                    peak=peak["Total"], stored=fwd[_MemRefType.ACT], peak_split={getattr(k, "value", k): v for k, v in peak.items()})
+
+
+def track_fsdp(cfg: OracleConfig) -> Tracked:
+    """FSDP2 (torch.distributed.fsdp.fully_shard) over a fake process group of cfg.shard ranks, one rank's
+    memory under FSDPMemTracker. FSDP2's mixed precision (MixedPrecisionPolicy(param_dtype=bf16,
+    reduce_dtype=fp32)) keeps the sharded parameters in fp32 (they are the master weights), all-gathers bf16
+    copies per block for forward and backward and reduce-scatters fp32 gradients into fp32 shards; AdamW
+    (per-tensor loop) keeps exp_avg and exp_avg_sq per shard. So 16 B/param / d of states, where the planner's
+    ZeRO-3 counts 18 / d (a bf16 weight shard besides the fp32 master): weights here = the fp32 shards."""
+    import torch
+    import torch.distributed as dist
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker, _FSDPRefType as R
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    dist.init_process_group("fake", rank=0, world_size=cfg.shard, store=FakeStore())
+    try:
+        Decoder, _ = _build(cfg)
+        backend = SDPBackend.FLASH_ATTENTION if cfg.flash else SDPBackend.MATH
+        mesh = init_device_mesh("cpu", (cfg.shard,))
+        with FakeTensorMode():
+            model = Decoder()
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            for blk in model.blocks:
+                fully_shard(blk, mesh=mesh, mp_policy=mp)
+            fully_shard(model, mesh=mesh, mp_policy=mp)
+            # foreach=False: the fused and foreach kernels on DTensor shards showed a spurious optimizer peak
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                                    foreach=False)
+            tokens = torch.randint(0, cfg.vocab, (cfg.micro_batch, cfg.seq))
+            labels = torch.randint(0, cfg.vocab, (cfg.micro_batch, cfg.seq))
+            mt = FSDPMemTracker(model, opt)
+            mt.track_inputs((tokens, labels))
+            dev = torch.device("cpu")
+            with mt, sdpa_kernel([backend]):
+                for _ in range(cfg.steps):
+                    mt.reset_mod_stats()
+                    loss = model(tokens, labels)
+                    fwd = mt.get_tracker_snapshot("current")[dev]
+                    loss.backward()
+                    del loss
+                    grads = mt.get_tracker_snapshot("current")[dev]
+                    opt.step()
+                    opt.zero_grad()
+            now = mt.get_tracker_snapshot("current")[dev]
+            peak = mt.get_tracker_snapshot("peak")[dev]
+    finally:
+        dist.destroy_process_group()
+    return Tracked(weights=now[R.SHARDED_PARAM], gradients=grads[R.SHARDED_GRAD], optimizer=now[R.OPT],
+                   peak=peak["Total"] - peak[R.INP], stored=fwd[R.ACT],
+                   peak_split={getattr(k, "value", k): v for k, v in peak.items()},
+                   states_at_peak=peak[R.SHARDED_PARAM] + peak[R.SHARDED_GRAD] + peak[R.OPT],
+                   gathered=peak[R.UNSHARDED_PARAM] + peak[R.ALL_GATHER] + peak[R.UNSHARDED_GRAD]
+                   + peak[R.REDUCE_SCATTER])
 
 
 def compare(cfg: OracleConfig, cluster: str = "1xH100") -> Row:
@@ -448,7 +524,8 @@ def explained(row: Row) -> dict[str, float]:
 
 def grid() -> list[OracleConfig]:
     """Small models covering hidden 256-1024, 2-4 layers, vocab 1k-32k, seq 256-2048, micro-batch 1-4,
-    MHA/GQA, GELU/SwiGLU, LayerNorm/RMSNorm, recompute none/full, and the eager/math/no-dropout variants
+    MHA/GQA, GELU/SwiGLU, LayerNorm/RMSNorm, recompute none/full, FSDP2 degree 2 and 4, and the
+    eager/math/no-dropout variants
     whose differences docs/memory-oracle.md explains."""
     C = OracleConfig
     return [
@@ -468,6 +545,10 @@ def grid() -> list[OracleConfig]:
           norm="rmsnorm", kernels="eager"),
         C(hidden=512, layers=4, heads=8, kv_heads=2, vocab=4096, seq=512, micro_batch=4, ffn_type="swiglu",
           norm="rmsnorm", hidden_dropout=0.0),
+        # FSDP2 over a fake process group (planner: dp = d, ZeRO-3)
+        C(hidden=512, layers=2, heads=8, vocab=4096, seq=1024, micro_batch=2, shard=2),
+        C(hidden=512, layers=4, heads=8, kv_heads=2, vocab=4096, seq=512, micro_batch=4, ffn_type="swiglu",
+          norm="rmsnorm", shard=4),
     ]
 
 
