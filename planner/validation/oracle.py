@@ -7,6 +7,9 @@ data) and trained for `steps` optimizer steps under `torch.distributed._tools.me
 a TorchDispatchMode that sees every tensor storage created or freed and labels it parameter, gradient,
 activation, temporary, optimizer state or "other". The tracked peak and its split are set next to the
 planner's prediction for the same single rank (tp = pp = dp = 1): planner.solve.evaluate.evaluate.
+With OracleConfig.shard = d > 1 the model is wrapped in FSDP2 (fully_shard) over a fake process group of
+d ranks and tracked by torch.distributed._tools.fsdp2_mem_tracker.FSDPMemTracker, against the planner's
+ZeRO-3 with dp = d (track_fsdp says how FSDP2's mixed precision differs).
 
 Mixed precision as the planner counts it (costmodels/memory.py, Megatron-LM docs/distrib_optimizer.md,
 18 bytes per parameter):
@@ -489,7 +492,7 @@ def known_differences(cfg: OracleConfig) -> dict[str, float]:
         # the math backend: 4as^2b stored (planner 5as^2b, whose 1-byte attention-dropout mask is absent
         # with attention dropout 0) and 6sbh of q/k/v/output copies (its backward peak is not modelled here)
         "math_attention": 0.0 if cfg.flash else kept * (-1.0 * a * cfg.seq ** 2 * cfg.micro_batch + 6.0 * sbh),
-        "norm_statistics": (2 * kept + 1) * 4.0 * sb,                            # fp32 rstd / mean per token
+        "norm_statistics": (2 * kept + 1) * 4.0 * sb,   # LayerNorm: bf16 mean + rstd; RMSNorm: fp32 rstd
         # the final norm's and output layer's inputs (4sbh) against the planner's embedding output (2sbh),
         # which is the first block's input and already stored there
         "head_inputs": 2.0 * sbh,
