@@ -236,7 +236,8 @@ def test_headroom_share_is_of_each_gpu():
 
 def test_verdict_text_keeps_a_shortfall_visible():
     # 80.04 GB needed of 80 GB: one decimal would print "80.0 of 80.0", so a second one is used
-    v = Verdict(fits=False, stage=2, gpu="A100-80GB", need_b=80.04e9, capacity_b=80e9, headroom_b=0.0, stages=4)
+    v = Verdict(fits=False, gpu_fits=False, stage=2, gpu="A100-80GB", need_b=80.04e9, capacity_b=80e9,
+                headroom_b=0.0, stages=4)
     assert v.text() == "does not fit: needs 80.04 GB of 80.00 GB GPU memory on stage 2 of 4 (A100-80GB)"
     assert v.spare_b == pytest.approx(-0.04e9)
 

@@ -9,7 +9,9 @@ import sys
 
 import click
 
-from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROOM_HELP, PlanDoesNotFit, UserError, _catalog, _check_export_options, _common, _console, _emit, _export_options, _int_tuple, _load, _progress, _show_export)
+from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROOM_HELP, PlanDoesNotFit, UserError,
+                                 _catalog, _check_export_options, _common, _console, _emit, _export_options,
+                                 _int_tuple, _load, _progress, _show_export)
 
 
 @click.group(invoke_without_command=True, epilog=EXAMPLES,
@@ -48,8 +50,8 @@ from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROO
 @_export_options
 @click.pass_context
 def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
-        grads, tp_only, pp_only, zero_only, recompute_only, headroom, top, time_limit, explain, tokens, prices, pue, budget_usd,
-        deadline_days, gpu_types, max_gpus, plot, report, fmt, emit, out_dir):
+        grads, tp_only, pp_only, zero_only, recompute_only, headroom, top, time_limit, explain, tokens, prices, pue,
+        budget_usd, deadline_days, gpu_types, max_gpus, plot, report, fmt, emit, out_dir):
     """Find the fastest parallelism plan for training MODEL on GPUS that fits in GPU memory.
 
     Searches tensor / pipeline / data parallel sizes, micro-batch, interleaving, ZeRO stage, activation

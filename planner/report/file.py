@@ -101,7 +101,8 @@ def _markdown(res: SearchResult, mem_png: str, time_png: str, extra_sections) ->
     lines += ["", "### Memory per GPU (GB)", "", "| part | GB |", "|---|---:|"]
     lines += [f"| {k} | {best.memory_gb[k]:.2f} |" for k in MEMORY_LABELS]
     lines += [f"| **peak** | **{best.memory_gb['peak']:.2f}** |", f"| capacity | {best.memory_gb['capacity']:.2f} |",
-              "", f"**Memory: {best.verdict}.**", "", f"![memory anatomy]({mem_png})", "", "### Step time (s)", "", "| part | s | share |", "|---|---:|---:|"]
+              "", f"**Memory: {best.verdict}.**", "", f"![memory anatomy]({mem_png})", "", "### Step time (s)", "",
+              "| part | s | share |", "|---|---:|---:|"]
     lines += [f"| {TIME_LABELS.get(k, k)} | {v:.3f} | {v / best.step_time_s:.1%} |" for k, v in best.time_s.items() if v > 0]
     lines += [f"| **step** | **{best.step_time_s:.3f}** | 100% |", "", f"![step time]({time_png})", "",
               "## Runner-ups", "", "| # | plan | step s | MFU | peak GB | vs best |", "|---|---|---:|---:|---:|---:|"]

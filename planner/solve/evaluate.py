@@ -7,9 +7,10 @@ so m x the slowest stage's parts (StageCoeffs.time_parts_ns, which sum to T_k), 
 sum_{i != k} T_i / v, and the tail stage's exposed sync and optimizer step. The memory parts
 (StageCoeffs.bytes_parts) sum to the stage's bytes the same way.
 
-The memory verdict: every evaluation carries a Verdict in words ("fits, 1.0 GB to spare ..." or "does not
-fit: needs 214.9 GB of 80.0 GB on stage 0 ..."), computed against each GPU's capacity less the Headroom the
-user keeps free (parse_headroom reads `--headroom 5%` / `--headroom 4GB`; the default keeps none extra).
+The memory verdict: every evaluation carries a Verdict in words ("fits, 1.0 GB to spare on the most loaded
+GPU ..." or "does not fit: needs 448.3 GB of 80.0 GB GPU memory on stage 0 of 1 ..."), computed against
+each GPU's capacity less the Headroom the user keeps free (parse_headroom reads `--headroom 5%` or
+`--headroom 4GB`; the default keeps none extra).
 """
 from __future__ import annotations
 
@@ -94,10 +95,11 @@ def parse_headroom(text: str | None) -> Headroom:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether a plan fits, in numbers and in words: GPU memory of the binding stage (the most loaded
-    relative to what it may use; the first one over when it does not fit) and, with offloaded states,
-    host memory per GPU."""
-    fits: bool
+    """Whether a plan fits, in numbers and in words: GPU memory of the binding stage (the one using the
+    largest share of what it may use: capacity less headroom) and, with offloaded states, host memory per
+    GPU (the stage furthest over its share, if any is)."""
+    fits: bool                 # GPU memory and host memory both fit
+    gpu_fits: bool             # the binding stage's peak is at most its GPU's capacity less the headroom
     stage: int                 # the binding pipeline stage
     gpu: str                   # its GPU type
     need_b: float              # its peak GPU memory per GPU
@@ -113,11 +115,6 @@ class Verdict:
     def spare_b(self) -> float:
         """GPU memory left on the binding stage's GPUs after the headroom; negative when over."""
         return self.capacity_b - self.headroom_b - self.need_b
-
-    @property
-    def gpu_fits(self) -> bool:
-        return self.spare_b >= 0
-
 
     def text(self) -> str:
         """'fits, 1.0 GB to spare on ...' or 'does not fit: needs X GB of Y GB on stage k ...'."""
@@ -171,8 +168,8 @@ def memory_verdict(pl: Pipeline, gpus: list, Ls: list[int], Rs: list[int]) -> Ve
     host = [(pl.host_bytes(i, L), pl.stages[i].host_cap_b) for i, L in enumerate(Ls)]
     host_over = [i for i in range(p) if host[i][0] > host[i][1]]
     h = max(host_over, key=lambda i: (host[i][0] / max(host[i][1], 1), -i)) if host_over else None
-    cap = gpus[k].memory_bytes
-    return Verdict(fits=mem[k] <= pl.caps[k] and h is None, stage=k, gpu=gpus[k].name, need_b=float(mem[k]),
+    cap, gpu_fits = gpus[k].memory_bytes, mem[k] <= pl.caps[k]
+    return Verdict(fits=gpu_fits and h is None, gpu_fits=gpu_fits, stage=k, gpu=gpus[k].name, need_b=float(mem[k]),
                    capacity_b=float(cap), headroom_b=float(int(cap) - pl.caps[k]), stages=p,
                    pools=len({g.name for g in gpus}) > 1, host_stage=h,
                    host_need_b=float(host[h][0]) if h is not None else 0.0,
