@@ -211,8 +211,8 @@ def explain_no_fit(model: ModelSpec, cluster: Cluster, opts: SpaceOptions, space
     msg = (f"{model.name} does not fit on {cluster.describe()}: GPU memory binds; the leanest plan needs "
            f"{need / 1e9:.1f} GB per GPU, {have}")
     if opts.headroom.usable(gpu.memory_bytes) <= FIXED_BUFFER_BYTES:
-        return msg + ("; the headroom leaves at most the 1 GB reserved for buffers, so no GPU count fits: give a "
-                      "smaller --headroom")
+        return msg + (f"; the headroom leaves at most the {FIXED_BUFFER_BYTES / 1e9:g} GB reserved for buffers, so no "
+                      f"GPU count fits: give a smaller --headroom")
     more = _min_gpus_that_fit(model, cluster, opts)
     if more:
         msg += f"; the smallest {gpu.name} cluster that fits is {more} GPUs"
