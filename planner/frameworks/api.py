@@ -26,7 +26,8 @@ from hardware import Cluster
 from planner.frameworks import deepspeed, megatron, torchtitan
 from planner.frameworks.base import Export, ExportError, canonical, prepend_note, strategy_from_plan
 from planner.solve.evaluate import evaluate
-from planner.solve.rules import setting_problem
+from planner.solve.rules import framework_problem, setting_problem
+from planner.solve.space import for_framework
 
 _MODULES = {"megatron": megatron, "deepspeed": deepspeed, "torchtitan": torchtitan}
 FRAMEWORKS = tuple(_MODULES)
@@ -41,13 +42,17 @@ def _module(framework: str):
 
 
 def unsupported(framework: str, model: ModelSpec, st: Strategy) -> str | None:
-    """Why `framework` cannot run this plan at all (with the nearest plan it can), or None."""
-    return _module(framework).unsupported(model, st)
+    """Why `framework` cannot run this plan at all (with the nearest plan it can), or None: the framework's
+    rules in planner/solve/rules.py."""
+    _module(framework)
+    return framework_problem(framework, model, st)
 
 
 def space_for(framework: str, opts):
-    """The part of a search space (planner.solve.space.SpaceOptions) that `framework` can express."""
-    return _module(framework).space_for(opts)
+    """The part of a search space (planner.solve.space.SpaceOptions) that `framework` can express: the
+    search applies the framework's rules."""
+    _module(framework)
+    return for_framework(opts, framework)
 
 
 def nearest_layout(framework: str, model: ModelSpec, st: Strategy) -> tuple[Strategy, list[str]]:
@@ -69,7 +74,7 @@ def export(framework: str, model: ModelSpec, st: Strategy, cluster: Cluster) -> 
             raise ExportError("export needs one GPU type; a cluster of several GPU pools cannot be written as one "
                               "framework config")
         cluster = cluster[0]
-    reason = mod.unsupported(model, st)
+    reason = unsupported(framework, model, st)
     if reason:
         raise ExportError(reason)
     asked = canonical(model, st)

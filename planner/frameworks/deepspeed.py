@@ -11,8 +11,6 @@ from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.frameworks.base import ConfigImportError, canonical, chunks, header
-from planner.solve.rules import framework_problem
-from planner.solve.space import for_framework
 
 NAME = "DeepSpeed"
 
@@ -24,18 +22,7 @@ def deepspeed_split(layers: int, pp: int) -> list[int]:
     return chunks(layers, pp)
 
 
-# ---- what DeepSpeed can express ----------------------------------------------------------------------
-
-def unsupported(model: ModelSpec, st: Strategy) -> str | None:
-    """Why a DeepSpeed JSON config cannot run this plan at all (with the nearest plan it can), or None."""
-    return framework_problem("deepspeed", model, st)   # the rules: planner/solve/rules.py
-
-
-def space_for(opts):
-    """The part of a search space (planner.solve.space.SpaceOptions) a DeepSpeed JSON config can express: the
-    search applies its rules (planner.solve.rules.framework_rules)."""
-    return for_framework(opts, "deepspeed")
-
+# ---- the nearest layout DeepSpeed can write (what it cannot express at all: planner/solve/rules.py) ----
 
 def nearest_layout(model: ModelSpec, st: Strategy, Ls: list[int], Rs: list[int]
                    ) -> tuple[list[int], list[int], list[str]]:

@@ -14,24 +14,11 @@ from costmodels.performance import resolve_layout
 from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.frameworks.base import ConfigImportError, canonical, chunks, header
-from planner.solve.rules import framework_problem
-from planner.solve.space import for_framework
 
 NAME = "Megatron-LM"
 
 
-# ---- what Megatron-LM can express --------------------------------------------------------------------
-
-def unsupported(model: ModelSpec, st: Strategy) -> str | None:
-    """Why Megatron-LM cannot run this plan at all (with the nearest plan it can), or None."""
-    return framework_problem("megatron", model, st)   # the rules: planner/solve/rules.py
-
-
-def space_for(opts):
-    """The part of a search space (planner.solve.space.SpaceOptions) Megatron-LM can express: the
-    search applies its rules (planner.solve.rules.framework_rules)."""
-    return for_framework(opts, "megatron")
-
+# ---- the nearest layout Megatron-LM can write (what it cannot express at all: planner/solve/rules.py) ----
 
 def nearest_layout(model: ModelSpec, st: Strategy, Ls: list[int], Rs: list[int]
                    ) -> tuple[list[int], list[int], list[str]]:

@@ -11,26 +11,13 @@ from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.frameworks.base import chunks, header
-from planner.solve.rules import framework_problem
-from planner.solve.space import for_framework
 
 NAME = "torchtitan"
 TORCHTITAN_FLAVORS = {"llama3-8b": ("llama3", "8B"), "llama3-70b": ("llama3", "70B"),
                       "llama3-405b": ("llama3", "405B")}   # torchtitan/models/llama3/__init__.py
 
 
-# ---- what torchtitan v0.2.x can express --------------------------------------------------------------
-
-def unsupported(model: ModelSpec, st: Strategy) -> str | None:
-    """Why torchtitan cannot run this plan at all (with the nearest plan it can), or None."""
-    return framework_problem("torchtitan", model, st)   # the rules: planner/solve/rules.py
-
-
-def space_for(opts):
-    """The part of a search space (planner.solve.space.SpaceOptions) torchtitan can express: the
-    search applies its rules (planner.solve.rules.framework_rules)."""
-    return for_framework(opts, "torchtitan")
-
+# ---- the nearest layout torchtitan v0.2.x can write (what it cannot express: planner/solve/rules.py) --
 
 def nearest_layout(model: ModelSpec, st: Strategy, Ls: list[int], Rs: list[int]
                    ) -> tuple[list[int], list[int], list[str]]:
