@@ -16,6 +16,11 @@ Supported model_type values and how their keys map (key names from transformers'
   embeddings, biases, LayerNorm, GELU.
 - gpt_neox: as llama's key names, LayerNorm, GELU, biases, rotary, untied by default.
 
+dropout: true when any of the config's dropout probabilities is above 0 (llama/mistral/mixtral/qwen2:
+attention_dropout, default 0.0; gpt_neox: hidden_dropout, attention_dropout, default 0.0; gpt2:
+resid_pdrop, embd_pdrop, attn_pdrop, default 0.1 as GPT2Config); it decides whether the planner counts
+dropout masks.
+
 seq_len (the planning default) is min(max_position_embeddings, 8192): long-context models are rarely
 pre-trained at their full context, and the planner's user can override it. For learned position tables
 (gpt2) it is n_positions, the table size, uncapped.
@@ -87,6 +92,19 @@ class _Reader:
         raise self.fail(msg)
 
 
+def _dropout(r: _Reader, keys: tuple[str, ...], default: float) -> bool:
+    """True when a dropout probability in the config (transformers' configuration_*.py key names) is > 0."""
+    for key in keys:
+        v = r.cfg.get(key, default)
+        if v is None:
+            v = default
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return r._raise(f"'{key}' must be a number, got {_json_type(v)} {json.dumps(v)}")
+        if v > 0:
+            return True
+    return False
+
+
 def _llama_like(r: _Reader) -> dict:
     heads = r.pos_int("num_attention_heads")
     hidden = r.pos_int("hidden_size")
@@ -101,7 +119,7 @@ def _llama_like(r: _Reader) -> dict:
         ffn_type="swiglu", vocab=r.pos_int("vocab_size"),
         seq_len=min(r.pos_int("max_position_embeddings"), SEQ_LEN_CAP),
         tied_embeddings=r.flag("tie_word_embeddings", False), position_embedding="rope", bias=llama_bias,
-        norm="rmsnorm",
+        norm="rmsnorm", dropout=_dropout(r, ("attention_dropout", "hidden_dropout"), 0.0),
     )
 
 
@@ -137,6 +155,7 @@ def _gpt2(r: _Reader) -> dict:
         ffn_hidden=r.pos_int("n_inner", 4 * hidden), ffn_type="gelu", vocab=r.pos_int("vocab_size"),
         seq_len=r.pos_int("n_positions"), tied_embeddings=r.flag("tie_word_embeddings", True),
         position_embedding="learned", bias=True, norm="layernorm",
+        dropout=_dropout(r, ("resid_pdrop", "embd_pdrop", "attn_pdrop"), 0.1),
     )
 
 
@@ -147,6 +166,7 @@ def _gpt_neox(r: _Reader) -> dict:
         vocab=r.pos_int("vocab_size"), seq_len=min(r.pos_int("max_position_embeddings"), SEQ_LEN_CAP),
         tied_embeddings=r.flag("tie_word_embeddings", False), position_embedding="rope",
         bias=r.flag("attention_bias", True), norm="layernorm",
+        dropout=_dropout(r, ("hidden_dropout", "attention_dropout"), 0.0),
     )
 
 

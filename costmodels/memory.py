@@ -76,15 +76,18 @@ def layer_activation_bytes(model: ModelSpec, st: Strategy, layer: int = 0) -> La
       split by t: Q 2sbh, K and V 4sb*kvd, output-projection input 2sbh, MLP 4sbf (GELU: its input and
         output) or 6sbf (SwiGLU: gate, up, product); scores 5as^2b unless flash attention or selective
         recompute drop them. With MHA and f = 4h this is sbh(34 + 5as/h) (paper eq. 1 at t = 1).
+      model.dropout False (Llama-style training, dropout 0): no masks, 8sbh unsplit and 4as^2b scores.
       full recompute keeps the layer input 2sbh (split by t with sequence parallel).
     """
     s = model.seq_len / st.cp
     b, h, t = st.micro_batch, model.hidden, st.tp
     sbh = s * b * h
-    unsplit = 10.0 * sbh
+    # two 1-byte dropout masks (attention and MLP output) only when training with dropout (Table 2)
+    unsplit = (10.0 if model.dropout else 8.0) * sbh
     attn = 4.0 * sbh + 4.0 * s * b * model.kv_dim
     mlp = _mlp_activation_bytes_per_token(model, layer) * s * b
-    scores = 5.0 * model.heads * s * (s * st.cp) * b if not st.flash_attention else 0.0
+    # scores: softmax input and output 4as^2b + the 1-byte attention-dropout mask (Table 2) when dropout is on
+    scores = (5.0 if model.dropout else 4.0) * model.heads * s * (s * st.cp) * b if not st.flash_attention else 0.0
     sp = st.sequence_parallel
     base = (unsplit / t if sp else unsplit) + (attn + mlp) / t
     full = base + scores / t
@@ -104,5 +107,24 @@ def _mlp_activation_bytes_per_token(model: ModelSpec, layer: int) -> float:
 
 
 def logits_bytes(model: ModelSpec, st: Strategy) -> float:
-    """Output layer and cross-entropy: 4sbV bytes in fp32, split over tp (Korthikanti et al. 2022, 4.3)."""
-    return 4.0 * model.seq_len / st.cp * st.micro_batch * model.vocab / st.tp
+    """Alive at the loss, split over tp: the fp32 softmax 4sbV (Korthikanti et al. 2022, 4.3) and the 16-bit
+    logits 2sbV next to it (their gradient in the backward): megatron/core/tensor_parallel/cross_entropy.py
+    keeps the fp32 softmax while the output layer's 16-bit logits stay alive until the loss is computed."""
+    return 6.0 * model.seq_len / st.cp * st.micro_batch * model.vocab / st.tp
+
+
+def head_input_bytes(model: ModelSpec, st: Strategy) -> float:
+    """The last stage's final norm input and output-layer input, 2sbh each in 16 bits, split over tp with
+    sequence parallel (Korthikanti et al. 2022, 4.3; Megatron's output layer saves its sequence-parallel
+    input and all-gathers it again in the backward, megatron/core/tensor_parallel/layers.py)."""
+    sbh = model.seq_len / st.cp * st.micro_batch * model.hidden
+    return 4.0 * sbh / (st.tp if st.sequence_parallel else 1)
+
+
+def embedding_activation_bytes(model: ModelSpec, st: Strategy) -> float:
+    """Stage 0: the embedding's output is the first layer's input (stored there); only the embedding-dropout
+    mask, 1 byte sbh, split over tp with sequence parallel, is extra (Korthikanti et al. 2022, 4.3;
+    megatron/core/models/common/embeddings/language_model_embedding.py), none without dropout."""
+    if not model.dropout:
+        return 0.0
+    return model.seq_len / st.cp * st.micro_batch * model.hidden / (st.tp if st.sequence_parallel else 1)

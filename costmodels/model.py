@@ -143,6 +143,9 @@ class ModelSpec(_Spec):
     bias: bool = False  # linear-layer biases (GPT-2/3 style)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     moe: MoESpec | None = None
+    # hidden/attention dropout in training: masks are stored activations (Korthikanti et al. 2022 Table 2,
+    # GPT with dropout 0.1); Llama-style models train without (Llama 2/3, Mistral, Qwen configs: 0.0)
+    dropout: bool = True
     # defaults from the preset's published training run (None where unknown)
     global_batch: int | None = None  # sequences per optimizer step
     precision: Literal["fp32", "bf16", "fp16", "fp8"] = "bf16"
@@ -260,6 +263,10 @@ class ModelSpec(_Spec):
     def params_embedding(self) -> int:
         pos = self.seq_len * self.hidden if self.position_embedding == "learned" else 0
         return self.vocab * self.hidden + pos  # token table (+ learned position table)
+
+    def params_final_norm(self) -> int:
+        """The norm before the output layer (replicated over tp, like the layer norms)."""
+        return self._norm()
 
     def params_output(self) -> int:
         head = 0 if self.tied_embeddings else self.vocab * self.hidden

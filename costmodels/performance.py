@@ -23,7 +23,8 @@ from costmodels.calibration import Calibration, calibration_for
 from costmodels.comm import Link, collective_time, group_link, p2p_time
 from costmodels.compute import gemm_time, memory_bound_time, mlp_gemm_widths
 from costmodels.flops import logits_forward_flops, model_flops_per_step
-from costmodels.memory import layer_activation_bytes, logits_bytes, model_state_bytes, state_bytes_per_param
+from costmodels.memory import (embedding_activation_bytes, head_input_bytes, layer_activation_bytes, logits_bytes,
+                               model_state_bytes, state_bytes_per_param)
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
@@ -70,7 +71,7 @@ class StageCosts:
     Per layer, per micro-batch: `layer`. Per micro-batch: embedding (stage 0), head (last stage), p2p.
     Per step: data-parallel sync and optimizer step (per layer, of the embedding, of the output layer).
     Bytes: model states per layer / embedding / output layer, activations of one layer and one
-    micro-batch (stored, checkpoint, full working set), embedding output, logits, buffers."""
+    micro-batch (stored, checkpoint, full working set), embedding-dropout mask, head inputs, logits, buffers."""
     p: int
     m: int
     v: int
@@ -95,8 +96,9 @@ class StageCosts:
     act_stored_b: float       # stored activation bytes of one layer, one micro-batch
     act_checkpoint_b: float   # checkpoint (layer input) bytes of one layer, one micro-batch
     act_full_b: float         # working set of one layer recomputing (one micro-batch)
-    embedding_act_b: float    # embedding output, one micro-batch
-    logits_b: float           # logits of one micro-batch (transient, last stage)
+    embedding_act_b: float    # embedding-dropout mask, one micro-batch (stage 0)
+    head_act_b: float         # final norm and output layer inputs, one micro-batch (last stage)
+    logits_b: float           # fp32 softmax + 16-bit logits of one micro-batch (transient at the loss, last stage)
     buffer_b: float           # buffers every GPU holds
     zero3_buffer_b: float     # gathered weights of two layers (ZeRO-3 prefetch)
 
@@ -209,8 +211,9 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     groups = _param_groups(model, st, cluster)
     embed_params = model.vocab * h / t + (model.seq_len * h if model.position_embedding == "learned" else 0)
     # the output layer: its own weights, or with tied embeddings a copy on the last stage when pp > 1
-    # (Megatron allocates it only where the embedding is on another stage)
-    head_params = 0.0 if (model.tied_embeddings and p == 1) else model.vocab * h / t
+    # (Megatron allocates it only where the embedding is on another stage), and the final norm, replicated
+    # over tp (ModelSpec.params_output; megatron/core/models/gpt/gpt_model.py final_layernorm)
+    head_params = (0.0 if (model.tied_embeddings and p == 1) else model.vocab * h / t) + model.params_final_norm()
     dense_group = groups[0][1]
     first_groups, last_groups = [(embed_params, dense_group)], [(head_params, dense_group)]
 
@@ -250,7 +253,7 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
         host_capacity_b=gpu.host_memory_gb_per_node * 1e9 / cluster.gpus_per_node,
         inflight=tuple(_inflight(p, m, v, st.pipeline_schedule)),
         act_stored_b=acts.stored, act_checkpoint_b=acts.checkpoint, act_full_b=acts.full,
-        embedding_act_b=2.0 * M * h / (t if st.sequence_parallel else 1),
+        embedding_act_b=embedding_activation_bytes(model, st), head_act_b=head_input_bytes(model, st),
         logits_b=logits_bytes(model, st),
         buffer_b=FIXED_BUFFER_BYTES, zero3_buffer_b=zero3_buf,
     )

@@ -22,7 +22,8 @@ _MEGATRON = ("Korthikanti et al. 2022 (Reducing Activation Recomputation) Table 
 
 
 def _gpt3(size: str, layers: int, hidden: int, heads: int, batch: int, batch_label: str) -> ModelSpec:
-    # GPT-2 style: learned positions, biases, LayerNorm, tied input/output embedding, GELU 4h MLP.
+    # GPT-2 style: learned positions, biases, LayerNorm, tied input/output embedding, GELU 4h MLP; dropout
+    # kept (ModelSpec default; GPT-3 does not state it, GPT-2 trained with 0.1, Megatron's GPT-3 recipe 0.1).
     return ModelSpec(
         name=f"gpt3-{size}", layers=layers, hidden=hidden, heads=heads, vocab=50257, seq_len=2048,
         tied_embeddings=True, position_embedding="learned", bias=True, norm="layernorm", ffn_type="gelu",
@@ -40,12 +41,14 @@ def _llama(name: str, layers: int, hidden: int, heads: int, kv: int, ffn: int, v
         name=name, layers=layers, hidden=hidden, heads=heads, kv_heads=kv, ffn_hidden=ffn, ffn_type="swiglu",
         vocab=vocab, seq_len=seq, position_embedding="rope", norm="rmsnorm", bias=False,
         tied_embeddings=False, global_batch=batch, precision="bf16", train_tokens=tokens, source=source,
+        dropout=False,   # config.json attention_dropout 0.0, no hidden dropout (Llama 2/3 trained without)
     )
 
 
 def _megatron(name: str, layers: int, hidden: int, heads: int, batch: int | None, tokens: float | None,
               precision: str, source: str) -> ModelSpec:
-    # Megatron GPT: learned positions, biases, LayerNorm, tied embeddings (Narayanan et al. eq. 2).
+    # Megatron GPT: learned positions, biases, LayerNorm, tied embeddings (Narayanan et al. eq. 2);
+    # hidden and attention dropout 0.1 (Megatron-LM defaults; Korthikanti et al. 2022 Table 2 counts the masks).
     return ModelSpec(
         name=name, layers=layers, hidden=hidden, heads=heads, vocab=51200, seq_len=2048, ffn_type="gelu",
         position_embedding="learned", bias=True, norm="layernorm", tied_embeddings=True,
@@ -59,6 +62,7 @@ def _mixtral(name: str, layers: int, hidden: int, heads: int, expert_ffn: int, v
         name=name, layers=layers, hidden=hidden, heads=heads, kv_heads=8, ffn_hidden=expert_ffn,
         ffn_type="swiglu", vocab=vocab, seq_len=4096, position_embedding="rope", norm="rmsnorm",
         moe=MoESpec(experts=8, top_k=2, expert_ffn_hidden=expert_ffn), precision="bf16", source=source,
+        dropout=False,   # model card config.json: attention_dropout 0.0, no hidden dropout
     )
 
 

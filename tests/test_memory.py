@@ -336,3 +336,19 @@ def test_memory_anatomy_sums_to_peak(ms):
     w_per = sb.weights / (d if st.zero_stage >= 3 else 1)
     g_per = sb.gradients / (d if st.zero_stage >= 2 else 1)
     assert rel_eq(mem["weights"] * g_per, mem["gradients"] * w_per, 1e-9)
+
+
+def test_no_dropout_drops_the_masks():
+    # Llama-style training (dropout 0): no 1-byte masks after attention and MLP (2sbh of eq. 1's 34sbh) and
+    # none next to the attention scores (as^2b of 5as^2b): sbh(32 + 4as/h); the Table 2 GPT keeps them
+    model = gpt_shape(1024, 16, 1024)
+    nodrop = model.model_copy(update={"dropout": False})
+    s, h, a, b = model.seq_len, model.hidden, model.heads, 2
+    sbh = s * b * h
+    with_masks = acts(model, tp=1, micro_batch=b, global_batch=b, recompute="none", flash_attention=False)
+    without = acts(nodrop, tp=1, micro_batch=b, global_batch=b, recompute="none", flash_attention=False)
+    assert rel_eq(with_masks.stored, sbh * (34 + 5 * a * s / h))
+    assert rel_eq(without.stored, sbh * (32 + 4 * a * s / h))
+    t8 = acts(nodrop, tp=8, micro_batch=b, global_batch=b, recompute="none", sequence_parallel=True,
+              flash_attention=True)
+    assert rel_eq(t8.stored, sbh * 32 / 8)          # flash, SP: (34 - 2 masks) sbh / t

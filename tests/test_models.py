@@ -462,3 +462,16 @@ def test_hf_missing_file(tmp_path):
         from_hf_config(tmp_path / "config.json")
     with pytest.raises(ModelError, match="no config.json in directory"):
         from_hf_config(tmp_path)
+
+
+def test_dropout_follows_the_training_recipe(tmp_path):
+    # GPT-style presets train with dropout (Korthikanti et al. 2022 Table 2 counts the masks); Llama and
+    # Mixtral without (config.json attention_dropout 0.0, no hidden dropout)
+    assert all(PRESETS[n].dropout for n in PRESETS if n.startswith(("gpt3-", "megatron-")))
+    assert not any(PRESETS[n].dropout for n in PRESETS if n.startswith(("llama", "mixtral")))
+    assert not from_hf_config(write(tmp_path, LLAMA2_7B)).dropout
+    assert not from_hf_config(write(tmp_path, MIXTRAL_8X7B)).dropout           # attention_dropout 0.0
+    assert from_hf_config(write(tmp_path, GPT2, name="gpt2.json")).dropout      # resid/embd/attn_pdrop 0.1
+    assert from_hf_config(write(tmp_path, {**LLAMA2_7B, "attention_dropout": 0.1}, name="d.json")).dropout
+    with pytest.raises(ModelError, match="attention_dropout"):
+        from_hf_config(write(tmp_path, {**LLAMA2_7B, "attention_dropout": "x"}, name="e.json"))

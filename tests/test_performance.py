@@ -328,3 +328,25 @@ def test_data_parallel_sync_on_24_gpus_crosses_nodes():
     inside = stage_costs(MODEL, Strategy(tp=1, pp=3, dp=8, global_batch=96, recompute="selective"), cluster)
     # same per-layer gradient bytes (tp = 1 in both); dp = 12 over two nodes must be slower than dp = 8 in one
     assert across.dp_layer_ns > inside.dp_layer_ns
+
+
+def test_loss_and_head_terms_of_the_end_stages():
+    # last stage: final norm + output-layer inputs 4sbh/t (sequence parallel), the fp32 softmax 4sbV/t and
+    # the 16-bit logits 2sbV/t; the final norm's weights with the output layer's; stage 0: only the
+    # embedding-dropout mask sbh/t (the embedding output is the first layer's input); with full recompute the
+    # last stage holds max(logits, working set), not their sum
+    st = Strategy(tp=2, pp=4, dp=8, micro_batch=1, global_batch=64, recompute="full")
+    s, h, V, t = MODEL.seq_len, MODEL.hidden, MODEL.vocab, 2
+    parts = stage_parts(MODEL, st, C64)
+    assert parts.head_act_b == pytest.approx(4 * s * h / t) and parts.logits_b == pytest.approx(6 * s * V / t)
+    assert parts.embedding_act_b == pytest.approx(s * h / t)
+    nodrop = MODEL.model_copy(update={"dropout": False})
+    assert stage_parts(nodrop, st, C64).embedding_act_b == 0
+    norm = 2 * h          # LayerNorm weight + bias, replicated over tp
+    assert parts.last_states.weights == pytest.approx(2 * (V * h / t + norm))
+    sc = coefficients(parts)
+    last = st.pp - 1
+    assert sc.recompute_peak_b(last) == max(0, sc.act_full_b - sc.last_act_b) and sc.recompute_peak_b(0) == sc.act_full_b
+    ev = evaluate(MODEL, st, C64)
+    assert ev.stage_memory_b[last] == sc.stage_bytes(last, ev.stage_layers[last], ev.recompute_layers[last])
+    assert sum(v for k, v in ev.memory_b.items() if k != "peak") == pytest.approx(ev.memory_b["peak"], abs=1)

@@ -41,7 +41,7 @@ HEADROOM_HELP = ("GPU memory kept free on every GPU on top of the model's own ac
                  "already reserves 1 GB per GPU for workspaces, NCCL and allocator slack and counts capacity as "
                  "datasheet GB x 1e9 bytes, below the GiB the GPU has (an 80 GB A100 reports 81920 MiB); with it "
                  "the four configurations Korthikanti et al. 2022 (Table 3) trained on 80 GB A100s need "
-                 "66.9-74.0 GB. Add what your own stack shows, e.g. PyTorch's max_memory_reserved minus "
+                 "67.0-73.6 GB. Add what your own stack shows, e.g. PyTorch's max_memory_reserved minus "
                  "max_memory_allocated.]")
 
 

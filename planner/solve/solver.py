@@ -169,8 +169,9 @@ def layer_caps(sc: Stages, cap: int | None, free: bool) -> tuple[list[int], list
         host_cap = (host_room // host_per_layer if host_per_layer else pl.layers) if host_room >= 0 else -1
         k0 = room // per_plain if room >= 0 else -1
         plain.append(min(k0, host_cap, pl.layers))
-        if free and per_ckpt < per_plain and room >= st.act_full_b:
-            k1 = (room - st.act_full_b) // per_ckpt
+        full = st.recompute_peak_b(i)
+        if free and per_ckpt < per_plain and room >= full:
+            k1 = (room - full) // per_ckpt
             most.append(min(max(k0, k1), host_cap, pl.layers))
         else:
             most.append(plain[-1])

@@ -99,9 +99,11 @@ class StageCoeffs:
     inflight: tuple[float, ...]     # micro-batches of activations alive, per stage
     layer_act_stored_b: float    # stored activation bytes of one layer, one micro-batch
     layer_act_ckpt_b: float      # checkpoint bytes of one layer, one micro-batch
-    first_act_b: int          # stage 0: embedding outputs x micro-batches alive
+    first_act_b: int          # stage 0: embedding-dropout masks x micro-batches alive
     act_full_b: int           # working set of one layer recomputing (one micro-batch)
-    last_act_b: int           # logits of one micro-batch (transient, last stage)
+    last_act_b: int           # fp32 softmax + 16-bit logits of one micro-batch (transient at the loss, last stage)
+    head_act_b: int           # last stage: final norm and output-layer inputs x micro-batches alive
+    last_full_b: int          # what a recomputing layer adds on the last stage: max(0, act_full_b - last_act_b)
     fixed_b: int              # buffers every GPU holds
     zero3_buffer_b: int       # gathered weights of two layers (ZeRO-3 prefetch)
 
@@ -205,9 +207,16 @@ class StageCoeffs:
             w, g, o = w + self.first_states_b[0], g + self.first_states_b[1], o + self.first_states_b[2]
         if last:
             w, g, o = w + self.last_states_b[0], g + self.last_states_b[1], o + self.last_states_b[2]
-        acts = (L - R) * self.act_stored_b[i] + R * self.act_ckpt_b[i] + has_R * self.act_full_b
-        acts += (self.first_act_b if first else 0) + (self.last_act_b if last else 0)
+        acts = (L - R) * self.act_stored_b[i] + R * self.act_ckpt_b[i] + has_R * self.recompute_peak_b(i)
+        acts += (self.first_act_b if first else 0) + ((self.head_act_b + self.last_act_b) if last else 0)
         return w, g, o, acts, self.fixed_b + self.zero3_buffer_b
+
+    def recompute_peak_b(self, i) -> int:
+        """Bytes a recomputing layer adds to stage i's peak. On the last stage the logits (alive at the loss,
+        freed before the first layer's backward recomputes) and the working set are never alive together:
+        the peak holds max(logits, working set) = logits + max(0, working set - logits)."""
+        _, last = self._ends(i)
+        return self.last_full_b if last else self.act_full_b
 
     def bytes_parts(self, i, L, R, has_R) -> dict:
         """Bytes on one GPU of stage i by part (BYTE_PARTS); has_R is 1 when R > 0 (the working set
@@ -277,6 +286,8 @@ def coefficients(sc: StageCosts) -> StageCoeffs:
         inflight=sc.inflight, layer_act_stored_b=sc.act_stored_b, layer_act_ckpt_b=sc.act_checkpoint_b,
         first_act_b=_q(sc.inflight[0] * sc.embedding_act_b),
         act_full_b=_q(sc.act_full_b), last_act_b=_q(sc.logits_b),
+        head_act_b=_q(sc.inflight[-1] * sc.head_act_b),
+        last_full_b=max(0, _q(sc.act_full_b) - _q(sc.logits_b)),
         fixed_b=_q(sc.buffer_b), zero3_buffer_b=_q(sc.zero3_buffer_b),
     )
 

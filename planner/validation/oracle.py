@@ -33,8 +33,8 @@ Attention: SDPA on CPU fake tensors runs PyTorch's flash-attention kernel for CP
 (_scaled_dot_product_flash_attention_for_cpu): no s x s scores, so it matches flash_attention=True;
 flash=False forces the math backend (sdpa_kernel(SDPBackend.MATH)), which materialises the scores.
 recompute="full" wraps every block in torch.utils.checkpoint (non-reentrant). Dropout (hidden_dropout,
-default 0.1 as Megatron's GPT) after the attention and MLP output projections keeps the 1-byte masks
-Korthikanti et al. 2022 count; positions are not encoded (RoPE has no parameters; its fused kernel keeps
+default 0.1 as Megatron's GPT) on the embedding output and after the attention and MLP output projections
+keeps the masks Korthikanti et al. 2022 count (ModelSpec.dropout = hidden_dropout > 0); positions are not encoded (RoPE has no parameters; its fused kernel keeps
 nothing extra).
 
 What it cannot see (docs/memory-oracle.md): the CUDA caching allocator (reserved vs allocated,
@@ -91,7 +91,7 @@ class OracleConfig:
         return ModelSpec(name="oracle", layers=self.layers, hidden=self.hidden, heads=self.heads,
                          kv_heads=self.kv, ffn_hidden=self.ffn_hidden, ffn_type=self.ffn_type,
                          vocab=self.vocab, seq_len=self.seq, norm=self.norm, position_embedding="rope",
-                         bias=False, tied_embeddings=False, precision="bf16")
+                         bias=False, tied_embeddings=False, precision="bf16", dropout=self.hidden_dropout > 0)
 
     def strategy(self) -> Strategy:
         return Strategy(micro_batch=self.micro_batch, global_batch=self.micro_batch * self.shard,
@@ -309,7 +309,8 @@ def _build(cfg: OracleConfig):
             self.head = nn.Linear(h, cfg.vocab, bias=False, dtype=wdtype)
 
         def forward(self, tokens, labels):
-            x = self.embed(tokens)
+            # embedding dropout with the hidden dropout (Megatron's LanguageModelEmbedding.embedding_dropout)
+            x = F.dropout(self.embed(tokens), cfg.hidden_dropout, self.training)
             for blk in self.blocks:
                 x = blk(x)
             logits = self.head(self.norm(x))
@@ -473,40 +474,46 @@ def compare(cfg: OracleConfig, cluster: str = "1xH100") -> Row:
 # --- the differences, term by term ----------------------------------------------------------------
 
 def known_differences(cfg: OracleConfig) -> dict[str, float]:
-    """Bytes the tracker holds at its peak beyond the planner's `activations` (negative: the planner counts
-    what the tracker does not hold), by cause; docs/memory-oracle.md explains each. Measured to the byte on
-    the grid but for a few KB of loss-side scalars. `stored` terms hold when the forward returns the loss;
-    `logits_peak` is the transient that sets the peak while the loss runs backward."""
+    """Bytes the tracker holds beyond the planner's `activations` (negative: the planner counts what the
+    tracker does not hold), by cause; docs/memory-oracle.md explains each. Measured to the byte on the grid
+    but for a few KB of loss-side scalars. Terms in STORED_ONLY hold when the forward returns the loss,
+    those in PEAK_ONLY at the tracked peak (the loss running backward); the others at both."""
     spec = cfg.model_spec()
     L, a, f = cfg.layers, cfg.heads, spec.ffn_hidden
     sb = cfg.seq * cfg.micro_batch
     sbh, sbV = sb * cfg.hidden, sb * cfg.vocab
     full = cfg.recompute == "full"
     kept = 0 if full else L          # layers whose activations stay stored (full recompute keeps inputs only)
+    # the planner's loss term (costmodels.memory.logits_bytes, 6sbV) and, with full recompute, the working
+    # set beyond it (planner/solve/stages.py recompute_peak_b: max(logits, working set))
+    planner_loss = 6.0 * sbV + (max(0.0, layer_full_bytes(cfg) - 6.0 * sbV) if full else 0.0)
     out = {
         # dropout on CPU is input x scaled Bernoulli noise in the input's dtype (aten/src/ATen/native/Dropout.cpp
-        # uses the fused native_dropout, 1-byte mask, only on CUDA/XPU): two 2-byte masks per layer where
-        # the planner counts two 1-byte masks (Megatron's fused bias-dropout-add)
-        "dropout_masks_2byte": kept * 2.0 * sbh if cfg.hidden_dropout > 0 else 0.0,
+        # uses the fused native_dropout, 1-byte mask, only on CUDA/XPU): 2-byte masks (two per layer and
+        # the embedding's) where the planner counts 1-byte masks (Megatron's fused bias-dropout-add)
+        "dropout_masks_2byte": (2 * kept + 1) * sbh if cfg.hidden_dropout > 0 else 0.0,
         "softmax_lse": kept * 4.0 * a * sb if cfg.flash else 0.0,                 # fp32 logsumexp per head
-        # the math backend: 4as^2b stored (planner 5as^2b, whose 1-byte attention-dropout mask is absent
-        # with attention dropout 0) and 6sbh of q/k/v/output copies (its backward peak is not modelled here)
-        "math_attention": 0.0 if cfg.flash else kept * (-1.0 * a * cfg.seq ** 2 * cfg.micro_batch + 6.0 * sbh),
+        # the math backend: 4as^2b stored (planner 5as^2b with dropout, whose 1-byte attention-dropout mask
+        # is absent with attention dropout 0) and 6sbh of q/k/v/output copies (its backward peak is not
+        # modelled here)
+        "math_attention": 0.0 if cfg.flash else kept * (
+            -(1.0 if spec.dropout else 0.0) * a * cfg.seq ** 2 * cfg.micro_batch + 6.0 * sbh),
         "norm_statistics": (2 * kept + 1) * 4.0 * sb,   # LayerNorm: bf16 mean + rstd; RMSNorm: fp32 rstd
-        # the final norm's and output layer's inputs (4sbh) against the planner's embedding output (2sbh),
-        # which is the first block's input and already stored there
-        "head_inputs": 2.0 * sbh,
-        "no_dropout_masks": -kept * 2.0 * sbh if cfg.hidden_dropout == 0 else 0.0,   # the planner counts them
-        # the planner adds one layer's full working set to the logits; the peak is at the loss, where no
-        # layer recomputes (the logits are freed before the first recompute)
-        "recompute_working_set": -float(layer_full_bytes(cfg)) if full else 0.0,
         "eager_swiglu": kept * 2.0 * sb * f if (cfg.kernels == "eager" and cfg.ffn_type == "swiglu") else 0.0,
         "eager_rmsnorm": (2 * kept + 1) * 6.0 * sbh if (cfg.kernels == "eager" and cfg.norm == "rmsnorm") else 0.0,
+        # when the forward returns only the fp32 softmax (4sbV) is alive: the bf16 logits are freed
+        "loss_at_return": 4.0 * sbV - planner_loss,
         # at the loss: fused, the bf16 logits (forward) or their bf16 gradient (backward) next to the fp32
-        # softmax, 2sbV; eager F.cross_entropy, two fp32 sbV gradients next to its saved log-softmax, 8sbV
-        "logits_peak": (2.0 if cfg.kernels == "fused" else 8.0) * sbV,
+        # softmax, 6sbV = the planner's; eager F.cross_entropy, two fp32 sbV gradients next to its saved
+        # log-softmax, 12sbV. 0 for fused on the grid; where a layer's working set exceeds the logits (full
+        # recompute) the tracked peak is elsewhere (not measured here)
+        "loss_peak": (6.0 if cfg.kernels == "fused" else 12.0) * sbV - planner_loss,
     }
     return out
+
+
+STORED_ONLY = ("loss_at_return",)
+PEAK_ONLY = ("loss_peak",)
 
 
 def layer_full_bytes(cfg: OracleConfig) -> float:
@@ -519,8 +526,10 @@ def explained(row: Row) -> dict[str, float]:
     """The planner's activations plus the known differences: what the tracker should hold when the forward
     returns (`stored`) and at its peak (`activations`)."""
     d = known_differences(row.config)
-    stored = row.planned["activations"] + sum(v for k, v in d.items() if k != "logits_peak")
-    return {"stored": stored, "activations": stored + d["logits_peak"]}
+    base = row.planned["activations"]
+    stored = base + sum(v for k, v in d.items() if k not in PEAK_ONLY)
+    peak = base + sum(v for k, v in d.items() if k not in STORED_ONLY)
+    return {"stored": stored, "activations": peak}
 
 
 # --- the grid --------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def field(run: dict, name: str, key: str, kind: type = int, *, required: bool = 
 
 def run_model(m: dict) -> ModelSpec:
     """The run's shape. GELU models are GPT-style (learned positions, biases, tied embeddings);
-    SwiGLU models Llama-style (RoPE, no biases, untied). A missing or malformed required field is named
+    SwiGLU models Llama-style (RoPE, no biases, untied, no dropout). A missing or malformed required field is named
     (RunSkipped); values outside the model's rules raise ModelError naming them."""
     r = {"model": m}
     ffn_type = field(r, "model", "ffn_type", str, required=False, default="gelu")
@@ -76,6 +76,7 @@ def run_model(m: dict) -> ModelSpec:
         seq_len=field(r, "model", "seq_len"), tied_embeddings=gpt_style,
         position_embedding="learned" if gpt_style else "rope", bias=gpt_style,
         norm="layernorm" if gpt_style else "rmsnorm", moe=moe,
+        dropout=gpt_style,   # GPT-style runs train with dropout, Llama-style without (their recipes: 0.0)
     )
 
 
