@@ -200,8 +200,16 @@ def uses_flash_attention(run: dict) -> bool:
     return (run.get("strategy", {}).get("precision") or "bf16") != "fp16"
 
 
-def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: bool) -> list[Strategy]:
-    """The run's strategy, with every null field expanded to the values the rules allow."""
+def implies_sequence_parallel(run: dict) -> bool:
+    """The run used Megatron's --tp-comm-overlap, which needs sequence parallel (megatron/training/arguments.py:
+    tensor-parallel communication overlap only with --sequence-parallel)."""
+    return "tp-comm-overlap" in (run.get("notes") or "").lower()
+
+
+def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: bool,
+                         sp_default: bool = False) -> list[Strategy]:
+    """The run's strategy, with every null field expanded to the values the rules allow; a null
+    sequence_parallel is `sp_default` (Megatron's default is off: it is opt-in)."""
     r = {"strategy": s}
     tp, pp, dp = field(r, "strategy", "tp"), field(r, "strategy", "pp"), field(r, "strategy", "dp")
     cp, ep = field(r, "strategy", "cp", required=False, default=1), field(r, "strategy", "ep", required=False, default=1)
@@ -215,7 +223,7 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
     zero = field(r, "strategy", "zero_stage", required=False)
     zeros = [zero] if zero is not None else [0, 1]
     sp = field(r, "strategy", "sequence_parallel", bool, required=False)
-    sps = [sp] if sp is not None else [False]   # unknown: Megatron's default (off; it is opt-in)
+    sps = [sp] if sp is not None else [sp_default]
     precision = field(r, "strategy", "precision", str, required=False, default="bf16")
     vs_known = field(r, "strategy", "virtual_stages", required=False)
     out = []
@@ -270,7 +278,7 @@ def predict_run(run: dict, completions: dict[str, Completion] | None = None) -> 
     gb, derived = run_global_batch(run, model, cluster)
     strategy = {**run["strategy"], "global_batch": gb}
     flash = uses_flash_attention(run)
-    cands = candidate_strategies(model, strategy, cluster, flash)
+    cands = candidate_strategies(model, strategy, cluster, flash, implies_sequence_parallel(run))
     best: Evaluation | None = None
     broken: StrategyError | None = None
     for st in cands:
