@@ -28,8 +28,20 @@ class StateBytes:
     reduce: float
 
 
-def state_bytes_per_param(precision: str, optimizer: str, fp32_grads: bool = True) -> StateBytes:
-    """Model-state bytes per parameter.
+def state_bytes_per_param(precision: str, optimizer: str, fp32_grads: bool = True, framework: str = "megatron",
+                          zero_stage: int = 0) -> StateBytes:
+    """Model-state bytes per parameter, in the accounting of `framework`.
+
+    torchtitan (FSDP2, torchtitan/distributed parallelize: MixedPrecisionPolicy(param_dtype=bf16,
+    reduce_dtype=fp32)): the parameters themselves are fp32 and are the master weights; FSDP2 all-gathers
+    bf16 copies per block and reduce-scatters fp32 gradients into fp32 shards; AdamW adds m and v:
+    4 + 4 + 8 (SGD: 4), whatever the precision (fp8 training casts the same fp32 shards).
+    DeepSpeed: bf16/fp16 ZeRO keeps 16-bit weights and 16-bit gradients and an fp32 gradient partition next
+    to the fp32 master, m and v (deepspeed/runtime/zero/stage_1_and_2.py single_partition_of_fp32_groups;
+    its estimate_zero2_model_states_mem_needs: 4 B/param + 16 B/param / dp): 2 + 2 + 16. ZeRO-0/1 with fp32
+    gradient accumulation is DeepSpeed's BF16_Optimizer (deepspeed/runtime/bf16_optimizer.py: fp32
+    accumulated gradients, sharded fp32 master and states), the Megatron accounting below.
+    Megatron-core (the default):
 
     fp32_grads=False is the ZeRO paper's accounting (section 3): 16-bit weights and gradients + fp32
     master/momentum/variance (Adam) = 2 + 2 + 12, reduced in 16 bits.
@@ -41,6 +53,10 @@ def state_bytes_per_param(precision: str, optimizer: str, fp32_grads: bool = Tru
     fp8 training keeps bf16 weights and fp32 master weights (Transformer Engine), as bf16.
     """
     opt = 12.0 if optimizer == "adam" else 8.0       # fp32 master weights + Adam m, v (SGD: momentum)
+    if framework == "torchtitan":
+        return StateBytes(4.0, 4.0, opt - 4.0, 4.0 if (fp32_grads or precision == "fp32") else 2.0)
+    if framework == "deepspeed" and precision != "fp32" and (zero_stage >= 2 or not fp32_grads):
+        return StateBytes(2.0, 2.0, opt + 4.0, 2.0)
     if precision == "fp32":
         return StateBytes(4.0, 4.0, opt - 4.0, 4.0)
     if not fp32_grads:
@@ -57,6 +73,35 @@ def model_state_bytes(params: float, sb: StateBytes, zero_stage: int, shard: int
     g = params * sb.gradients / (shard if zero_stage >= 2 else 1)
     o = params * sb.optimizer / (shard if zero_stage >= 1 else 1)
     return w, g, o
+
+
+def compute_copy_bytes(precision: str) -> float:
+    """Bytes per parameter of the copy the GEMMs read: what ZeRO-3 / FSDP2 all-gather and hold unsharded
+    (16-bit, FSDP2's param_dtype; fp8 training gathers the bf16 weights and casts per GEMM)."""
+    return 4.0 if precision == "fp32" else 2.0
+
+
+# DeepSpeed ZeRO defaults, in elements (deepspeed/runtime/zero/config.py: reduce_bucket_size 5e8,
+# stage3_prefetch_bucket_size 5e7; contiguous_gradients on, overlap_comm off for stages 1-2, on for 3);
+# the DeepSpeed export writes these values, so the plan and the config agree.
+DS_REDUCE_BUCKET = 500_000_000
+DS_ALLGATHER_BUCKET = 500_000_000
+DS_PREFETCH_BUCKET = 50_000_000
+
+
+def framework_buffer_bytes(st: Strategy) -> float:
+    """Communication buffers a framework allocates beyond model states and activations, on every GPU.
+    DeepSpeed ZeRO-2: the contiguous reduce bucket (stage_1_and_2.py ipg_buffer, reduce_bucket_size
+    16-bit elements); ZeRO-3: its reduce bucket (stage3.py __ipg_bucket_flat_buffer) and the prefetch
+    bucket of gathered parameters (stage3_prefetch_bucket_size). Megatron-core's gradient buckets are views
+    of its gradient buffer (megatron/core/distributed/param_and_grad_buffer.py) and torchtitan's FSDP2
+    reduce-scatters per block: nothing extra."""
+    if st.framework != "deepspeed" or st.zero_stage < 2:
+        return 0.0
+    w = compute_copy_bytes(st.precision)
+    if st.zero_stage == 2:
+        return DS_REDUCE_BUCKET * w
+    return (DS_REDUCE_BUCKET + DS_PREFETCH_BUCKET) * w
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +135,36 @@ def layer_activation_bytes(model: ModelSpec, st: Strategy, layer: int = 0) -> La
     scores = (5.0 if model.dropout else 4.0) * model.heads * s * (s * st.cp) * b if not st.flash_attention else 0.0
     sp = st.sequence_parallel
     base = (unsplit / t if sp else unsplit) + (attn + mlp) / t
+    checkpoint = 2.0 * sbh / (t if sp else 1)
+    if st.framework == "torchtitan":
+        return _torchtitan_layer(model, st, layer, base, checkpoint)
     full = base + scores / t
     stored = base if st.recompute == "selective" else full
-    checkpoint = 2.0 * sbh / (t if sp else 1)
     return LayerActivations(stored=stored, checkpoint=checkpoint, full=full)
+
+
+def _torchtitan_layer(model: ModelSpec, st: Strategy, layer: int, base: float, checkpoint: float) -> LayerActivations:
+    """torchtitan's Llama block in eager PyTorch (torchtitan/models/llama3/model.py, no dropout, SDPA):
+    what Megatron's fused kernels keep (`base`), plus the flash logsumexp (fp32, a per head and token) and
+    the unfused SwiGLU's extra input (w2(silu(w1 x) * w3 x) saves silu's output and the product beside
+    w1 x and w3 x: 8f where the fused kernel keeps 6f; the oracle's eager_swiglu term).
+    recompute="selective" is torchtitan's per-op selective AC (torchtitan/distributed/activation_checkpoint.py,
+    selective_ac_option "op"): only the outputs of every other matmul (wq, wv, w1, w2 of a Llama block, the
+    counter starting at each block's forward), of SDPA (with its logsumexp) and of tensor-parallel
+    reduce-scatters are saved, plus the block input; the rest is recomputed."""
+    s = model.seq_len / st.cp
+    b, h, t = st.micro_batch, model.hidden, st.tp
+    sb = s * b
+    lse = 4.0 * model.heads * sb / t
+    f_tok = _mlp_activation_bytes_per_token(model, layer)        # 6f (SwiGLU) or 4f (GELU), 16-bit
+    eager_mlp = f_tok / 3.0 if model.ffn_type == "swiglu" else 0.0
+    full = base + lse + eager_mlp * sb / t
+    if st.recompute != "selective":
+        return LayerActivations(stored=full, checkpoint=checkpoint, full=full)
+    w1_out = (f_tok / 3.0 if model.ffn_type == "swiglu" else f_tok / 2.0) * sb / t
+    w2_out = 2.0 * sb * h + (2.0 * sb * h / t if t > 1 else 0.0)   # mm output, and its reduce-scatter's
+    saved = checkpoint + 2.0 * sb * h / t + 2.0 * sb * model.kv_dim / t + 2.0 * sb * h / t + lse + w1_out + w2_out
+    return LayerActivations(stored=saved, checkpoint=checkpoint, full=full)
 
 
 def _mlp_activation_bytes_per_token(model: ModelSpec, layer: int) -> float:
@@ -109,8 +180,13 @@ def _mlp_activation_bytes_per_token(model: ModelSpec, layer: int) -> float:
 def logits_bytes(model: ModelSpec, st: Strategy) -> float:
     """Alive at the loss, split over tp: the fp32 softmax 4sbV (Korthikanti et al. 2022, 4.3) and the 16-bit
     logits 2sbV next to it (their gradient in the backward): megatron/core/tensor_parallel/cross_entropy.py
-    keeps the fp32 softmax while the output layer's 16-bit logits stay alive until the loss is computed."""
-    return 6.0 * model.seq_len / st.cp * st.micro_batch * model.vocab / st.tp
+    keeps the fp32 softmax while the output layer's 16-bit logits stay alive until the loss is computed.
+    torchtitan computes cross_entropy(logits.float()) in eager PyTorch (torchtitan/components/loss.py; with
+    tp, loss_parallel splits it over the vocabulary): the saved fp32 log-softmax and, in its backward, two fp32
+    gradients and the 16-bit one, 12sbV at the peak (the oracle's eager loss_peak); DeepSpeed runs the
+    model's own loss, priced like torchtitan's."""
+    per = 6.0 if st.framework == "megatron" else 12.0
+    return per * model.seq_len / st.cp * st.micro_batch * model.vocab / st.tp
 
 
 def head_input_bytes(model: ModelSpec, st: Strategy) -> float:

@@ -23,8 +23,9 @@ from costmodels.calibration import Calibration, calibration_for
 from costmodels.comm import Link, collective_time, group_link, p2p_time
 from costmodels.compute import gemm_time, memory_bound_time, mlp_gemm_widths
 from costmodels.flops import logits_forward_flops, model_flops_per_step
-from costmodels.memory import (embedding_activation_bytes, head_input_bytes, layer_activation_bytes, logits_bytes,
-                               model_state_bytes, state_bytes_per_param)
+from costmodels.memory import (compute_copy_bytes, embedding_activation_bytes, framework_buffer_bytes,
+                               head_input_bytes, layer_activation_bytes, logits_bytes, model_state_bytes,
+                               state_bytes_per_param)
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
@@ -99,8 +100,9 @@ class StageCosts:
     embedding_act_b: float    # embedding-dropout mask, one micro-batch (stage 0)
     head_act_b: float         # final norm and output layer inputs, one micro-batch (last stage)
     logits_b: float           # fp32 softmax + 16-bit logits of one micro-batch (transient at the loss, last stage)
-    buffer_b: float           # buffers every GPU holds
-    zero3_buffer_b: float     # gathered weights of two layers (ZeRO-3 prefetch)
+    buffer_b: float           # runtime buffers every GPU holds (cuBLAS workspaces, NCCL, allocator slack)
+    zero3_buffer_b: float     # gathered weights of the layers ZeRO-3 / FSDP2 hold unsharded
+    bucket_b: float = 0.0     # the framework's communication buckets (DeepSpeed ZeRO-2/3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +116,13 @@ class _LayerKey:
     flash_attention: bool
     sequence_parallel: bool
     recompute: str
+    framework: str
 
 
 def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibration) -> LayerTimes:
     """Seconds for an average transformer layer, one micro-batch, on one GPU."""
     key = _LayerKey(st.tp, st.cp, st.ep, st.micro_batch, st.precision, st.flash_attention,
-                    st.sequence_parallel, st.recompute)
+                    st.sequence_parallel, st.recompute, st.framework)
     return _layer_times(model, cluster, cal, key)
 
 
@@ -182,7 +185,14 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
         kv_bytes = 2.0 * M * kvd / t * 2.0
         one = p2p_time(kv_bytes, cp_link.per_node < cp_link.size, gpu, cal) * (st.cp - 1)
         cp_exposed = max(0.0, one - attn_core) + max(0.0, 2 * one - 2 * attn_core)
-    selective_extra = (attn_core + memory_bound_time(softmax_bytes, gpu.hbm_gbps, cal)) if st.recompute == "selective" else 0.0
+    selective_extra = 0.0
+    if st.recompute == "selective" and st.framework == "torchtitan":
+        # per-op selective AC recomputes the unsaved matmuls (wk, wo and the SwiGLU up projection w3 of a
+        # Llama block, torchtitan/distributed/activation_checkpoint.py) and the element-wise ops
+        up = gemm_time(M, f / t, h, peak, cal) if model.ffn_type == "swiglu" else 0.0
+        selective_extra = gemm_time(M, kvd / t, h, peak, cal) + gemm_time(M, h, h / t, peak, cal) + up + elem_fwd
+    elif st.recompute == "selective":
+        selective_extra = attn_core + memory_bound_time(softmax_bytes, gpu.hbm_gbps, cal)
     return LayerTimes(compute_fwd, compute_bwd, 2 * tp_one, 2 * tp_one, cp_exposed, ep_comm, selective_extra)
 
 
@@ -207,7 +217,8 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
         p2p = 2 * v * p2p_time(M * h * 2.0 / t, across, gpu, cal)
     # Model states per GPU. Dense weights split over tp and ZeRO-sharded over dp x cp; routed experts split
     # over tp x ep and sharded over the expert-data-parallel group dp x cp / ep (Megatron-core MoE).
-    sb = state_bytes_per_param(st.precision, st.optimizer, st.fp32_grads)
+    sb = state_bytes_per_param(st.precision, st.optimizer, st.fp32_grads, st.framework, st.zero_stage)
+    copy = compute_copy_bytes(st.precision)
     groups = _param_groups(model, st, cluster)
     embed_params = model.vocab * h / t + (model.seq_len * h if model.position_embedding == "learned" else 0)
     # the output layer: its own weights, or with tied embeddings a copy on the last stage when pp > 1
@@ -228,10 +239,14 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     if st.zero_stage == 3:
         # ZeRO-3 gathers every layer's weights in forward and backward and reduce-scatters its gradients,
         # per micro-batch: 1.5x the data-parallel volume (Rajbhandari et al. 2020, section 7.2)
-        zero3 = sum(2 * collective_time("all_gather", n * sb.weights, link, gpu, cal)
+        zero3 = sum(2 * collective_time("all_gather", n * copy, link, gpu, cal)
                     + collective_time("reduce_scatter", n * sb.reduce, link, gpu, cal)
                     for n, link in groups)
-        zero3_buf = 2 * sum(n for n, _ in groups) * sb.weights   # two layers prefetched
+        # two layers gathered (the one computing and the one prefetched; DeepSpeed's
+        # estimate_zero3_model_states_mem_needs: 4 B x the largest layer); torchtitan keeps one block: its
+        # last block is not resharded after forward and FSDP2 prefetches the next block while the
+        # current one frees (torch.distributed.fsdp fully_shard), the oracle's tracked peak
+        zero3_buf = (1 if st.framework == "torchtitan" else 2) * sum(n for n, _ in groups) * copy
     opt_bpp = ADAM_BYTES_PER_PARAM if st.optimizer == "adam" else SGD_BYTES_PER_PARAM
 
     def opt_s(pgroups) -> float:
@@ -248,14 +263,14 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
         dp_window_layer_s=lt.backward,
         zero3_layer_s=zero3,
         opt_layer_s=opt_s(groups), opt_first_s=opt_s(first_groups), opt_last_s=opt_s(last_groups),
-        layer_states=_states(groups, sb, st), first_states=_states(first_groups, sb, st),
-        last_states=_states(last_groups, sb, st),
+        layer_states=_states(groups, sb, st), first_states=_states(first_groups, sb, st, root=True),
+        last_states=_states(last_groups, sb, st, root=True),
         host_capacity_b=gpu.host_memory_gb_per_node * 1e9 / cluster.gpus_per_node,
         inflight=tuple(_inflight(p, m, v, st.pipeline_schedule)),
         act_stored_b=acts.stored, act_checkpoint_b=acts.checkpoint, act_full_b=acts.full,
         embedding_act_b=embedding_activation_bytes(model, st), head_act_b=head_input_bytes(model, st),
         logits_b=logits_bytes(model, st),
-        buffer_b=FIXED_BUFFER_BYTES, zero3_buffer_b=zero3_buf,
+        buffer_b=FIXED_BUFFER_BYTES, zero3_buffer_b=zero3_buf, bucket_b=framework_buffer_bytes(st),
     )
 
 
@@ -276,13 +291,21 @@ def _param_groups(model: ModelSpec, st: Strategy, cluster: Cluster) -> list[tupl
     return [(dense / st.tp, dense_link), (routed / st.tp, expert_link)]
 
 
-def _states(groups: list[tuple[float, Link]], sb, st: Strategy) -> ModelStates:
+def _states(groups: list[tuple[float, Link]], sb, st: Strategy, root: bool = False) -> ModelStates:
     """(weights, gradients, optimizer, host) bytes on one GPU for parameter groups; offloaded states move
-    to host memory (ZeRO-Offload, Ren et al. 2021)."""
+    to host memory (ZeRO-Offload, Ren et al. 2021). torchtitan's FSDP2 also holds the gathered 16-bit
+    copy of every block it does not reshard after forward (ZeRO-2 here: fsdp_reshard_after_forward
+    "never"), and with ZeRO-3 of the root's parameters (`root`: embedding, final norm and output layer, the
+    root module gathered through forward and backward: torchtitan/distributed parallelize apply_fsdp).
+    torchtitan's sharded gradients are not alive at the peak: the step starts with zero_grad(set_to_none)
+    and FSDP2 reduce-scatters each block's gradient only as its backward frees that block's activations,
+    so at the loss, where stored activations and logits peak, there are none (the oracle's tracked peak)."""
     w = g = o = 0.0
+    titan = st.framework == "torchtitan"
+    held = titan and (st.zero_stage == 2 or (st.zero_stage == 3 and root))
     for n, link in groups:
         wi, gi, oi = model_state_bytes(n, sb, st.zero_stage, link.size)
-        w, g, o = w + wi, g + gi, o + oi
+        w, g, o = w + wi + (n * compute_copy_bytes(st.precision) if held else 0.0), g + (0.0 if titan else gi), o + oi
     host = 0.0
     if st.offload_optimizer:
         host, o = host + o, 0.0
@@ -365,5 +388,10 @@ def hardware_flops_per_step(model: ModelSpec, st: Strategy, recomputed_layers: i
 
 
 def _selective_flops(model: ModelSpec, st: Strategy) -> float:
-    """Selective recompute repeats the attention core forward: 4*B*s^2*h per layer."""
-    return 4.0 * st.global_batch * model.seq_len * model.seq_len * model.hidden * model.layers
+    """Selective recompute repeats the attention core forward: 4*B*s^2*h per layer (Megatron); torchtitan's
+    per-op selective AC repeats the unsaved matmuls wk, wo and w3: 2*B*s*h*(kv_dim + h + f) per layer."""
+    tokens = st.global_batch * model.seq_len
+    if st.framework == "torchtitan":
+        f = model.ffn_hidden if model.ffn_type == "swiglu" else 0
+        return 2.0 * tokens * model.hidden * (model.kv_dim + model.hidden + f) * model.layers
+    return 4.0 * tokens * model.seq_len * model.hidden * model.layers

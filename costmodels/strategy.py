@@ -13,10 +13,13 @@ Recompute = Literal["none", "selective", "full"]
 Precision = Literal["fp32", "bf16", "fp16", "fp8"]
 Schedule = Literal["1f1b", "gpipe"]
 Optimizer = Literal["adam", "sgd"]
+Framework = Literal["megatron", "torchtitan", "deepspeed"]
 
 RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "selective", "full")
 PRECISION_CHOICES: tuple[str, ...] = ("fp32", "bf16", "fp16", "fp8")
 OPTIMIZER_CHOICES: tuple[str, ...] = ("adam", "sgd")
+# whose memory accounting prices the plan (costmodels/memory.py): Megatron-core, torchtitan (FSDP2), DeepSpeed
+FRAMEWORK_CHOICES: tuple[str, ...] = ("megatron", "torchtitan", "deepspeed")
 
 
 class StrategyError(ValueError):
@@ -73,6 +76,9 @@ class Strategy:
     pipeline_schedule: Schedule = "1f1b"   # 1f1b (interleaved when virtual_stages > 1) or gpipe
     stage_layers: tuple[int, ...] | None = None       # layers per pipeline stage (None: even split)
     recompute_layers: tuple[int, ...] | None = None   # fully recomputed layers per stage (recompute="full"; None: all)
+    # the framework that runs the plan: its memory accounting (model states, gathered weights, buckets) and,
+    # for torchtitan, what recompute="selective" means (per-op selective activation checkpointing)
+    framework: Framework = "megatron"
 
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "dp", "micro_batch", "global_batch", "cp", "ep", "virtual_stages"):
@@ -92,6 +98,8 @@ class Strategy:
                 raise StrategyError(rule.error(self))
         if self.sequence_parallel and self.tp == 1:
             object.__setattr__(self, "sequence_parallel", False)  # sequence parallel needs tp > 1
+        if self.framework not in FRAMEWORK_CHOICES:
+            raise StrategyError(f"framework={self.framework!r} is not allowed; choose megatron, torchtitan or deepspeed")
         if self.pipeline_schedule not in ("1f1b", "gpipe"):
             raise StrategyError(f"pipeline_schedule={self.pipeline_schedule!r} is not allowed; choose 1f1b or gpipe")
         if self.pipeline_schedule == "gpipe" and self.virtual_stages > 1:

@@ -19,7 +19,7 @@ from costmodels.memory import layer_activation_bytes, model_state_bytes, state_b
 from costmodels.presets import get_model
 from hardware import parse_cluster
 from planner.solve.evaluate import evaluate
-from planner.solve.stages import coefficients
+from planner.solve.stages import BYTE_PARTS, coefficients
 from planner.validation.paper_memory import MODES, TABLE3, figure1_bars
 
 
@@ -323,12 +323,12 @@ def test_memory_anatomy_sums_to_peak(ms):
     model, st = ms
     ev = evaluate(model, st, CLUSTER)
     mem = ev.memory_b
-    parts = mem["weights"] + mem["gradients"] + mem["optimizer"] + mem["activations"] + mem["buffers"]
+    parts = sum(mem[k] for k in BYTE_PARTS)
     # each part is a term of the stage's bytes (planner.solve.stages.StageCoeffs.bytes_parts): exact
     assert parts == mem["peak"], (parts, mem)
     assert max(ev.stage_memory_b) == mem["peak"]
     assert len(ev.stage_memory_b) == st.pp
-    assert all(mem[k] >= 0 for k in ("weights", "gradients", "optimizer", "activations", "buffers"))
+    assert all(mem[k] >= 0 for k in BYTE_PARTS)
     assert ev.fits == (mem["peak"] <= CLUSTER.gpu.memory_bytes)
     # the model-state split follows the ZeRO stage: 2 : 2 : 12 bytes per parameter before sharding
     sb = state_bytes_per_param(st.precision, st.optimizer)

@@ -61,47 +61,55 @@ def test_peak_activations_are_the_planner_plus_the_known_differences(i):
 
 @pytest.mark.parametrize("i", SHARDED, ids=[IDS[i] for i in SHARDED])
 def test_fsdp2_states_and_gathered_weights(i):
-    """FSDP2 keeps fp32 parameter shards that are the master weights (4 B/param / d) where the planner's
-    ZeRO-3 counts a bf16 shard (2 / d) besides a 12 / d optimizer: gradients agree, weights + optimizer
-    are 12 / d tracked vs 14 / d planned. The planner's gathered weights are two layers in bf16; at the
-    tracked peak (the loss) one block's all-gather output and the root module's weights (embedding,
-    output layer, final norm: fully_shard(model) keeps them unsharded through forward and backward)."""
+    """torchtitan's accounting against FSDP2 itself: fp32 parameter shards that are the master weights
+    (4 B/param / d), AdamW's m and v (8 / d), fp32 gradient shards after the backward (4 / d) but none at
+    the peak (zero_grad sets them to None; the loss comes first), and gathered bf16 weights at the peak:
+    one block and the root module's (embedding, final norm, output layer), which the planner counts as
+    the root's held copy (weights) plus one layer (comm_buffers)."""
     r = row(i)
     cfg, d = r.config, r.config.shard
+    assert cfg.framework == "torchtitan"
     spec = cfg.model_spec()
     n = spec.params_total()
     per_norm = 2 if cfg.norm == "layernorm" else 1
-    tensors = 2 + 4 * cfg.layers + per_norm * (2 * cfg.layers + 1)
-    assert r.tracked.weights == 4 * n // d and r.planned["weights"] == pytest.approx(2 * n / d, abs=1)
-    assert r.tracked.gradients == 4 * n // d and r.planned["gradients"] == pytest.approx(4 * n / d, abs=1)
-    assert r.tracked.optimizer - 8 * n // d == 4 * tensors       # exp_avg, exp_avg_sq + fp32 step counters
-    assert r.planned["optimizer"] == pytest.approx(12 * n / d, abs=1)
+    tensors = 2 + 4 * cfg.layers + per_norm * (2 * cfg.layers + 1) + (3 * cfg.layers if cfg.ffn_type == "swiglu" else 2 * cfg.layers)
     layer = spec.params_layer(0)
     root = spec.params_embedding() + spec.params_output()
-    assert r.planned["gathered"] == 2 * 2 * layer
+    assert r.tracked.weights == 4 * n // d
+    assert r.planned["weights"] == pytest.approx(4 * n / d + 2 * root, abs=2)
+    assert r.tracked.gradients == 4 * n // d and r.planned["gradients"] == 0
+    assert r.tracked.peak_split["Sharded Grad"] == 0                 # none alive at the peak
+    assert 0 < r.tracked.optimizer - 8 * n // d <= 4 * tensors       # exp_avg, exp_avg_sq + fp32 step counters
+    assert r.planned["optimizer"] == pytest.approx(8 * n / d, abs=1)
+    assert r.planned["gathered"] == 2 * layer
     assert r.tracked.peak_split["All Gather"] == 2 * layer
     assert r.tracked.peak_split["Unsharded Param"] == 2 * root
     assert r.tracked.gathered == 2 * (layer + root)
 
 
 def test_the_raw_errors_stay_where_the_differences_put_them():
-    """The planner's raw peak error (without its fixed buffers) on the Megatron-like grid points: under by
-    at most 2.5% (CPU dropout masks in 2 bytes, the flash logsumexp, norm statistics); over on FSDP2 (a bf16
-    shard, gradients at the loss and a second gathered layer the planner counts). A change of the cost model
-    moves these."""
+    """The planner's raw peak error (without its fixed buffers): Megatron's accounting under by at most
+    2.5% on its fused-kernel points (CPU dropout masks in 2 bytes, the flash logsumexp, norm statistics);
+    torchtitan's accounting within 0.5% of FSDP2 with torchtitan's kernels, per-op selective and full AC;
+    Megatron's accounting far under eager kernels (what --framework torchtitan is for)."""
     errs = {GRID[i].label(): row(i).error("peak") for i in range(len(GRID))}
-    fused = {k: e for k, e in errs.items() if "eager" not in k and "math" not in k}
-    for k, e in fused.items():
-        if "fsdp" in k:
-            assert 2.0 < e < 13.0, (k, e)    # FSDP2 keeps fp32 shards, no bf16 shard; no gradients at the loss
-        else:
+    for k, e in errs.items():
+        if "torchtitan" in k:
+            assert abs(e) < 0.5, (k, e)
+        elif "eager" in k:
+            assert e < -20.0, (k, e)     # eager kernels keep far more than Megatron's fused
+        elif "math" not in k:
             assert -2.5 < e < 0.0, (k, e)
-    eager = [e for k, e in errs.items() if "eager" in k]
-    assert eager and all(e < -20.0 for e in eager)     # eager kernels keep far more than Megatron's fused
     # the differences the cost model now carries are gone: no named term for them remains
     d = oracle.known_differences(GRID[0])
     for gone in ("head_inputs", "no_dropout_masks", "recompute_working_set", "logits_peak"):
         assert gone not in d
+
+
+def test_the_grid_meets_the_bar():
+    """The planner within 10% of the tracked peak on at least 90% of the grid (docs/memory-oracle.md)."""
+    errs = [abs(row(i).error("peak")) for i in range(len(GRID))]
+    assert sum(e <= 10.0 for e in errs) / len(errs) >= 0.9, errs
 
 
 def test_the_fixed_terms_are_exact_on_the_grid():

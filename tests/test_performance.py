@@ -18,7 +18,7 @@ from costmodels.comm import Link, collective_time, group_link
 from costmodels.presets import PRESETS
 from hardware import load_catalog, parse_cluster
 from planner.solve.evaluate import evaluate
-from planner.solve.stages import coefficients
+from planner.solve.stages import BYTE_PARTS, coefficients
 
 
 def stage_costs(*args):
@@ -114,7 +114,7 @@ def test_breakdown_parts_are_their_own_terms(st):
         assert ev.time_s["optimizer"] > 0
     # the memory anatomy adds up to the peak exactly (integer bytes)
     mem = ev.memory_b
-    assert sum(mem[key] for key in ("weights", "gradients", "optimizer", "activations", "buffers")) == mem["peak"]
+    assert sum(mem[key] for key in BYTE_PARTS) == mem["peak"]
     assert mem["peak"] == max(ev.stage_memory_b) or not ev.fits
 
 

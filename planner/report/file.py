@@ -15,7 +15,7 @@ from planner.solve.result import PlanOut, SearchResult
 CHART_SIZE_PX = (800, 450)   # width, height of every chart (figsize x dpi)
 _DPI = 100
 COLORS = {"weights": "#4C72B0", "gradients": "#55A868", "optimizer": "#C44E52", "activations": "#8172B2",
-          "buffers": "#937860"}
+          "loss": "#DD8452", "comm_buffers": "#937860", "runtime": "#8C8C8C"}
 
 
 def memory_chart(plan: PlanOut, path: str | Path) -> None:

@@ -5,6 +5,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.solve.result import PlanOut, SearchResult, describe_strategy, recompute_label, zero_label
+from planner.solve.stages import BYTE_PARTS
 
 TIME_LABELS = {
     "compute": "compute (forward + backward)",
@@ -18,7 +19,7 @@ TIME_LABELS = {
     "optimizer": "optimizer step",
     "bubble": "pipeline bubble",
 }
-MEMORY_LABELS = ["weights", "gradients", "optimizer", "activations", "buffers"]
+MEMORY_LABELS = list(BYTE_PARTS)     # the memory parts, in the order the planner sums them
 
 
 def render_search(res: SearchResult, console: Console, title: str = "Best plan") -> None:

@@ -29,7 +29,9 @@ from costmodels.performance import StageCosts
 
 NS = 1e-9
 TIME_PARTS = ("compute", "tp_comm", "cp_comm", "ep_comm", "selective")   # a layer's time, in this order
-BYTE_PARTS = ("weights", "gradients", "optimizer", "activations", "buffers")   # a stage's GPU memory
+# a stage's GPU memory: model states; stored activations (and a recomputing layer's working set); the loss
+# (logits in fp32 and 16 bits, last stage); gathered weights and communication buckets; runtime buffers
+BYTE_PARTS = ("weights", "gradients", "optimizer", "activations", "loss", "comm_buffers", "runtime")
 
 
 def _ns(seconds: float) -> int:
@@ -104,8 +106,8 @@ class StageCoeffs:
     last_act_b: int           # fp32 softmax + 16-bit logits of one micro-batch (transient at the loss, last stage)
     head_act_b: int           # last stage: final norm and output-layer inputs x micro-batches alive
     last_full_b: int          # what a recomputing layer adds on the last stage: max(0, act_full_b - last_act_b)
-    fixed_b: int              # buffers every GPU holds
-    zero3_buffer_b: int       # gathered weights of two layers (ZeRO-3 prefetch)
+    fixed_b: int              # runtime buffers every GPU holds
+    zero3_buffer_b: int       # gathered weights (ZeRO-3 / FSDP2) and the framework's communication buckets
 
     @cached_property
     def act_stored_b(self) -> tuple[int, ...]:
@@ -208,8 +210,8 @@ class StageCoeffs:
         if last:
             w, g, o = w + self.last_states_b[0], g + self.last_states_b[1], o + self.last_states_b[2]
         acts = (L - R) * self.act_stored_b[i] + R * self.act_ckpt_b[i] + has_R * self.recompute_peak_b(i)
-        acts += (self.first_act_b if first else 0) + ((self.head_act_b + self.last_act_b) if last else 0)
-        return w, g, o, acts, self.fixed_b + self.zero3_buffer_b
+        acts += (self.first_act_b if first else 0) + (self.head_act_b if last else 0)
+        return w, g, o, acts, (self.last_act_b if last else 0), self.zero3_buffer_b, self.fixed_b
 
     def recompute_peak_b(self, i) -> int:
         """Bytes a recomputing layer adds to stage i's peak. On the last stage the logits (alive at the loss,
@@ -288,7 +290,7 @@ def coefficients(sc: StageCosts) -> StageCoeffs:
         act_full_b=_q(sc.act_full_b), last_act_b=_q(sc.logits_b),
         head_act_b=_q(sc.inflight[-1] * sc.head_act_b),
         last_full_b=max(0, _q(sc.act_full_b) - _q(sc.logits_b)),
-        fixed_b=_q(sc.buffer_b), zero3_buffer_b=_q(sc.zero3_buffer_b),
+        fixed_b=_q(sc.buffer_b), zero3_buffer_b=_q(sc.zero3_buffer_b + sc.bucket_b),
     )
 
 

@@ -27,6 +27,8 @@ Engine fused RMSNorm), SwiGLU keeps only its input (megatron/core/fusions/fused_
 cross-entropy keeps one fp32 softmax and writes its gradient in place
 (megatron/core/tensor_parallel/cross_entropy.py); LayerNorm is PyTorch's native fused kernel either way.
 kernels="eager" uses plain torch ops (F.rms_norm, F.silu(gate) * up, F.cross_entropy(logits.float())),
+kernels="torchtitan" is torchtitan's Llama on a current CUDA build: the same eager SwiGLU and loss, and
+RMSNorm through aten._fused_rms_norm (input and fp32 rstd kept, as the fused kernel here),
 which keep more (docs/memory-oracle.md lists by how much).
 
 Attention: SDPA on CPU fake tensors runs PyTorch's flash-attention kernel for CPU
@@ -76,10 +78,10 @@ class OracleConfig:
     ffn_type: Literal["gelu", "swiglu"] = "gelu"
     ffn_hidden: int | None = None        # None: costmodels.model.default_ffn_hidden
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    recompute: Literal["none", "full"] = "none"
+    recompute: Literal["none", "selective", "full"] = "none"   # selective: torchtitan's per-op AC
     flash: bool = True                   # SDPA flash kernel (False: math backend, s x s scores)
     hidden_dropout: float = 0.1          # dropout after the attention and MLP projections (0: none)
-    kernels: Literal["fused", "eager"] = "fused"
+    kernels: Literal["fused", "eager", "torchtitan"] = "fused"
     steps: int = 2                       # optimizer steps (the first creates the optimizer states)
     shard: int = 1                       # FSDP2 sharding degree (> 1: fully_shard over a fake process group)
 
@@ -93,10 +95,17 @@ class OracleConfig:
                          vocab=self.vocab, seq_len=self.seq, norm=self.norm, position_embedding="rope",
                          bias=False, tied_embeddings=False, precision="bf16", dropout=self.hidden_dropout > 0)
 
+    @property
+    def framework(self) -> str:
+        """The accounting the planner compares with: torchtitan's for FSDP2 (which torchtitan runs, in eager
+        kernels), Megatron-core's for the single rank with its fused kernels."""
+        return "torchtitan" if self.kernels == "torchtitan" else "megatron"
+
     def strategy(self) -> Strategy:
         return Strategy(micro_batch=self.micro_batch, global_batch=self.micro_batch * self.shard,
                         dp=self.shard, zero_stage=3 if self.shard > 1 else 0, recompute=self.recompute,
-                        flash_attention=self.flash, precision="bf16", optimizer="adam", fp32_grads=True)
+                        flash_attention=self.flash, precision="bf16", optimizer="adam", fp32_grads=True,
+                        framework=self.framework)
 
     def label(self) -> str:
         att = "mha" if self.kv == self.heads else f"gqa{self.heads}/{self.kv}"
@@ -157,9 +166,10 @@ def planner_bytes(cfg: OracleConfig, cluster: str = "1xH100") -> tuple[dict, flo
     if cfg.shard > 1:
         cluster = f"{cfg.shard}x{cluster.split('x', 1)[1]}"
     mem = evaluate(cfg.model_spec(), cfg.strategy(), parse_cluster(cluster)).memory_b
-    out = {k: float(mem[k]) for k in ("weights", "gradients", "optimizer", "activations")}
-    out["gathered"] = float(mem["buffers"]) - FIXED_BUFFER_BYTES     # ZeRO-3: two layers' gathered weights
-    out["peak"] = float(mem["peak"]) - FIXED_BUFFER_BYTES
+    out = {k: float(mem[k]) for k in ("weights", "gradients", "optimizer")}
+    out["activations"] = float(mem["activations"] + mem["loss"])     # the oracle counts the loss as activations
+    out["gathered"] = float(mem["comm_buffers"])     # ZeRO-3 / FSDP2: gathered weights
+    out["peak"] = float(mem["peak"]) - float(mem["runtime"])
     return out, FIXED_BUFFER_BYTES
 
 
@@ -175,6 +185,24 @@ def _build(cfg: OracleConfig):
     bf16 = torch.bfloat16
     wdtype = torch.float32 if cfg.shard > 1 else bf16     # FSDP2 keeps fp32 shards and gathers bf16 copies
     fused = cfg.kernels == "fused"
+    fused_norm = cfg.kernels in ("fused", "torchtitan")
+    split = cfg.kernels == "torchtitan"
+
+    def _op_sac_context():
+        """torchtitan's per-op selective AC (torchtitan/distributed/activation_checkpoint.py): save SDPA's
+        outputs and every other matmul's (the counter starting at each block's forward), recompute the rest."""
+        from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+        save = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+                torch.ops.aten._scaled_dot_product_flash_attention.default}
+        meta = {"forward": 0, "recompute": 0}
+
+        def policy(ctx, func, *args, **kwargs):
+            key = "recompute" if ctx.is_recompute else "forward"
+            if func == torch.ops.aten.mm.default:
+                meta[key] += 1
+                return (CheckpointPolicy.MUST_SAVE if meta[key] % 2 == 1 else CheckpointPolicy.PREFER_RECOMPUTE)
+            return CheckpointPolicy.MUST_SAVE if func in save else CheckpointPolicy.PREFER_RECOMPUTE
+        return create_selective_checkpoint_contexts(policy)
 
     class _RMSNormFn(torch.autograd.Function):
         """Fused RMSNorm: keeps its input and the fp32 rstd (Apex FusedRMSNormAffineFunction / TE)."""
@@ -252,7 +280,7 @@ def _build(cfg: OracleConfig):
         def forward(self, x):
             if cfg.norm == "layernorm":
                 return self.inner(x)
-            if fused:
+            if fused_norm:
                 return _RMSNormFn.apply(x, self.weight, 1e-5)
             return F.rms_norm(x, (x.shape[-1],), self.weight, 1e-5)
 
@@ -264,14 +292,26 @@ def _build(cfg: OracleConfig):
         def __init__(self):
             super().__init__()
             self.norm1, self.norm2 = Norm(h), Norm(h)
-            self.qkv = nn.Linear(h, h + 2 * kv * d, bias=False, dtype=wdtype)
+            if split:      # torchtitan's Llama: wq, wk, wv, wo, w1, w3, w2 (the order its per-op AC counts)
+                self.wq = nn.Linear(h, h, bias=False, dtype=wdtype)
+                self.wk = nn.Linear(h, kv * d, bias=False, dtype=wdtype)
+                self.wv = nn.Linear(h, kv * d, bias=False, dtype=wdtype)
+            else:
+                self.qkv = nn.Linear(h, h + 2 * kv * d, bias=False, dtype=wdtype)
             self.proj = nn.Linear(h, h, bias=False, dtype=wdtype)
-            self.fc1 = nn.Linear(h, 2 * f if swiglu else f, bias=False, dtype=wdtype)
+            if split and swiglu:
+                self.w1 = nn.Linear(h, f, bias=False, dtype=wdtype)
+                self.w3 = nn.Linear(h, f, bias=False, dtype=wdtype)
+            else:
+                self.fc1 = nn.Linear(h, 2 * f if swiglu else f, bias=False, dtype=wdtype)
             self.fc2 = nn.Linear(f, h, bias=False, dtype=wdtype)
 
         def attention(self, y):
             b, s, _ = y.shape
-            q, k, v = self.qkv(y).split([h, kv * d, kv * d], dim=-1)
+            if split:
+                q, k, v = self.wq(y), self.wk(y), self.wv(y)
+            else:
+                q, k, v = self.qkv(y).split([h, kv * d, kv * d], dim=-1)
             q = q.view(b, s, a, d).transpose(1, 2)
             k = k.view(b, s, kv, d).transpose(1, 2)
             v = v.view(b, s, kv, d).transpose(1, 2)
@@ -279,6 +319,8 @@ def _build(cfg: OracleConfig):
             return o.transpose(1, 2).reshape(b, s, h)
 
         def mlp(self, y):
+            if split and swiglu:
+                return self.fc2(F.silu(self.w1(y)) * self.w3(y))
             y = self.fc1(y)
             if swiglu:
                 if fused:
@@ -298,6 +340,8 @@ def _build(cfg: OracleConfig):
         def forward(self, x):
             if cfg.recompute == "full":
                 return checkpoint(self.body, x, use_reentrant=False)
+            if cfg.recompute == "selective":
+                return checkpoint(self.body, x, use_reentrant=False, context_fn=_op_sac_context)
             return self.body(x)
 
     class Decoder(nn.Module):
@@ -486,20 +530,23 @@ def known_differences(cfg: OracleConfig) -> dict[str, float]:
     kept = 0 if full else L          # layers whose activations stay stored (full recompute keeps inputs only)
     # the planner's loss term (costmodels.memory.logits_bytes, 6sbV) and, with full recompute, the working
     # set beyond it (planner/solve/stages.py recompute_peak_b: max(logits, working set))
-    planner_loss = 6.0 * sbV + (max(0.0, layer_full_bytes(cfg) - 6.0 * sbV) if full else 0.0)
+    titan = cfg.framework == "torchtitan"     # its accounting carries the eager terms and the logsumexp
+    loss = 12.0 if titan else 6.0
+    planner_loss = loss * sbV + (max(0.0, layer_full_bytes(cfg) - loss * sbV) if full else 0.0)
     out = {
         # dropout on CPU is input x scaled Bernoulli noise in the input's dtype (aten/src/ATen/native/Dropout.cpp
         # uses the fused native_dropout, 1-byte mask, only on CUDA/XPU): 2-byte masks (two per layer and
         # the embedding's) where the planner counts 1-byte masks (Megatron's fused bias-dropout-add)
         "dropout_masks_2byte": (2 * kept + 1) * sbh if cfg.hidden_dropout > 0 else 0.0,
-        "softmax_lse": kept * 4.0 * a * sb if cfg.flash else 0.0,                 # fp32 logsumexp per head
+        "softmax_lse": kept * 4.0 * a * sb if (cfg.flash and not titan) else 0.0,   # fp32 logsumexp per head
         # the math backend: 4as^2b stored (planner 5as^2b with dropout, whose 1-byte attention-dropout mask
         # is absent with attention dropout 0) and 6sbh of q/k/v/output copies (its backward peak is not
         # modelled here)
         "math_attention": 0.0 if cfg.flash else kept * (
             -(1.0 if spec.dropout else 0.0) * a * cfg.seq ** 2 * cfg.micro_batch + 6.0 * sbh),
         "norm_statistics": (2 * kept + 1) * 4.0 * sb,   # LayerNorm: bf16 mean + rstd; RMSNorm: fp32 rstd
-        "eager_swiglu": kept * 2.0 * sb * f if (cfg.kernels == "eager" and cfg.ffn_type == "swiglu") else 0.0,
+        "eager_swiglu": kept * 2.0 * sb * f if (cfg.kernels == "eager" and cfg.ffn_type == "swiglu" and not titan)
+        else 0.0,
         "eager_rmsnorm": (2 * kept + 1) * 6.0 * sbh if (cfg.kernels == "eager" and cfg.norm == "rmsnorm") else 0.0,
         # when the forward returns only the fp32 softmax (4sbV) is alive: the bf16 logits are freed
         "loss_at_return": 4.0 * sbV - planner_loss,
@@ -557,10 +604,20 @@ def grid() -> list[OracleConfig]:
           norm="rmsnorm", kernels="eager"),
         C(hidden=512, layers=4, heads=8, kv_heads=2, vocab=4096, seq=512, micro_batch=4, ffn_type="swiglu",
           norm="rmsnorm", hidden_dropout=0.0),
-        # FSDP2 over a fake process group (planner: dp = d, ZeRO-3)
-        C(hidden=512, layers=2, heads=8, vocab=4096, seq=1024, micro_batch=2, shard=2),
+        # FSDP2 over a fake process group, eager kernels and no dropout as torchtitan's Llama (planner: dp = d,
+        # ZeRO-3, framework torchtitan)
+        C(hidden=512, layers=2, heads=8, vocab=4096, seq=1024, micro_batch=2, shard=2, kernels="torchtitan",
+          hidden_dropout=0.0),
         C(hidden=512, layers=4, heads=8, kv_heads=2, vocab=4096, seq=512, micro_batch=4, ffn_type="swiglu",
-          norm="rmsnorm", shard=4),
+          norm="rmsnorm", shard=4, kernels="torchtitan", hidden_dropout=0.0),
+        C(hidden=1024, layers=2, heads=16, kv_heads=4, vocab=32000, seq=2048, micro_batch=1, ffn_type="swiglu",
+          norm="rmsnorm", shard=8, kernels="torchtitan", hidden_dropout=0.0),
+        C(hidden=768, layers=3, heads=12, kv_heads=4, vocab=16384, seq=1024, micro_batch=2, ffn_type="swiglu",
+          norm="rmsnorm", shard=2, kernels="torchtitan", hidden_dropout=0.0, recompute="full"),
+        C(hidden=768, layers=3, heads=12, kv_heads=4, vocab=16384, seq=1024, micro_batch=2, ffn_type="swiglu",
+          norm="rmsnorm", shard=2, kernels="torchtitan", hidden_dropout=0.0, recompute="selective"),
+        C(hidden=1024, layers=4, heads=16, kv_heads=4, vocab=32000, seq=2048, micro_batch=1, ffn_type="swiglu",
+          norm="rmsnorm", shard=4, kernels="torchtitan", hidden_dropout=0.0, recompute="selective"),
     ]
 
 
