@@ -101,9 +101,10 @@ def test_round_trip_gives_the_same_strategy_and_step_time(plans):
             assert back == ex.strategy, (fw, model.name, st)
             again = evaluate_strategy(model, cluster, back).plans[0].step_time_s
             assert again == pytest.approx(ex.step_time_s, rel=1e-12)
-            if ex.strategy == canonical(model, st):   # the plan itself was expressible: nothing changed
+            if ex.strategy == canonical(model, st.with_(framework=fw)):   # expressible as it was: nothing changed
                 assert not ex.notes
-                assert again == pytest.approx(step, rel=1e-9)
+                if fw == "megatron":      # the search priced it in Megatron-core's accounting
+                    assert again == pytest.approx(step, rel=1e-9)
                 exact += 1
                 seen.add((model.name, fw, st.pp > 1, st.virtual_stages > 1, st.cp > 1, st.ep > 1, st.zero_stage,
                           st.recompute))
@@ -118,7 +119,7 @@ def test_deepspeed_spread_round_trips():
     for st in sts:
         ex = export("deepspeed", model, st, c)
         assert not ex.notes
-        assert read_deepspeed_config(ex.files["ds_config.json"], model, c) == canonical(model, st)
+        assert read_deepspeed_config(ex.files["ds_config.json"], model, c) == canonical(model, st.with_(framework="deepspeed"))
 
 
 # ---- Megatron arguments ---------------------------------------------------------------------------
@@ -193,7 +194,10 @@ def test_deepspeed_config_values():
                   stage_layers=(8, 8, 8, 8), offload_optimizer=True)
     cfg = deepspeed_config(model, st)
     assert cfg["train_batch_size"] == 256 == 2 * cfg["gradient_accumulation_steps"] * 8
-    assert cfg["zero_optimization"] == {"stage": 1, "offload_optimizer": {"device": "cpu", "pin_memory": True}}
+    # deepspeed/runtime/zero/config.py keys; the bucket sizes the plan's memory counts, written out
+    assert cfg["zero_optimization"] == {"stage": 1, "offload_optimizer": {"device": "cpu", "pin_memory": True},
+                                        "contiguous_gradients": True, "reduce_bucket_size": 500_000_000,
+                                        "allgather_bucket_size": 500_000_000}
     assert cfg["pipeline"] == {"stages": 4, "activation_checkpoint_interval": 1}
     assert cfg["bf16"] == {"enabled": True} and "fp16" not in cfg
 

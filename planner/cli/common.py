@@ -189,6 +189,27 @@ def _export_options(f):
                              "TOML job config (JSON output: plans[0].emit).")(f)
 
 
+FRAMEWORK_HELP = ("The training framework that runs the plan: its memory accounting and its structural rules. "
+                  "megatron: Megatron-core (distributed optimizer, fp32 gradient buffer, fused kernels, selective = "
+                  "attention-core recompute); torchtitan: FSDP2 (fp32 parameter shards, bf16 gathers, eager loss, "
+                  "selective = per-op AC, FSDP with TP, PP and CP); deepspeed: ZeRO 1-3 with its default buckets. "
+                  "[default: the --emit framework, else Megatron-core's accounting over every structure]")
+
+
+def _framework_option(f):
+    """--framework: whose memory accounting and rules (costmodels.strategy.FRAMEWORK_CHOICES)."""
+    return click.option("--framework", type=click.Choice(["megatron", "torchtitan", "deepspeed"]),
+                        help=FRAMEWORK_HELP)(f)
+
+
+def _resolve_framework(framework: str | None, emit: str | None) -> str | None:
+    """The framework a command prices and checks the plan for: --framework, else the --emit target."""
+    if framework and emit and framework != emit:
+        raise UserError(f"--framework {framework} and --emit {emit} name different frameworks; give one (the "
+                        f"plan is priced and checked for the framework it is written for)")
+    return framework or emit
+
+
 def _check_export_options(emit, out_dir) -> None:
     if out_dir and not emit:
         raise UserError(f"--out {out_dir!r} needs --emit megatron, deepspeed or torchtitan")

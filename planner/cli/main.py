@@ -11,7 +11,7 @@ import click
 
 from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROOM_HELP, PlanDoesNotFit, UserError,
                                  _catalog, _check_export_options, _common, _console, _emit, _export_options,
-                                 _int_tuple, _load, _progress, _show_export)
+                                 _framework_option, _int_tuple, _load, _progress, _resolve_framework, _show_export)
 
 
 @click.group(invoke_without_command=True, epilog=EXAMPLES,
@@ -47,11 +47,12 @@ from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROO
 @click.option("--plot", type=click.Path(), help="With budgets or --gpu-types: write the time/cost front as a PNG.")
 @click.option("--report", type=click.Path(), help="Write a report (.md or .html) with memory and time charts beside it.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_framework_option
 @_export_options
 @click.pass_context
 def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
         grads, tp_only, pp_only, zero_only, recompute_only, headroom, top, time_limit, explain, tokens, prices, pue,
-        budget_usd, deadline_days, gpu_types, max_gpus, plot, report, fmt, emit, out_dir):
+        budget_usd, deadline_days, gpu_types, max_gpus, plot, report, fmt, framework, emit, out_dir):
     """Find the fastest parallelism plan for training MODEL on GPUS that fits in GPU memory.
 
     Searches tensor / pipeline / data parallel sizes, micro-batch, interleaving, ZeRO stage, activation
@@ -62,6 +63,7 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     if ctx.invoked_subcommand is not None:
         return
     _check_export_options(emit, out_dir)
+    framework = _resolve_framework(framework, emit)
     from planner.solve.evaluate import parse_headroom
     room = parse_headroom(headroom)
     if gpu_types or budget_usd is not None or deadline_days is not None or max_gpus is not None:
@@ -101,6 +103,9 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
                         tp=_int_tuple(tp_only, "tp"), pp=_int_tuple(pp_only, "pp"), zero_stage=zero,
                         recompute=recompute, flash_attention=not no_flash_attention, fp32_grads=grads == "fp32",
                         headroom=room)
+    if framework:
+        from planner.solve.space import for_framework
+        opts = for_framework(opts, framework)
     if explain:
         top = max(top, 2)
     with _progress(fmt) as progress:
@@ -153,9 +158,10 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
 @click.option("--schedule", type=click.Choice(["1f1b", "gpipe"]), default="1f1b", show_default=True,
               help="Pipeline schedule (1f1b is interleaved when --virtual-stages > 1).")
 @click.option("--headroom", help=HEADROOM_HELP)
+@_framework_option
 def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
              grads, fmt, tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages,
-             stage_layers, cp, ep, offload_optimizer, offload_params, schedule, headroom, emit, out_dir):
+             stage_layers, cp, ep, offload_optimizer, offload_params, schedule, headroom, framework, emit, out_dir):
     """Predict step time, throughput, MFU and memory of one given strategy, with the memory verdict in words
     ("fits, X GB to spare ..." or "does not fit: needs X GB of Y GB on stage k ...").
 
@@ -166,6 +172,7 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
     from planner.solve.optimize import default_global_batch, evaluate_strategy
 
     _check_export_options(emit, out_dir)
+    framework = _resolve_framework(framework, emit)
     room = parse_headroom(headroom)
     model, note, pools = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision)
     if len(pools) > 1:
@@ -185,7 +192,12 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
                   stage_layers=_int_tuple(stage_layers, "stage-layers"),
                   recompute_layers=_int_tuple(recompute_layers, "recompute-layers"),
                   cp=cp, ep=ep, offload_optimizer=offload_optimizer or offload_params, offload_params=offload_params,
-                  pipeline_schedule=schedule)
+                  pipeline_schedule=schedule, framework=framework or "megatron")
+    if framework:
+        from planner.solve.rules import framework_problem
+        problem = framework_problem(framework, model, st)
+        if problem:
+            raise UserError(problem)
     result = evaluate_strategy(model, cluster, st, room)
     result.model.note = note
     ex = None
@@ -390,7 +402,9 @@ def _num(x: float | None) -> str:
 @click.option("--time-limit", type=float, default=30.0, show_default=True, help="Seconds for the search for a better plan.")
 @click.option("--headroom", help=HEADROOM_HELP)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_files, time_limit, headroom, fmt):
+@_framework_option
+def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_files, time_limit, headroom, fmt,
+                  framework):
     """Read a Megatron-LM or DeepSpeed config back into a plan, predict it (with its memory verdict in words),
     and show what would be better.
 
@@ -417,6 +431,8 @@ def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_file
         model, st = read_megatron_args(text, model, cluster)
     else:
         st = read_deepspeed_config(text, model, cluster)
+    if framework:    # priced in another framework's accounting than the file's own
+        st = st.with_(framework=framework)
     res = import_plan(model, cluster, st, time_limit, room)
     res.imported.model.note = res.best.model.note = note
     if fmt == "json":

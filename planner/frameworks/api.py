@@ -74,6 +74,7 @@ def export(framework: str, model: ModelSpec, st: Strategy, cluster: Cluster) -> 
             raise ExportError("export needs one GPU type; a cluster of several GPU pools cannot be written as one "
                               "framework config")
         cluster = cluster[0]
+    st = st.with_(framework=framework)        # priced in the accounting of the framework that will run it
     reason = unsupported(framework, model, st)
     if reason:
         raise ExportError(reason)
@@ -136,7 +137,8 @@ def import_plan(model: ModelSpec, cluster: Cluster, st: Strategy, time_limit_s: 
     headroom = headroom or Headroom()
     imported = evaluate_strategy(model, cluster, st, headroom)
     opts = SpaceOptions(global_batch=st.global_batch, precision=st.precision, optimizer=st.optimizer,
-                        flash_attention=st.flash_attention, fp32_grads=st.fp32_grads, headroom=headroom)
+                        flash_attention=st.flash_attention, fp32_grads=st.fp32_grads, headroom=headroom,
+                        framework=st.framework)     # better plans in the same framework, priced the same way
     best = search(model, cluster, top=1, time_limit_s=time_limit_s, space=opts)
     return ImportResult(imported, best, imported.plans[0].step_time_s / best.plans[0].step_time_s)
 

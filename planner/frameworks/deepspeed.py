@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from costmodels.model import ModelSpec
+from costmodels.memory import DS_ALLGATHER_BUCKET, DS_PREFETCH_BUCKET, DS_REDUCE_BUCKET
 from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.frameworks.base import ConfigImportError, canonical, chunks, header
@@ -51,6 +52,12 @@ def deepspeed_config(model: ModelSpec, st: Strategy) -> dict:
         "gradient_accumulation_steps": accum,
     }
     zero: dict = {"stage": st.zero_stage}
+    if st.zero_stage >= 1:
+        # the bucket sizes the plan's memory counts (costmodels/memory.py framework_buffer_bytes), written out
+        zero.update({"contiguous_gradients": True, "reduce_bucket_size": DS_REDUCE_BUCKET,
+                     "allgather_bucket_size": DS_ALLGATHER_BUCKET})
+    if st.zero_stage == 3:
+        zero["stage3_prefetch_bucket_size"] = DS_PREFETCH_BUCKET
     if st.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if st.offload_params:
@@ -126,7 +133,7 @@ def read_deepspeed_config(config: dict | str, model: ModelSpec, cluster: Cluster
     interval = (config.get("pipeline") or {}).get("activation_checkpoint_interval", 0)
     full = ("activation_checkpointing" in config) if pp == 1 else interval > 0
     Ls = deepspeed_split(model.layers, pp) if pp <= model.layers else None
-    st = Strategy(pp=pp, dp=dp, micro_batch=micro, global_batch=total, zero_stage=stage,
+    st = Strategy(pp=pp, dp=dp, micro_batch=micro, global_batch=total, zero_stage=stage, framework="deepspeed",
                   recompute="full" if full else "none", precision=precision,
                   optimizer="sgd" if opt == "sgd" else "adam", offload_optimizer=off_opt or off_par,
                   offload_params=off_par, stage_layers=tuple(Ls) if Ls else None,

@@ -55,7 +55,9 @@ def torchtitan_config(model: ModelSpec, st: Strategy) -> dict:
     if st.offload_params:
         training["enable_cpu_offload"] = True
     out = {"model": {"name": name, "flavor": flavor}, "training": training, "parallelism": par,
-           "activation_checkpoint": {"mode": "full" if st.recompute == "full" else "none"},
+           # recompute "selective" in torchtitan's accounting is its per-op selective AC
+           "activation_checkpoint": ({"mode": "selective", "selective_ac_option": "op"} if st.recompute == "selective"
+                                     else {"mode": "full" if st.recompute == "full" else "none"}),
            "optimizer": {"name": "AdamW"}}
     if st.precision == "fp8":
         out["model"]["converters"] = ["quantize.linear.float8"]

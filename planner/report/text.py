@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from planner.solve.result import PlanOut, SearchResult, describe_strategy, recompute_label, zero_label
+from planner.solve.result import FRAMEWORK_ACCOUNTING, PlanOut, SearchResult, describe_strategy, recompute_label, zero_label
 from planner.solve.stages import BYTE_PARTS
 
 TIME_LABELS = {
@@ -42,7 +42,8 @@ def render_search(res: SearchResult, console: Console, title: str = "Best plan")
     console.print(f"[bold]Assumptions[/] sequence {a['seq_len']} tokens, global batch {a['global_batch_sequences']} "
                   f"sequences ({a['tokens_per_step'] / 1e6:.2f} M tokens/step), {a['precision']}, {a['optimizer']}, "
                   f"flash attention {'on' if a['flash_attention'] else 'off'}, {a['reserved_buffers_gb']:.0f} GB "
-                  f"reserved per GPU, {_headroom(a)}; {a['dp_overlap']}.")
+                  f"reserved per GPU, {_headroom(a)}; {a['dp_overlap']}; memory in "
+                  f"{a.get('framework', FRAMEWORK_ACCOUNTING['megatron'])}.")
     if not res.plans:
         return
     best = res.plans[0]

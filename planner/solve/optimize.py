@@ -282,5 +282,5 @@ def evaluate_strategy(model: ModelSpec, cluster: Cluster, strategy: Strategy,
     return SearchResult(model=model_out(model), cluster=cluster_out(cluster),
                         assumptions=assumptions(model, strategy.global_batch, strategy.precision,
                                                 strategy.optimizer, strategy.flash_attention,
-                                                strategy.fp32_grads, headroom),
+                                                strategy.fp32_grads, headroom, strategy.framework),
                         plans=[plan_out(1, ev, {"status": "EVALUATED", "gap": None})])

@@ -99,12 +99,23 @@ def cluster_out(cluster: Cluster | tuple[Cluster, ...]) -> ClusterOut:
                               "memory_gb_per_gpu": c.gpu.memory_bytes / GB} for c in pools])
 
 
+FRAMEWORK_ACCOUNTING = {
+    "megatron": "Megatron-core accounting (distributed optimizer, fp32 gradient buffer, fused kernels; "
+                "selective = attention-core recompute)",
+    "torchtitan": "torchtitan FSDP2 accounting (fp32 parameter shards are the master weights, bf16 gathers per "
+                  "block, no gradients alive at the loss, eager loss in fp32; selective = per-op AC)",
+    "deepspeed": "DeepSpeed accounting (BF16_Optimizer for ZeRO-0/1; ZeRO-2/3 keep 16-bit gradients and an fp32 "
+                 "gradient partition, default reduce/prefetch buckets)",
+}
+
+
 def assumptions(model: ModelSpec, global_batch: int, precision: str, optimizer: str, flash: bool,
-                fp32_grads: bool = True, headroom: Headroom | None = None) -> dict:
+                fp32_grads: bool = True, headroom: Headroom | None = None, framework: str = "megatron") -> dict:
     from costmodels.memory import state_bytes_per_param
 
-    sb = state_bytes_per_param(precision, optimizer, fp32_grads)
+    sb = state_bytes_per_param(precision, optimizer, fp32_grads, framework)
     return {
+        "framework": FRAMEWORK_ACCOUNTING[framework],
         "seq_len": model.seq_len,
         "global_batch_sequences": global_batch,
         "tokens_per_step": global_batch * model.seq_len,
@@ -151,7 +162,8 @@ def build_result(model, cluster, opts, evaluations, layouts, seconds, stats, mod
         removed_by_rule=dict(sorted(space.removed.items())))
     return SearchResult(model=model_out(model, model_note), cluster=cluster_out(cluster),
                         assumptions=assumptions(model, opts.global_batch, opts.precision, opts.optimizer,
-                                                opts.flash_attention, opts.fp32_grads, opts.headroom),
+                                                opts.flash_attention, opts.fp32_grads, opts.headroom,
+                                                opts.framework or "megatron"),
                         plans=plans, search=search)
 
 

@@ -197,7 +197,7 @@ ZERO_PP = Rule(  # deepspeed/runtime/pipe/engine.py: ZeRO-2/3 are incompatible w
     "zero_pp", "zero_stage", "ZeRO-2/3 cannot be combined with pipeline parallelism",
     "ZeRO-{zero_stage} cannot be combined with pipeline parallelism (pp={pp}; DeepSpeed's pipeline engine "
     "refuses ZeRO-2/3); nearest: ZeRO-1 or pp=1",
-    lambda c, s: s.zero_stage < 2 or s.pp == 1, frameworks=("deepspeed",))
+    lambda c, s: s.zero_stage < 2 or s.pp == 1, frameworks=("deepspeed", "megatron"))   # torchtitan runs FSDP with PP
 ZERO_DP = Rule(  # Rajbhandari et al. 2020 (ZeRO), 5: states are partitioned over the data-parallel ranks
     "zero_dp", "zero_stage", "ZeRO needs a data-parallel group (dp x cp > 1)",
     "ZeRO-{zero_stage} shards over the data-parallel ranks, but dp x cp = 1; use ZeRO-0 or dp x cp > 1",
@@ -258,13 +258,20 @@ def check_strategy(model: ModelSpec, st, num_gpus: int, gpus_per_node: int, tp_a
     """Raise StrategyError naming the first training rule a user-given strategy breaks (the rules the
     search applies, in the order it applies them; search bounds excepted)."""
     ctx = Context(model, num_gpus, gpus_per_node, tp_across_nodes)
-    rule = first_broken(CHECKED, ctx, st)
+    rule = first_broken(_checked(st), ctx, st)
     if rule is not None:
         raise StrategyError(rule.error(ctx, st))
 
 
+def _checked(st) -> tuple[Rule, ...]:
+    """The training rules of the framework that runs `st` (Strategy.framework; the default search's rules
+    without one): torchtitan, for one, runs FSDP with pipeline parallelism."""
+    fw = getattr(st, "framework", "megatron")
+    return CHECKED if fw == "megatron" else tuple(r for r in CHECKED if fw in r.frameworks)
+
+
 def strategy_ok(model: ModelSpec, st, num_gpus: int, gpus_per_node: int, tp_across_nodes: bool = False) -> bool:
-    return first_broken(CHECKED, Context(model, num_gpus, gpus_per_node, tp_across_nodes), st) is None
+    return first_broken(_checked(st), Context(model, num_gpus, gpus_per_node, tp_across_nodes), st) is None
 
 
 # ---- what each training framework can express -------------------------------------------------------
@@ -298,11 +305,11 @@ MG_ALIBI = Rule(  # megatron/core/models/gpt/gpt_model.py: position_embedding_ty
     "megatron_alibi", "setting", "Megatron-LM has no ALiBi",
     "Megatron-LM's GPT model has no ALiBi position embedding (rope or learned_absolute only)",
     lambda c, s: c.model.position_embedding != "alibi", frameworks=("megatron",))
-NO_SELECTIVE = Rule(  # deepspeed/runtime/activation_checkpointing, torchtitan job_config.py ac mode: whole layers only
+NO_SELECTIVE = Rule(  # deepspeed/runtime/activation_checkpointing: whole layers only (torchtitan's selective is per-op AC)
     "no_selective_recompute", "recompute", "the framework has no selective recompute setting",
     "{framework_name} has no selective (attention-core) recompute setting; nearest expressible plans: "
     "--recompute none (with flash attention it stores the same activations) or --recompute full",
-    lambda c, s: s.recompute != "selective", frameworks=("deepspeed", "torchtitan"))
+    lambda c, s: s.recompute != "selective", frameworks=("deepspeed",))
 DS_TP = Rule(  # deepspeed/runtime/config.py: no tensor-parallel setting (Megatron-DeepSpeed adds it)
     "deepspeed_tp", "tp", "DeepSpeed JSON has no tensor parallelism",
     "tp={tp}: tensor parallelism needs Megatron-DeepSpeed, not a DeepSpeed JSON config; nearest expressible "
@@ -387,7 +394,8 @@ def rules_at(framework: str | None = None) -> dict[str, tuple[Rule, ...]]:
         if framework not in TRAINING:
             raise ValueError(f"framework {framework!r} is not known; choose {', '.join(TRAINING)}")
         extra = [r for r in framework_rules(framework) if r not in TRAINING_RULES]
-        _AT_STEP_FOR[framework] = {s: AT_STEP[s] + tuple(r for r in extra if r.step == s) for s in STEPS}
+        _AT_STEP_FOR[framework] = {s: tuple(r for r in AT_STEP[s] if framework in r.frameworks)
+                                   + tuple(r for r in extra if r.step == s) for s in STEPS}
     return _AT_STEP_FOR[framework]
 
 

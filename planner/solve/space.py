@@ -43,7 +43,9 @@ class SpaceOptions:
     flash_attention: bool = True
     fp32_grads: bool = True
     tp_across_nodes: bool = False
-    framework: str | None = None   # also apply what this framework cannot express (planner.solve.rules)
+    # the framework that runs the plans: its memory accounting (Strategy.framework) and what it cannot express
+    # (planner.solve.rules); None: Megatron-core's accounting over every structure the cost model prices
+    framework: str | None = None
     headroom: Headroom = field(default_factory=Headroom)
 
 
@@ -242,7 +244,8 @@ class _Builder:
                         zero_stage=zero, recompute=rec, sequence_parallel=tp > 1,
                         precision=opt.precision, optimizer=opt.optimizer, virtual_stages=v,
                         flash_attention=opt.flash_attention, fp32_grads=opt.fp32_grads,
-                        offload_optimizer=off != "none", offload_params=off == "optimizer+params"))
+                        offload_optimizer=off != "none", offload_params=off == "optimizer+params",
+                        framework=opt.framework or "megatron"))
         p.virtual_stages = 1
         if kept:
             for summary, n in per_mb_v.items():
