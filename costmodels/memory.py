@@ -81,6 +81,15 @@ def compute_copy_bytes(precision: str) -> float:
     return 4.0 if precision == "fp32" else 2.0
 
 
+def fp8_cache_bytes(st: Strategy) -> float:
+    """Bytes per transformer-layer GEMM parameter of FP8 weight caches: Transformer Engine keeps an FP8 copy
+    of each Linear's weight and its FP8 transpose for the backward across micro-batches
+    (transformer_engine/pytorch/module/linear.py, the cached weight workspaces), 1 + 1 bytes, on top of the
+    16-bit weights (Megatron-core with --fp8-format). torchtitan's float8 (torchao) casts per GEMM and keeps
+    no copy; DeepSpeed has no FP8."""
+    return 2.0 if (st.precision == "fp8" and st.framework == "megatron") else 0.0
+
+
 # DeepSpeed ZeRO defaults, in elements (deepspeed/runtime/zero/config.py: reduce_bucket_size 5e8,
 # stage3_prefetch_bucket_size 5e7; contiguous_gradients on, overlap_comm off for stages 1-2, on for 3);
 # the DeepSpeed export writes these values, so the plan and the config agree.
@@ -204,3 +213,22 @@ def embedding_activation_bytes(model: ModelSpec, st: Strategy) -> float:
     if not model.dropout:
         return 0.0
     return model.seq_len / st.cp * st.micro_batch * model.hidden / (st.tp if st.sequence_parallel else 1)
+
+
+# outside PyTorch's allocator: the CUDA context, its kernel images and the communication libraries' own
+# buffers, which nvidia-smi shows and torch.cuda.max_memory_reserved does not (assumption: ~0.5 GB on
+# current NVIDIA and AMD GPUs, not measured here)
+CUDA_CONTEXT_BYTES = 0.5e9
+
+
+def memory_in(peak_b: float, runtime_b: float, statistic: str) -> float:
+    """The planner's peak of one GPU (tensors + `runtime_b`, its fixed buffers for cuBLAS workspaces, NCCL
+    and the caching allocator's slack) in the statistic a measurement names:
+    allocated (torch.cuda.max_memory_allocated: the tensors alone) = peak - runtime; reserved
+    (max_memory_reserved: what the caching allocator holds, what torchtitan and Megatron log) = peak;
+    device (nvidia-smi) = peak + the CUDA context."""
+    if statistic == "allocated":
+        return peak_b - runtime_b
+    if statistic == "device":
+        return peak_b + CUDA_CONTEXT_BYTES
+    return peak_b

@@ -23,7 +23,7 @@ from costmodels.calibration import Calibration, calibration_for
 from costmodels.comm import Link, collective_time, group_link, p2p_time
 from costmodels.compute import gemm_time, memory_bound_time, mlp_gemm_widths
 from costmodels.flops import logits_forward_flops, model_flops_per_step
-from costmodels.memory import (compute_copy_bytes, embedding_activation_bytes, framework_buffer_bytes,
+from costmodels.memory import (compute_copy_bytes, embedding_activation_bytes, fp8_cache_bytes, framework_buffer_bytes,
                                head_input_bytes, layer_activation_bytes, logits_bytes, model_state_bytes,
                                state_bytes_per_param)
 from costmodels.model import ModelSpec
@@ -299,13 +299,17 @@ def _states(groups: list[tuple[float, Link]], sb, st: Strategy, root: bool = Fal
     root module gathered through forward and backward: torchtitan/distributed parallelize apply_fsdp).
     torchtitan's sharded gradients are not alive at the peak: the step starts with zero_grad(set_to_none)
     and FSDP2 reduce-scatters each block's gradient only as its backward frees that block's activations,
-    so at the loss, where stored activations and logits peak, there are none (the oracle's tracked peak)."""
+    so at the loss, where stored activations and logits peak, there are none (the oracle's tracked peak).
+    FP8 under Megatron-core adds Transformer Engine's cached FP8 weights and transposes to the layers'
+    weights (costmodels.memory.fp8_cache_bytes)."""
     w = g = o = 0.0
     titan = st.framework == "torchtitan"
     held = titan and (st.zero_stage == 2 or (st.zero_stage == 3 and root))
+    fp8 = 0.0 if root else fp8_cache_bytes(st)    # the layers' GEMM weights (embedding and output stay 16-bit)
     for n, link in groups:
         wi, gi, oi = model_state_bytes(n, sb, st.zero_stage, link.size)
-        w, g, o = w + wi + (n * compute_copy_bytes(st.precision) if held else 0.0), g + (0.0 if titan else gi), o + oi
+        wi += n * (compute_copy_bytes(st.precision) if held else 0.0) + n * fp8
+        w, g, o = w + wi, g + (0.0 if titan else gi), o + oi
     host = 0.0
     if st.offload_optimizer:
         host, o = host + o, 0.0

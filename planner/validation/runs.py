@@ -46,6 +46,13 @@ class RunResult(BaseModel):
     filled: dict = {}                # unknown fields chosen by the planner
     peak_memory_gb: float | None = None
     split: str | None = None         # "fit": a bundled row constants were fitted on; else "held-out"
+    # a run that reports peak memory besides its speed: the measured figure, the prediction in the statistic
+    # the source names (allocated, reserved or device; memory_statistic) and the error
+    memory_measured: float | None = None
+    memory_predicted: float | None = None
+    memory_pct_error: float | None = None
+    memory_statistic: str | None = None
+    framework: str | None = None     # the memory accounting the run was priced in (Strategy.framework)
 
 
 class Summary(BaseModel):
@@ -67,6 +74,7 @@ class ValidationResult(BaseModel):
     summary: Summary
     in_sample: Summary | None = None        # the rows constants were fitted on (planner.validation.fit)
     out_of_sample: Summary | None = None    # all other rows
+    memory: Summary | None = None           # every row that reports peak memory, predicted in its statistic
     runs: list[RunResult]
 
     def as_json(self) -> dict:
@@ -111,9 +119,11 @@ def validate_file(path: str | Path, completions: dict[str, Completion] | None = 
         r.split = FIT if (schema, r.id) in fitted else HELD_OUT
     inside = [r for r in results if r.split == FIT]
     outside = [r for r in results if r.split != FIT]
+    mem = [r for r in results if r.memory_measured is not None]
     return ValidationResult(schema_=schema, file=str(path), summary=summarise(results),
                             in_sample=summarise(inside) if inside else None,
-                            out_of_sample=summarise(outside) if outside else None, runs=results)
+                            out_of_sample=summarise(outside) if outside else None,
+                            memory=summarise(mem, "memory_pct_error") if mem else None, runs=results)
 
 
 def validate_run(schema: str, run, i: int = 0, completions: dict[str, Completion] | None = None) -> RunResult:
@@ -134,8 +144,8 @@ def validate_run(schema: str, run, i: int = 0, completions: dict[str, Completion
         return RunResult(id=rid, metric=None, measured=None, predicted=None, pct_error=None, skipped=msg)
 
 
-def summarise(results: list[RunResult]) -> Summary:
-    errs = [abs(r.pct_error) for r in results if r.pct_error is not None]
+def summarise(results: list[RunResult], key: str = "pct_error") -> Summary:
+    errs = [abs(getattr(r, key)) for r in results if getattr(r, key) is not None]
     n = len(errs)
     return Summary(
         count=len(results), predicted=n, skipped=len(results) - n,
@@ -192,12 +202,57 @@ def run_cluster(h: dict) -> Cluster:
 
 
 def uses_flash_attention(run: dict) -> bool:
-    """FlashAttention when the run says so; fp16 Megatron-era runs (before FlashAttention, 2022) without
-    it; bf16 / fp8 runs with it (the default of every current framework)."""
+    """FlashAttention when the run says so; not when it says eager (unfused) attention; fp16 Megatron-era
+    runs (before FlashAttention, 2022) without it; bf16 / fp8 runs with it (the default of every current
+    framework)."""
     text = (run.get("notes") or "").lower() + " " + (run.get("strategy", {}).get("framework") or "").lower()
+    if "eager attention" in text or "no flash" in text or "without flash" in text:
+        return False
     if "flash" in text:
         return True
     return (run.get("strategy", {}).get("precision") or "bf16") != "fp16"
+
+
+def run_framework(run: dict) -> str:
+    """The memory accounting of the framework a run names (strategy.framework, else its notes):
+    torchtitan's for torchtitan and PyTorch FSDP (fp32 sharded parameters as master weights, eager kernels),
+    DeepSpeed's for DeepSpeed and ZeRO implementations built like it (ColossalAI), else Megatron-core's."""
+    name = (run.get("strategy", {}).get("framework") or "").lower()
+    text = name or (run.get("notes") or "").lower()
+    if "torchtitan" in text or "fsdp" in text:
+        return "torchtitan"
+    if "megatron" in text:
+        return "megatron"
+    if "deepspeed" in text or "colossal" in text or "zero" in text:
+        return "deepspeed"
+    return "megatron"
+
+
+# the statistic a source reports its peak in (measured.peak_memory_statistic, else its notes): torch's
+# max_memory_allocated, max_memory_reserved (torchtitan's and Megatron's logs), or the device's use
+# (nvidia-smi: reserved + the CUDA context)
+STATISTICS = ("allocated", "reserved", "device")
+
+
+def memory_statistic(run: dict) -> str:
+    """allocated, reserved or device; a source that does not say is read as reserved (what the training
+    frameworks log and what has to fit)."""
+    m = run.get("measured") or {}
+    named = str(m.get("peak_memory_statistic") or "").lower()
+    if named in STATISTICS:
+        return named
+    text = (run.get("notes") or "").lower()
+    if "max_memory_allocated" in text or "allocated" in text:
+        return "allocated"
+    if "nvidia-smi" in text or "device memory" in text:
+        return "device"
+    return "reserved"
+
+
+def predicted_memory_gb(ev: Evaluation, statistic: str) -> float:
+    """The most loaded GPU's peak in the statistic a source reports (costmodels.memory.memory_in)."""
+    from costmodels.memory import memory_in
+    return memory_in(max(ev.stage_memory_b), ev.memory_b["runtime"], statistic) / 1e9
 
 
 def implies_sequence_parallel(run: dict) -> bool:
@@ -207,7 +262,7 @@ def implies_sequence_parallel(run: dict) -> bool:
 
 
 def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: bool,
-                         sp_default: bool = False) -> list[Strategy]:
+                         sp_default: bool = False, framework: str = "megatron") -> list[Strategy]:
     """The run's strategy, with every null field expanded to the values the rules allow; a null
     sequence_parallel is `sp_default` (Megatron's default is off: it is opt-in)."""
     r = {"strategy": s}
@@ -238,7 +293,8 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
                     for spv in sps:
                         out.append(Strategy(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, micro_batch=mb, global_batch=gb,
                                             zero_stage=z, recompute=rec, sequence_parallel=spv,
-                                            precision=precision, virtual_stages=v, flash_attention=flash))
+                                            precision=precision, virtual_stages=v, flash_attention=flash,
+                                            framework=framework))
     return out
 
 
@@ -275,10 +331,11 @@ def predict_run(run: dict, completions: dict[str, Completion] | None = None) -> 
     model = run_model(group(run, "model"))
     cluster = run_cluster(group(run, "hardware"))
     group(run, "strategy")
-    gb, derived = run_global_batch(run, model, cluster)
+    gb, derived = run_global_batch(run, model, cluster, memory_only=metric == "peak_memory_gb")
     strategy = {**run["strategy"], "global_batch": gb}
     flash = uses_flash_attention(run)
-    cands = candidate_strategies(model, strategy, cluster, flash, implies_sequence_parallel(run))
+    framework = run_framework(run)
+    cands = candidate_strategies(model, strategy, cluster, flash, implies_sequence_parallel(run), framework)
     best: Evaluation | None = None
     broken: StrategyError | None = None
     for st in cands:
@@ -310,18 +367,28 @@ def predict_run(run: dict, completions: dict[str, Completion] | None = None) -> 
               if run["strategy"].get(k) is None}
     if derived:
         filled = {"global_batch": gb, **filled}
+    statistic = memory_statistic(run)
+    mem_meas = measured.get("peak_memory_gb")
+    mem_pred = predicted_memory_gb(best, statistic) if mem_meas else None
     return RunResult(id=rid, metric=metric, measured=meas, predicted=predicted,
                      pct_error=(predicted - meas) / meas, filled=filled,
-                     peak_memory_gb=max(best.stage_memory_b) / 1e9)
+                     peak_memory_gb=max(best.stage_memory_b) / 1e9, framework=framework,
+                     memory_measured=mem_meas, memory_predicted=mem_pred, memory_statistic=statistic if mem_meas else None,
+                     memory_pct_error=(mem_pred - mem_meas) / mem_meas if mem_meas else None)
 
 
-def run_global_batch(run: dict, model: ModelSpec, cluster: Cluster) -> tuple[int, bool]:
+def run_global_batch(run: dict, model: ModelSpec, cluster: Cluster, memory_only: bool = False) -> tuple[int, bool]:
     """(global batch in sequences, whether it was derived). A null global_batch is derived when the run
     measures both tokens_per_s_per_gpu and step_time_s: tokens per step / seq_len, accepted when it is
-    within 1% of a multiple of dp; otherwise the run is skipped, naming the field."""
+    within 1% of a multiple of dp; a run that measures only peak memory with a known micro-batch gets
+    dp x micro-batch x pp x virtual stages (enough micro-batches to fill its pipeline: the peak does not
+    depend on more); otherwise the run is skipped, naming the field."""
     s = run["strategy"]
     if s.get("global_batch") is not None:
         return field(run, "strategy", "global_batch"), False
+    if memory_only and s.get("micro_batch"):
+        return (field(run, "strategy", "dp") * field(run, "strategy", "micro_batch") * field(run, "strategy", "pp")
+                * field(run, "strategy", "virtual_stages", required=False, default=1)), True
     m = run.get("measured") or {}
     tok, step = m.get("tokens_per_s_per_gpu"), m.get("step_time_s")
     dp = field(run, "strategy", "dp")
@@ -360,8 +427,8 @@ def _best_block_recompute(model: ModelSpec, st: Strategy, cluster: Cluster) -> E
 def _metric(metric: str, ev: Evaluation, model: ModelSpec, run: dict, cluster: Cluster) -> float:
     st = ev.strategy
     n = cluster.num_gpus
-    if metric == "peak_memory_gb":     # the most loaded GPU, GB = 1e9 bytes (weights, grads, states, activations)
-        return max(ev.stage_memory_b) / 1e9
+    if metric == "peak_memory_gb":     # the most loaded GPU, GB = 1e9 bytes, in the source's statistic
+        return predicted_memory_gb(ev, memory_statistic(run))
     if metric == "step_time_s":
         return ev.step_time_s
     if metric == "tokens_per_s_per_gpu":
