@@ -354,13 +354,18 @@ def test_validate_every_bundled_set_separately_and_gate_the_held_out_rows(backgr
     code, out, err = background["validate_all"].result(timeout=600)
     assert code == 0, err
     sets = {Path(d["file"]).name: d for d in json.loads(out)["sets"]}
-    assert set(sets) == set(HELD_OUT_GATES)
+    assert set(sets) == set(HELD_OUT_GATES) | {"runs-memory.json"}
     assert [sets[n]["summary"]["count"] for n in ("runs-public.json", "runs-modern.json", "serving-public.json")] == \
         [30, 45, 24]
     assert sets["serving-public.json"]["schema"] == "serving/v1"
+    # the collected measured peaks fit nothing: all held out, each predicted in its memory statistic
+    mem = sets["runs-memory.json"]
+    assert mem["in_sample"] is None and mem["memory"]["predicted"] == mem["memory"]["count"] >= 5
     for name, d in sets.items():
         for r in d["runs"]:
             assert (r["predicted"] is None) == bool(r["skipped"]), r
+        if name not in HELD_OUT_GATES:
+            continue
         median, within = HELD_OUT_GATES[name]
         held = d["out_of_sample"]
         assert held["median_abs_pct_error"] <= median, (name, held)

@@ -113,3 +113,29 @@ def test_cli_framework(tmp_path):
     doc = json.loads(res.output)
     mem = doc["plans"][0]["memory_gb"]
     assert mem["gradients"] == 0.0 and mem["loss"] > 0 and "torchtitan" in doc["assumptions"]["framework"]
+
+
+def _rows():
+    """A few structurally different bundled rows: dense TP+PP, MoE, FP8, a memory-only-style row, FSDP."""
+    out = []
+    for name, ids in (("runs-public", None), ("runs-modern", None), ("runs-memory", None)):
+        doc = json.loads(open(BUNDLED[name]).read())
+        runs = doc["runs"]
+        picks = [runs[0], runs[len(runs) // 2], runs[-1]]
+        picks += [r for r in runs if (r["model"].get("moe") or (r["strategy"].get("pp") or 1) > 1)][:1]
+        out += picks
+    return out
+
+
+@pytest.mark.parametrize("group_name", ["model", "hardware", "strategy", "measured"])
+def test_validation_never_crashes_on_a_null_field(group_name):
+    """Every field of a runs/v1 row set to null (and the whole group): the row is predicted or skipped
+    with a named reason, never an exception (runs/v1: unknown values are null)."""
+    from planner.validation.runs import validate_run
+    for run in _rows():
+        variants = [{**run, group_name: None}]
+        for key in run[group_name]:
+            variants.append({**run, group_name: {**run[group_name], key: None}})
+        for v in variants:
+            r = validate_run("runs/v1", v)
+            assert (r.predicted is not None) != (r.skipped is not None), (v["id"], r)

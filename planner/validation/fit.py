@@ -203,7 +203,8 @@ def report(log=print) -> None:
     """Errors of every bundled set under the constants in force, in sample and out of sample."""
     for name, path in BUNDLED.items():
         res = validate_file(path)
-        for part, s in (("in sample", res.in_sample), ("out of sample", res.out_of_sample)):
+        for part, s in (("in sample", res.in_sample), ("out of sample", res.out_of_sample),
+                        ("peak memory", res.memory)):     # memory: every row that reports it (nothing fitted)
             if s is None:
                 continue
             log(f"{name:15s} {part:14s} {s.predicted:3d} of {s.count:3d} predicted: median |error| "

@@ -223,7 +223,7 @@ def run_framework(run: dict) -> str:
         return "torchtitan"
     if "megatron" in text:
         return "megatron"
-    if "deepspeed" in text or "colossal" in text or "zero" in text:
+    if "deepspeed" in text or "colossal" in text:
         return "deepspeed"
     return "megatron"
 
