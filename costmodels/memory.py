@@ -38,7 +38,9 @@ def state_bytes_per_param(precision: str, optimizer: str, fp32_grads: bool = Tru
     4 + 4 + 8 (SGD: 4), whatever the precision (fp8 training casts the same fp32 shards).
     DeepSpeed: bf16/fp16 ZeRO keeps 16-bit weights and 16-bit gradients and an fp32 gradient partition next
     to the fp32 master, m and v (deepspeed/runtime/zero/stage_1_and_2.py single_partition_of_fp32_groups;
-    its estimate_zero2_model_states_mem_needs: 4 B/param + 16 B/param / dp): 2 + 2 + 16. ZeRO-0/1 with fp32
+    its estimate_zero2_model_states_mem_needs: 4 B/param + 16 B/param / dp): 2 + 2 + 16; ZeRO-3 builds the
+    fp32 gradient one sub-group at a time during the step, when activations are gone (stage3.py
+    _prepare_fp32_grad_for_sub_group): 2 + 2 + 12 at the peak. ZeRO-0/1 with fp32
     gradient accumulation is DeepSpeed's BF16_Optimizer (deepspeed/runtime/bf16_optimizer.py: fp32
     accumulated gradients, sharded fp32 master and states), the Megatron accounting below.
     Megatron-core (the default):
@@ -55,6 +57,8 @@ def state_bytes_per_param(precision: str, optimizer: str, fp32_grads: bool = Tru
     opt = 12.0 if optimizer == "adam" else 8.0       # fp32 master weights + Adam m, v (SGD: momentum)
     if framework == "torchtitan":
         return StateBytes(4.0, 4.0, opt - 4.0, 4.0 if (fp32_grads or precision == "fp32") else 2.0)
+    if framework == "deepspeed" and precision != "fp32" and zero_stage >= 3:
+        return StateBytes(2.0, 2.0, opt, 2.0)
     if framework == "deepspeed" and precision != "fp32" and (zero_stage >= 2 or not fp32_grads):
         return StateBytes(2.0, 2.0, opt + 4.0, 2.0)
     if precision == "fp32":

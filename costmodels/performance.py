@@ -103,6 +103,8 @@ class StageCosts:
     buffer_b: float           # runtime buffers every GPU holds (cuBLAS workspaces, NCCL, allocator slack)
     zero3_buffer_b: float     # gathered weights of the layers ZeRO-3 / FSDP2 hold unsharded
     bucket_b: float = 0.0     # the framework's communication buckets (DeepSpeed ZeRO-2/3)
+    grads_at_peak: bool = True    # False: no gradients alive at the activation peak (torchtitan's FSDP2)
+    end_transient_b: float = 0.0  # stage 0, end of the backward: the root's unsharded gradient (FSDP2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +273,10 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
         embedding_act_b=embedding_activation_bytes(model, st), head_act_b=head_input_bytes(model, st),
         logits_b=logits_bytes(model, st),
         buffer_b=FIXED_BUFFER_BYTES, zero3_buffer_b=zero3_buf, bucket_b=framework_buffer_bytes(st),
+        grads_at_peak=st.framework != "torchtitan",
+        # FSDP2 reduce-scatters the root's gradient last: its 16-bit unsharded gradient and the fp32 copy
+        # reduce_dtype makes (torch.distributed.fsdp fully_shard, MixedPrecisionPolicy), embedding included
+        end_transient_b=(embed_params * (copy + sb.reduce) if st.framework == "torchtitan" and st.zero_stage >= 2 else 0.0),
     )
 
 
@@ -299,17 +305,17 @@ def _states(groups: list[tuple[float, Link]], sb, st: Strategy, root: bool = Fal
     root module gathered through forward and backward: torchtitan/distributed parallelize apply_fsdp).
     torchtitan's sharded gradients are not alive at the peak: the step starts with zero_grad(set_to_none)
     and FSDP2 reduce-scatters each block's gradient only as its backward frees that block's activations,
-    so at the loss, where stored activations and logits peak, there are none (the oracle's tracked peak).
+    so at the loss, where stored activations and logits peak, there are none (the oracle's tracked peak);
+    they count at the end of the backward, the stage's second peak (planner.solve.stages end_bytes).
     FP8 under Megatron-core adds Transformer Engine's cached FP8 weights and transposes to the layers'
     weights (costmodels.memory.fp8_cache_bytes)."""
     w = g = o = 0.0
-    titan = st.framework == "torchtitan"
-    held = titan and (st.zero_stage == 2 or (st.zero_stage == 3 and root))
+    held = st.framework == "torchtitan" and (st.zero_stage == 2 or (st.zero_stage == 3 and root))
     fp8 = 0.0 if root else fp8_cache_bytes(st)    # the layers' GEMM weights (embedding and output stay 16-bit)
     for n, link in groups:
         wi, gi, oi = model_state_bytes(n, sb, st.zero_stage, link.size)
         wi += n * (compute_copy_bytes(st.precision) if held else 0.0) + n * fp8
-        w, g, o = w + wi, g + (0.0 if titan else gi), o + oi
+        w, g, o = w + wi, g + gi, o + oi
     host = 0.0
     if st.offload_optimizer:
         host, o = host + o, 0.0

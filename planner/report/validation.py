@@ -68,6 +68,7 @@ def render_markdown(results: ValidationResult | list[ValidationResult], plot: st
                 lines.append(f"| {r.id} | {r.split} | {r.metric} | {r.measured:.4g} | {r.predicted:.4g} | "
                              f"{100 * r.pct_error:+.1f}% | {filled} |")
         lines.append("")
+    lines += _memory_markdown(results)
     lines += ["## Constants (costmodels/calibration.py)", "",
               "Fitted by `python -m planner.validation.fit` on the fit rows named above; the others are taken "
               "from the sources calibration.py cites.", "",
@@ -87,6 +88,33 @@ def render_markdown(results: ValidationResult | list[ValidationResult], plot: st
 
     lines += figure1_markdown()
     return "\n".join(lines)
+
+
+def _memory_markdown(results: list[ValidationResult]) -> list[str]:
+    """Measured peak memory: every row that reports it, predicted in the statistic its source names, in the
+    accounting of the framework it ran (nothing is fitted to memory: every row is out of sample)."""
+    from planner.validation.runs import summarise
+
+    rows = [(res, r) for res in results for r in res.runs if r.memory_pct_error is not None]
+    if not rows:
+        return []
+    pooled = summarise([r for _, r in rows], "memory_pct_error")
+    lines = ["## Measured peak memory", "",
+             "Every row that reports `measured.peak_memory_gb`, predicted for its most loaded GPU in the statistic "
+             "its source names (allocated: tensors only; reserved: the planner's peak, whose fixed 1 GB stands for "
+             "cuBLAS workspaces, NCCL and the caching allocator's slack; device: reserved + the CUDA context) and "
+             "in the accounting of the framework it ran (`--framework`). No constant is fitted to memory.", "",
+             "| set | rows with memory | median abs. error | mean | max | within 10% | within 20% |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for res in results:
+        if res.memory is not None:
+            lines.append(f"| {_set_name(res)} | {res.memory.predicted} | {_summary_cells(res.memory)}")
+    lines += [f"| all | {pooled.predicted} | {_summary_cells(pooled)}", "",
+              "| run | framework | statistic | measured GB | predicted GB | error |", "|---|---|---|---:|---:|---:|"]
+    for _, r in rows:
+        lines.append(f"| {r.id} | {r.framework} | {r.memory_statistic} | {r.memory_measured:.1f} | "
+                     f"{r.memory_predicted:.1f} | {100 * r.memory_pct_error:+.1f}% |")
+    return lines + [""]
 
 
 CALIBRATION_PROVENANCE = {

@@ -163,7 +163,7 @@ def memory_verdict(pl: Pipeline, gpus: list, Ls: list[int], Rs: list[int]) -> Ve
     (the one furthest over when any is), the stage the memory table shows; host memory is checked against
     each stage's host share."""
     p = pl.p
-    mem = [pl.stage_bytes(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
+    mem = [pl.peak_bytes(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
     k = max(range(p), key=lambda i: (mem[i] / max(pl.caps[i], 1), -i))
     host = [(pl.host_bytes(i, L), pl.stages[i].host_cap_b) for i, L in enumerate(Ls)]
     host_over = [i for i in range(p) if host[i][0] > host[i][1]]
@@ -209,10 +209,10 @@ def time_breakdown(pl: Pipeline, Ls: list[int], Rs: list[int]) -> tuple[int, dic
 
 
 def memory_anatomy(sc: StageCoeffs | StageCosts, i: int, L: int, R: int) -> dict[str, float]:
-    """Bytes on one GPU of stage i by part; the GPU parts sum to the peak (StageCoeffs.stage_bytes)."""
+    """Bytes on one GPU of stage i by part; the GPU parts sum to the peak (StageCoeffs.peak_bytes)."""
     sc = sc if isinstance(sc, StageCoeffs) else coefficients(sc)
-    parts = {key: float(x) for key, x in sc.bytes_parts(i, L, R, 1 if R > 0 else 0).items()}
-    parts["peak"] = float(sc.stage_bytes(i, L, R))
+    parts = {key: float(x) for key, x in sc.peak_parts(i, L, R).items()}
+    parts["peak"] = float(sc.peak_bytes(i, L, R))
     parts["host_offload"] = float(sc.host_bytes(i, L))
     return parts
 
@@ -230,7 +230,7 @@ def evaluate_pipeline(model: ModelSpec, st: Strategy, pl: Pipeline, gpus: list, 
     n = st.num_gpus
     per_stage = n // p
     peak = sum(per_stage * g.peak_tflops(st.precision) * 1e12 for g in gpus)
-    mem = [pl.stage_bytes(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
+    mem = [pl.peak_bytes(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
     km = max(range(p), key=lambda i: (mem[i] / max(pl.caps[i], 1), -i))
     return PlanEvaluation(
         strategy=st,

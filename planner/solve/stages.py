@@ -108,6 +108,8 @@ class StageCoeffs:
     last_full_b: int          # what a recomputing layer adds on the last stage: max(0, act_full_b - last_act_b)
     fixed_b: int              # runtime buffers every GPU holds
     zero3_buffer_b: int       # gathered weights (ZeRO-3 / FSDP2) and the framework's communication buckets
+    grads_at_peak: int = 1    # 0: gradients are not alive at the activation peak (torchtitan's FSDP2)
+    end_transient_b: int = 0  # stage 0 at the end of the backward: the root's unsharded gradient (FSDP2)
 
     @cached_property
     def act_stored_b(self) -> tuple[int, ...]:
@@ -204,11 +206,11 @@ class StageCoeffs:
     def _bytes(self, i, L, R, has_R) -> tuple:
         first, last = self._ends(i)
         w, g, o, _ = self.layer_states_b
-        w, g, o = L * w, L * g, L * o
+        w, g, o = L * w, L * g * self.grads_at_peak, L * o
         if first:
-            w, g, o = w + self.first_states_b[0], g + self.first_states_b[1], o + self.first_states_b[2]
+            w, g, o = w + self.first_states_b[0], g + self.first_states_b[1] * self.grads_at_peak, o + self.first_states_b[2]
         if last:
-            w, g, o = w + self.last_states_b[0], g + self.last_states_b[1], o + self.last_states_b[2]
+            w, g, o = w + self.last_states_b[0], g + self.last_states_b[1] * self.grads_at_peak, o + self.last_states_b[2]
         acts = (L - R) * self.act_stored_b[i] + R * self.act_ckpt_b[i] + has_R * self.recompute_peak_b(i)
         acts += (self.first_act_b if first else 0) + (self.head_act_b if last else 0)
         return w, g, o, acts, (self.last_act_b if last else 0), self.zero3_buffer_b, self.fixed_b
@@ -246,10 +248,39 @@ class StageCoeffs:
         return self._memory_forms[i]
 
     def stage_bytes(self, i, L, R, has_R=None):
+        """Stage i's bytes at the activation peak (the loss): a linear form, also of CP-SAT variables. Where
+        gradients are not alive then (grads_at_peak 0) the end of the backward is a second peak
+        (end_bytes); peak_bytes is the larger, and a stage fits when both do."""
         const, a, r, h = self.memory_form(i)
         if has_R is None:
             has_R = 1 if R > 0 else 0
         return const + L * a + R * r + has_R * h
+
+    def _end_parts(self, i, L) -> tuple:
+        """The end of the backward, by part: every model state with its gradients, gathered weights and
+        buckets, the root's unsharded gradient on stage 0, the runtime buffers; activations all freed."""
+        first, last = self._ends(i)
+        w, g, o = (L * x for x in self.layer_states_b[:3])
+        for on, states in ((first, self.first_states_b), (last, self.last_states_b)):
+            if on:
+                w, g, o = w + states[0], g + states[1], o + states[2]
+        return w, g, o, 0, 0, self.zero3_buffer_b + (self.end_transient_b if first else 0), self.fixed_b
+
+    def end_bytes(self, i, L):
+        """Stage i's bytes at the end of the backward (linear in L; binding only when grads_at_peak is 0)."""
+        const = sum(self._end_parts(i, 0))
+        return const + L * (sum(self._end_parts(i, 1)) - const)
+
+    def peak_bytes(self, i, L: int, R: int) -> int:
+        """The stage's peak: the larger of the activation peak and the end of the backward."""
+        a = self.stage_bytes(i, L, R)
+        return a if self.grads_at_peak else max(a, self.end_bytes(i, L))
+
+    def peak_parts(self, i, L: int, R: int) -> dict:
+        """bytes_parts of whichever peak is larger (the parts sum to peak_bytes)."""
+        if not self.grads_at_peak and self.end_bytes(i, L) > self.stage_bytes(i, L, R):
+            return dict(zip(BYTE_PARTS, self._end_parts(i, L)))
+        return self.bytes_parts(i, L, R, 1 if R > 0 else 0)
 
 
 def coefficients(sc: StageCosts) -> StageCoeffs:
@@ -291,6 +322,7 @@ def coefficients(sc: StageCosts) -> StageCoeffs:
         head_act_b=_q(sc.inflight[-1] * sc.head_act_b),
         last_full_b=max(0, _q(sc.act_full_b) - _q(sc.logits_b)),
         fixed_b=_q(sc.buffer_b), zero3_buffer_b=_q(sc.zero3_buffer_b + sc.bucket_b),
+        grads_at_peak=1 if sc.grads_at_peak else 0, end_transient_b=_q(sc.end_transient_b),
     )
 
 
@@ -336,9 +368,12 @@ class Pipeline:
     def host_bytes(self, i: int, L):
         return self.stages[i].host_bytes(i, L)
 
+    def peak_bytes(self, i: int, L: int, R: int) -> int:
+        return self.stages[i].peak_bytes(i, L, R)
+
     def stage_fits(self, i: int, L: int, R: int) -> bool:
         sc = self.stages[i]
-        return sc.stage_bytes(i, L, R) <= self.caps[i] and sc.host_bytes(i, L) <= sc.host_cap_b
+        return sc.peak_bytes(i, L, R) <= self.caps[i] and sc.host_bytes(i, L) <= sc.host_cap_b
 
     def objective(self, times, tmax, tails_max):
         """v x step time: (m-1) Tmax + sum T + Tail for 1F1B; v m Tmax + sum T - Tmax + v Tail

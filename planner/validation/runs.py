@@ -206,7 +206,7 @@ def uses_flash_attention(run: dict) -> bool:
     runs (before FlashAttention, 2022) without it; bf16 / fp8 runs with it (the default of every current
     framework)."""
     text = (run.get("notes") or "").lower() + " " + (run.get("strategy", {}).get("framework") or "").lower()
-    if "eager attention" in text or "no flash" in text or "without flash" in text:
+    if re.search(r"attn_implementation\s*=\s*['\"]?eager|no flash|without flash|flash attention off", text):
         return False
     if "flash" in text:
         return True
