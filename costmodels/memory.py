@@ -147,7 +147,7 @@ def layer_activation_bytes(model: ModelSpec, st: Strategy, layer: int = 0) -> La
     # scores: softmax input and output 4as^2b + the 1-byte attention-dropout mask (Table 2) when dropout is on
     scores = (5.0 if model.dropout else 4.0) * model.heads * s * (s * st.cp) * b if not st.flash_attention else 0.0
     sp = st.sequence_parallel
-    base = (unsplit / t if sp else unsplit) + (attn + mlp) / t
+    base = (unsplit / t if sp else unsplit) + (attn + mlp) / t + moe_dispatch_bytes(model, layer) * s * b
     checkpoint = 2.0 * sbh / (t if sp else 1)
     if st.framework == "torchtitan":
         return _torchtitan_layer(model, st, layer, base, checkpoint)
@@ -178,6 +178,19 @@ def _torchtitan_layer(model: ModelSpec, st: Strategy, layer: int, base: float, c
     w2_out = 2.0 * sb * h + (2.0 * sb * h / t if t > 1 else 0.0)   # mm output, and its reduce-scatter's
     saved = checkpoint + 2.0 * sb * h / t + 2.0 * sb * model.kv_dim / t + 2.0 * sb * h / t + lse + w1_out + w2_out
     return LayerActivations(stored=saved, checkpoint=checkpoint, full=full)
+
+
+def moe_dispatch_bytes(model: ModelSpec, layer: int) -> float:
+    """Bytes per token an MoE layer keeps for its token dispatch, beyond the experts' own activations: the
+    permuted copies of the routed tokens (the experts' input, k x capacity factor rows of h in 16 bits) and the
+    expert outputs the weighted combine keeps for its backward (the same size), plus the router's logits and
+    probabilities (2 x E in 16 bits) (megatron/core/transformer/moe/token_dispatcher.py, moe_utils.py permute /
+    unpermute, router.py). The routed tokens are gathered over tensor parallelism before dispatch, so this is
+    not split by tp."""
+    if model.moe is None or not model.is_moe_layer(layer):
+        return 0.0
+    moe = model.moe
+    return 2.0 * 2.0 * model.hidden * moe.top_k * moe.capacity_factor + 2.0 * 2.0 * moe.experts
 
 
 def _mlp_activation_bytes_per_token(model: ModelSpec, layer: int) -> float:

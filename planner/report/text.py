@@ -89,7 +89,9 @@ def render_plan(p: PlanOut, console: Console, title: str) -> None:
     cap = p.memory_gb["capacity"]
     for k in MEMORY_LABELS:
         mem.add_row(k, f"{p.memory_gb[k]:.2f}", f"{p.memory_gb[k] / cap:.1%}")
-    mem.add_row("[bold]peak[/]", f"[bold]{p.memory_gb['peak']:.2f}[/]", f"{p.memory_gb['peak'] / cap:.1%}")
+    mem.add_row("[bold]peak[/] (≈ torch reserved)", f"[bold]{p.memory_gb['peak']:.2f}[/]", f"{p.memory_gb['peak'] / cap:.1%}")
+    if "allocated" in p.memory_gb:
+        mem.add_row("  of which tensors (≈ torch allocated)", f"{p.memory_gb['allocated']:.2f}", "")
     mem.add_row("capacity", f"{cap:.2f}", "")
     if p.memory_gb.get("host_offload"):
         mem.add_row("host memory (offloaded)", f"{p.memory_gb['host_offload']:.2f}", "in CPU RAM")

@@ -213,6 +213,9 @@ def memory_anatomy(sc: StageCoeffs | StageCosts, i: int, L: int, R: int) -> dict
     sc = sc if isinstance(sc, StageCoeffs) else coefficients(sc)
     parts = {key: float(x) for key, x in sc.peak_parts(i, L, R).items()}
     parts["peak"] = float(sc.peak_bytes(i, L, R))
+    # what torch.cuda.max_memory_allocated would show: the peak without the runtime buffers (costmodels.memory
+    # memory_in); the peak itself is the estimate of max_memory_reserved
+    parts["allocated"] = parts["peak"] - parts["runtime"]
     parts["host_offload"] = float(sc.host_bytes(i, L))
     return parts
 
