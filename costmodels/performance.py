@@ -103,7 +103,7 @@ class StageCosts:
     buffer_b: float           # runtime buffers every GPU holds (cuBLAS workspaces, NCCL, allocator slack)
     zero3_buffer_b: float     # gathered weights of the layers ZeRO-3 / FSDP2 hold unsharded
     bucket_b: float = 0.0     # the framework's communication buckets (DeepSpeed ZeRO-2/3)
-    grads_at_peak: bool = True    # False: no gradients alive at the activation peak (torchtitan's FSDP2)
+    stream_pools: bool = False    # gradients from the reduce-scatter stream's own allocator pool (FSDP2)
     end_transient_b: float = 0.0  # stage 0, end of the backward: the root's unsharded gradient (FSDP2)
 
 
@@ -273,9 +273,13 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
         embedding_act_b=embedding_activation_bytes(model, st), head_act_b=head_input_bytes(model, st),
         logits_b=logits_bytes(model, st),
         buffer_b=FIXED_BUFFER_BYTES, zero3_buffer_b=zero3_buf, bucket_b=framework_buffer_bytes(st),
-        grads_at_peak=st.framework != "torchtitan",
-        # FSDP2 reduce-scatters the root's gradient last: its 16-bit unsharded gradient and the fp32 copy
-        # reduce_dtype makes (torch.distributed.fsdp fully_shard, MixedPrecisionPolicy), embedding included
+        # FSDP2 reduce-scatters on its own CUDA stream (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py
+        # foreach_reduce allocates the reduce-scatter output, the gradient shards, there) and the caching
+        # allocator keeps one pool per stream (c10/cuda/CUDACachingAllocator.cpp): the gradients' memory is
+        # reserved beside the compute stream's loss-time peak, though no gradient is alive at the loss
+        stream_pools=st.framework == "torchtitan",
+        # the root's gradient, reduce-scattered last: its 16-bit unsharded gradient and the fp32 copy
+        # reduce_dtype makes (MixedPrecisionPolicy), embedding included
         end_transient_b=(embed_params * (copy + sb.reduce) if st.framework == "torchtitan" and st.zero_stage >= 2 else 0.0),
     )
 
@@ -303,10 +307,10 @@ def _states(groups: list[tuple[float, Link]], sb, st: Strategy, root: bool = Fal
     copy of every block it does not reshard after forward (ZeRO-2 here: fsdp_reshard_after_forward
     "never"), and with ZeRO-3 of the root's parameters (`root`: embedding, final norm and output layer, the
     root module gathered through forward and backward: torchtitan/distributed parallelize apply_fsdp).
-    torchtitan's sharded gradients are not alive at the peak: the step starts with zero_grad(set_to_none)
-    and FSDP2 reduce-scatters each block's gradient only as its backward frees that block's activations,
-    so at the loss, where stored activations and logits peak, there are none (the oracle's tracked peak);
-    they count at the end of the backward, the stage's second peak (planner.solve.stages end_bytes).
+    torchtitan's sharded gradients are not alive at the loss (zero_grad sets them to None; FSDP2 creates
+    each block's shard in its backward), but their memory comes from the reduce-scatter stream's pool, which
+    the caching allocator does not share: they count in the peak (reserved), and StageCoeffs.allocated_bytes
+    takes them out again for the tensors alive at once.
     FP8 under Megatron-core adds Transformer Engine's cached FP8 weights and transposes to the layers'
     weights (costmodels.memory.fp8_cache_bytes)."""
     w = g = o = 0.0

@@ -209,13 +209,12 @@ def time_breakdown(pl: Pipeline, Ls: list[int], Rs: list[int]) -> tuple[int, dic
 
 
 def memory_anatomy(sc: StageCoeffs | StageCosts, i: int, L: int, R: int) -> dict[str, float]:
-    """Bytes on one GPU of stage i by part; the GPU parts sum to the peak (StageCoeffs.peak_bytes)."""
+    """Bytes on one GPU of stage i by part; the GPU parts sum to the peak (StageCoeffs.stage_bytes)."""
     sc = sc if isinstance(sc, StageCoeffs) else coefficients(sc)
-    parts = {key: float(x) for key, x in sc.peak_parts(i, L, R).items()}
-    parts["peak"] = float(sc.peak_bytes(i, L, R))
-    # what torch.cuda.max_memory_allocated would show: the peak without the runtime buffers (costmodels.memory
-    # memory_in); the peak itself is the estimate of max_memory_reserved
-    parts["allocated"] = parts["peak"] - parts["runtime"]
+    parts = {key: float(x) for key, x in sc.bytes_parts(i, L, R, 1 if R > 0 else 0).items()}
+    parts["peak"] = float(sc.stage_bytes(i, L, R))
+    # what torch.cuda.max_memory_allocated would show (the peak itself estimates max_memory_reserved)
+    parts["allocated"] = float(sc.allocated_bytes(i, L, R))
     parts["host_offload"] = float(sc.host_bytes(i, L))
     return parts
 

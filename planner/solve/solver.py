@@ -168,11 +168,6 @@ def layer_caps(sc: Stages, cap: int | None, free: bool) -> tuple[list[int], list
         host_room = st.host_cap_b - st.host_bytes(i, 0)
         host_cap = (host_room // host_per_layer if host_per_layer else pl.layers) if host_room >= 0 else -1
         k0 = room // per_plain if room >= 0 else -1
-        if not st.grads_at_peak:    # the end of the backward (every gradient, no activations) must fit too
-            end0 = st.end_bytes(i, 0)
-            end_per = st.end_bytes(i, 1) - end0
-            end_room = pl.caps[i] - end0
-            host_cap = min(host_cap, (end_room // end_per if end_per else pl.layers) if end_room >= 0 else -1)
         plain.append(min(k0, host_cap, pl.layers))
         full = st.recompute_peak_b(i)
         if free and per_ckpt < per_plain and room >= full:
@@ -263,8 +258,6 @@ def solve_layout(sc: Stages, cap: int | None, free: bool, time_limit_s: float = 
         mdl.Add(Ri >= 1).OnlyEnforceIf(has)
         mdl.Add(Ri == 0).OnlyEnforceIf(has.Not())
         mdl.Add(pl.stage_bytes(i, L[i], Ri, has) <= pl.caps[i]).WithName(f"memory_stage_{i}")
-        if not sc_i.grads_at_peak:
-            mdl.Add(sc_i.end_bytes(i, L[i]) <= pl.caps[i]).WithName(f"memory_end_of_backward_{i}")
         if sc_i.host_bytes(i, 1):
             mdl.Add(pl.host_bytes(i, L[i]) <= sc_i.host_cap_b).WithName(f"host_memory_stage_{i}")
         T.append(ops.var(pl.stage_ns(i, L[i], Ri, ops, f"stage_time_{i}"), "time", f"stage_time_{i}"))

@@ -108,7 +108,7 @@ class StageCoeffs:
     last_full_b: int          # what a recomputing layer adds on the last stage: max(0, act_full_b - last_act_b)
     fixed_b: int              # runtime buffers every GPU holds
     zero3_buffer_b: int       # gathered weights (ZeRO-3 / FSDP2) and the framework's communication buckets
-    grads_at_peak: int = 1    # 0: gradients are not alive at the activation peak (torchtitan's FSDP2)
+    stream_pools: int = 0     # 1: gradients come from the reduce-scatter stream's own pool (torchtitan's FSDP2)
     end_transient_b: int = 0  # stage 0 at the end of the backward: the root's unsharded gradient (FSDP2)
 
     @cached_property
@@ -206,14 +206,15 @@ class StageCoeffs:
     def _bytes(self, i, L, R, has_R) -> tuple:
         first, last = self._ends(i)
         w, g, o, _ = self.layer_states_b
-        w, g, o = L * w, L * g * self.grads_at_peak, L * o
+        w, g, o = L * w, L * g, L * o
         if first:
-            w, g, o = w + self.first_states_b[0], g + self.first_states_b[1] * self.grads_at_peak, o + self.first_states_b[2]
+            w, g, o = w + self.first_states_b[0], g + self.first_states_b[1], o + self.first_states_b[2]
         if last:
-            w, g, o = w + self.last_states_b[0], g + self.last_states_b[1] * self.grads_at_peak, o + self.last_states_b[2]
+            w, g, o = w + self.last_states_b[0], g + self.last_states_b[1], o + self.last_states_b[2]
         acts = (L - R) * self.act_stored_b[i] + R * self.act_ckpt_b[i] + has_R * self.recompute_peak_b(i)
         acts += (self.first_act_b if first else 0) + (self.head_act_b if last else 0)
-        return w, g, o, acts, (self.last_act_b if last else 0), self.zero3_buffer_b, self.fixed_b
+        comm = self.zero3_buffer_b + (self.end_transient_b if first else 0)
+        return w, g, o, acts, (self.last_act_b if last else 0), comm, self.fixed_b
 
     def recompute_peak_b(self, i) -> int:
         """Bytes a recomputing layer adds to stage i's peak. On the last stage the logits (alive at the loss,
@@ -248,13 +249,15 @@ class StageCoeffs:
         return self._memory_forms[i]
 
     def stage_bytes(self, i, L, R, has_R=None):
-        """Stage i's bytes at the activation peak (the loss): a linear form, also of CP-SAT variables. Where
-        gradients are not alive then (grads_at_peak 0) the end of the backward is a second peak
-        (end_bytes); peak_bytes is the larger, and a stage fits when both do."""
+        """Stage i's peak bytes (what the caching allocator reserves; what must fit): a linear form, also of
+        CP-SAT variables."""
         const, a, r, h = self.memory_form(i)
         if has_R is None:
             has_R = 1 if R > 0 else 0
         return const + L * a + R * r + has_R * h
+
+    def peak_bytes(self, i, L: int, R: int) -> int:
+        return self.stage_bytes(i, L, R)
 
     def _end_parts(self, i, L) -> tuple:
         """The end of the backward, by part: every model state with its gradients, gathered weights and
@@ -266,21 +269,23 @@ class StageCoeffs:
                 w, g, o = w + states[0], g + states[1], o + states[2]
         return w, g, o, 0, 0, self.zero3_buffer_b + (self.end_transient_b if first else 0), self.fixed_b
 
-    def end_bytes(self, i, L):
-        """Stage i's bytes at the end of the backward (linear in L; binding only when grads_at_peak is 0)."""
-        const = sum(self._end_parts(i, 0))
-        return const + L * (sum(self._end_parts(i, 1)) - const)
+    def end_bytes(self, i, L) -> int:
+        """Stage i's tensors and buffers at the end of the backward (every gradient, no activation)."""
+        return sum(self._end_parts(i, L))
 
-    def peak_bytes(self, i, L: int, R: int) -> int:
-        """The stage's peak: the larger of the activation peak and the end of the backward."""
-        a = self.stage_bytes(i, L, R)
-        return a if self.grads_at_peak else max(a, self.end_bytes(i, L))
-
-    def peak_parts(self, i, L: int, R: int) -> dict:
-        """bytes_parts of whichever peak is larger (the parts sum to peak_bytes)."""
-        if not self.grads_at_peak and self.end_bytes(i, L) > self.stage_bytes(i, L, R):
-            return dict(zip(BYTE_PARTS, self._end_parts(i, L)))
-        return self.bytes_parts(i, L, R, 1 if R > 0 else 0)
+    def allocated_bytes(self, i, L: int, R: int) -> int:
+        """What torch.cuda.max_memory_allocated would show: the peak without the runtime buffers. With
+        stream_pools (FSDP2) the tensors alive at once are fewer than the peak reserves: at the loss no
+        gradient exists yet (zero_grad set them to None) and at the end of the backward no activation, but
+        the reduce-scatter stream's pool keeps the gradients' memory beside the compute stream's: allocated
+        is the larger of the two moments, the peak their union."""
+        peak = self.stage_bytes(i, L, R)
+        if not self.stream_pools:
+            return peak - self.fixed_b
+        first, _ = self._ends(i)
+        grads = self._end_parts(i, L)[1]
+        at_loss = peak - grads - (self.end_transient_b if first else 0)
+        return max(at_loss, self.end_bytes(i, L)) - self.fixed_b
 
 
 def coefficients(sc: StageCosts) -> StageCoeffs:
@@ -322,7 +327,7 @@ def coefficients(sc: StageCosts) -> StageCoeffs:
         head_act_b=_q(sc.inflight[-1] * sc.head_act_b),
         last_full_b=max(0, _q(sc.act_full_b) - _q(sc.logits_b)),
         fixed_b=_q(sc.buffer_b), zero3_buffer_b=_q(sc.zero3_buffer_b + sc.bucket_b),
-        grads_at_peak=1 if sc.grads_at_peak else 0, end_transient_b=_q(sc.end_transient_b),
+        stream_pools=1 if sc.stream_pools else 0, end_transient_b=_q(sc.end_transient_b),
     )
 
 

@@ -169,7 +169,7 @@ def planner_bytes(cfg: OracleConfig, cluster: str = "1xH100") -> tuple[dict, flo
     out = {k: float(mem[k]) for k in ("weights", "gradients", "optimizer")}
     out["activations"] = float(mem["activations"] + mem["loss"])     # the oracle counts the loss as activations
     out["gathered"] = float(mem["comm_buffers"])     # ZeRO-3 / FSDP2: gathered weights
-    out["peak"] = float(mem["peak"]) - float(mem["runtime"])
+    out["peak"] = float(mem["allocated"])      # the tracker sees tensors, not the allocator's pools
     return out, FIXED_BUFFER_BYTES
 
 
