@@ -85,7 +85,8 @@ class StageCosts:
     dp_first_s: float         # ... of the embedding's (stage 0)
     dp_last_s: float          # ... of the output layer's (last stage)
     dp_window_layer_s: float  # backward of one layer: the window that hides its sync (1F1B)
-    zero3_layer_s: float      # ZeRO-3 gathers + reduce-scatter of one layer per micro-batch
+    zero3_layer_s: float      # ZeRO traffic of one layer per micro-batch: ZeRO-3 gathers + reduce-scatter
+                              # (DeepSpeed ZeRO-2: its per-micro-batch reduce-scatter)
     opt_layer_s: float        # optimizer step of one layer's shard
     opt_first_s: float
     opt_last_s: float
@@ -232,12 +233,21 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
 
     # Data-parallel gradient sync (once per step; reduce-scatter + all-gather with ZeRO >= 1, the same
     # volume as an all-reduce); ZeRO-3 reduce-scatters every micro-batch instead (zero3 below).
+    # DeepSpeed ZeRO-2 reduce-scatters every micro-batch's gradients into the partitions during its backward
+    # (deepspeed/runtime/zero/stage_1_and_2.py reduce_ready_partitions_and_remove_grads, partition_gradients):
+    # per micro-batch like ZeRO-3's traffic below; once per step only the updated 16-bit weights are all-gathered
+    ds_zero2 = st.framework == "deepspeed" and st.zero_stage == 2
+
     def dp_s(pgroups) -> float:
         if st.zero_stage == 3:
             return 0.0
+        if ds_zero2:
+            return sum(collective_time("all_gather", n * copy, link, gpu, cal) for n, link in pgroups)
         return sum(collective_time("all_reduce", n * sb.reduce, link, gpu, cal) for n, link in pgroups)
 
     zero3 = zero3_buf = 0.0
+    if ds_zero2:
+        zero3 = sum(collective_time("reduce_scatter", n * sb.reduce, link, gpu, cal) for n, link in groups)
     if st.zero_stage == 3:
         # ZeRO-3 gathers every layer's weights in forward and backward and reduce-scatters its gradients,
         # per micro-batch: 1.5x the data-parallel volume (Rajbhandari et al. 2020, section 7.2)

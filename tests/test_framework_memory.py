@@ -142,3 +142,18 @@ def test_validation_never_crashes_on_a_null_field(group_name):
         for v in variants:
             r = validate_run("runs/v1", v)
             assert (r.predicted is not None) != (r.skipped is not None), (v["id"], r)
+
+
+def test_deepspeed_zero2_reduces_every_micro_batch():
+    """DeepSpeed ZeRO-2 reduce-scatters gradients in every micro-batch's backward (stage_1_and_2.py,
+    partition_gradients) and all-gathers the updated weights once per step; Megatron's distributed
+    optimizer reduces once per step."""
+    from costmodels.performance import stage_costs
+    c = parse_cluster("64xH100")
+    st = Strategy(dp=64, micro_batch=1, global_batch=512, zero_stage=2, recompute="full", framework="deepspeed")
+    ds, mg = stage_costs(LLAMA8, st, c), stage_costs(LLAMA8, st.with_(framework="megatron"), c)
+    assert ds.zero3_layer_s > 0 and mg.zero3_layer_s == 0
+    assert ds.dp_layer_s < mg.dp_layer_s          # the step's all-gather alone, not reduce-scatter + all-gather
+    t_ds = evaluate(LLAMA8, st, c).step_time_s
+    t_mg = evaluate(LLAMA8, st.with_(framework="megatron"), c).step_time_s
+    assert t_ds > t_mg                             # 8 micro-batches, 8 reduce-scatters
