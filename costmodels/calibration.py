@@ -61,15 +61,26 @@ CALIBRATION: dict[str, Calibration] = {
     # public.json): 0.65, 512, 0.25; the modern rows say H100 training today runs faster than that.
     "hopper": replace(_DEFAULT, gemm_efficiency=0.78, gemm_half_dim=512.0, attention_efficiency=0.39),
 }
-# taken, not fitted: too few rows to fit (one B200 and one MI300X row; GB200 is not in the catalog). The
+# taken, not fitted: too few rows to fit (one B200, five GB200 and one MI300X row, all held out). The
 # newest fitted generation, whose large peaks are also hard to saturate, is the better guess than Ampere.
+BORROWING = {"blackwell": "hopper", "cdna3": "hopper", "default": "ampere"}
 CALIBRATION["blackwell"] = CALIBRATION["hopper"]
 CALIBRATION["cdna3"] = CALIBRATION["hopper"]
+FITTED = ("ampere", "hopper")     # the families with constants of their own (planner.validation.split)
 
 
 def calibration_for(family: str) -> Calibration:
     """Constants for a GPU family ('ampere', 'hopper', ...); families not fitted use the defaults."""
     return CALIBRATION.get(family, CALIBRATION["default"])
+
+
+def calibration_note(family: str) -> str | None:
+    """A warning for a GPU family with no fitted constants of its own (None for a fitted one)."""
+    if family in FITTED:
+        return None
+    source = BORROWING.get(family, BORROWING["default"])
+    return (f"no measured runs fit {family} GPUs: speeds use {source}'s fitted constants (docs/validation.md gives "
+            f"the held-out error of such rows)")
 
 
 # ---- serving ---------------------------------------------------------------------------------------

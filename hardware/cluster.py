@@ -9,7 +9,7 @@ from .catalog import Catalog, load_catalog
 from .gpu import GPUSpec, HardwareError
 
 MAX_GPUS = 1_000_000  # sanity bound: far beyond any training cluster built so far
-MAX_GPUS_PER_NODE = 64  # largest per-node counts in practice are 8-16; 64 leaves room for NVL-style nodes
+MAX_GPUS_PER_NODE = 576  # an NVLink domain: 8-16 GPUs per server, 72 per GB200 NVL72 rack, up to NVL576
 
 FORMS = "COUNTxGPU (e.g. 1024xA100) or NODESxPER_NODExGPU (e.g. 128x8xH100)"
 # COUNT [x|*] [PER_NODE [x|*]] GPU; ASCII digits only, so "1e9" or "-8" do not match.
@@ -37,6 +37,20 @@ class Cluster:
     def describe(self) -> str:
         nodes = "node" if self.num_nodes == 1 else "nodes"
         return f"{self.num_gpus} x {self.gpu.name} ({self.num_nodes} {nodes} x {self.gpus_per_node})"
+
+
+def rack_share(count: int, gpu: GPUSpec, domain: int | None = None) -> int | None:
+    """GPUs of each NVLink domain a job of `count` GPUs uses on a rack-scale system (gpu.gpus_per_tray set,
+    e.g. GB200 NVL72: 72-GPU racks of 4-GPU trays): the largest number of whole trays, at most a rack, that
+    divides the count (256 or 2496 GPUs: 64 of each 72-GPU rack, as MLPerf's GB200 systems run). None for
+    server-based GPUs, or when no number of trays divides the count."""
+    tray, domain = gpu.gpus_per_tray, domain or gpu.gpus_per_node
+    if not tray:
+        return None
+    for share in range(domain - domain % tray, 0, -tray):
+        if count % share == 0:
+            return share
+    return None
 
 
 def _count(digits: str, what: str, text: str) -> int:
@@ -77,6 +91,10 @@ def parse_cluster(text: str, catalog: Catalog | None = None) -> Cluster:
     per_node = gpu.gpus_per_node
     if count < per_node:  # fewer GPUs than one server: one partial node
         return Cluster(gpu, 1, count, note)
+    if count % per_node and rack_share(count, gpu):
+        share = rack_share(count, gpu)
+        rack = f"{count // share} NVLink domains (racks) of {share} of their {per_node} {gpu.name}"
+        return Cluster(gpu, count // share, share, f"{note}; {rack}" if note else rack)
     if count % per_node:
         nodes = count // per_node
         raise HardwareError(

@@ -25,7 +25,9 @@ class GPUSpec(BaseModel):
     memory_gb: float = Field(gt=0)
     hbm_gbps: float = Field(gt=0)
     tflops: dict[str, float | None]  # dense peak per precision; None = not supported
-    gpus_per_node: int = Field(ge=1, le=64)
+    gpus_per_node: int = Field(ge=1, le=576)   # the NVLink domain: a server (8) or a rack (GB200 NVL72: 72)
+    # rack-scale NVLink domains are built of trays: a job uses whole trays of a rack (None: a server)
+    gpus_per_tray: int | None = Field(default=None, ge=1, le=64)
     intra_node_gbps: float = Field(gt=0)
     intra_node_link: str
     inter_node_gbps: float = Field(gt=0)

@@ -273,7 +273,7 @@ def test_parse_cluster_uses_given_catalog(catalog):
         ("2000000xA100", "at most 1,000,000"),
         ("20000x64xA100", "at most 1,000,000"),
         ("9" * 5000 + "xA100", "absurd"),
-        ("2x65xA100", "allowed 1-64"),
+        ("2x577xA100", "allowed 1-576"),
         ("2x0xA100", "at least 1"),
         ("8xA1000", "did you mean A100-80GB?"),
         ("8x8", "COUNTxGPU"),
@@ -340,3 +340,18 @@ def test_parse_pools_errors(text, needle):
         parse_pools(text)
     msg = str(e.value)
     assert needle in msg and "\n" not in msg
+
+
+def test_rack_scale_nvlink_domains():
+    """GB200 NVL72: a 72-GPU NVLink domain of 4-GPU trays; a job uses whole trays of each rack, as many as
+    divide its GPU count (MLPerf Training v5.0's 2496-GPU GB200 system: 39 racks x 64 GPUs)."""
+    from hardware import rack_share
+    assert parse_cluster("256xGB200").gpus_per_node == 64 and parse_cluster("256xGB200").num_nodes == 4
+    assert (parse_cluster("2496xGB200").num_nodes, parse_cluster("2496xGB200").gpus_per_node) == (39, 64)
+    assert parse_cluster("144xGB200").gpus_per_node == 72          # two full racks
+    assert parse_cluster("64xGB200").num_gpus == 64                 # part of one rack
+    gb200 = load_catalog().resolve("GB200")[0]
+    assert rack_share(256, gb200) == 64 and rack_share(100, gb200) == 20 and rack_share(75, gb200) is None
+    assert rack_share(256, load_catalog().resolve("H100")[0]) is None   # servers, not racks
+    with pytest.raises(HardwareError, match="whole nodes"):
+        parse_cluster("75xGB200")

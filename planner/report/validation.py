@@ -121,8 +121,8 @@ CALIBRATION_PROVENANCE = {
     "default": "taken: ampere's (families without a fit)",
     "ampere": "GEMM and attention: fitted on the ampere fit rows of runs-public.json and runs-modern.json; HBM: taken",
     "hopper": "GEMM and attention: fitted on the hopper fit rows of runs-public.json and runs-modern.json; HBM: taken",
-    "blackwell": "taken: hopper's (one B200 row, GB200 not in the catalog)",
-    "cdna3": "taken: hopper's (one MI300X row)",
+    "blackwell": "taken: hopper's (one B200 and five GB200 rows, all held out)",
+    "cdna3": "taken: hopper's (one MI300X row, held out)",
 }
 
 

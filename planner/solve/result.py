@@ -85,13 +85,21 @@ def model_out(model: ModelSpec, note: str | None = None) -> ModelOut:
                     seq_len=model.seq_len, note=note)
 
 
+def _note(c: Cluster) -> str | None:
+    """The cluster's note (alias resolution, rack-scale domains) and the warning for a GPU family without
+    fitted constants (costmodels.calibration.calibration_note)."""
+    from costmodels.calibration import calibration_note
+    notes = [n for n in (c.note, calibration_note(c.gpu.family)) if n]
+    return "; ".join(notes) or None
+
+
 def cluster_out(cluster: Cluster | tuple[Cluster, ...]) -> ClusterOut:
     pools = cluster if isinstance(cluster, tuple) else (cluster,)
     if len(pools) == 1:
         c = pools[0]
         return ClusterOut(gpu=c.gpu.name, num_gpus=c.num_gpus, num_nodes=c.num_nodes, gpus_per_node=c.gpus_per_node,
-                          memory_gb_per_gpu=c.gpu.memory_bytes / GB, note=c.note)
-    notes = "; ".join(c.note for c in pools if c.note) or None
+                          memory_gb_per_gpu=c.gpu.memory_bytes / GB, note=_note(c))
+    notes = "; ".join(n for n in dict.fromkeys(_note(c) for c in pools) if n) or None
     return ClusterOut(gpu="+".join(c.gpu.name for c in pools), num_gpus=sum(c.num_gpus for c in pools),
                       num_nodes=sum(c.num_nodes for c in pools), gpus_per_node=min(c.gpus_per_node for c in pools),
                       memory_gb_per_gpu=min(c.gpu.memory_bytes for c in pools) / GB, note=notes,

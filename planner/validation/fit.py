@@ -14,7 +14,7 @@ separately.
 What is fitted, on which rows (constants not named here are taken, with their sources, in calibration.py):
 - per GPU family, `gemm_efficiency`, `gemm_half_dim` and `attention_efficiency`, on the fit rows of that
   family in runs-public.json and runs-modern.json: ampere (A100) and hopper (H100 / H200 / H800). The
-  other families have too few rows (B200 one, MI300X one, GB200 not in the catalog) and borrow hopper's.
+  other families have too few rows (B200 one, GB200 five, MI300X one) and borrow hopper's.
 - serving `layer_overhead_s` and `allreduce_latency_nvlink_s`, on the fit rows of serving-public.json
   (all H100), with the training constants above already fitted (decode and prefill GEMMs use them).
 
@@ -38,14 +38,12 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import costmodels.calibration as calibration
-from costmodels.calibration import CALIBRATION, ServingCalibration
+from costmodels.calibration import BORROWING, CALIBRATION, ServingCalibration
 from planner.validation.runs import Completion, load_runs, validate_file
-from planner.validation.split import BUNDLED, FIT, bundled_split
+from planner.validation.split import BUNDLED, FIT, FITTED_FAMILIES, bundled_split
 
 TRAINING_SETS = ("runs-public", "runs-modern")
 SERVING_SETS = ("serving-public",)
-FITTED_FAMILIES = ("ampere", "hopper")
-BORROWING = {"blackwell": "hopper", "cdna3": "hopper", "default": "ampere"}   # not fitted: too few rows
 ROUNDS = 3
 
 

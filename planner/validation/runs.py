@@ -19,7 +19,7 @@ from costmodels.flops import llm_foundry_flops_per_step, model_flops_per_step, n
 from costmodels.model import ModelError, ModelSpec
 from costmodels.performance import Evaluation, stage_costs
 from costmodels.strategy import Strategy, StrategyError
-from hardware import Cluster, HardwareError, load_catalog
+from hardware import Cluster, HardwareError, load_catalog, rack_share
 from planner.solve.evaluate import evaluate, evaluate_layout
 from planner.solve.solver import solve_layout
 from planner.solve.rules import MAX_VIRTUAL_STAGES, allows, check_strategy
@@ -196,8 +196,11 @@ def run_cluster(h: dict) -> Cluster:
     if net:
         gpu = gpu.model_copy(update={"inter_node_gbps": net})
     if n % gpn:
-        raise RunSkipped(f"num_gpus {n} is not a multiple of gpus_per_node {gpn} (rack-scale NVLink domains "
-                         "are not modelled)")
+        share = rack_share(n, gpu, gpn)   # rack-scale NVLink domains: whole trays of each rack
+        if share is None:
+            raise RunSkipped(f"num_gpus {n} is not a multiple of gpus_per_node {gpn} (nor of whole trays of a "
+                             "rack-scale NVLink domain)")
+        gpn = share
     return Cluster(gpu=gpu, num_nodes=n // gpn, gpus_per_node=gpn, note=note)
 
 

@@ -14,6 +14,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from costmodels.calibration import FITTED
 from hardware import HardwareError, load_catalog
 
 # The measurement sets shipped with the package (copies of the reference sets; data/README.md). `plan
@@ -26,9 +27,13 @@ BUNDLED = {"runs-public": DATA / "runs-public.json", "runs-modern": DATA / "runs
 FITTED_SETS = ("runs-public", "runs-modern", "serving-public")
 
 FIT, HELD_OUT = "fit", "held-out"
+# GPU families whose training constants are fitted (planner.validation.fit); a training row of any other
+# family (its constants borrowed from a fitted one, costmodels/calibration.py) fits nothing: held out
+FITTED_FAMILIES = FITTED      # costmodels.calibration: the families with constants of their own
 SPLIT_RULE = ("The rows of each bundled set are grouped by GPU family, each group is ordered by the SHA-256 of "
               "the run ids, and the 1st, 3rd, 5th, ... row of each group is a fit row (the constants are fitted "
-              "on these by `python -m planner.validation.fit`); every other row, and every row of any other "
+              "on these by `python -m planner.validation.fit`); every other row, every training row of a GPU "
+              "family without fitted constants (they borrow a fitted family's), and every row of any other "
               "file, is held out (planner/validation/split.py).")
 
 
@@ -46,22 +51,28 @@ def _family(hw) -> str:
         return f"unknown GPU {gpu}"
 
 
-def split(runs: list) -> dict[str, str]:
-    """{run id: FIT or HELD_OUT} for the rows of one file (the rule in the module docstring)."""
+def split(runs: list, families: tuple[str, ...] | None = None) -> dict[str, str]:
+    """{run id: FIT or HELD_OUT} for the rows of one file (the rule in the module docstring); with
+    `families`, rows of other GPU families are all held out (nothing is fitted on them)."""
     groups: dict[str, list[str]] = {}
     for i, run in enumerate(runs):
         if isinstance(run, dict):
             groups.setdefault(_family(run.get("hardware")), []).append(str(run.get("id") or f"run-{i}"))
     out = {}
-    for ids in groups.values():
+    for fam, ids in groups.items():
         for k, rid in enumerate(sorted(ids, key=lambda r: hashlib.sha256(r.encode()).hexdigest())):
-            out[rid] = FIT if k % 2 == 0 else HELD_OUT
+            out[rid] = FIT if k % 2 == 0 and (families is None or fam in families) else HELD_OUT
     return out
+
+
+def _families(name: str) -> tuple[str, ...] | None:
+    """The families a set's fit rows may come from: training sets fit per family, serving constants are shared."""
+    return FITTED_FAMILIES if name.startswith("runs-") else None
 
 
 def bundled_split() -> dict[str, dict[str, str]]:
     """{set name: {run id: FIT or HELD_OUT}} for the bundled sets."""
-    return {name: split(_load(BUNDLED[name])[1]) for name in FITTED_SETS}
+    return {name: split(_load(BUNDLED[name])[1], _families(name)) for name in FITTED_SETS}
 
 
 @lru_cache(maxsize=1)
@@ -70,5 +81,5 @@ def fit_rows() -> frozenset[tuple[str, str]]:
     out = set()
     for name in FITTED_SETS:
         schema, runs = _load(BUNDLED[name])
-        out |= {(schema, rid) for rid, part in split(runs).items() if part == FIT}
+        out |= {(schema, rid) for rid, part in split(runs, _families(name)).items() if part == FIT}
     return frozenset(out)
