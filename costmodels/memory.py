@@ -147,7 +147,8 @@ def layer_activation_bytes(model: ModelSpec, st: Strategy, layer: int = 0) -> La
     # scores: softmax input and output 4as^2b + the 1-byte attention-dropout mask (Table 2) when dropout is on
     scores = (5.0 if model.dropout else 4.0) * model.heads * s * (s * st.cp) * b if not st.flash_attention else 0.0
     sp = st.sequence_parallel
-    base = (unsplit / t if sp else unsplit) + (attn + mlp) / t + moe_dispatch_bytes(model, layer) * s * b
+    # the routed tokens of the expert tensor-parallel group: s b etp / t per rank (all of s b unless folded)
+    base = (unsplit / t if sp else unsplit) + (attn + mlp) / t + moe_dispatch_bytes(model, layer) * s * b * st.etp / t
     checkpoint = 2.0 * sbh / (t if sp else 1)
     if st.framework == "torchtitan":
         return _torchtitan_layer(model, st, layer, base, checkpoint)
@@ -185,8 +186,8 @@ def moe_dispatch_bytes(model: ModelSpec, layer: int) -> float:
     permuted copies of the routed tokens (the experts' input, k x capacity factor rows of h in 16 bits) and the
     expert outputs the weighted combine keeps for its backward (the same size), plus the router's logits and
     probabilities (2 x E in 16 bits) (megatron/core/transformer/moe/token_dispatcher.py, moe_utils.py permute /
-    unpermute, router.py). The routed tokens are gathered over tensor parallelism before dispatch, so this is
-    not split by tp."""
+    unpermute, router.py). The routed tokens are gathered over the expert tensor-parallel group before
+    dispatch (etp = tp unless folded apart)."""
     if model.moe is None or not model.is_moe_layer(layer):
         return 0.0
     moe = model.moe

@@ -120,12 +120,13 @@ class _LayerKey:
     sequence_parallel: bool
     recompute: str
     framework: str
+    etp: int
 
 
 def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibration) -> LayerTimes:
     """Seconds for an average transformer layer, one micro-batch, on one GPU."""
     key = _LayerKey(st.tp, st.cp, st.ep, st.micro_batch, st.precision, st.flash_attention,
-                    st.sequence_parallel, st.recompute, st.framework)
+                    st.sequence_parallel, st.recompute, st.framework, st.etp)
     return _layer_times(model, cluster, cal, key)
 
 
@@ -145,18 +146,25 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     ep_comm = 0.0
     if model.moe is not None:
         moe = model.moe
-        widths = mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, t)
+        # routed experts split over the expert tensor-parallel group (etp; = t unless folded apart): its
+        # ranks gather their sequence-parallel tokens, M * etp / t per rank (Megatron MoE parallel folding,
+        # megatron/core/transformer/moe/token_dispatcher.py)
+        etp = st.etp
+        widths = mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, etp)
         local_experts = moe.experts / st.ep
-        tokens_per_expert = M * st.ep * moe.top_k * moe.capacity_factor / moe.experts
+        tokens_per_expert = M * etp / t * st.ep * moe.top_k * moe.capacity_factor / moe.experts
         expert_mlp = local_experts * sum(gemm_time(tokens_per_expert, n, k, peak, cal) for n, k in widths)
-        shared = moe.shared_experts * sum(gemm_time(M, n, k, peak, cal) for n, k in widths)
+        shared = moe.shared_experts * sum(gemm_time(M, n, k, peak, cal)
+                                          for n, k in mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, t))
         router = gemm_time(M, moe.experts, h, peak, cal)
         moe_mlp = expert_mlp + shared + router
         frac = model.num_moe_layers / model.layers
         mlp = frac * moe_mlp + (1 - frac) * dense_mlp
         # GShard / DeepSpeed-MoE: dispatch + combine all-to-all, forward and backward (4 per MoE layer)
         a2a_bytes = M * moe.top_k * moe.capacity_factor * h * 2 / t
-        ep_link = group_link(st.ep, st.tp * st.cp, cluster.gpus_per_node)
+        # expert-parallel ranks: carved from the dp x cp ranks (stride tp x cp) unless folded apart, then
+        # ordered etp, ep, edp over the stage's tp x cp x dp ranks (stride etp) (megatron/core/parallel_state.py)
+        ep_link = group_link(st.ep, st.tp * st.cp if etp == st.tp else etp, cluster.gpus_per_node)
         ep_comm = frac * 4 * collective_time("all_to_all", a2a_bytes, ep_link, gpu, cal)
     # Attention core, 4*b*s*s_full*h/t FLOPs (QK^T and AV). Fused (flash) kernels skip the masked half
     # of causal attention and run at a fitted share of peak; unfused attention is two batched GEMMs per
@@ -296,7 +304,8 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
 
 def _param_groups(model: ModelSpec, st: Strategy, cluster: Cluster) -> list[tuple[float, Link]]:
     """Parameters of an average layer on one GPU, by the data-parallel group that shards them:
-    [(dense params, dp x cp group), (routed expert params, dp x cp / ep group)]."""
+    [(dense params, dp x cp group), (routed expert params, the expert data-parallel group edp)]: routed
+    experts are split over ep x etp, the rest over tp."""
     gpn = cluster.gpus_per_node
     dense = model.params_attention() + model.params_norms()
     dense_link = group_link(st.dp * st.cp, st.tp, gpn)
@@ -307,8 +316,8 @@ def _param_groups(model: ModelSpec, st: Strategy, cluster: Cluster) -> list[tupl
     dense += frac * (moe.shared_experts * model.params_expert() + model.params_router())
     dense += (1 - frac) * model.params_mlp_dense()
     routed = frac * moe.experts / st.ep * model.params_expert()
-    expert_link = group_link(max(1, st.dp * st.cp // st.ep), st.tp * st.ep, gpn)
-    return [(dense / st.tp, dense_link), (routed / st.tp, expert_link)]
+    expert_link = group_link(st.edp, st.etp * st.ep, gpn)
+    return [(dense / st.tp, dense_link), (routed / st.etp, expert_link)]
 
 
 def _states(groups: list[tuple[float, Link]], sb, st: Strategy, root: bool = False) -> ModelStates:

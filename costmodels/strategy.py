@@ -68,6 +68,9 @@ class Strategy:
     # Context / expert parallel, interleaving, offload and the stage layout.
     cp: int = 1                      # context parallel (ring attention)
     ep: int = 1                      # expert parallel (MoE)
+    # expert tensor parallel: None = tp (Megatron's default); MoE parallel folding sets the experts' own
+    # etp x ep x edp = tp x cp x dp apart from attention's (megatron/core/parallel_state.py expert groups)
+    expert_tp: int | None = None
     virtual_stages: int = 1          # interleaved 1F1B model chunks per stage
     offload_optimizer: bool = False  # optimizer states (and master weights) in host memory
     offload_params: bool = False     # ZeRO-3 parameter offload
@@ -85,6 +88,11 @@ class Strategy:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise StrategyError(f"{name}={value!r} is not allowed; it must be a whole number >= 1")
+        if self.expert_tp is not None and (not isinstance(self.expert_tp, int) or isinstance(self.expert_tp, bool)
+                                           or self.expert_tp < 1):
+            raise StrategyError(f"expert_tp={self.expert_tp!r} is not allowed; a whole number >= 1 (or None: tp)")
+        if self.expert_tp == self.tp:
+            object.__setattr__(self, "expert_tp", None)      # one spelling of the default
         if self.zero_stage not in (0, 1, 2, 3):
             raise StrategyError(f"zero_stage={self.zero_stage!r} is not allowed; choose 0, 1, 2 or 3")
         if self.recompute not in RECOMPUTE_CHOICES:
@@ -120,6 +128,16 @@ class Strategy:
     @property
     def num_gpus(self) -> int:
         return self.tp * self.pp * self.dp * self.cp
+
+    @property
+    def etp(self) -> int:
+        """Expert tensor-parallel size: expert_tp, or tp when not set apart."""
+        return self.expert_tp or self.tp
+
+    @property
+    def edp(self) -> int:
+        """Expert data-parallel size: the tp x cp x dp ranks of a stage over etp x ep (parallel folding)."""
+        return max(1, self.tp * self.cp * self.dp // (self.ep * self.etp))
 
     @property
     def micro_batches(self) -> int:

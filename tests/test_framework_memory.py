@@ -157,3 +157,32 @@ def test_deepspeed_zero2_reduces_every_micro_batch():
     t_ds = evaluate(LLAMA8, st, c).step_time_s
     t_mg = evaluate(LLAMA8, st.with_(framework="megatron"), c).step_time_s
     assert t_ds > t_mg                             # 8 micro-batches, 8 reduce-scatters
+
+
+def test_moe_parallel_folding():
+    """Megatron MoE parallel folding (megatron/core/parallel_state.py): the experts' etp x ep x edp fold the
+    stage's tp x cp x dp ranks apart from attention's. Qwen3-235B-A22B on 256 H100 with TP2 DP16 EP32 ETP1
+    (the Megatron MoE model zoo's cross-node row) is refused without folding and priced with it; the routed
+    experts split over ep only, sharded over edp; the export writes --expert-tensor-parallel-size and the
+    import reads it back."""
+    from costmodels.model import ModelSpec, MoESpec
+    from planner.frameworks.megatron import megatron_args, read_megatron_args
+    moe = MoESpec(experts=128, top_k=8, expert_ffn_hidden=1536, shared_experts=0)
+    model = ModelSpec(name="qwen3-235b-shape", layers=96, hidden=4096, heads=64, kv_heads=4, vocab=151936,
+                      seq_len=4096, ffn_type="swiglu", moe=moe, position_embedding="rope", bias=False,
+                      tied_embeddings=False, dropout=False)
+    c = parse_cluster("256xH100")
+    st = Strategy(tp=2, pp=8, dp=16, ep=32, micro_batch=1, global_batch=2048, zero_stage=1, recompute="selective",
+                  virtual_stages=4)
+    with pytest.raises(StrategyError, match="expert tp"):
+        check_strategy(model, st, c.num_gpus, c.gpus_per_node)
+    folded = st.with_(expert_tp=1)
+    check_strategy(model, folded, c.num_gpus, c.gpus_per_node)
+    assert (folded.etp, folded.edp) == (1, 1) and st.with_(expert_tp=2).expert_tp is None   # tp: the default
+    from costmodels.performance import stage_costs
+    wide = stage_costs(model, folded, c)
+    assert wide.layer_states.weights > 0 and evaluate(model, folded, c).step_time_s > 0
+    text = "\n".join(" ".join(x) for x in megatron_args(model, folded))
+    assert "--expert-tensor-parallel-size 1" in text
+    _, back = read_megatron_args(text, model, c)
+    assert back.expert_tp == 1 and back.ep == 32

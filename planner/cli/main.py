@@ -153,6 +153,8 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
 @click.option("--stage-layers", help="Layers per pipeline stage, e.g. 11,12,12,...,13 [default: even split].")
 @click.option("--cp", type=int, default=1, show_default=True, help="Context-parallel size (ring attention).")
 @click.option("--ep", type=int, default=1, show_default=True, help="Expert-parallel size (MoE models).")
+@click.option("--expert-tp", type=int, help="Expert tensor-parallel size (MoE parallel folding: experts fold "
+              "etp x ep x edp over the stage's tp x cp x dp GPUs) [default: --tp].")
 @click.option("--offload-optimizer", is_flag=True, help="Keep optimizer states in host memory (ZeRO-Offload).")
 @click.option("--offload-params", is_flag=True, help="Also keep weights in host memory (needs --zero 3).")
 @click.option("--schedule", type=click.Choice(["1f1b", "gpipe"]), default="1f1b", show_default=True,
@@ -161,7 +163,8 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
 @_framework_option
 def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
              grads, fmt, tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages,
-             stage_layers, cp, ep, offload_optimizer, offload_params, schedule, headroom, framework, emit, out_dir):
+             stage_layers, cp, ep, expert_tp, offload_optimizer, offload_params, schedule, headroom, framework, emit,
+             out_dir):
     """Predict step time, throughput, MFU and memory of one given strategy, with the memory verdict in words
     ("fits, X GB to spare ..." or "does not fit: needs X GB of Y GB on stage k ...").
 
@@ -191,8 +194,8 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
                   flash_attention=not no_flash_attention, fp32_grads=grads == "fp32",
                   stage_layers=_int_tuple(stage_layers, "stage-layers"),
                   recompute_layers=_int_tuple(recompute_layers, "recompute-layers"),
-                  cp=cp, ep=ep, offload_optimizer=offload_optimizer or offload_params, offload_params=offload_params,
-                  pipeline_schedule=schedule, framework=framework or "megatron")
+                  cp=cp, ep=ep, expert_tp=expert_tp, offload_optimizer=offload_optimizer or offload_params,
+                  offload_params=offload_params, pipeline_schedule=schedule, framework=framework or "megatron")
     if framework:
         from planner.solve.rules import framework_problem
         problem = framework_problem(framework, model, st)

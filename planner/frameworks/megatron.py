@@ -83,6 +83,8 @@ def megatron_args(model: ModelSpec, st: Strategy) -> list[list[str]]:
         a.append(["--context-parallel-size", str(st.cp)])
     if st.ep > 1:
         a.append(["--expert-model-parallel-size", str(st.ep)])
+    if st.expert_tp is not None:    # MoE parallel folding: the experts' own tensor-parallel size
+        a.append(["--expert-tensor-parallel-size", str(st.expert_tp)])
     if st.sequence_parallel:
         a.append(["--sequence-parallel"])
     a += megatron_pipeline_flags(model, st)
@@ -293,7 +295,8 @@ def read_megatron_args(text: str, model: ModelSpec, cluster: Cluster) -> tuple[M
     else:
         precision = "bf16" if args.get("--bf16") else "fp16" if args.get("--fp16") else "fp32"
     backend = args.get("--attention-backend", "auto")
-    st = Strategy(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, micro_batch=micro, global_batch=gbs,
+    etp = _int(args, "--expert-tensor-parallel-size", tp)
+    st = Strategy(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, expert_tp=etp, micro_batch=micro, global_batch=gbs,
                   zero_stage=1 if args.get("--use-distributed-optimizer") else 0,
                   recompute=rec, recompute_layers=rlayers, sequence_parallel=bool(args.get("--sequence-parallel")),
                   precision=precision, optimizer=str(args.get("--optimizer", "adam")), virtual_stages=v,

@@ -179,6 +179,8 @@ def describe_strategy(s: dict) -> str:
     parts = [f"TP {s['tp']} x PP {s['pp']} x DP {s['dp']}"]
     if s.get("cp", 1) > 1:
         parts[0] += f" x CP {s['cp']}"
+    if s.get("ep", 1) > 1:    # the experts' own split (parallel folding when expert TP is set apart)
+        parts[0] += f", experts EP {s['ep']}" + (f" x expert TP {s['expert_tp']}" if s.get("expert_tp") else "")
     parts.append(f"micro-batch {s['micro_batch']} ({s['micro_batches']} per step)")
     if s["virtual_stages"] > 1:
         parts.append(f"interleaved 1F1B, {s['virtual_stages']} chunks per stage")

@@ -114,6 +114,7 @@ def facts(ctx: Context, s, framework: str | None = None) -> dict:
             "product": g["tp"] * g["pp"] * g["dp"] * g["cp"], "two_cp": 2 * g["cp"],
             "cp_tokens": m.seq_len // g["cp"], "min_cp_chunk": MIN_CP_CHUNK, "pp_v": g["pp"] * g["virtual_stages"],
             "dp_cp": g["dp"] * g["cp"], "dp_mb": g["dp"] * g["micro_batch"],
+            "etp": _etp(s) if hasattr(s, "tp") else g["tp"], "tp_cp_dp": g["tp"] * g["cp"] * g["dp"],
             "max_pp": MAX_PIPELINE_STAGES, "max_mb": MAX_MICRO_BATCH,
             "allowed_tp": [d for d in range(1, m.kv_heads + 1)
                            if m.kv_heads % d == 0 and m.heads % d == 0 and d <= ctx.gpus_per_node],
@@ -172,10 +173,15 @@ EP_EXPERTS = Rule(  # megatron/core/transformer/moe/moe_layer.py: num_moe_expert
     "ep_experts", "ep", "ep must divide the experts",
     "ep={ep} does not divide the {experts} experts of {model}",
     lambda c, s: s.ep == 1 or (c.model.moe is not None and c.model.moe.experts % s.ep == 0))
-EP_DP_CP = Rule(  # megatron/core/parallel_state.py: expert-parallel groups are carved from the dp x cp ranks
-    "ep_dp_cp", "ep", "ep must divide dp x cp (experts are spread over data-parallel ranks)",
-    "ep={ep} must divide dp x cp = {dp_cp} (experts are spread over data-parallel ranks)",
-    lambda c, s: (s.dp * s.cp) % s.ep == 0)
+def _etp(s) -> int:
+    return getattr(s, "expert_tp", None) or s.tp
+
+
+EP_DP_CP = Rule(  # megatron/core/parallel_state.py: expert groups etp x ep x edp fold the tp x cp x dp ranks
+    "ep_dp_cp", "ep", "ep x expert tp must divide tp x cp x dp (the ranks the experts are folded over)",
+    lambda f: (f"ep={f['ep']} x expert tp={f['etp']} must divide tp x cp x dp = {f['tp_cp_dp']} (the ranks of a "
+               f"pipeline stage the experts are folded over)"),
+    lambda c, s: (s.tp * s.cp * s.dp) % (s.ep * _etp(s)) == 0)
 MB_BATCH = Rule(  # a Strategy invariant (costmodels.strategy.BATCH_DIVIDES cites its source)
     BATCH_DIVIDES.name, "micro_batch", "global batch must be divisible by dp x micro-batch",
     BATCH_DIVIDES.message, lambda c, s: BATCH_DIVIDES.ok(s))

@@ -258,6 +258,16 @@ def predicted_memory_gb(ev: Evaluation, statistic: str) -> float:
     return memory_in(max(ev.stage_memory_b), ev.memory_b["runtime"], statistic) / 1e9
 
 
+def expert_tensor_parallel(tp: int, cp: int, dp: int, ep: int) -> int | None:
+    """The run's expert tensor-parallel size (runs/v1 has no field for it): when the default (etp = tp)
+    cannot fold the experts over the stage's tp x cp x dp ranks, the largest etp dividing tp that can
+    (Megatron MoE parallel folding, megatron/core/parallel_state.py); None: the default."""
+    if ep == 1 or (dp * cp) % ep == 0:
+        return None
+    etp = next((e for e in range(tp, 0, -1) if tp % e == 0 and (tp * cp * dp) % (ep * e) == 0), tp)
+    return etp if etp != tp else None
+
+
 def implies_sequence_parallel(run: dict) -> bool:
     """The run used Megatron's --tp-comm-overlap, which needs sequence parallel (megatron/training/arguments.py:
     tensor-parallel communication overlap only with --sequence-parallel)."""
@@ -265,7 +275,7 @@ def implies_sequence_parallel(run: dict) -> bool:
 
 
 def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: bool,
-                         sp_default: bool = False, framework: str = "megatron") -> list[Strategy]:
+                         sp_default: bool = False, framework: str = "megatron", notes: str = "") -> list[Strategy]:
     """The run's strategy, with every null field expanded to the values the rules allow; a null
     sequence_parallel is `sp_default` (Megatron's default is off: it is opt-in)."""
     r = {"strategy": s}
@@ -284,6 +294,7 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
     sps = [sp] if sp is not None else [sp_default]
     precision = field(r, "strategy", "precision", str, required=False, default="bf16")
     vs_known = field(r, "strategy", "virtual_stages", required=False)
+    etp = expert_tensor_parallel(tp, cp, dp, ep) if model.moe is not None else None
     out = []
     for mb in mbs:
         m = gb // (dp * mb)
@@ -297,7 +308,7 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
                         out.append(Strategy(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, micro_batch=mb, global_batch=gb,
                                             zero_stage=z, recompute=rec, sequence_parallel=spv,
                                             precision=precision, virtual_stages=v, flash_attention=flash,
-                                            framework=framework))
+                                            framework=framework, expert_tp=etp))
     return out
 
 
@@ -338,7 +349,8 @@ def predict_run(run: dict, completions: dict[str, Completion] | None = None) -> 
     strategy = {**run["strategy"], "global_batch": gb}
     flash = uses_flash_attention(run)
     framework = run_framework(run)
-    cands = candidate_strategies(model, strategy, cluster, flash, implies_sequence_parallel(run), framework)
+    cands = candidate_strategies(model, strategy, cluster, flash, implies_sequence_parallel(run), framework,
+                                 run.get("notes") or "")
     best: Evaluation | None = None
     broken: StrategyError | None = None
     for st in cands:
