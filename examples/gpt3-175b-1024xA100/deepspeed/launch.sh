@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# NOTE: the best plan cannot be written for DeepSpeed: tp=4: tensor parallelism needs Megatron-DeepSpeed, not a DeepSpeed JSON config; nearest expressible plan: tp=1 (rerun with --tp 1), or use --emit megatron. Written instead: the fastest DeepSpeed-expressible plan among the best 4 of a search over that part of the space, predicted 33.275 s per step vs 16.791 s (+98.2%)
 # DeepSpeed launch for gpt3-175b on 1024 x A100-80GB (128 nodes x 8), written by llm-planner (plan --emit)
 # plan: TP 1 x PP 16 x DP 64, micro-batch 1 (24 per step), ZeRO-1 (distributed optimizer), full recompute
-# note: DeepSpeed recomputes every layer or none: the plan's fully recomputed layers per stage [1, 4, 4, 4, 4, 3, 3, 0, 0, 1, 0, 0, 0, 0, 0, 0] become all layers
-# note: DeepSpeed's PipelineModule balances the transformer layers: layers per stage [4, 6, 6, 6, 6, 6, 6, 5, 5, 6, 6, 6, 7, 7, 7, 7] become [6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6]
+# note: DeepSpeed recomputes every layer or none: the plan's fully recomputed layers per stage [1, 4, 0, 4, 4, 3, 3, 2, 2, 1, 0, 0, 0, 0, 0, 0] become all layers
+# note: DeepSpeed's PipelineModule balances the transformer layers: layers per stage [4, 6, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7] become [6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6]
 # note: predicted step time of the plan written: 33.275 s (the plan asked for: 28.441 s, +17.0%)
 # pp > 1: build deepspeed.pipe.PipelineModule(layers, num_stages=ds_config['pipeline']['stages'],
 #   partition_method='type:<your transformer layer class>'), which gives layers per stage [6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6]
