@@ -267,6 +267,11 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
         # last block is not resharded after forward and FSDP2 prefetches the next block while the
         # current one frees (torch.distributed.fsdp fully_shard), the oracle's tracked peak
         zero3_buf = (1 if st.framework == "torchtitan" else 2) * sum(n for n, _ in groups) * copy
+        if st.offload_params:
+            # parameters kept in host memory cross PCIe before every gather, forward and backward: each rank
+            # uploads its shard per micro-batch (Rajbhandari et al. 2021, ZeRO-Infinity, section 5: the
+            # partitioned parameters move host -> GPU before the all-gather)
+            zero3 += sum(2 * n * copy / link.size for n, link in groups) / (gpu.pcie_gbps * 1e9)
     opt_bpp = ADAM_BYTES_PER_PARAM if st.optimizer == "adam" else SGD_BYTES_PER_PARAM
 
     def opt_s(pgroups) -> float:

@@ -186,3 +186,16 @@ def test_moe_parallel_folding():
     assert "--expert-tensor-parallel-size 1" in text
     _, back = read_megatron_args(text, model, c)
     assert back.expert_tp == 1 and back.ep == 32
+
+
+def test_parameter_offload_crosses_pcie_every_micro_batch():
+    """ZeRO-3 with parameters in host memory uploads each rank's shard over PCIe before the gathers of every
+    forward and backward (ZeRO-Infinity, section 5): 2 x shard bytes / PCIe bandwidth per layer per micro-batch."""
+    from costmodels.performance import stage_costs
+    c = parse_cluster("64xH100")
+    st = Strategy(dp=64, micro_batch=1, global_batch=256, zero_stage=3, recompute="full", framework="deepspeed",
+                  offload_optimizer=True)
+    on, off = stage_costs(LLAMA8, st.with_(offload_params=True), c), stage_costs(LLAMA8, st, c)
+    shard = 2.0 * LLAMA8.params_layer(0) / 64   # one layer's 16-bit weight shard, bytes
+    assert on.layer_states.weights == 0 and on.layer_states.host > off.layer_states.host   # it lives in host memory
+    assert on.zero3_layer_s - off.zero3_layer_s == pytest.approx(2 * shard / (c.gpu.pcie_gbps * 1e9), rel=1e-9)
