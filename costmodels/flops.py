@@ -14,14 +14,13 @@ from costmodels.model import ModelSpec
 def layer_forward_flops(model: ModelSpec, tokens: float, seq_len: int, layer: int = 0) -> float:
     """Forward FLOPs of one transformer layer over `tokens` tokens (whole model, before any split).
 
-    Matrix work 2 * tokens * (active matrix params) plus attention scores and values 2 x 2*tokens*s*h
-    (Narayanan et al. 2021, section 5.1: 24bsh^2 + 4bs^2h per layer for a GPT block).
+    Matrix work 2 * tokens * (active matrix params) plus attention scores and values 2 x 2*tokens*s*q, q the
+    query width heads x head_dim (= h for GPT; Narayanan et al. 2021, section 5.1: 24bsh^2 + 4bs^2h per layer).
     """
-    h = model.hidden
-    d_qkv = h + 2 * model.kv_dim
-    attn_matrix = h * d_qkv + h * h
+    h, q = model.hidden, model.q_dim
+    attn_matrix = h * (q + 2 * model.kv_dim) + q * h
     mlp_matrix = _mlp_matrix_params_active(model, layer)
-    return 2.0 * tokens * (attn_matrix + mlp_matrix) + 4.0 * tokens * seq_len * h
+    return 2.0 * tokens * (attn_matrix + mlp_matrix) + 4.0 * tokens * seq_len * q
 
 
 def _mlp_matrix_params_active(model: ModelSpec, layer: int) -> float:

@@ -8,7 +8,8 @@ Supported model_type values and how their keys map (key names from transformers'
   (h + 2*kv_dim per layer, < 0.01% of parameters); they are not counted (bias=False).
   Llama's attention_bias / mlp_bias set bias=True.
 - mixtral: as llama plus num_local_experts, num_experts_per_tok; intermediate_size is the expert FFN.
-- qwen2_moe: num_experts, num_experts_per_tok, moe_intermediate_size, shared_expert_intermediate_size
+- qwen3: as llama; head_dim (128) may differ from hidden_size / num_attention_heads (attention_head_dim).
+- qwen2_moe, qwen3_moe: num_experts, num_experts_per_tok, moe_intermediate_size, shared_expert_intermediate_size
   (must be a multiple of moe_intermediate_size: counted as that many shared experts),
   decoder_sparse_step -> layer_freq; mlp_only_layers must be empty. The shared-expert gate (h per layer)
   is not counted.
@@ -37,7 +38,7 @@ from .model import ModelError, ModelSpec, MoESpec
 
 __all__ = ["from_hf_config", "SUPPORTED_MODEL_TYPES", "SEQ_LEN_CAP"]
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe")
+SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
 SEQ_LEN_CAP = 8192
 _REQUIRED = object()
 
@@ -109,9 +110,9 @@ def _llama_like(r: _Reader) -> dict:
     heads = r.pos_int("num_attention_heads")
     hidden = r.pos_int("hidden_size")
     head_dim = r.pos_int("head_dim", None)
-    if head_dim is not None and head_dim * heads != hidden:
-        r._raise(f"'head_dim' {head_dim} differs from hidden_size/num_attention_heads = {hidden / heads:g}; "
-                 "models with a separate head_dim are not supported")
+    if head_dim is None and hidden % heads:
+        r._raise(f"'hidden_size' {hidden} is not a multiple of 'num_attention_heads' {heads} and no 'head_dim' "
+                 "is given")
     llama_bias = r.model_type == "llama" and (r.flag("attention_bias", False) or r.flag("mlp_bias", False))
     return dict(
         layers=r.pos_int("num_hidden_layers"), hidden=hidden, heads=heads,
@@ -120,6 +121,7 @@ def _llama_like(r: _Reader) -> dict:
         seq_len=min(r.pos_int("max_position_embeddings"), SEQ_LEN_CAP),
         tied_embeddings=r.flag("tie_word_embeddings", False), position_embedding="rope", bias=llama_bias,
         norm="rmsnorm", dropout=_dropout(r, ("attention_dropout", "hidden_dropout"), 0.0),
+        attention_head_dim=head_dim if head_dim is not None and head_dim * heads != hidden else None,
     )
 
 
@@ -131,6 +133,7 @@ def _mixtral(r: _Reader) -> dict:
 
 
 def _qwen2_moe(r: _Reader) -> dict:
+    """qwen2_moe and qwen3_moe (Qwen3-MoE has no shared expert, and head_dim 128 on any hidden size)."""
     d = _llama_like(r)
     f = r.pos_int("moe_intermediate_size")
     shared_f = r.cfg.get("shared_expert_intermediate_size") or 0
@@ -170,8 +173,9 @@ def _gpt_neox(r: _Reader) -> dict:
     )
 
 
-_BUILDERS = {"llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "mixtral": _mixtral,
-             "qwen2_moe": _qwen2_moe, "gpt2": _gpt2, "gpt_neox": _gpt_neox}
+_BUILDERS = {"llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "qwen3": _llama_like,
+             "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "qwen3_moe": _qwen2_moe, "gpt2": _gpt2,
+             "gpt_neox": _gpt_neox}
 assert tuple(sorted(_BUILDERS)) == SUPPORTED_MODEL_TYPES
 
 

@@ -131,7 +131,8 @@ def layer_activation_bytes(model: ModelSpec, st: Strategy, layer: int = 0) -> La
     Per layer (s sequence per cp rank, b micro-batch, h hidden, t tp, kvd = kv_heads*head_dim):
       not split by t without sequence parallel: 2 layernorm inputs 4sbh + QKV and MLP inputs 4sbh
         + 2 dropout masks 2sbh = 10sbh  (with sequence parallel: split by t)
-      split by t: Q 2sbh, K and V 4sb*kvd, output-projection input 2sbh, MLP 4sbf (GELU: its input and
+      split by t: Q 2sbq, K and V 4sb*kvd, output-projection input 2sbq (q = heads x head_dim: h unless the
+        heads are wider, as Qwen3's), MLP 4sbf (GELU: its input and
         output) or 6sbf (SwiGLU: gate, up, product); scores 5as^2b unless flash attention or selective
         recompute drop them. With MHA and f = 4h this is sbh(34 + 5as/h) (paper eq. 1 at t = 1).
       model.dropout False (Llama-style training, dropout 0): no masks, 8sbh unsplit and 4as^2b scores.
@@ -142,7 +143,7 @@ def layer_activation_bytes(model: ModelSpec, st: Strategy, layer: int = 0) -> La
     sbh = s * b * h
     # two 1-byte dropout masks (attention and MLP output) only when training with dropout (Table 2)
     unsplit = (10.0 if model.dropout else 8.0) * sbh
-    attn = 4.0 * sbh + 4.0 * s * b * model.kv_dim
+    attn = 4.0 * s * b * model.q_dim + 4.0 * s * b * model.kv_dim     # Q and the projection input: q = h for GPT
     mlp = _mlp_activation_bytes_per_token(model, layer) * s * b
     # scores: softmax input and output 4as^2b + the 1-byte attention-dropout mask (Table 2) when dropout is on
     scores = (5.0 if model.dropout else 4.0) * model.heads * s * (s * st.cp) * b if not st.flash_attention else 0.0
@@ -177,7 +178,8 @@ def _torchtitan_layer(model: ModelSpec, st: Strategy, layer: int, base: float, c
         return LayerActivations(stored=full, checkpoint=checkpoint, full=full)
     w1_out = (f_tok / 3.0 if model.ffn_type == "swiglu" else f_tok / 2.0) * sb / t
     w2_out = 2.0 * sb * h + (2.0 * sb * h / t if t > 1 else 0.0)   # mm output, and its reduce-scatter's
-    saved = checkpoint + 2.0 * sb * h / t + 2.0 * sb * model.kv_dim / t + 2.0 * sb * h / t + lse + w1_out + w2_out
+    saved = checkpoint + 2.0 * sb * model.q_dim / t + 2.0 * sb * model.kv_dim / t + 2.0 * sb * model.q_dim / t + lse \
+        + w1_out + w2_out
     return LayerActivations(stored=saved, checkpoint=checkpoint, full=full)
 
 

@@ -143,6 +143,9 @@ class ModelSpec(_Spec):
     bias: bool = False  # linear-layer biases (GPT-2/3 style)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     moe: MoESpec | None = None
+    # per-head width when heads x head_dim differs from hidden (Qwen3: 64 heads x 128 = 8192 on hidden 4096;
+    # Megatron-LM --kv-channels, Hugging Face head_dim); None: hidden / heads
+    attention_head_dim: int | None = None
     # hidden/attention dropout in training: masks are stored activations (Korthikanti et al. 2022 Table 2,
     # GPT with dropout 0.1); Llama-style models train without (Llama 2/3, Mistral, Qwen configs: 0.0)
     dropout: bool = True
@@ -154,7 +157,7 @@ class ModelSpec(_Spec):
 
     _NUMERIC: ClassVar[tuple[str, ...]] = (
         "layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "seq_len", "global_batch",
-                "train_tokens")
+                "train_tokens", "attention_head_dim")
 
     @classmethod
     def _what(cls, data: dict) -> str:
@@ -174,9 +177,10 @@ class ModelSpec(_Spec):
         _check_range("seq_len", self.seq_len, 1, MAX_SEQ)
         _check_range("global_batch", self.global_batch, 1, MAX_BATCH)
         _check_range("train_tokens", self.train_tokens, 1, MAX_TOKENS)
-        if self.hidden % self.heads:
+        _check_range("attention_head_dim", self.attention_head_dim, 1, MAX_HIDDEN)
+        if self.attention_head_dim is None and self.hidden % self.heads:
             raise _Bad(f"hidden={self.hidden} is not divisible by heads={self.heads}; "
-                             "hidden must be a multiple of heads")
+                             "hidden must be a multiple of heads (or give attention_head_dim)")
         kv = self.heads if self.kv_heads is None else self.kv_heads
         if self.heads % kv:
             raise _Bad(f"heads={self.heads} is not divisible by kv_heads={kv}; "
@@ -193,7 +197,12 @@ class ModelSpec(_Spec):
     # ---- derived shape -------------------------------------------------------------------------
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.attention_head_dim or self.hidden // self.heads
+
+    @property
+    def q_dim(self) -> int:
+        """Width of the queries and of the attention output: heads x head_dim (= hidden unless set apart)."""
+        return self.heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
@@ -208,9 +217,9 @@ class ModelSpec(_Spec):
 
     # ---- parameter counts (docs/reference/formulas.md "Parameters") -------------------------------------------
     def params_attention(self) -> int:
-        h, kv = self.hidden, self.kv_dim
-        # Q and output h*h each, K and V h*kv_dim each (GQA); biases h + 2*kv_dim + h.
-        return 2 * h * h + 2 * h * kv + ((2 * h + 2 * kv) if self.bias else 0)
+        h, kv, q = self.hidden, self.kv_dim, self.q_dim
+        # Q h*q and output q*h (q = h unless the heads are wider), K and V h*kv_dim each (GQA); biases q + 2*kv_dim + h.
+        return 2 * h * q + 2 * h * kv + ((q + 2 * kv + h) if self.bias else 0)
 
     def _mlp(self, f: int) -> int:
         h = self.hidden

@@ -138,9 +138,9 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     s_full = model.seq_len
     s = s_full / st.cp
     M = b * s                                       # tokens per GPU per micro-batch
-    kvd, f = model.kv_dim, model.ffn_hidden
+    kvd, f, q = model.kv_dim, model.ffn_hidden, model.q_dim
     # Dense GEMMs (Shoeybi et al. 2019: QKV / fc1 column-split, projection / fc2 row-split over t)
-    attn_gemm = gemm_time(M, (h + 2 * kvd) / t, h, peak, cal) + gemm_time(M, h, h / t, peak, cal)
+    attn_gemm = gemm_time(M, (q + 2 * kvd) / t, h, peak, cal) + gemm_time(M, h, q / t, peak, cal)
     dense_mlp = sum(gemm_time(M, n, k, peak, cal) for n, k in mlp_gemm_widths(model.ffn_type, h, f, t))
     mlp = dense_mlp
     ep_comm = 0.0
@@ -170,7 +170,7 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     # of causal attention and run at a fitted share of peak; unfused attention is two batched GEMMs per
     # head, (s x d)(d x s) and (s x s)(s x d), priced like any GEMM (Korthikanti et al. 2022, 3.2).
     if st.flash_attention:
-        attn_core = 2.0 * M * s_full * h / t / (peak * cal.attention_efficiency)
+        attn_core = 2.0 * M * s_full * q / t / (peak * cal.attention_efficiency)
     else:
         heads = b * model.heads / t
         d = model.head_dim
@@ -201,7 +201,7 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
         # per-op selective AC recomputes the unsaved matmuls (wk, wo and the SwiGLU up projection w3 of a
         # Llama block, torchtitan/distributed/activation_checkpoint.py) and the element-wise ops
         up = gemm_time(M, f / t, h, peak, cal) if model.ffn_type == "swiglu" else 0.0
-        selective_extra = gemm_time(M, kvd / t, h, peak, cal) + gemm_time(M, h, h / t, peak, cal) + up + elem_fwd
+        selective_extra = gemm_time(M, kvd / t, h, peak, cal) + gemm_time(M, h, q / t, peak, cal) + up + elem_fwd
     elif st.recompute == "selective":
         selective_extra = attn_core + memory_bound_time(softmax_bytes, gpu.hbm_gbps, cal)
     return LayerTimes(compute_fwd, compute_bwd, 2 * tp_one, 2 * tp_one, cp_exposed, ep_comm, selective_extra)
@@ -431,5 +431,5 @@ def _selective_flops(model: ModelSpec, st: Strategy) -> float:
     tokens = st.global_batch * model.seq_len
     if st.framework == "torchtitan":
         f = model.ffn_hidden if model.ffn_type == "swiglu" else 0
-        return 2.0 * tokens * model.hidden * (model.kv_dim + model.hidden + f) * model.layers
-    return 4.0 * tokens * model.seq_len * model.hidden * model.layers
+        return 2.0 * tokens * (model.hidden * (model.kv_dim + f) + model.q_dim * model.hidden) * model.layers
+    return 4.0 * tokens * model.seq_len * model.q_dim * model.layers

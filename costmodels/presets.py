@@ -112,6 +112,17 @@ _ALL = [
         source="GPT-4-like MoE 1.8T, seed article 000; 16 experts of ~111B, 2 routed per token, ~55B shared "
                "attention; shape chosen to match those figures, not published by OpenAI",
     ),
+    ModelSpec(
+        # 94 MoE layers; 64 query heads of 128 (8192 wide on hidden 4096), 4 KV heads; 235.1B / 22.2B active
+        name="qwen3-235b-a22b", layers=94, hidden=4096, heads=64, kv_heads=4, attention_head_dim=128,
+        ffn_hidden=12288, ffn_type="swiglu", vocab=151936, seq_len=4096, position_embedding="rope",
+        norm="rmsnorm", bias=False, tied_embeddings=False, dropout=False,
+        moe=MoESpec(experts=128, top_k=8, expert_ffn_hidden=1536), precision="bf16",
+        source="Qwen3-235B-A22B, Qwen team 2025 (Qwen3 technical report; Hugging Face Qwen/Qwen3-235B-A22B "
+               "config.json: qwen3_moe, head_dim 128, 128 experts, top-8, moe_intermediate_size 1536); 235B "
+               "total, 22B activated; the per-head q/k norms (2 x 128 per layer) are not counted; seq_len 4096 "
+               "is the first pre-training stage's length",
+    ),
 ]
 
 PRESETS: dict[str, ModelSpec] = {m.name: m for m in _ALL}
@@ -135,6 +146,8 @@ ALIASES: dict[str, str] = {
     "gpt4-moe": "gpt4moe-1.8t",
     "gpt4moe": "gpt4moe-1.8t",
     "1.8t": "gpt4moe-1.8t",
+    "qwen3-235b": "qwen3-235b-a22b",
+    "qwen3-moe": "qwen3-235b-a22b",
 }
 
 

@@ -155,7 +155,7 @@ def _activation_bytes_per_token(model: ModelSpec, tp: int) -> float:
     f = model.ffn_hidden if model.moe is None else max(model.ffn_hidden, model.moe.expert_ffn_hidden
                                                        * (model.moe.top_k + model.moe.shared_experts))
     mlp = (3 * f if model.ffn_type == "swiglu" else 2 * f) / tp
-    return 2.0 * (2 * model.hidden + (model.hidden + 2 * model.kv_dim) / tp + mlp)
+    return 2.0 * (2 * model.hidden + (model.q_dim + 2 * model.kv_dim) / tp + mlp)
 
 
 @dataclass(frozen=True)
@@ -298,8 +298,9 @@ def _layer_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploym
     tokens = np.asarray(tokens, dtype=float)
     kvh = _kv_heads_per_gpu(model, t)
     # attention projections, column / row split over t (Shoeybi et al. 2019)
-    t_attn = (gemm(tokens, (h + 2 * kvh * d * t) / t, h, r.wbytes, r.peak, r, cal)
-              + gemm(tokens, h, h / t, r.wbytes, r.peak, r, cal))
+    q = model.q_dim
+    t_attn = (gemm(tokens, (q + 2 * kvh * d * t) / t, h, r.wbytes, r.peak, r, cal)
+              + gemm(tokens, h, q / t, r.wbytes, r.peak, r, cal))
     dense_mlp = sum(gemm(tokens, n, k, r.wbytes, r.peak, r, cal)
                     for n, k in mlp_gemm_widths(model.ffn_type, h, model.ffn_hidden, t))
     mlp = dense_mlp

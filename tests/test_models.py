@@ -423,9 +423,9 @@ def _err(tmp_path, cfg=None, raw=None) -> str:
         ({"tie_word_embeddings": "no"}, "'tie_word_embeddings' must be true or false"),
         ({"model_type": "bert"},
          "model_type 'bert' in {p} is not supported; supported: gpt2, gpt_neox, llama, mistral, mixtral, qwen2"),
-        ({"hidden_size": 4100}, "hidden=4100 is not divisible by heads=32"),
+        ({"hidden_size": 4100}, "'hidden_size' 4100 is not a multiple of 'num_attention_heads' 32"),
         ({"num_key_value_heads": 5}, "not divisible by kv_heads=5"),
-        ({"head_dim": 256}, "'head_dim' 256 differs from hidden_size/num_attention_heads"),
+        ({"head_dim": 0}, "'head_dim'"),
         ({"vocab_size": 10**9}, "vocab=1000000000 is out of range"),
     ],
 )
@@ -475,3 +475,28 @@ def test_dropout_follows_the_training_recipe(tmp_path):
     assert from_hf_config(write(tmp_path, {**LLAMA2_7B, "attention_dropout": 0.1}, name="d.json")).dropout
     with pytest.raises(ModelError, match="attention_dropout"):
         from_hf_config(write(tmp_path, {**LLAMA2_7B, "attention_dropout": "x"}, name="e.json"))
+
+
+def test_qwen3_moe_config_and_preset():
+    """Qwen3-235B-A22B (Hugging Face config.json, model_type qwen3_moe): 64 query heads of 128 on hidden 4096
+    (attention 8192 wide), 128 experts top-8: 235B total and 22B activated parameters, as the model card
+    states; the preset is the same shape."""
+    import json as _json
+    import tempfile
+
+    from costmodels.hf_config import from_hf_config
+    from costmodels.presets import get_model
+    cfg = {"model_type": "qwen3_moe", "attention_bias": False, "attention_dropout": 0.0, "decoder_sparse_step": 1,
+           "head_dim": 128, "hidden_size": 4096, "intermediate_size": 12288, "max_position_embeddings": 40960,
+           "mlp_only_layers": [], "moe_intermediate_size": 1536, "num_attention_heads": 64, "num_experts": 128,
+           "num_experts_per_tok": 8, "num_hidden_layers": 94, "num_key_value_heads": 4,
+           "tie_word_embeddings": False, "vocab_size": 151936}
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/config.json"
+        with open(path, "w") as fh:
+            _json.dump(cfg, fh)
+        m = from_hf_config(path)
+    assert (m.head_dim, m.q_dim, m.kv_dim) == (128, 8192, 512)
+    assert round(m.params_total() / 1e9) == 235 and round(m.params_active() / 1e9) == 22
+    preset, _ = get_model("qwen3-235b")
+    assert preset.params_total() == m.params_total() and preset.params_active() == m.params_active()

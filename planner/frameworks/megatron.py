@@ -60,6 +60,8 @@ def megatron_args(model: ModelSpec, st: Strategy) -> list[list[str]]:
         ["--seq-length", str(model.seq_len)], ["--max-position-embeddings", str(model.seq_len)],
         ["--position-embedding-type", "rope" if model.position_embedding == "rope" else "learned_absolute"],
     ]
+    if model.attention_head_dim is not None:   # heads wider than hidden / heads (Qwen3): the per-head width
+        a.append(["--kv-channels", str(model.head_dim)])
     if model.kv_heads != model.heads:
         a.append(["--group-query-attention", "--num-query-groups", str(model.kv_heads)])
     if model.ffn_type == "swiglu":
@@ -261,7 +263,7 @@ def megatron_model(args: dict, model: ModelSpec) -> ModelSpec:
     expect = {"--num-layers": model.layers, "--hidden-size": model.hidden, "--num-attention-heads": model.heads,
               "--ffn-hidden-size": model.ffn_hidden,
               "--num-query-groups": model.kv_heads if args.get("--group-query-attention") else None,
-              "--num-experts": model.moe.experts if model.moe else None}
+              "--num-experts": model.moe.experts if model.moe else None, "--kv-channels": model.head_dim}
     for flag, want in expect.items():
         got = _int(args, flag)
         if got is not None and got != want:
