@@ -37,6 +37,9 @@ from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROO
               help="Seconds the search may take; it returns the best plan found so far (searching on until it has "
                    "one), with its status and optimality gap.")
 @click.option("--explain", is_flag=True, help="Say why the best plan beats the runner-up, term by term.")
+@click.option("--validated-only", is_flag=True,
+              help="Search only structures some validated published run used (each plan names the ones it uses "
+                   "that none did, and its expected error: docs/validation.md).")
 @click.option("--tokens", type=float, help="Training tokens of the whole run, e.g. 300e9: adds days, GPU-hours, $ and kWh.")
 @click.option("--price", "prices", multiple=True, help="Override a GPU's price per GPU-hour, e.g. --price H100=2.49.")
 @click.option("--pue", type=float, default=1.0, show_default=True, help="Power usage effectiveness for energy (kWh).")
@@ -51,8 +54,8 @@ from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROO
 @_export_options
 @click.pass_context
 def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
-        grads, tp_only, pp_only, zero_only, recompute_only, headroom, top, time_limit, explain, tokens, prices, pue,
-        budget_usd, deadline_days, gpu_types, max_gpus, plot, report, fmt, framework, emit, out_dir):
+        grads, tp_only, pp_only, zero_only, recompute_only, headroom, top, time_limit, explain, validated_only, tokens,
+        prices, pue, budget_usd, deadline_days, gpu_types, max_gpus, plot, report, fmt, framework, emit, out_dir):
     """Find the fastest parallelism plan for training MODEL on GPUS that fits in GPU memory.
 
     Searches tensor / pipeline / data parallel sizes, micro-batch, interleaving, ZeRO stage, activation
@@ -106,6 +109,9 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     if framework:
         from planner.solve.space import for_framework
         opts = for_framework(opts, framework)
+    if validated_only:
+        from planner.solve.trust import validated_space
+        opts = validated_space(opts)
     if explain:
         top = max(top, 2)
     with _progress(fmt) as progress:

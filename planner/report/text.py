@@ -78,6 +78,8 @@ def render_plan(p: PlanOut, console: Console, title: str) -> None:
     console.print(f"  step time [bold]{p.step_time_s:.3f} s[/] | {p.tokens_per_s:,.0f} tokens/s "
                   f"({p.tokens_per_s_per_gpu:,.0f} per GPU) | MFU {p.mfu:.1%} | HFU {p.hfu:.1%} | "
                   f"{p.tflops_per_gpu:.0f} model TFLOP/s per GPU")
+    if p.trust:
+        console.print("  " + trust_line(p.trust))
     if p.run:
         r = p.run
         console.print(f"  whole run of {r['tokens']:.3g} tokens: {r['days']:,.1f} days, {r['gpu_hours']:,.0f} GPU-hours, "
@@ -106,6 +108,18 @@ def render_plan(p: PlanOut, console: Console, title: str) -> None:
     console.print(mem)
     console.print(verdict_line(p))
     console.print(tim)
+
+
+def trust_line(t: dict) -> str:
+    """The expected error of a prediction (held-out runs of its regime) and its unvalidated structures."""
+    if "runs" in t:
+        line = (f"expected error: median {t['median_abs_pct_error']:.0%}, 90th percentile "
+                f"{t['p90_abs_pct_error']:.0%} (held-out published runs, {t['runs']} in regime {t['regime']})")
+    else:
+        line = "expected error: no held-out published runs to measure it"
+    if t.get("unvalidated"):
+        line += "; no validated run uses: " + ", ".join(t["unvalidated"])
+    return line
 
 
 def verdict_line(p: PlanOut) -> str:

@@ -36,6 +36,7 @@ def render_markdown(results: ValidationResult | list[ValidationResult], plot: st
         "```bash",
         f"{cmd} --markdown docs/validation.md --plot docs/validation.png",
         "python -m planner.validation.fit      # refits the constants of costmodels/calibration.py",
+        "python -m planner.validation.bands    # the error bands every plan shows (data/error-bands.json)",
         "```",
         "",
         f"**Split.** {SPLIT_RULE} Figures *out of sample* are on the held-out rows only; *in sample* on the "

@@ -272,7 +272,7 @@ def evaluate_strategy(model: ModelSpec, cluster: Cluster, strategy: Strategy,
     `fits`, `verdict` and `spare_gb` keep `headroom` free on every GPU (planner.solve.evaluate.parse_headroom).
     A plan that does not fit is still predicted and returned (its verdict says what is over): the caller
     decides, e.g. `plan evaluate` prints it and exits 3."""
-    from planner.solve.result import assumptions, cluster_out, model_out, plan_out
+    from planner.solve.result import assumptions, cluster_out, model_out, plan_out, with_trust
     from planner.solve.space import check_strategy
     from planner.solve.evaluate import evaluate
 
@@ -283,4 +283,4 @@ def evaluate_strategy(model: ModelSpec, cluster: Cluster, strategy: Strategy,
                         assumptions=assumptions(model, strategy.global_batch, strategy.precision,
                                                 strategy.optimizer, strategy.flash_attention,
                                                 strategy.fp32_grads, headroom, strategy.framework),
-                        plans=[plan_out(1, ev, {"status": "EVALUATED", "gap": None})])
+                        plans=[with_trust(plan_out(1, ev, {"status": "EVALUATED", "gap": None}), ev, model, cluster)])

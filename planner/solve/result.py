@@ -57,6 +57,9 @@ class PlanOut(Out):
     solver: dict
     stage_gpus: list[str] | None = None   # GPU type of each pipeline stage (several pools only)
     run: dict | None = None               # with --tokens: days, gpu_hours, cost_usd, energy_kwh of the run
+    # the error of held-out predictions in the plan's regime and its structures no validated run used
+    # (planner.solve.trust): regime, runs, median_abs_pct_error, p90_abs_pct_error, unvalidated
+    trust: dict | None = None
 
 
 class SearchOut(Out):
@@ -159,8 +162,19 @@ def plan_out(rank: int, ev: PlanEvaluation, solver: dict) -> PlanOut:
         stage_gpus=list(ev.stage_gpus) if len(set(ev.stage_gpus)) > 1 else None)
 
 
+def with_trust(plan: PlanOut, ev: PlanEvaluation, model: ModelSpec, cluster) -> PlanOut:
+    """The plan with its trust figures (planner.solve.trust) for the GPU family of its slowest stage."""
+    from planner.solve.trust import trust
+    pools = cluster if isinstance(cluster, tuple) else (cluster,)
+    fam = next((c.gpu.family for c in pools if c.gpu.name == (ev.stage_gpus or [pools[0].gpu.name])[0]),
+               pools[0].gpu.family)
+    plan.trust = trust(fam, ev.strategy.precision, model.moe is not None, ev.strategy)
+    return plan
+
+
 def build_result(model, cluster, opts, evaluations, layouts, seconds, stats, model_note=None) -> SearchResult:
-    plans = [plan_out(i + 1, ev, {"status": "OPTIMAL" if lay.optimal else "FEASIBLE", "gap": lay.gap if lay.gap != float("inf") else None})
+    plans = [with_trust(plan_out(i + 1, ev, {"status": "OPTIMAL" if lay.optimal else "FEASIBLE",
+                                             "gap": lay.gap if lay.gap != float("inf") else None}), ev, model, cluster)
              for i, (ev, lay) in enumerate(zip(evaluations, layouts))]
     space = stats["space"]
     search = SearchOut(
