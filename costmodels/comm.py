@@ -35,13 +35,22 @@ def group_link(size: int, stride: int, gpus_per_node: int) -> Link:
     return Link(size=size, per_node=per_node)
 
 
+def intra_node_bandwidth(gpu: GPUSpec, members: int) -> float:
+    """GB/s per GPU per direction a group of `members` GPUs inside one node reaches: the switched fabric's
+    (NVLink) whatever the group; on a fully connected node (MI300X's Infinity Fabric, one 64 GB/s link per
+    peer) only the links to the group's other members carry its traffic: (members - 1) x the link."""
+    if gpu.intra_node_peer_gbps is None:
+        return gpu.intra_node_gbps
+    return min(gpu.intra_node_gbps, max(1, members - 1) * gpu.intra_node_peer_gbps)
+
+
 def collective_time(kind: str, nbytes: float, link: Link, gpu: GPUSpec, cal: Calibration) -> float:
     """Seconds for one collective of `nbytes` (the full buffer each GPU holds or produces)."""
     n, g = link.size, link.per_node
     if n <= 1 or nbytes <= 0:
         return 0.0
     volume, steps = _VOLUME[kind], _STEPS[kind]
-    intra_bw = gpu.intra_node_gbps * 1e9 * cal.intra_node_efficiency
+    intra_bw = intra_node_bandwidth(gpu, min(g, n)) * 1e9 * cal.intra_node_efficiency
     inter_bw = gpu.inter_node_gbps * 1e9 * cal.inter_node_efficiency
     if g >= n:  # the whole group inside one node
         return volume(n) * nbytes / intra_bw + steps * (n - 1) * cal.intra_node_latency_s
@@ -60,4 +69,4 @@ def p2p_time(nbytes: float, across_nodes: bool, gpu: GPUSpec, cal: Calibration) 
         return 0.0
     if across_nodes:
         return nbytes / (gpu.inter_node_gbps * 1e9 * cal.inter_node_efficiency) + cal.inter_node_latency_s
-    return nbytes / (gpu.intra_node_gbps * 1e9 * cal.intra_node_efficiency) + cal.intra_node_latency_s
+    return nbytes / (intra_node_bandwidth(gpu, 2) * 1e9 * cal.intra_node_efficiency) + cal.intra_node_latency_s

@@ -30,6 +30,10 @@ class GPUSpec(BaseModel):
     gpus_per_tray: int | None = Field(default=None, ge=1, le=64)
     intra_node_gbps: float = Field(gt=0)
     intra_node_link: str
+    # a fully connected node (AMD Infinity Fabric: one link per peer) has no switch: a group of g GPUs in it
+    # reaches (g - 1) x this per GPU, a point-to-point send one link; None: switched (NVLink), every group
+    # reaches intra_node_gbps
+    intra_node_peer_gbps: float | None = Field(default=None, gt=0)
     inter_node_gbps: float = Field(gt=0)
     pcie_gbps: float = Field(gt=0)
     host_memory_gb_per_node: float = Field(gt=0)

@@ -355,3 +355,13 @@ def test_rack_scale_nvlink_domains():
     assert rack_share(256, load_catalog().resolve("H100")[0]) is None   # servers, not racks
     with pytest.raises(HardwareError, match="whole nodes"):
         parse_cluster("75xGB200")
+
+
+def test_fully_connected_nodes_reach_one_link_per_peer():
+    """MI300X's Infinity Fabric connects each GPU to each of its 7 peers with one 64 GB/s link (per direction,
+    AMD Instinct MI300X data sheet); no switch: a TP-2 group gets one link, an 8-GPU group all seven (448),
+    while NVLink's switch gives any H100 group the full 450 GB/s."""
+    from costmodels.comm import intra_node_bandwidth
+    mi, h100 = load_catalog().resolve("MI300X")[0], load_catalog().resolve("H100")[0]
+    assert [intra_node_bandwidth(mi, g) for g in (2, 4, 8)] == [64, 192, 448]
+    assert {intra_node_bandwidth(h100, g) for g in (2, 4, 8)} == {h100.intra_node_gbps}
