@@ -56,6 +56,14 @@ def model_flops_per_step(model: ModelSpec, global_batch: int, seq_len: int) -> f
     return 3.0 * model_forward_flops(model, global_batch * seq_len, seq_len)
 
 
+def causal_model_flops_per_step(model: ModelSpec, global_batch: int, seq_len: int) -> float:
+    """Model FLOPs per step counting only the causal (unmasked) half of attention's scores and values:
+    the work causal kernels do (FlashAttention skips the masked blocks). model_flops_per_step counts the full
+    4*tokens*s*q per layer forward (PaLM, Narayanan et al.), which makes MFU grow with the context length."""
+    tokens = global_batch * seq_len
+    return model_flops_per_step(model, global_batch, seq_len) - 3.0 * model.layers * 2.0 * tokens * seq_len * model.q_dim
+
+
 def narayanan_flops_per_step(model: ModelSpec, global_batch: int, seq_len: int) -> float:
     """Narayanan et al. 2021, eq. 3 (counts the recomputed forward): 96 B s l h^2 (1 + s/6h + V/16lh)."""
     l, h, s, v = model.layers, model.hidden, seq_len, model.vocab

@@ -402,6 +402,7 @@ class Evaluation:
     bottleneck_stage: int
     stage_gpus: list[str] = field(default_factory=list)   # GPU type of each pipeline stage
     stage_time_s: list[float] = field(default_factory=list)  # each stage's time for one micro-batch
+    mfu_causal: float = 0.0        # MFU counting the causal half of attention (flops.causal_model_flops_per_step)
 
 
 def resolve_layout(model: ModelSpec, st: Strategy) -> tuple[list[int], list[int]]:

@@ -126,7 +126,8 @@ def test_search_json_contract(json_175b):
     assert d["assumptions"]["headroom"] == "none"
     assert set(d["plans"][0]) == {"rank", "strategy", "step_time_s", "tokens_per_s", "tokens_per_s_per_gpu",
                                   "tflops_per_gpu", "mfu", "hfu", "memory_gb", "stage_memory_gb", "stage_time_ms",
-                                  "time_s", "fits", "verdict", "spare_gb", "solver", "stage_gpus", "run", "trust"}
+                                  "time_s", "fits", "verdict", "spare_gb", "solver", "stage_gpus", "run", "trust",
+                                  "mfu_causal"}
     assert {"regime", "runs", "median_abs_pct_error", "p90_abs_pct_error", "unvalidated"} == set(d["plans"][0]["trust"])
 
 

@@ -116,3 +116,29 @@ def test_selective_recompute_adds_the_attention_core_forward():
     extra = 4.0 * 64 * model.seq_len ** 2 * model.hidden * model.layers
     assert rel_eq(ev.hardware_flops - ev.model_flops, extra, 1e-9)
     assert ev.hfu > ev.mfu
+
+
+def test_causal_mfu_does_not_grow_with_context():
+    """Attention's FLOPs counted in full (PaLM's convention) make Llama 3 70B at 128k context look more
+    efficient than at 8k although causal kernels skip the masked half; counted causally the long context is
+    the less efficient one, as its attention runs below GEMM efficiency."""
+    from costmodels.flops import causal_model_flops_per_step, model_flops_per_step
+    from costmodels.presets import get_model
+    from costmodels.strategy import Strategy
+    from hardware import parse_cluster
+    from planner.solve.evaluate import evaluate
+
+    m, _ = get_model("llama3-70b")
+    # the causal count removes exactly half of the scores-and-values FLOPs: 3 x L x 2 x tokens x s x q
+    full, causal = model_flops_per_step(m, 8, 8192), causal_model_flops_per_step(m, 8, 8192)
+    assert full - causal == 3 * m.layers * 2 * 8 * 8192 * 8192 * m.q_dim
+    c = parse_cluster("512xH100")
+    out = {}
+    # 4M tokens per step each; context parallel only where the context needs it
+    for s, cp in ((8192, 1), (131072, 8)):
+        ms = m.model_copy(update={"seq_len": s})
+        ev = evaluate(ms, Strategy(tp=8, pp=4, dp=16 // cp, cp=cp, micro_batch=1, global_batch=4194304 // s,
+                                   recompute="full"), c)
+        out[s] = (ev.mfu, ev.mfu_causal)
+    assert out[131072][0] > out[8192][0]          # the full count's artefact
+    assert out[131072][1] < out[8192][1]          # causal: long context is not more efficient

@@ -76,7 +76,8 @@ def render_plan(p: PlanOut, console: Console, title: str) -> None:
         for line in _assignment(p):
             console.print(f"    {line}")
     console.print(f"  step time [bold]{p.step_time_s:.3f} s[/] | {p.tokens_per_s:,.0f} tokens/s "
-                  f"({p.tokens_per_s_per_gpu:,.0f} per GPU) | MFU {p.mfu:.1%} | HFU {p.hfu:.1%} | "
+                  f"({p.tokens_per_s_per_gpu:,.0f} per GPU) | MFU {p.mfu:.1%} (PaLM: full attention; "
+                  f"{p.mfu_causal or 0:.1%} causal) | HFU {p.hfu:.1%} | "
                   f"{p.tflops_per_gpu:.0f} model TFLOP/s per GPU")
     if p.trust:
         console.print("  " + trust_line(p.trust))

@@ -18,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from costmodels.flops import model_flops_per_step
+from costmodels.flops import causal_model_flops_per_step, model_flops_per_step
 from costmodels.model import ModelSpec
 from costmodels.performance import (Evaluation, StageCosts, hardware_flops_per_step, resolve_layout,
                                     stage_costs)
@@ -241,6 +241,7 @@ def evaluate_pipeline(model: ModelSpec, st: Strategy, pl: Pipeline, gpus: list, 
         model_flops=mflops,
         hardware_flops=hflops,
         mfu=mflops / step / peak,
+        mfu_causal=causal_model_flops_per_step(model, st.global_batch, model.seq_len) / step / peak,
         hfu=hflops / step / peak,
         tflops_per_gpu=mflops / step / n / 1e12,
         time_s=time_s,

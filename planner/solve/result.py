@@ -45,7 +45,7 @@ class PlanOut(Out):
     tokens_per_s: float
     tokens_per_s_per_gpu: float
     tflops_per_gpu: float
-    mfu: float
+    mfu: float                         # PaLM convention: attention's scores and values counted in full
     hfu: float
     memory_gb: dict[str, float]
     stage_memory_gb: list[float]
@@ -60,6 +60,7 @@ class PlanOut(Out):
     # the error of held-out predictions in the plan's regime and its structures no validated run used
     # (planner.solve.trust): regime, runs, median_abs_pct_error, p90_abs_pct_error, unvalidated
     trust: dict | None = None
+    mfu_causal: float | None = None       # MFU counting only the causal half of attention (what the kernels run)
 
 
 class SearchOut(Out):
@@ -159,7 +160,7 @@ def plan_out(rank: int, ev: PlanEvaluation, solver: dict) -> PlanOut:
         memory_gb=mem, stage_memory_gb=[round(x / GB, 3) for x in ev.stage_memory_b],
         stage_time_ms=[round(t * 1e3, 3) for t in ev.stage_time_s],
         time_s=dict(ev.time_s), fits=ev.fits, verdict=v.text(), spare_gb=round(v.spare_b / GB, 3), solver=solver,
-        stage_gpus=list(ev.stage_gpus) if len(set(ev.stage_gpus)) > 1 else None)
+        stage_gpus=list(ev.stage_gpus) if len(set(ev.stage_gpus)) > 1 else None, mfu_causal=ev.mfu_causal)
 
 
 def with_trust(plan: PlanOut, ev: PlanEvaluation, model: ModelSpec, cluster) -> PlanOut:
