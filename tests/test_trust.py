@@ -47,3 +47,18 @@ def test_plans_carry_their_trust_and_validated_only_keeps_inside():
     assert res.exit_code == 0, res.output
     p = json.loads(res.output)["plans"][0]
     assert not p["strategy"]["offload_optimizer"] and p["trust"]["unvalidated"] == []
+
+
+def test_exclude_keeps_structures_out():
+    from planner.solve.space import EXCLUDABLE, SpaceOptions, exclude
+    opt = SpaceOptions(global_batch=1536)
+    ex = exclude(opt, ["cp", "offload", "zero3", "full-recompute"])
+    assert ex.cp == (1,) and ex.offload == ("none",) and 3 not in ex.zero_stage and "full" not in ex.recompute
+    assert exclude(opt, list(EXCLUDABLE)).zero_stage == (0,)
+    res = CliRunner().invoke(cli, ["--model", "175b", "--gpus", "1024xA100", "--exclude", "cp,offload", "--format",
+                                   "json", "--top", "1"])
+    assert res.exit_code == 0, res.output
+    st = json.loads(res.output)["plans"][0]["strategy"]
+    assert st["cp"] == 1 and not st["offload_optimizer"]
+    bad = CliRunner().invoke(cli, ["--model", "175b", "--gpus", "1024xA100", "--exclude", "warp"])
+    assert bad.exit_code == 2 and "not known" in bad.output

@@ -37,6 +37,8 @@ from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROO
               help="Seconds the search may take; it returns the best plan found so far (searching on until it has "
                    "one), with its status and optimality gap.")
 @click.option("--explain", is_flag=True, help="Say why the best plan beats the runner-up, term by term.")
+@click.option("--exclude", "exclude_only", help="Keep structures out of the search, comma-separated: tp, pp, cp, ep, "
+              "interleaving, zero1, zero2, zero3, offload, param-offload, full-recompute, selective-recompute.")
 @click.option("--validated-only", is_flag=True,
               help="Search only structures some validated published run used (each plan names the ones it uses "
                    "that none did, and its expected error: docs/validation.md).")
@@ -54,7 +56,8 @@ from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROO
 @_export_options
 @click.pass_context
 def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
-        grads, tp_only, pp_only, zero_only, recompute_only, headroom, top, time_limit, explain, validated_only, tokens,
+        grads, tp_only, pp_only, zero_only, recompute_only, headroom, top, time_limit, explain, exclude_only,
+        validated_only, tokens,
         prices, pue, budget_usd, deadline_days, gpu_types, max_gpus, plot, report, fmt, framework, emit, out_dir):
     """Find the fastest parallelism plan for training MODEL on GPUS that fits in GPU memory.
 
@@ -109,6 +112,12 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     if framework:
         from planner.solve.space import for_framework
         opts = for_framework(opts, framework)
+    if exclude_only:
+        from planner.solve.space import exclude
+        try:
+            opts = exclude(opts, [x.strip() for x in exclude_only.split(",") if x.strip()])
+        except ValueError as e:
+            raise UserError(str(e)) from None
     if validated_only:
         from planner.solve.trust import validated_space
         opts = validated_space(opts)

@@ -295,3 +295,37 @@ def for_framework(opt: SpaceOptions, framework: str) -> SpaceOptions:
         if not any(ok):
             changes[name] = getattr(_DEFAULTS, name)
     return replace(opt, **changes)
+
+
+# --exclude: structures a user (or --validated-only) keeps out of the search, and what each removes
+EXCLUDABLE: dict[str, str] = {
+    "tp": "tensor parallelism", "pp": "pipeline parallelism", "cp": "context parallelism",
+    "ep": "expert parallelism", "interleaving": "interleaved pipeline stages", "zero1": "ZeRO-1",
+    "zero2": "ZeRO-2", "zero3": "ZeRO-3", "offload": "optimizer and parameter offload",
+    "param-offload": "parameter offload", "full-recompute": "full (block) recompute",
+    "selective-recompute": "selective recompute",
+}
+
+
+def exclude(opt: SpaceOptions, names) -> SpaceOptions:
+    """`opt` without the structures `names` (keys of EXCLUDABLE) name; ValueError naming an unknown one."""
+    ch: dict = {}
+    for n in names:
+        if n not in EXCLUDABLE:
+            raise ValueError(f"--exclude {n!r} is not known; choose from {', '.join(EXCLUDABLE)}")
+        if n in ("tp", "pp", "cp", "ep"):
+            ch[n] = (1,)
+        elif n == "interleaving":
+            ch["virtual_stages"] = (1,)
+        elif n.startswith("zero"):
+            z = int(n[-1])
+            ch["zero_stage"] = tuple(x for x in ch.get("zero_stage", opt.zero_stage) if x != z) or (0,)
+        elif n == "offload":
+            ch["offload"] = ("none",)
+        elif n == "param-offload":
+            ch["offload"] = tuple(o for o in ch.get("offload", opt.offload) if o != "optimizer+params") or ("none",)
+        elif n == "full-recompute":
+            ch["recompute"] = tuple(r for r in ch.get("recompute", opt.recompute) if r != "full") or ("none",)
+        elif n == "selective-recompute":
+            ch["recompute"] = tuple(r for r in ch.get("recompute", opt.recompute) if r != "selective") or ("none",)
+    return replace(opt, **ch)

@@ -56,24 +56,16 @@ def trust(family: str, precision: str, moe: bool, st) -> dict:
     return out
 
 
+# the --exclude name of each structure (planner.solve.space.EXCLUDABLE) a validated run may not have used
+EXCLUDE_NAME = {"tensor parallel": "tp", "pipeline parallel": "pp", "interleaved pipeline": "interleaving",
+                "context parallel": "cp", "expert parallel": "ep", "ZeRO-1": "zero1", "ZeRO-2": "zero2",
+                "ZeRO-3": "zero3", "optimizer offload (CPU Adam)": "offload", "parameter offload": "param-offload",
+                "full recompute": "full-recompute"}
+
+
 def validated_space(opt):
     """SpaceOptions (planner.solve.space) without the structures no validated run used: a search that stays
     inside validated territory (--validated-only)."""
-    from dataclasses import replace
+    from planner.solve.space import exclude
     seen = set(_bands().get("validated_features", []))
-    ch: dict = {}
-    if "optimizer offload (CPU Adam)" not in seen:
-        ch["offload"] = ("none",)
-    elif "parameter offload" not in seen:
-        ch["offload"] = tuple(o for o in opt.offload if o != "optimizer+params") or ("none",)
-    zero = tuple(z for z in opt.zero_stage if z == 0 or f"ZeRO-{z}" in seen)
-    ch["zero_stage"] = zero or (0,)
-    if "context parallel" not in seen:
-        ch["cp"] = (1,)
-    if "expert parallel" not in seen:
-        ch["ep"] = (1,)
-    if "interleaved pipeline" not in seen:
-        ch["virtual_stages"] = (1,)
-    if "full recompute" not in seen:
-        ch["recompute"] = tuple(r for r in opt.recompute if r != "full") or ("none",)
-    return replace(opt, **ch)
+    return exclude(opt, [EXCLUDE_NAME[f] for f, _ in FEATURES if f in EXCLUDE_NAME and f not in seen])
