@@ -354,7 +354,11 @@ def _states(groups: list[tuple[float, Link]], sb, st: Strategy, root: bool = Fal
 
 def _cpu_optimizer_time(params: float, gpu) -> float:
     """Optimizer step on the host (ZeRO-Offload, Ren et al. 2021): PCIe copies of grads down and weights
-    up (2 + 2 bytes) plus a CPU Adam at ~1e9 parameters/s per GPU's share of the host (assumption)."""
+    up (2 + 2 bytes) plus a CPU Adam at ~1e9 parameters/s per GPU's share of the host (assumption). A
+    vectorised Adam is bound by host memory bandwidth, ADAM_BYTES_PER_PARAM (28) bytes per parameter: a DGX
+    A100's two 8-channel DDR4-3200 sockets (410 GB/s, ~70% reached) give each of its 8 GPUs ~36 GB/s, 1.3e9
+    parameters/s; the ZeRO-Offload paper's DGX-2 (two 6-channel DDR4-2666 sockets for 16 V100s) gives each
+    GPU about half that. Not validated: no published run in the bundled sets offloads (plans say so)."""
     pcie = params * 4.0 / (gpu.pcie_gbps * 1e9)
     return pcie + params / 1.0e9
 
