@@ -170,7 +170,10 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     # of causal attention and run at a fitted share of peak; unfused attention is two batched GEMMs per
     # head, (s x d)(d x s) and (s x s)(s x d), priced like any GEMM (Korthikanti et al. 2022, 3.2).
     if st.flash_attention:
-        attn_core = 2.0 * M * s_full * q / t / (peak * cal.attention_efficiency)
+        # FP8 recipes run the attention core in 16 bits (Transformer Engine's fused attention without
+        # fp8_dot_product_attention, Megatron-LM's default; torchao float8 converts only the Linear layers)
+        attn_peak = gpu.peak_tflops("bf16") * 1e12 if st.precision == "fp8" else peak
+        attn_core = 2.0 * M * s_full * q / t / (attn_peak * cal.attention_efficiency)
     else:
         heads = b * model.heads / t
         d = model.head_dim

@@ -199,3 +199,19 @@ def test_parameter_offload_crosses_pcie_every_micro_batch():
     shard = 2.0 * LLAMA8.params_layer(0) / 64   # one layer's 16-bit weight shard, bytes
     assert on.layer_states.weights == 0 and on.layer_states.host > off.layer_states.host   # it lives in host memory
     assert on.zero3_layer_s - off.zero3_layer_s == pytest.approx(2 * shard / (c.gpu.pcie_gbps * 1e9), rel=1e-9)
+
+
+def test_fp8_recipes_run_attention_in_16_bits():
+    """Transformer Engine's FP8 recipes (Megatron-LM's default, no fp8 dot-product attention) and torchao's
+    float8 Linear layers run the attention core in BF16: only the GEMMs get FP8's peak."""
+    from costmodels.calibration import calibration_for
+    from costmodels.performance import layer_times
+    c = parse_cluster("8xH100")
+    st = Strategy(dp=8, global_batch=8, recompute="none")
+    cal = calibration_for(c.gpu.family)
+    bf, f8 = layer_times(LLAMA8, st, c, cal), layer_times(LLAMA8, st.with_(precision="fp8"), c, cal)
+    # the attention core alone, as selective recompute repeats it (Megatron's selective)
+    sel_bf = layer_times(LLAMA8, st.with_(recompute="selective"), c, cal).selective_extra
+    sel_f8 = layer_times(LLAMA8, st.with_(recompute="selective", precision="fp8"), c, cal).selective_extra
+    assert sel_f8 == sel_bf > 0
+    assert f8.compute_fwd < bf.compute_fwd        # the GEMMs still run at FP8's peak
