@@ -56,7 +56,7 @@ def brute_force(sc: StageCoeffs, cap: int, free: bool) -> tuple[int, tuple, tupl
     for Ls in layer_splits(sc):
         ranges = [range(L + 1) if free else range(1) for L in Ls]
         for Rs in itertools.product(*ranges):
-            if any(sc.peak_bytes(i, L, R) > cap for i, (L, R) in enumerate(zip(Ls, Rs))):
+            if any(sc.stage_bytes(i, L, R) > cap for i, (L, R) in enumerate(zip(Ls, Rs))):
                 continue
             obj = sc.step_scaled(list(Ls), list(Rs))
             if best is None or obj < best[0]:
@@ -66,7 +66,7 @@ def brute_force(sc: StageCoeffs, cap: int, free: bool) -> tuple[int, tuple, tupl
 
 def fewest_recompute(sc: StageCoeffs, i: int, L: int, cap: int, free: bool) -> int | None:
     for R in range(L + 1 if free else 1):
-        if sc.peak_bytes(i, L, R) <= cap:
+        if sc.stage_bytes(i, L, R) <= cap:
             return R
     return None
 
@@ -123,7 +123,7 @@ def memory_range(sc: StageCoeffs, free: bool) -> tuple[int, int]:
     for Ls in layer_splits(sc):
         ranges = [range(L + 1) if free else range(1) for L in Ls]
         for Rs in itertools.product(*ranges):
-            peaks.append(max(sc.peak_bytes(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))))
+            peaks.append(max(sc.stage_bytes(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))))
     return min(peaks), max(peaks)
 
 
@@ -189,7 +189,7 @@ def test_solve_layout_matches_brute_force(seed):
     if not free:
         assert not any(got.recompute_layers)
     assert min(got.stage_layers) >= sc.v
-    assert all(sc.peak_bytes(i, L, R) <= cap for i, (L, R) in enumerate(zip(got.stage_layers, got.recompute_layers)))
+    assert all(sc.stage_bytes(i, L, R) <= cap for i, (L, R) in enumerate(zip(got.stage_layers, got.recompute_layers)))
     assert got.objective == sc.step_scaled(got.stage_layers, got.recompute_layers)
     ev = evaluate_layout(model, st, cluster, sc, got.stage_layers, got.recompute_layers)
     assert ev.fits
@@ -219,7 +219,7 @@ def test_search_bounds_are_sound(seed):
     g = greedy_layout(sc, cap, free)
     if g is not None:
         assert best is not None and g.objective >= best
-        assert all(sc.peak_bytes(i, L, R) <= cap for i, (L, R) in enumerate(zip(g.stage_layers, g.recompute_layers)))
+        assert all(sc.stage_bytes(i, L, R) <= cap for i, (L, R) in enumerate(zip(g.stage_layers, g.recompute_layers)))
         assert g.stage_layers in (even_split(model.layers, st.pp), balanced_layers(sc)[0])
 
 

@@ -163,7 +163,7 @@ def memory_verdict(pl: Pipeline, gpus: list, Ls: list[int], Rs: list[int]) -> Ve
     (the one furthest over when any is), the stage the memory table shows; host memory is checked against
     each stage's host share."""
     p = pl.p
-    mem = [pl.peak_bytes(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
+    mem = [pl.stage_bytes(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
     k = max(range(p), key=lambda i: (mem[i] / max(pl.caps[i], 1), -i))
     host = [(pl.host_bytes(i, L), pl.stages[i].host_cap_b) for i, L in enumerate(Ls)]
     host_over = [i for i in range(p) if host[i][0] > host[i][1]]
@@ -232,7 +232,7 @@ def evaluate_pipeline(model: ModelSpec, st: Strategy, pl: Pipeline, gpus: list, 
     n = st.num_gpus
     per_stage = n // p
     peak = sum(per_stage * g.peak_tflops(st.precision) * 1e12 for g in gpus)
-    mem = [pl.peak_bytes(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
+    mem = [pl.stage_bytes(i, L, R) for i, (L, R) in enumerate(zip(Ls, Rs))]
     km = max(range(p), key=lambda i: (mem[i] / max(pl.caps[i], 1), -i))
     return PlanEvaluation(
         strategy=st,

@@ -229,7 +229,7 @@ def _min_peak_bytes(model: ModelSpec, cluster: Cluster, space: Space) -> float:
         L = -(-model.layers // st.pp)
         if any(sc.host_bytes(i, L) > sc.host_cap_b for i in range(st.pp)):
             continue
-        best = min(best, max(sc.peak_bytes(i, L, L if R_all else 0) for i in range(st.pp)))
+        best = min(best, max(sc.stage_bytes(i, L, L if R_all else 0) for i in range(st.pp)))
     return best
 
 

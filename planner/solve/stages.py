@@ -256,9 +256,6 @@ class StageCoeffs:
             has_R = 1 if R > 0 else 0
         return const + L * a + R * r + has_R * h
 
-    def peak_bytes(self, i, L: int, R: int) -> int:
-        return self.stage_bytes(i, L, R)
-
     def _end_parts(self, i, L) -> tuple:
         """The end of the backward, by part: every model state with its gradients, gathered weights and
         buckets, the root's unsharded gradient on stage 0, the runtime buffers; activations all freed."""
@@ -373,12 +370,9 @@ class Pipeline:
     def host_bytes(self, i: int, L):
         return self.stages[i].host_bytes(i, L)
 
-    def peak_bytes(self, i: int, L: int, R: int) -> int:
-        return self.stages[i].peak_bytes(i, L, R)
-
     def stage_fits(self, i: int, L: int, R: int) -> bool:
         sc = self.stages[i]
-        return sc.peak_bytes(i, L, R) <= self.caps[i] and sc.host_bytes(i, L) <= sc.host_cap_b
+        return sc.stage_bytes(i, L, R) <= self.caps[i] and sc.host_bytes(i, L) <= sc.host_cap_b
 
     def objective(self, times, tmax, tails_max):
         """v x step time: (m-1) Tmax + sum T + Tail for 1F1B; v m Tmax + sum T - Tmax + v Tail

@@ -11,19 +11,22 @@ from pathlib import Path
 
 BANDS_FILE = Path(__file__).resolve().parents[1] / "validation" / "data" / "error-bands.json"
 
-# the same words and regime keys as planner.validation.bands (which writes the file; it imports this module)
-FEATURES = (("tensor parallel", lambda s: s.tp > 1), ("pipeline parallel", lambda s: s.pp > 1),
-            ("interleaved pipeline", lambda s: s.virtual_stages > 1), ("context parallel", lambda s: s.cp > 1),
-            ("expert parallel", lambda s: s.ep > 1), ("ZeRO-1", lambda s: s.zero_stage == 1),
-            ("ZeRO-2", lambda s: s.zero_stage == 2), ("ZeRO-3", lambda s: s.zero_stage == 3),
-            ("optimizer offload (CPU Adam)", lambda s: s.offload_optimizer),
-            ("parameter offload", lambda s: s.offload_params), ("full recompute", lambda s: s.recompute == "full"),
-            ("fp8", lambda s: s.precision == "fp8"))
+# each structure in words, its --exclude name (planner.solve.space.EXCLUDABLE; None: cannot be excluded) and
+# whether a strategy uses it; planner.validation.bands (which writes the file) uses the same words and keys
+FEATURES = (("tensor parallel", "tp", lambda s: s.tp > 1), ("pipeline parallel", "pp", lambda s: s.pp > 1),
+            ("interleaved pipeline", "interleaving", lambda s: s.virtual_stages > 1),
+            ("context parallel", "cp", lambda s: s.cp > 1), ("expert parallel", "ep", lambda s: s.ep > 1),
+            ("ZeRO-1", "zero1", lambda s: s.zero_stage == 1), ("ZeRO-2", "zero2", lambda s: s.zero_stage == 2),
+            ("ZeRO-3", "zero3", lambda s: s.zero_stage == 3),
+            ("optimizer offload (CPU Adam)", "offload", lambda s: s.offload_optimizer),
+            ("parameter offload", "param-offload", lambda s: s.offload_params),
+            ("full recompute", "full-recompute", lambda s: s.recompute == "full"),
+            ("fp8", None, lambda s: s.precision == "fp8"))
 
 
 def features(st) -> list[str]:
     """The structures a strategy uses, in words."""
-    return [name for name, on in FEATURES if on(st)]
+    return [name for name, _, on in FEATURES if on(st)]
 
 
 def regime_keys(family: str, precision: str, moe: bool) -> list[str]:
@@ -56,16 +59,9 @@ def trust(family: str, precision: str, moe: bool, st) -> dict:
     return out
 
 
-# the --exclude name of each structure (planner.solve.space.EXCLUDABLE) a validated run may not have used
-EXCLUDE_NAME = {"tensor parallel": "tp", "pipeline parallel": "pp", "interleaved pipeline": "interleaving",
-                "context parallel": "cp", "expert parallel": "ep", "ZeRO-1": "zero1", "ZeRO-2": "zero2",
-                "ZeRO-3": "zero3", "optimizer offload (CPU Adam)": "offload", "parameter offload": "param-offload",
-                "full recompute": "full-recompute"}
-
-
 def validated_space(opt):
     """SpaceOptions (planner.solve.space) without the structures no validated run used: a search that stays
     inside validated territory (--validated-only)."""
     from planner.solve.space import exclude
     seen = set(_bands().get("validated_features", []))
-    return exclude(opt, [EXCLUDE_NAME[f] for f, _ in FEATURES if f in EXCLUDE_NAME and f not in seen])
+    return exclude(opt, [key for name, key, _ in FEATURES if key and name not in seen])
