@@ -241,14 +241,14 @@ def embedding_activation_bytes(model: ModelSpec, st: Strategy) -> float:
 CUDA_CONTEXT_BYTES = 0.5e9
 
 
-def memory_in(peak_b: float, runtime_b: float, statistic: str) -> float:
-    """The planner's peak of one GPU (tensors + `runtime_b`, its fixed buffers for cuBLAS workspaces, NCCL
-    and the caching allocator's slack) in the statistic a measurement names:
-    allocated (torch.cuda.max_memory_allocated: the tensors alone) = peak - runtime; reserved
-    (max_memory_reserved: what the caching allocator holds, what torchtitan and Megatron log) = peak;
-    device (nvidia-smi) = peak + the CUDA context."""
+def memory_in(peak_b: float, allocated_b: float, statistic: str) -> float:
+    """A GPU's memory in the statistic a measurement names, from the planner's peak (its tensors plus the fixed
+    runtime buffers for cuBLAS workspaces, NCCL and the caching allocator's slack) and its allocated bytes (the
+    tensors alive at once, planner.solve.stages allocated_bytes): allocated (torch.cuda.max_memory_allocated);
+    reserved (max_memory_reserved: what the caching allocator holds, what torchtitan and Megatron log) = the
+    peak; device (nvidia-smi) = the peak + the CUDA context."""
     if statistic == "allocated":
-        return peak_b - runtime_b
+        return allocated_b
     if statistic == "device":
         return peak_b + CUDA_CONTEXT_BYTES
     return peak_b

@@ -65,10 +65,10 @@ def test_fsdp_with_pipeline_parallelism_runs_in_torchtitan_only():
 
 
 def test_memory_statistics():
-    peak, runtime = 70e9, 1e9
-    assert memory_in(peak, runtime, "allocated") == 69e9
-    assert memory_in(peak, runtime, "reserved") == 70e9
-    assert memory_in(peak, runtime, "device") == 70e9 + CUDA_CONTEXT_BYTES
+    peak, allocated = 70e9, 69e9
+    assert memory_in(peak, allocated, "allocated") == 69e9
+    assert memory_in(peak, allocated, "reserved") == 70e9
+    assert memory_in(peak, allocated, "device") == 70e9 + CUDA_CONTEXT_BYTES
     assert memory_statistic({"measured": {"peak_memory_statistic": "allocated"}}) == "allocated"
     assert memory_statistic({"notes": "torch.cuda.max_memory_allocated() on rank 0"}) == "allocated"
     assert memory_statistic({"notes": "GPU memory, Table 5"}) == "reserved"

@@ -255,7 +255,7 @@ def memory_statistic(run: dict) -> str:
 def predicted_memory_gb(ev: Evaluation, statistic: str) -> float:
     """The most loaded GPU's peak in the statistic a source reports (costmodels.memory.memory_in)."""
     from costmodels.memory import memory_in
-    return memory_in(max(ev.stage_memory_b), ev.memory_b["runtime"], statistic) / 1e9
+    return memory_in(ev.memory_b["peak"], ev.memory_b["allocated"], statistic) / 1e9
 
 
 def expert_tensor_parallel(tp: int, cp: int, dp: int, ep: int) -> int | None:
