@@ -91,8 +91,7 @@ def parse_cluster(text: str, catalog: Catalog | None = None) -> Cluster:
     per_node = gpu.gpus_per_node
     if count < per_node:  # fewer GPUs than one server: one partial node
         return Cluster(gpu, 1, count, note)
-    if count % per_node and rack_share(count, gpu):
-        share = rack_share(count, gpu)
+    if count % per_node and (share := rack_share(count, gpu)):
         rack = f"{count // share} NVLink domains (racks) of {share} of their {per_node} {gpu.name}"
         return Cluster(gpu, count // share, share, f"{note}; {rack}" if note else rack)
     if count % per_node:
