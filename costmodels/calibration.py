@@ -59,7 +59,7 @@ CALIBRATION: dict[str, Calibration] = {
     # runs-modern.json (20 predicted rows, 17 of them modern: Megatron-LM README, Nemotron-4, FP8-LM, MLPerf,
     # Megatron MoE model zoo, DeepSeek-V3, with Llama 3 and MPT). Before (fit by hand on the 5 H100 rows of
     # public.json): 0.65, 512, 0.25; the modern rows say H100 training today runs faster than that.
-    "hopper": replace(_DEFAULT, gemm_efficiency=0.78, gemm_half_dim=512.0, attention_efficiency=0.39),
+    "hopper": replace(_DEFAULT, gemm_efficiency=0.76, gemm_half_dim=512.0, attention_efficiency=0.40),
 }
 # taken, not fitted: too few rows to fit (one B200, five GB200 and one MI300X row, all held out). The
 # newest fitted generation, whose large peaks are also hard to saturate, is the better guess than Ampere.
@@ -102,18 +102,18 @@ class ServingCalibration:
     # CUDA graphs, NCCL / custom all-reduce buffers, sampler and allocator slack per GPU; assumption.
     workspace_bytes: float = 1.0e9
     # Fixed latency of one small all-reduce of the tensor-parallel group. Over NVLink / NVSwitch engines run
-    # one-shot custom all-reduce kernels (vLLM custom_all_reduce, TensorRT-LLM): fitted, 3 us (before the
+    # one-shot custom all-reduce kernels (vLLM custom_all_reduce, TensorRT-LLM): fitted, 2 us (before the
     # script: 5 us, chosen by hand in the flat region of a fit on all 24 rows). Over PCIe
     # (A10, L40S, H100-PCIe: intra_node_link "PCIe...") NCCL rings through the PCIe switch or, without
     # peer-to-peer, through host memory: 50 us, an assumption (public.json has no PCIe run to fit it on), of
     # the order nccl-tests reports for small messages over PCIe.
-    allreduce_latency_nvlink_s: float = 3e-6
+    allreduce_latency_nvlink_s: float = 2e-6
     allreduce_latency_pcie_s: float = 50e-6
     # Host / launch overhead per transformer layer per forward pass that the GPU work does not hide
-    # (kernel launches, attention metadata, sampling amortised): fitted, 12 us (before the script: 15 us, chosen
+    # (kernel launches, attention metadata, sampling amortised): fitted, 7 us (before the script: 15 us, chosen
     # by hand). Fit: grid 0-60 us x NVLink latency 1-21 us, minimum mean |ln(predicted / measured)| over the
     # fit rows, with the training constants above (planner/validation/fit.py).
-    layer_overhead_s: float = 12e-6
+    layer_overhead_s: float = 7e-6
 
 
 SERVING = ServingCalibration()

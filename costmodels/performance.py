@@ -23,7 +23,7 @@ from costmodels.calibration import Calibration, calibration_for
 from costmodels.comm import Link, collective_time, group_link, p2p_time
 from costmodels.compute import gemm_time, memory_bound_time, mlp_gemm_widths
 from costmodels.flops import logits_forward_flops, model_flops_per_step
-from costmodels.memory import (compute_copy_bytes, embedding_activation_bytes, fp8_cache_bytes, framework_buffer_bytes,
+from costmodels.memory import (DS_REDUCE_BUCKET, compute_copy_bytes, embedding_activation_bytes, fp8_cache_bytes, framework_buffer_bytes,
                                head_input_bytes, layer_activation_bytes, logits_bytes, model_state_bytes,
                                state_bytes_per_param)
 from costmodels.model import ModelSpec
@@ -106,6 +106,10 @@ class StageCosts:
     bucket_b: float = 0.0     # the framework's communication buckets (DeepSpeed ZeRO-2/3)
     stream_pools: bool = False    # gradients from the reduce-scatter stream's own allocator pool (FSDP2)
     end_transient_b: float = 0.0  # stage 0, end of the backward: the root's unsharded gradient (FSDP2)
+    gather_layer_s: float = 0.0   # distributed optimizer's all-gather of one layer's updated weights (per step),
+    gather_first_s: float = 0.0   # hidden behind the next step's forward (Megatron --overlap-param-gather)
+    gather_last_s: float = 0.0
+    gather_window_layer_s: float = 0.0   # forward of one layer: the window that hides its gather
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,17 +252,33 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     # (deepspeed/runtime/zero/stage_1_and_2.py reduce_ready_partitions_and_remove_grads, partition_gradients):
     # per micro-batch like ZeRO-3's traffic below; once per step only the updated 16-bit weights are all-gathered
     ds_zero2 = st.framework == "deepspeed" and st.zero_stage == 2
+    # Megatron's distributed optimizer reduce-scatters the gradients behind the backward and all-gathers
+    # the updated 16-bit weights behind the next step's forward (megatron/core/distributed
+    # param_and_grad_buffer.py; --overlap-grad-reduce --overlap-param-gather, which the export writes)
+    mg_dist_opt = st.framework == "megatron" and st.zero_stage == 1
+    bucket = grad_bucket_params(st)
+
+    def coll(kind: str, n: float, per_param: float, link) -> float:
+        # one collective per bucket: the bandwidth term of n parameters, the latency once per bucket
+        if bucket is None or n <= 0:
+            return collective_time(kind, n * per_param, link, gpu, cal)
+        return collective_time(kind, bucket * per_param, link, gpu, cal) * n / bucket
 
     def dp_s(pgroups) -> float:
         if st.zero_stage == 3:
             return 0.0
         if ds_zero2:
-            return sum(collective_time("all_gather", n * copy, link, gpu, cal) for n, link in pgroups)
-        return sum(collective_time("all_reduce", n * sb.reduce, link, gpu, cal) for n, link in pgroups)
+            return sum(coll("all_gather", n, copy, link) for n, link in pgroups)
+        if mg_dist_opt:
+            return sum(coll("reduce_scatter", n, sb.reduce, link) for n, link in pgroups)
+        return sum(coll("all_reduce", n, sb.reduce, link) for n, link in pgroups)
+
+    def gather_s(pgroups) -> float:
+        return sum(coll("all_gather", n, copy, link) for n, link in pgroups) if mg_dist_opt else 0.0
 
     zero3 = zero3_buf = 0.0
     if ds_zero2:
-        zero3 = sum(collective_time("reduce_scatter", n * sb.reduce, link, gpu, cal) for n, link in groups)
+        zero3 = sum(coll("reduce_scatter", n, sb.reduce, link) for n, link in groups)
     if st.zero_stage == 3:
         # ZeRO-3 gathers every layer's weights in forward and backward and reduce-scatters its gradients,
         # per micro-batch: 1.5x the data-parallel volume (Rajbhandari et al. 2020, section 7.2)
@@ -307,7 +327,26 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
         # the root's gradient, reduce-scattered last: its 16-bit unsharded gradient and the fp32 copy
         # reduce_dtype makes (MixedPrecisionPolicy), embedding included
         end_transient_b=(embed_params * (copy + sb.reduce) if st.framework == "torchtitan" and st.zero_stage >= 2 else 0.0),
+        gather_layer_s=gather_s(groups), gather_first_s=gather_s(first_groups), gather_last_s=gather_s(last_groups),
+        gather_window_layer_s=lt.compute_fwd + lt.tp_fwd,
     )
+
+
+def grad_bucket_params(st: Strategy) -> float | None:
+    """Parameters per data-parallel gradient collective (one latency each), None for one per layer.
+    Megatron-core: max(4e7, 1e6 x dp x cp) parameters, larger buckets at larger data-parallel sizes
+    (megatron/core/distributed/distributed_data_parallel_config.py bucket_size); DeepSpeed ZeRO-1/2: its
+    reduce bucket (DS_REDUCE_BUCKET elements); torchtitan: FSDP2 reduce-scatters each block, and plain
+    data parallel (PyTorch DDP) uses 25 MiB buckets (torch.nn.parallel.DistributedDataParallel
+    bucket_cap_mb) of the reduced gradients."""
+    if st.framework == "megatron":
+        return max(4.0e7, 1.0e6 * st.dp * st.cp)
+    if st.framework == "deepspeed":
+        return float(DS_REDUCE_BUCKET) if st.zero_stage < 3 else None
+    if st.zero_stage == 0:
+        sb = state_bytes_per_param(st.precision, st.optimizer, st.fp32_grads, st.framework, st.zero_stage)
+        return 25 * 2**20 / sb.reduce
+    return None
 
 
 def _param_groups(model: ModelSpec, st: Strategy, cluster: Cluster) -> list[tuple[float, Link]]:

@@ -384,8 +384,10 @@ def test_zero3_comm_is_1_5x_data_parallel(cluster, dp):
     sc3 = coeffs(GPT13, st0.with_(zero_stage=3), cluster, AMPERE_NO_LAT)
     assert sc0.dp_layer_ns > 0
     assert rel(sc3.zero3_layer_ns / sc0.dp_layer_ns, 1.5) < 1e-5   # coefficients are whole multiples of 8 ns
-    # ZeRO-1/2: reduce-scatter + all-gather moves what an all-reduce moves (ZeRO, section 7.1)
-    assert sc1.dp_layer_ns == sc0.dp_layer_ns
+    # ZeRO-1/2: reduce-scatter + all-gather moves what an all-reduce moves (ZeRO, section 7.1); Megatron's
+    # distributed optimizer runs them apart, behind the backward and the next forward
+    assert abs(sc1.dp_layer_ns + sc1.gather_layer_ns - sc0.dp_layer_ns) <= 16
+    assert rel(sc1.gather_layer_ns, sc1.dp_layer_ns) < 1e-4      # 16-bit gradients and weights
     # the same from the collectives themselves
     link = group_link(dp, 1, cluster.gpus_per_node)
     n = 1e9
@@ -563,7 +565,7 @@ def test_dp_sync_hidden_behind_backward():
     # Li et al. 2020 (PyTorch DDP), section 3.2: gradient buckets all-reduce while backward runs; a sync
     # shorter than the backward hides behind it: nothing sticks out, max(0, sync - backward window) = 0,
     # and the backward it overlaps runs 1/8 slower while NCCL's kernels hold their SMs (stages.overlap)
-    st = Strategy(tp=1, pp=1, dp=8, micro_batch=2, global_batch=16, zero_stage=1)
+    st = Strategy(tp=1, pp=1, dp=8, micro_batch=2, global_batch=16, zero_stage=0)
     sc = coeffs(LLAMA8, st, H100_8)
     dp, window, opt = _dp_parts(sc, 32)
     assert 0 < dp < window
@@ -577,7 +579,7 @@ def test_dp_sync_longer_than_backward_is_exposed():
     # short sequences, tp = 8 (little backward per GPU) and a dp ring across 8 nodes: the sync outlasts
     # the backward and the excess is exposed
     m = with_seq(LLAMA8, 1024)
-    st = Strategy(tp=8, pp=1, dp=8, micro_batch=1, global_batch=8, zero_stage=1)
+    st = Strategy(tp=8, pp=1, dp=8, micro_batch=1, global_batch=8, zero_stage=0)
     sc = coeffs(m, st, H100_64)
     dp, window, opt = _dp_parts(sc, 32)
     assert dp > window > 0
@@ -587,13 +589,54 @@ def test_dp_sync_longer_than_backward_is_exposed():
     assert ev.time_s["dp_comm"] == pytest.approx(exposed * NS, rel=1e-12)
 
 
+def test_distributed_optimizer_gathers_behind_the_forward():
+    # Megatron-core with --use-distributed-optimizer --overlap-param-gather: the gradients reduce-scatter
+    # behind the backward, the updated 16-bit weights all-gather behind the next step's forward
+    # (distributed_data_parallel.py forward pre-hooks); each sticks out of its own window only
+    m = with_seq(LLAMA8, 1024)
+    st = Strategy(tp=8, pp=1, dp=8, micro_batch=1, global_batch=8, zero_stage=1)
+    sc = coeffs(m, st, H100_64, AMPERE_NO_LAT)
+    L = 32
+    rs = L * sc.dp_layer_ns + sc.dp_first_ns + sc.dp_last_ns
+    ag = L * sc.gather_layer_ns + sc.gather_first_ns + sc.gather_last_ns
+    bwd, fwd = L * sc.dp_window_layer_ns, L * sc.gather_window_layer_ns
+    assert rel(rs, 2 * ag) < 1e-4                  # fp32 gradients reduced, 16-bit weights gathered
+    assert fwd < bwd <= 2 * fwd                     # twice the GEMMs, the same tensor-parallel collectives
+    D = OVERLAP_SM_SHARE_DEN
+
+    def exposed(comm, window):   # what sticks out, and the SM share NCCL takes from the overlapped compute
+        return -(-((D - 1) * max(0, comm - window) + comm) // D)
+    opt = L * sc.opt_layer_ns + sc.opt_first_ns + sc.opt_last_ns
+    assert abs(sc.stage_tail_ns(0, L) - opt - exposed(rs, bwd) - exposed(ag, fwd)) <= 2
+    # the export asks Megatron-LM for exactly this overlap
+    from planner.frameworks.megatron import megatron_args
+    flags = {f for g in megatron_args(m, st) for f in g}
+    assert {"--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather"} <= flags
+    # the all-reduce of plain data parallel (DDP) hides behind the backward alone: no gather term
+    assert coeffs(m, st.with_(zero_stage=0), H100_64, AMPERE_NO_LAT).gather_layer_ns == 0
+
+
+def test_megatron_buckets_pay_the_latency_once_per_bucket():
+    # megatron/core/distributed/distributed_data_parallel_config.py: buckets of max(4e7, 1e6 x dp)
+    # parameters, one collective (one ring latency) each; a layer of n parameters pays n / bucket of it
+    from costmodels.performance import grad_bucket_params
+    st = Strategy(tp=8, pp=1, dp=96, micro_batch=1, global_batch=96, zero_stage=1)
+    assert grad_bucket_params(st) == 9.6e7 and grad_bucket_params(st.with_(dp=8)) == 4e7
+    cluster = parse_cluster("768xH100")
+    no_lat = coeffs(LLAMA8, st, cluster, HOPPER_NO_LAT).dp_layer_ns
+    lat = coeffs(LLAMA8, st, cluster, HOPPER).dp_layer_ns
+    n = LLAMA8.params_attention() + LLAMA8.params_norms() + LLAMA8.params_mlp_dense()
+    ring = 95 * HOPPER.inter_node_latency_s / NS      # a reduce-scatter over 96 nodes: 95 steps
+    assert abs((lat - no_lat) - ring * (n / 8) / 9.6e7) <= 16
+
+
 def test_interleaved_dp_sync_only_last_chunk_exposed():
     # Megatron-core schedules.py: with v interleaved chunks, backward runs in groups of p micro-batches per
     # chunk and each chunk syncs its gradients after its last backward; chunks 1..v-1 hide behind the
     # later groups, chunk 0 (1/v of the stage) only behind its own last backward: 1/v of what sticks out
     # without interleaving, while all of the sync slows compute by NCCL's SM share
     m = with_seq(LLAMA8, 1024)
-    st1 = Strategy(tp=8, pp=2, dp=4, micro_batch=1, global_batch=8, zero_stage=1)
+    st1 = Strategy(tp=8, pp=2, dp=4, micro_batch=1, global_batch=8, zero_stage=0)
     L = 16
     for v in (2, 4):
         sc1 = coeffs(m, st1, H100_64)

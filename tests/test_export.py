@@ -433,6 +433,11 @@ _OPTIMIZER_FLAGS = {"--use-distributed-optimizer": "use_distributed_optimizer", 
                     "--use-precision-aware-optimizer": "use_precision_aware_optimizer"}
 
 
+# flags that become DistributedDataParallelConfig fields (megatron/training/training.py get_model)
+_DDP_FLAGS = {"--overlap-grad-reduce": "overlap_grad_reduce", "--overlap-param-gather": "overlap_param_gather",
+              "--use-distributed-optimizer": "use_distributed_optimizer"}
+
+
 def megatron_core_configs(model, st):
     """TransformerConfig and OptimizerConfig built from the emitted arguments (as Megatron-LM's
     core_transformer_config_from_args does), naming fields by TransformerConfig's own flag metadata."""
@@ -449,10 +454,14 @@ def megatron_core_configs(model, st):
         for flag in meta.get("arg_names", ["--" + f.name.replace("_", "-")]):
             by_flag[flag] = f
     args = parse_megatron_args(" ".join(" ".join(g) for g in megatron_args(model, st)).replace('"', "'"))
-    tc, oc = {}, {}
+    tc, oc, ddp = {}, {}, {}
     for flag, val in args.items():
         if flag in _TRAINING_FLAGS:
             continue
+        if flag in _DDP_FLAGS:
+            ddp[_DDP_FLAGS[flag]] = True
+            if flag != "--use-distributed-optimizer":
+                continue
         if flag in _OPTIMIZER_FLAGS:
             oc[_OPTIMIZER_FLAGS[flag]] = float(val) if flag == "--optimizer-offload-fraction" else val
         elif flag == "--swiglu":
@@ -491,6 +500,12 @@ def megatron_core_configs(model, st):
     occ = sys.modules[OptimizerConfig.__module__]
     with mock.patch.object(occ, "is_te_min_version", _te_min_version):
         opt = OptimizerConfig(bf16=bool(tc.get("bf16")), fp16=bool(tc.get("fp16")), **oc)
+    # megatron/training/arguments.py validate_args: the parameter gather overlaps only with the distributed
+    # optimizer and with --overlap-grad-reduce
+    if ddp.get("overlap_param_gather"):
+        assert ddp.get("use_distributed_optimizer") and ddp.get("overlap_grad_reduce"), ddp
+    from megatron.core.distributed import DistributedDataParallelConfig
+    DistributedDataParallelConfig(**ddp)
     return TransformerConfig(**tc), opt
 
 

@@ -94,6 +94,8 @@ def megatron_args(model: ModelSpec, st: Strategy) -> list[list[str]]:
     a += _megatron_recompute_flags(model, st)
     if st.zero_stage == 1:
         a.append(["--use-distributed-optimizer"])
+    if st.dp * st.cp > 1:   # the overlap the plan's time assumes (costmodels/performance.py, data-parallel sync)
+        a.append(["--overlap-grad-reduce"] + (["--overlap-param-gather"] if st.zero_stage == 1 else []))
     if st.offload_optimizer:   # arguments.py: optimizer CPU offload needs the precision-aware optimizer
         a.append(["--optimizer-cpu-offload", "--optimizer-offload-fraction", "1.0", "--use-precision-aware-optimizer"])
     a.append(["--optimizer", st.optimizer])

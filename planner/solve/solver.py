@@ -248,7 +248,8 @@ def solve_layout(sc: Stages, cap: int | None, free: bool, time_limit_s: float = 
     # tight upper bounds keep the search fast: the slowest a stage can be holds every layer, recomputed
     t_ub = max(layers * (st.layer_ns + st.recompute_ns + st.zero3_layer_ns) + st.p2p_ns + st.first_ns + st.last_ns
                for st in pl.stages)
-    e_ub = max(layers * max(0, st.dp_layer_ns) + st.dp_first_ns + st.dp_last_ns for st in pl.stages)
+    e_ub = max(layers * (st.dp_layer_ns + st.gather_layer_ns) + st.dp_first_ns + st.dp_last_ns
+               + st.gather_first_ns + st.gather_last_ns for st in pl.stages)
     o_ub = max(layers * st.opt_layer_ns + st.opt_first_ns + st.opt_last_ns for st in pl.stages)
     ops = CpOps(mdl, {"time": t_ub, "sync": e_ub})
     for i, sc_i in enumerate(pl.stages):

@@ -110,6 +110,10 @@ class StageCoeffs:
     zero3_buffer_b: int       # gathered weights (ZeRO-3 / FSDP2) and the framework's communication buckets
     stream_pools: int = 0     # 1: gradients come from the reduce-scatter stream's own pool (torchtitan's FSDP2)
     end_transient_b: int = 0  # stage 0 at the end of the backward: the root's unsharded gradient (FSDP2)
+    gather_layer_ns: int = 0  # distributed optimizer's weight all-gather of one layer (per step)
+    gather_first_ns: int = 0
+    gather_last_ns: int = 0
+    gather_window_layer_ns: int = 0   # the forward that hides one layer's gather (interleaving included)
 
     @cached_property
     def act_stored_b(self) -> tuple[int, ...]:
@@ -175,9 +179,16 @@ class StageCoeffs:
         return L * self.dp_window_layer_ns + (self.dp_last_ns if last and self.v > 1 else 0)
 
     def exposed_sync_ns(self, i, L, ops=INT, name: str = "dp_exposed"):
-        """What stage i's sync adds to the step: overlap of the sync with its window."""
-        return ops.div(overlap(self.dp_sync_ns(i, L), self.dp_window_ns(i, L), ops, "sync", name),
+        """What stage i's sync adds to the step: overlap of the gradient sync with its backward window,
+        and of the distributed optimizer's weight gather with the next step's forward."""
+        sync = ops.div(overlap(self.dp_sync_ns(i, L), self.dp_window_ns(i, L), ops, "sync", name),
                        D, "sync", name)
+        if not self.gather_layer_ns:
+            return sync
+        first, last = self._ends(i)
+        gather = L * self.gather_layer_ns + (self.gather_first_ns if first else 0) + (self.gather_last_ns if last else 0)
+        return sync + ops.div(overlap(gather, L * self.gather_window_layer_ns, ops, "sync", f"{name}_gather"),
+                              D, "sync", f"{name}_gather")
 
     def optimizer_ns(self, i, L):
         first, last = self._ends(i)
@@ -313,6 +324,12 @@ def coefficients(sc: StageCosts) -> StageCoeffs:
         # sync (v-1)/v + bwd/v) is exactly that sum per chunk
         dp_window_layer_ns=_ns(sc.dp_window_layer_s / v + (v - 1) / v * dp_layer * NS),
         zero3_layer_ns=_ns(sc.zero3_layer_s),
+        # the weight gather of chunk c is launched by the forward of chunk c - 1 (Megatron-core
+        # distributed_data_parallel.py, param-gather forward pre-hooks): as for the sync above, chunks
+        # 1..v-1 hide whole, chunk 0 behind its own first forward
+        gather_layer_ns=_ns(sc.gather_layer_s), gather_first_ns=_ns(sc.gather_first_s),
+        gather_last_ns=_ns(sc.gather_last_s),
+        gather_window_layer_ns=_ns(sc.gather_window_layer_s / v + (v - 1) / v * sc.gather_layer_s) if sc.gather_layer_s else 0,
         opt_layer_ns=_ns(sc.opt_layer_s), opt_first_ns=_ns(sc.opt_first_s), opt_last_ns=_ns(sc.opt_last_s),
         layer_states_b=tuple([_q(x) for x in sc.layer_states]),
         first_states_b=tuple([_q(x) for x in sc.first_states]),
