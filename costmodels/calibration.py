@@ -29,6 +29,7 @@ class Calibration:
     intra_node_latency_s: float   # per ring step inside a node
     inter_node_latency_s: float   # per ring step across nodes
     kernel_overhead_s: float      # launch / framework overhead per layer per pass
+    fp8_gemm_efficiency: float = 0.79   # share of the dense FP8 peak a large FP8 GEMM reaches
 
 
 _DEFAULT = Calibration(
@@ -50,6 +51,8 @@ _DEFAULT = Calibration(
     inter_node_latency_s=15e-6,
     # taken, not fitted: launch / framework overhead per layer per pass (assumption)
     kernel_overhead_s=30e-6,
+    # taken, not fitted: ampere has no FP8 (the A100 rows are bf16/fp16); the 16-bit share stands in
+    fp8_gemm_efficiency=0.79,
 )
 
 CALIBRATION: dict[str, Calibration] = {
@@ -59,13 +62,18 @@ CALIBRATION: dict[str, Calibration] = {
     # runs-modern.json (20 predicted rows, 17 of them modern: Megatron-LM README, Nemotron-4, FP8-LM, MLPerf,
     # Megatron MoE model zoo, DeepSeek-V3, with Llama 3 and MPT). Before (fit by hand on the 5 H100 rows of
     # public.json): 0.65, 512, 0.25; the modern rows say H100 training today runs faster than that.
-    "hopper": replace(_DEFAULT, gemm_efficiency=0.76, gemm_half_dim=512.0, attention_efficiency=0.40),
+    # fp8_gemm_efficiency: fitted (planner.validation.fit, after the three above) on the hopper fit rows that
+    # train in FP8 (FP8-LM with Transformer Engine, MLPerf GPT-3 and Llama 3.1): FP8 GEMMs reach a smaller
+    # share of their doubled peak than 16-bit ones (before: the 16-bit share, 1.93x bf16 compute)
+    "hopper": replace(_DEFAULT, gemm_efficiency=0.70, gemm_half_dim=512.0, attention_efficiency=0.26,
+                      fp8_gemm_efficiency=0.57),
 }
 # taken, not fitted: too few rows to fit (one B200, five GB200 and one MI300X row, all held out). The
 # newest fitted generation, whose large peaks are also hard to saturate, is the better guess than Ampere.
-BORROWING = {"blackwell": "hopper", "cdna3": "hopper", "default": "ampere"}
+BORROWING = {"blackwell": "hopper", "cdna3": "hopper", "cdna4": "hopper", "default": "ampere"}
 CALIBRATION["blackwell"] = CALIBRATION["hopper"]
 CALIBRATION["cdna3"] = CALIBRATION["hopper"]
+CALIBRATION["cdna4"] = CALIBRATION["hopper"]
 FITTED = ("ampere", "hopper")     # the families with constants of their own (planner.validation.split)
 
 
@@ -102,18 +110,18 @@ class ServingCalibration:
     # CUDA graphs, NCCL / custom all-reduce buffers, sampler and allocator slack per GPU; assumption.
     workspace_bytes: float = 1.0e9
     # Fixed latency of one small all-reduce of the tensor-parallel group. Over NVLink / NVSwitch engines run
-    # one-shot custom all-reduce kernels (vLLM custom_all_reduce, TensorRT-LLM): fitted, 2 us (before the
+    # one-shot custom all-reduce kernels (vLLM custom_all_reduce, TensorRT-LLM): fitted, 1 us (before the
     # script: 5 us, chosen by hand in the flat region of a fit on all 24 rows). Over PCIe
     # (A10, L40S, H100-PCIe: intra_node_link "PCIe...") NCCL rings through the PCIe switch or, without
     # peer-to-peer, through host memory: 50 us, an assumption (public.json has no PCIe run to fit it on), of
     # the order nccl-tests reports for small messages over PCIe.
-    allreduce_latency_nvlink_s: float = 2e-6
+    allreduce_latency_nvlink_s: float = 1e-6
     allreduce_latency_pcie_s: float = 50e-6
     # Host / launch overhead per transformer layer per forward pass that the GPU work does not hide
-    # (kernel launches, attention metadata, sampling amortised): fitted, 7 us (before the script: 15 us, chosen
-    # by hand). Fit: grid 0-60 us x NVLink latency 1-21 us, minimum mean |ln(predicted / measured)| over the
+    # (kernel launches, attention metadata, sampling amortised): fitted, 0 us: the fit finds none beyond the
+    # GEMM and attention times (before the script: 15 us, chosen by hand). Fit: grid 0-60 us x NVLink latency 1-21 us, minimum mean |ln(predicted / measured)| over the
     # fit rows, with the training constants above (planner/validation/fit.py).
-    layer_overhead_s: float = 7e-6
+    layer_overhead_s: float = 0.0
 
 
 SERVING = ServingCalibration()

@@ -70,3 +70,38 @@ def p2p_time(nbytes: float, across_nodes: bool, gpu: GPUSpec, cal: Calibration) 
     if across_nodes:
         return nbytes / (gpu.inter_node_gbps * 1e9 * cal.inter_node_efficiency) + cal.inter_node_latency_s
     return nbytes / (intra_node_bandwidth(gpu, 2) * 1e9 * cal.intra_node_efficiency) + cal.intra_node_latency_s
+
+
+def distinct_holders(experts: int, top_k: int, groups: int) -> float:
+    """Expected number of `groups` equal groups of experts holding at least one of a token's top_k distinct
+    experts, chosen uniformly (balanced routing): groups x (1 - C(E - E/G, k) / C(E, k))."""
+    per = experts / groups
+    miss = 1.0
+    for i in range(top_k):
+        miss *= max(0.0, experts - per - i) / (experts - i)
+    return groups * (1.0 - miss)
+
+
+def dispatch_time(tokens: float, token_bytes: float, top_k: int, experts: int, link: Link, gpu: GPUSpec,
+                  cal: Calibration, dispatcher: str = "alltoall", copies: float | None = None) -> float:
+    """One MoE dispatch (or combine) of `tokens` tokens per GPU over the expert-parallel group `link`.
+    alltoall: one copy per (token, expert), `copies` per token (top_k x capacity factor), an all-to-all
+    (GShard; Megatron-core's alltoall dispatcher). deepep: one copy per destination node over the network,
+    forwarded over NVLink to each destination GPU once, both at once (deepseek-ai/DeepEP, DeepSeek-V3
+    report section 3.2.2)."""
+    copies = top_k if copies is None else copies
+    n, g = link.size, link.per_node
+    if n <= 1 or tokens <= 0:
+        return 0.0
+    if dispatcher != "deepep":
+        return collective_time("all_to_all", tokens * copies * token_bytes, link, gpu, cal)
+    scale = copies / top_k                             # capacity padding, if any
+    intra_bw = intra_node_bandwidth(gpu, min(g, n)) * 1e9 * cal.intra_node_efficiency
+    ranks = distinct_holders(experts, top_k, n) * (n - 1) / n * scale      # GPUs other than this one
+    nvlink = tokens * ranks * token_bytes / intra_bw
+    if g >= n:
+        return nvlink + cal.intra_node_latency_s
+    nodes = -(-n // g)
+    remote = distinct_holders(experts, top_k, nodes) * (nodes - 1) / nodes * scale
+    network = tokens * remote * token_bytes / (gpu.inter_node_gbps * 1e9 * cal.inter_node_efficiency)
+    return max(nvlink, network) + (nodes - 1) * cal.inter_node_latency_s

@@ -15,12 +15,12 @@ Sources of the parts:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import NamedTuple
 
-from costmodels.calibration import Calibration, calibration_for
-from costmodels.comm import Link, collective_time, group_link, p2p_time
+from costmodels.calibration import OVERLAP_SM_SHARE_DEN, Calibration, calibration_for
+from costmodels.comm import Link, collective_time, dispatch_time, group_link, p2p_time
 from costmodels.compute import gemm_time, memory_bound_time, mlp_gemm_widths
 from costmodels.flops import logits_forward_flops, model_flops_per_step
 from costmodels.memory import (DS_REDUCE_BUCKET, compute_copy_bytes, embedding_activation_bytes, fp8_cache_bytes, framework_buffer_bytes,
@@ -125,12 +125,15 @@ class _LayerKey:
     recompute: str
     framework: str
     etp: int
+    dispatcher: str
+    tp_overlap: bool
 
 
 def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibration) -> LayerTimes:
     """Seconds for an average transformer layer, one micro-batch, on one GPU."""
     key = _LayerKey(st.tp, st.cp, st.ep, st.micro_batch, st.precision, st.flash_attention,
-                    st.sequence_parallel, st.recompute, st.framework, st.etp)
+                    st.sequence_parallel, st.recompute, st.framework, st.etp,
+                    st.moe_dispatcher if model.moe is not None else "alltoall", st.tp_comm_overlap)
     return _layer_times(model, cluster, cal, key)
 
 
@@ -138,6 +141,9 @@ def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
 def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _LayerKey) -> LayerTimes:
     gpu = cluster.gpu
     peak = gpu.peak_tflops(st.precision) * 1e12
+    fp8 = st.precision == "fp8"
+    if fp8:   # FP8 GEMMs reach their own (fitted) share of the FP8 peak
+        cal = replace(cal, gemm_efficiency=cal.fp8_gemm_efficiency)
     t, b, h = st.tp, st.micro_batch, model.hidden
     s_full = model.seq_len
     s = s_full / st.cp
@@ -147,6 +153,9 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     attn_gemm = gemm_time(M, (q + 2 * kvd) / t, h, peak, cal) + gemm_time(M, h, q / t, peak, cal)
     dense_mlp = sum(gemm_time(M, n, k, peak, cal) for n, k in mlp_gemm_widths(model.ffn_type, h, f, t))
     mlp = dense_mlp
+    # elements per GPU of the GEMM inputs (forward) and output gradients (backward), for FP8 casts
+    cast_in = M * (h + q / t + sum(k for _, k in mlp_gemm_widths(model.ffn_type, h, f, t)))
+    cast_out = M * ((q + 2 * kvd) / t + h + sum(n for n, _ in mlp_gemm_widths(model.ffn_type, h, f, t)))
     ep_comm = 0.0
     if model.moe is not None:
         moe = model.moe
@@ -164,12 +173,21 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
         moe_mlp = expert_mlp + shared + router
         frac = model.num_moe_layers / model.layers
         mlp = frac * moe_mlp + (1 - frac) * dense_mlp
-        # GShard / DeepSpeed-MoE: dispatch + combine all-to-all, forward and backward (4 per MoE layer)
-        a2a_bytes = M * moe.top_k * moe.capacity_factor * h * 2 / t
+        dense_in = M * sum(k for _, k in mlp_gemm_widths(model.ffn_type, h, f, t))
+        dense_out = M * sum(n for n, _ in mlp_gemm_widths(model.ffn_type, h, f, t))
+        routed = tokens_per_expert * local_experts
+        moe_in = routed * sum(k for _, k in widths) + moe.shared_experts * M * (h + moe.expert_ffn_hidden / t)
+        moe_out = routed * sum(n for n, _ in widths) + moe.shared_experts * M * sum(
+            n for n, _ in mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, t))
+        cast_in += frac * (moe_in - dense_in)
+        cast_out += frac * (moe_out - dense_out)
         # expert-parallel ranks: carved from the dp x cp ranks (stride tp x cp) unless folded apart, then
         # ordered etp, ep, edp over the stage's tp x cp x dp ranks (stride etp) (megatron/core/parallel_state.py)
         ep_link = group_link(st.ep, st.tp * st.cp if etp == st.tp else etp, cluster.gpus_per_node)
-        ep_comm = frac * 4 * collective_time("all_to_all", a2a_bytes, ep_link, gpu, cal)
+        # GShard / DeepSpeed-MoE: dispatch + combine of each rank's sequence-parallel tokens, forward and
+        # backward (4 per MoE layer), 16-bit
+        ep_comm = frac * 4 * dispatch_time(M / t, h * 2.0, moe.top_k, moe.experts, ep_link, gpu, cal,
+                                           st.dispatcher, moe.top_k * moe.capacity_factor)
     # Attention core, 4*b*s*s_full*h/t FLOPs (QK^T and AV). Fused (flash) kernels skip the masked half
     # of causal attention and run at a fitted share of peak; unfused attention is two batched GEMMs per
     # head, (s x d)(d x s) and (s x s)(s x d), priced like any GEMM (Korthikanti et al. 2022, 3.2).
@@ -189,12 +207,27 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     elem = 22.0 * M * h / sp_div + (6.0 if model.ffn_type == "swiglu" else 4.0) * M * f / t
     softmax_bytes = 0.0 if st.flash_attention else 9.0 * model.heads * M * s_full / t
     elem_fwd = memory_bound_time(elem + softmax_bytes, gpu.hbm_gbps, cal)
-    compute_fwd = attn_gemm + mlp + attn_core + elem_fwd + cal.kernel_overhead_s
-    compute_bwd = 2.0 * (attn_gemm + mlp + attn_core + elem_fwd) + cal.kernel_overhead_s
+    # FP8 recipes quantize every FP8 GEMM's input in forward and its output gradient in backward: read 16
+    # bits, write FP8 and its transpose (4 bytes per element; Transformer Engine's cast-transpose kernels,
+    # transformer_engine/pytorch/module/linear.py; torchao float8 the same per linear); amax and scales
+    # come out of the same pass (delayed scaling, MXFP8 blocks)
+    cast_fwd = memory_bound_time(4.0 * cast_in, gpu.hbm_gbps, cal) if fp8 else 0.0
+    cast_bwd = memory_bound_time(4.0 * cast_out, gpu.hbm_gbps, cal) if fp8 else 0.0
+    compute_fwd = attn_gemm + mlp + attn_core + elem_fwd + cast_fwd + cal.kernel_overhead_s
+    compute_bwd = 2.0 * (attn_gemm + mlp + attn_core + elem_fwd) + cast_bwd + cal.kernel_overhead_s
     # Tensor parallel: 2 all-reduces of s*b*h forward and 2 backward (Shoeybi et al. 2019); with sequence
     # parallel the same volume as all-gather + reduce-scatter (Korthikanti et al. 2022, section 4.2.2).
     tp_link = group_link(t, 1, cluster.gpus_per_node)
     tp_one = collective_time("all_reduce", M * h * 2.0, tp_link, gpu, cal)
+    tp_fwd = tp_bwd = 2 * tp_one
+    if st.tp_overlap:
+        # Transformer Engine userbuffers split each all-gather / reduce-scatter into chunks pipelined with the
+        # GEMM that consumes or produces it (Megatron-LM --tp-comm-overlap; Wang et al. 2022, "Overlap
+        # communication with dependent computation"): what outlasts the layer's GEMMs sticks out, the rest
+        # slows them by the SMs the copies take
+        gemms = attn_gemm + mlp
+        tp_fwd = max(0.0, tp_fwd - gemms) + min(tp_fwd, gemms) / OVERLAP_SM_SHARE_DEN
+        tp_bwd = max(0.0, tp_bwd - 2 * gemms) + min(tp_bwd, 2 * gemms) / OVERLAP_SM_SHARE_DEN
     # Context parallel (ring attention, Liu et al. 2023): cp-1 exchanges of this rank's K and V per layer
     # forward, twice that backward (K, V and their gradients), hidden behind the attention core.
     cp_exposed = 0.0
@@ -211,7 +244,7 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
         selective_extra = gemm_time(M, kvd / t, h, peak, cal) + gemm_time(M, h, q / t, peak, cal) + up + elem_fwd
     elif st.recompute == "selective":
         selective_extra = attn_core + memory_bound_time(softmax_bytes, gpu.hbm_gbps, cal)
-    return LayerTimes(compute_fwd, compute_bwd, 2 * tp_one, 2 * tp_one, cp_exposed, ep_comm, selective_extra)
+    return LayerTimes(compute_fwd, compute_bwd, tp_fwd, tp_bwd, cp_exposed, ep_comm, selective_extra)
 
 
 def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibration | None = None) -> StageCosts:
@@ -224,7 +257,11 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     M = st.micro_batch * model.seq_len / st.cp
     h = model.hidden
     # Output layer (vocab-parallel, split over t) forward + backward, and the fp32 loss traffic
-    last = 3 * gemm_time(M, model.vocab / t, h, peak, cal) + memory_bound_time(3 * 4.0 * M * model.vocab / t, gpu.hbm_gbps, cal)
+    # (FP8 recipes keep the output layer in 16 bits: Megatron-core and torchao convert the transformer layers'
+    # linears only)
+    head_peak = gpu.peak_tflops("bf16") * 1e12 if st.precision == "fp8" else peak
+    last = (3 * gemm_time(M, model.vocab / t, h, head_peak, cal)
+            + memory_bound_time(3 * 4.0 * M * model.vocab / t, gpu.hbm_gbps, cal))
     first = memory_bound_time(3 * 2.0 * M * h, gpu.hbm_gbps, cal)
     # Pipeline point-to-point: s*b*h activations forward and gradients back per micro-batch (x v chunks),
     # split over t by Megatron's scatter/gather optimisation (Narayanan et al. 2021, section 4.1).

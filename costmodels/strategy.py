@@ -20,6 +20,11 @@ PRECISION_CHOICES: tuple[str, ...] = ("fp32", "bf16", "fp16", "fp8")
 OPTIMIZER_CHOICES: tuple[str, ...] = ("adam", "sgd")
 # whose memory accounting prices the plan (costmodels/memory.py): Megatron-core, torchtitan (FSDP2), DeepSpeed
 FRAMEWORK_CHOICES: tuple[str, ...] = ("megatron", "torchtitan", "deepspeed")
+Dispatcher = Literal["alltoall", "deepep"]
+# MoE token dispatch: all-to-all of one copy per (token, expert) (Megatron-core's alltoall dispatcher), or
+# DeepEP (Megatron-core's flex dispatcher): one copy per destination node over the network, forwarded to
+# the node's GPUs over NVLink (deepseek-ai/DeepEP, internode kernels)
+DISPATCHER_CHOICES: tuple[str, ...] = ("alltoall", "deepep")
 
 
 class StrategyError(ValueError):
@@ -82,6 +87,10 @@ class Strategy:
     # the framework that runs the plan: its memory accounting (model states, gathered weights, buckets) and,
     # for torchtitan, what recompute="selective" means (per-op selective activation checkpointing)
     framework: Framework = "megatron"
+    moe_dispatcher: Dispatcher = "alltoall"   # MoE token dispatch (DISPATCHER_CHOICES); ignored by dense models
+    # tensor-parallel collectives overlapped with the GEMMs they feed (Megatron-LM --tp-comm-overlap,
+    # Transformer Engine userbuffers; needs sequence parallel); off without tensor parallelism
+    tp_comm_overlap: bool = False
 
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "dp", "micro_batch", "global_batch", "cp", "ep", "virtual_stages"):
@@ -106,8 +115,14 @@ class Strategy:
                 raise StrategyError(rule.error(self))
         if self.sequence_parallel and self.tp == 1:
             object.__setattr__(self, "sequence_parallel", False)  # sequence parallel needs tp > 1
+        if self.tp_comm_overlap and self.tp == 1:
+            object.__setattr__(self, "tp_comm_overlap", False)    # nothing to overlap
+        if self.tp_comm_overlap and not self.sequence_parallel:   # megatron/training/arguments.py
+            raise StrategyError("tensor-parallel communication overlap (--tp-comm-overlap) needs sequence parallel")
         if self.framework not in FRAMEWORK_CHOICES:
             raise StrategyError(f"framework={self.framework!r} is not allowed; choose megatron, torchtitan or deepspeed")
+        if self.moe_dispatcher not in DISPATCHER_CHOICES:
+            raise StrategyError(f"moe_dispatcher={self.moe_dispatcher!r} is not allowed; choose alltoall or deepep")
         if self.pipeline_schedule not in ("1f1b", "gpipe"):
             raise StrategyError(f"pipeline_schedule={self.pipeline_schedule!r} is not allowed; choose 1f1b or gpipe")
         if self.pipeline_schedule == "gpipe" and self.virtual_stages > 1:

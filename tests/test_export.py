@@ -602,3 +602,26 @@ def test_with_layout_is_the_one_recompute_spelling():
     for rs in ((12, 12), (0, 0), (5, 2)):
         written = st.with_layout([12, 12], list(rs))
         assert canonical(m, written) == written
+
+
+def test_megatron_core_accepts_deepep_and_tp_overlap_exports():
+    # the dispatcher and the tensor-parallel overlap the plan's time assumes are written as Megatron-core's
+    # own settings (TransformerConfig moe_token_dispatcher_type / moe_flex_dispatcher_backend, tp_comm_overlap),
+    # which it accepts, and read back by the importer
+    pytest.importorskip("megatron.core")
+    from costmodels.presets import get_model
+    from planner.frameworks.megatron import read_megatron_args
+    model, _ = get_model("mixtral-8x7b")
+    cluster = parse_cluster("64xH100")
+    st = Strategy(tp=2, pp=1, dp=32, ep=8, micro_batch=1, global_batch=256, zero_stage=1, recompute="selective",
+                  sequence_parallel=True, moe_dispatcher="deepep", tp_comm_overlap=True)
+    cfg, _ = megatron_core_configs(model, st)
+    assert cfg.moe_token_dispatcher_type == "flex" and cfg.moe_flex_dispatcher_backend == "deepep"
+    assert cfg.tp_comm_overlap
+    cfg, _ = megatron_core_configs(model, st.with_(moe_dispatcher="alltoall", tp_comm_overlap=False))
+    assert cfg.moe_token_dispatcher_type == "alltoall" and not cfg.tp_comm_overlap
+    text = " ".join(" ".join(g) for g in megatron_args(model, st))
+    _, back = read_megatron_args(text, model, cluster)
+    assert (back.moe_dispatcher, back.tp_comm_overlap) == ("deepep", True)
+    # torchtitan and DeepSpeed cannot express either setting
+    assert unsupported("torchtitan", model, st.with_(framework="torchtitan"))

@@ -196,6 +196,19 @@ FRAMEWORK_HELP = ("The training framework that runs the plan: its memory account
                   "[default: the --emit framework, else Megatron-core's accounting over every structure]")
 
 
+def _comm_options(f):
+    """--moe-dispatcher and --tp-comm-overlap: how the plan's collectives run (Strategy fields)."""
+    f = click.option("--tp-comm-overlap", is_flag=True,
+                     help="Overlap the tensor-parallel all-gathers / reduce-scatters with the GEMMs they feed "
+                          "(Megatron-LM --tp-comm-overlap: Transformer Engine userbuffers, needs sequence "
+                          "parallel; exported as that flag).")(f)
+    return click.option("--moe-dispatcher", type=click.Choice(["alltoall", "deepep"]), default="alltoall",
+                        show_default=True,
+                        help="MoE token dispatch: alltoall sends one copy per (token, expert); deepep (Megatron-core "
+                             "flex dispatcher with DeepEP) one copy per destination node over the network, "
+                             "forwarded over NVLink. deepep needs DeepEP installed (NVSHMEM, RDMA).")(f)
+
+
 def _framework_option(f):
     """--framework: whose memory accounting and rules (costmodels.strategy.FRAMEWORK_CHOICES)."""
     return click.option("--framework", type=click.Choice(["megatron", "torchtitan", "deepspeed"]),

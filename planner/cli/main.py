@@ -11,7 +11,7 @@ import click
 
 from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROOM_HELP, PlanDoesNotFit, UserError,
                                  _catalog, _check_export_options, _common, _console, _emit, _export_options,
-                                 _framework_option, _int_tuple, _load, _progress, _resolve_framework, _show_export)
+                                 _comm_options, _framework_option, _int_tuple, _load, _progress, _resolve_framework, _show_export)
 
 
 @click.group(invoke_without_command=True, epilog=EXAMPLES,
@@ -53,12 +53,14 @@ from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROO
 @click.option("--report", type=click.Path(), help="Write a report (.md or .html) with memory and time charts beside it.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @_framework_option
+@_comm_options
 @_export_options
 @click.pass_context
 def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
         grads, tp_only, pp_only, zero_only, recompute_only, headroom, top, time_limit, explain, exclude_only,
         validated_only, tokens,
-        prices, pue, budget_usd, deadline_days, gpu_types, max_gpus, plot, report, fmt, framework, emit, out_dir):
+        prices, pue, budget_usd, deadline_days, gpu_types, max_gpus, plot, report, fmt, framework, moe_dispatcher,
+        tp_comm_overlap, emit, out_dir):
     """Find the fastest parallelism plan for training MODEL on GPUS that fits in GPU memory.
 
     Searches tensor / pipeline / data parallel sizes, micro-batch, interleaving, ZeRO stage, activation
@@ -108,7 +110,7 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
                         precision=precision or model.precision, optimizer=optimizer,
                         tp=_int_tuple(tp_only, "tp"), pp=_int_tuple(pp_only, "pp"), zero_stage=zero,
                         recompute=recompute, flash_attention=not no_flash_attention, fp32_grads=grads == "fp32",
-                        headroom=room)
+                        headroom=room, moe_dispatcher=moe_dispatcher, tp_comm_overlap=tp_comm_overlap)
     if framework:
         from planner.solve.space import for_framework
         opts = for_framework(opts, framework)
@@ -176,10 +178,11 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
               help="Pipeline schedule (1f1b is interleaved when --virtual-stages > 1).")
 @click.option("--headroom", help=HEADROOM_HELP)
 @_framework_option
+@_comm_options
 def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
              grads, fmt, tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages,
-             stage_layers, cp, ep, expert_tp, offload_optimizer, offload_params, schedule, headroom, framework, emit,
-             out_dir):
+             stage_layers, cp, ep, expert_tp, offload_optimizer, offload_params, schedule, headroom, framework,
+             moe_dispatcher, tp_comm_overlap, emit, out_dir):
     """Predict step time, throughput, MFU and memory of one given strategy, with the memory verdict in words
     ("fits, X GB to spare ..." or "does not fit: needs X GB of Y GB on stage k ...").
 
@@ -210,7 +213,8 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
                   stage_layers=_int_tuple(stage_layers, "stage-layers"),
                   recompute_layers=_int_tuple(recompute_layers, "recompute-layers"),
                   cp=cp, ep=ep, expert_tp=expert_tp, offload_optimizer=offload_optimizer or offload_params,
-                  offload_params=offload_params, pipeline_schedule=schedule, framework=framework or "megatron")
+                  offload_params=offload_params, pipeline_schedule=schedule, framework=framework or "megatron",
+                  moe_dispatcher=moe_dispatcher, tp_comm_overlap=tp_comm_overlap)
     if framework:
         from planner.solve.rules import framework_problem
         problem = framework_problem(framework, model, st)

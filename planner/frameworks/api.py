@@ -138,7 +138,8 @@ def import_plan(model: ModelSpec, cluster: Cluster, st: Strategy, time_limit_s: 
     imported = evaluate_strategy(model, cluster, st, headroom)
     opts = SpaceOptions(global_batch=st.global_batch, precision=st.precision, optimizer=st.optimizer,
                         flash_attention=st.flash_attention, fp32_grads=st.fp32_grads, headroom=headroom,
-                        framework=st.framework)     # better plans in the same framework, priced the same way
+                        framework=st.framework, moe_dispatcher=st.moe_dispatcher,
+                        tp_comm_overlap=st.tp_comm_overlap)   # better plans in the same framework, priced the same way
     best = search(model, cluster, top=1, time_limit_s=time_limit_s, space=opts)
     return ImportResult(imported, best, imported.plans[0].step_time_s / best.plans[0].step_time_s)
 

@@ -87,8 +87,11 @@ def megatron_args(model: ModelSpec, st: Strategy) -> list[list[str]]:
         a.append(["--expert-model-parallel-size", str(st.ep)])
     if st.expert_tp is not None:    # MoE parallel folding: the experts' own tensor-parallel size
         a.append(["--expert-tensor-parallel-size", str(st.expert_tp)])
+    if model.moe is not None and st.ep > 1:   # the dispatcher the plan's all-to-all time assumes
+        a.append(["--moe-token-dispatcher-type", "flex", "--moe-flex-dispatcher-backend", "deepep"]
+                 if st.moe_dispatcher == "deepep" else ["--moe-token-dispatcher-type", "alltoall"])
     if st.sequence_parallel:
-        a.append(["--sequence-parallel"])
+        a.append(["--sequence-parallel"] + (["--tp-comm-overlap"] if st.tp_comm_overlap else []))
     a += megatron_pipeline_flags(model, st)
     a.append(["--micro-batch-size", str(st.micro_batch), "--global-batch-size", str(st.global_batch)])
     a += _megatron_recompute_flags(model, st)
@@ -215,7 +218,8 @@ _MEGATRON_SWITCHES = {
     "--sequence-parallel", "--use-distributed-optimizer", "--bf16", "--fp16", "--swiglu",
     "--group-query-attention", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
     "--optimizer-cpu-offload", "--use-precision-aware-optimizer", "--use-flash-attn", "--recompute-activations",
-    "--grad-reduce-in-bf16", "--accumulate-allreduce-grads-in-fp32",
+    "--grad-reduce-in-bf16", "--accumulate-allreduce-grads-in-fp32", "--tp-comm-overlap", "--overlap-grad-reduce",
+    "--overlap-param-gather", "--moe-enable-deepep",
 }
 # Megatron-LM settings no plan here expresses: refuse rather than predict something else
 _MEGATRON_REFUSED = {"--use-torch-fsdp2": "FSDP2", "--use-megatron-fsdp": "Megatron-FSDP",
@@ -306,7 +310,11 @@ def read_megatron_args(text: str, model: ModelSpec, cluster: Cluster) -> tuple[M
                   precision=precision, optimizer=str(args.get("--optimizer", "adam")), virtual_stages=v,
                   offload_optimizer=bool(args.get("--optimizer-cpu-offload")),
                   flash_attention=backend not in ("unfused", "local"), stage_layers=tuple(Ls),
-                  fp32_grads=not (precision in ("bf16", "fp8") and args.get("--grad-reduce-in-bf16")))
+                  fp32_grads=not (precision in ("bf16", "fp8") and args.get("--grad-reduce-in-bf16")),
+                  moe_dispatcher="deepep" if (args.get("--moe-token-dispatcher-type") == "flex"
+                                              and args.get("--moe-flex-dispatcher-backend", "deepep") == "deepep")
+                  or args.get("--moe-enable-deepep") else "alltoall",
+                  tp_comm_overlap=bool(args.get("--tp-comm-overlap")) and bool(args.get("--sequence-parallel")))
     return model, canonical(model, st)
 
 

@@ -81,7 +81,7 @@ class Partial:
     """A structure the search is still building: the fields fixed so far (the rest at Strategy defaults)."""
     __slots__ = ("tp", "cp", "pp", "dp", "ep", "micro_batch", "micro_batches", "global_batch", "virtual_stages",
                  "zero_stage", "offload_optimizer", "offload_params", "recompute", "sequence_parallel", "precision",
-                 "optimizer", "flash_attention", "fp32_grads", "pipeline_schedule")
+                 "optimizer", "flash_attention", "fp32_grads", "pipeline_schedule", "moe_dispatcher", "tp_comm_overlap")
 
     def __init__(self, global_batch: int, precision: str = "bf16", optimizer: str = "adam",
                  flash_attention: bool = True, fp32_grads: bool = True) -> None:
@@ -93,6 +93,7 @@ class Partial:
         self.recompute = "selective"
         self.precision, self.optimizer, self.pipeline_schedule = precision, optimizer, "1f1b"
         self.flash_attention, self.fp32_grads = flash_attention, fp32_grads
+        self.moe_dispatcher, self.tp_comm_overlap = "alltoall", False
 
 
 def _stage_layers(ctx: Context, s) -> list[int]:
@@ -118,7 +119,7 @@ def facts(ctx: Context, s, framework: str | None = None) -> dict:
             "max_pp": MAX_PIPELINE_STAGES, "max_mb": MAX_MICRO_BATCH,
             "allowed_tp": [d for d in range(1, m.kv_heads + 1)
                            if m.kv_heads % d == 0 and m.heads % d == 0 and d <= ctx.gpus_per_node],
-            "stage_layout": _stage_layers(ctx, s) if g["pp"] <= m.layers else None,
+            "stage_layout": _stage_layers(ctx, s) if g["stage_layers"] is not None or g["pp"] <= m.layers else None,
             "shard_cp": (g["dp"] if g["zero_stage"] >= 2 else 1) * g["cp"],
             "framework_name": FRAMEWORK_NAMES.get(framework or "", framework)}
 
@@ -379,11 +380,22 @@ TT_EP = Rule(  # torchtitan/distributed/parallel_dims.py: ep is carved from the 
     "({shard_cp} here); nearest expressible plan: ZeRO-3 (FSDP) or ep=1",
     lambda c, s: s.ep == 1 or ((s.dp if s.zero_stage >= 2 else 1) * s.cp) % s.ep == 0, frameworks=("torchtitan",))
 
+DEEPEP = Rule(  # megatron/core/transformer/moe/token_dispatcher.py: DeepEP is Megatron-core's flex dispatcher
+    "deepep_megatron", "setting", "DeepEP dispatch is a Megatron-core setting",
+    "{framework_name} has no DeepEP token dispatcher setting (Megatron-core's --moe-token-dispatcher-type "
+    "flex); nearest expressible plan: --moe-dispatcher alltoall",
+    lambda c, s: getattr(s, "moe_dispatcher", "alltoall") == "alltoall", frameworks=("torchtitan", "deepspeed"))
+TP_OVERLAP = Rule(  # megatron/training/arguments.py: --tp-comm-overlap needs Transformer Engine and sequence parallel
+    "tp_comm_overlap", "setting", "tensor-parallel overlap is Megatron-LM's (Transformer Engine userbuffers)",
+    "{framework_name} has no Transformer Engine userbuffers overlap of tensor-parallel collectives "
+    "(Megatron-LM --tp-comm-overlap); nearest expressible plan: without --tp-comm-overlap",
+    lambda c, s: not getattr(s, "tp_comm_overlap", False), frameworks=("torchtitan", "deepspeed"))
+
 # in the order each framework reports them (the first broken one is the reason)
 FRAMEWORK_RULES: tuple[Rule, ...] = (
     MG_PARAM_OFFLOAD, MG_ZERO, MG_GPIPE, MG_OFFLOAD_ADAM, MG_ALIBI,
     NO_SELECTIVE, DS_TP, DS_CP, DS_EP, DS_VIRTUAL, DS_GPIPE, ZERO_PP, DS_FP8,
-    TT_ZERO1, TT_OFFLOAD, TT_FP16, TT_ADAM, TT_FLASH, TT_SP, TT_EP, FP16_GRADS)
+    TT_ZERO1, TT_OFFLOAD, TT_FP16, TT_ADAM, TT_FLASH, TT_SP, TT_EP, FP16_GRADS, DEEPEP, TP_OVERLAP)
 
 
 def framework_rules(framework: str) -> tuple[Rule, ...]:

@@ -46,6 +46,8 @@ class SpaceOptions:
     # the framework that runs the plans: its memory accounting (Strategy.framework) and what it cannot express
     # (planner.solve.rules); None: Megatron-core's accounting over every structure the cost model prices
     framework: str | None = None
+    moe_dispatcher: str = "alltoall"      # MoE token dispatch of every plan (Strategy.moe_dispatcher)
+    tp_comm_overlap: bool = False         # tensor-parallel collectives overlapped with GEMMs (Strategy.tp_comm_overlap)
     headroom: Headroom = field(default_factory=Headroom)
 
 
@@ -134,6 +136,7 @@ class _Builder:
     def __init__(self, model: ModelSpec, num_gpus: int, gpus_per_node: int, opt: SpaceOptions) -> None:
         self.ctx = Context(model, num_gpus, gpus_per_node, opt.tp_across_nodes)
         self.p = Partial(opt.global_batch, opt.precision, opt.optimizer, opt.flash_attention, opt.fp32_grads)
+        self.p.moe_dispatcher, self.p.tp_comm_overlap = opt.moe_dispatcher, opt.tp_comm_overlap
         self.at = rules_at(opt.framework)
         self.opt = opt
         self.removed: Counter = Counter()
@@ -245,7 +248,8 @@ class _Builder:
                         precision=opt.precision, optimizer=opt.optimizer, virtual_stages=v,
                         flash_attention=opt.flash_attention, fp32_grads=opt.fp32_grads,
                         offload_optimizer=off != "none", offload_params=off == "optimizer+params",
-                        framework=opt.framework or "megatron"))
+                        framework=opt.framework or "megatron", moe_dispatcher=opt.moe_dispatcher,
+                        tp_comm_overlap=opt.tp_comm_overlap and tp > 1))
         p.virtual_stages = 1
         if kept:
             for summary, n in per_mb_v.items():

@@ -15,6 +15,8 @@ What is fitted, on which rows (constants not named here are taken, with their so
 - per GPU family, `gemm_efficiency`, `gemm_half_dim` and `attention_efficiency`, on the fit rows of that
   family in runs-public.json and runs-modern.json: ampere (A100) and hopper (H100 / H200 / H800). The
   other families have too few rows (B200 one, GB200 five, MI300X one) and borrow hopper's.
+- per GPU family, `fp8_gemm_efficiency`, on the fit rows of that family that train in FP8, after the three
+  above in each round (hopper: FP8-LM with Transformer Engine, MLPerf; ampere has no FP8 row and keeps it).
 - serving `layer_overhead_s` and `allreduce_latency_nvlink_s`, on the fit rows of serving-public.json
   (all H100), with the training constants above already fitted (decode and prefill GEMMs use them).
 
@@ -61,6 +63,10 @@ TRAINING_AXES = {
     "gemm_half_dim": ((0.0, 32.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 768.0, 1024.0), None),
     "attention_efficiency": (_frange(0.10, 0.60, 0.05), 0.01),
 }
+# fitted after the three above, on the fit rows that train in FP8 (coordinate-wise: each round fits the three
+# with the FP8 share in force, then the FP8 share with the three)
+FP8_AXES = {"fp8_gemm_efficiency": (_frange(0.40, 0.85, 0.05), 0.01)}
+FAMILY_CONSTANTS = (*TRAINING_AXES, *FP8_AXES)
 SERVING_AXES = {
     "layer_overhead_s": (_frange(0.0, 60e-6, 5e-6), 1e-6),
     "allreduce_latency_nvlink_s": (_frange(1e-6, 21e-6, 2e-6), 1e-6),
@@ -137,7 +143,7 @@ def training_completions() -> dict[str, dict[str, Completion]]:
 def fit_training(log=print) -> dict[str, dict[str, float]]:
     """Fitted gemm_efficiency, gemm_half_dim, attention_efficiency per fitted family."""
     parts = bundled_split()
-    current = {fam: {k: getattr(CALIBRATION[fam], k) for k in TRAINING_AXES} for fam in FITTED_FAMILIES}
+    current = {fam: {k: getattr(CALIBRATION[fam], k) for k in FAMILY_CONSTANTS} for fam in FITTED_FAMILIES}
     for rnd in range(1, ROUNDS + 1):
         with training_constants(current):
             comps = training_completions()
@@ -146,12 +152,22 @@ def fit_training(log=print) -> dict[str, dict[str, float]]:
             rows = [c for name, cs in comps.items() for rid, c in sorted(cs.items())
                     if parts[name].get(rid) == FIT and c.cluster.gpu.family == fam and c.metric != "peak_memory_gb"]
 
-            def objective(point, fam=fam, rows=rows):
-                with training_constants({fam: point}):
+            def objective(point, fam=fam, rows=rows, base=current[fam]):
+                with training_constants({fam: {**base, **point}}):
                     return statistics.fmean(log_error(c.predicted(), c.measured) for c in rows)
 
-            new[fam], v = grid_search(TRAINING_AXES, objective)
-            log(f"round {rnd}, {fam}: {len(rows)} fit rows, mean |ln(pred/meas)| {v:.4f} at {new[fam]}")
+            point, v = grid_search(TRAINING_AXES, objective)
+            new[fam] = {**current[fam], **point}
+            fp8_rows = [c for c in rows if c.evaluation.strategy.precision == "fp8"]
+            if fp8_rows:
+                def objective8(point, fam=fam, rows=fp8_rows, base=new[fam]):
+                    with training_constants({fam: {**base, **point}}):
+                        return statistics.fmean(log_error(c.predicted(), c.measured) for c in rows)
+
+                point8, v8 = grid_search(FP8_AXES, objective8)
+                new[fam].update(point8)
+                log(f"round {rnd}, {fam}: {len(fp8_rows)} FP8 fit rows, mean |ln(pred/meas)| {v8:.4f} at {point8}")
+            log(f"round {rnd}, {fam}: {len(rows)} fit rows, mean |ln(pred/meas)| {v:.4f} at {point}")
         if new == current:
             break
         current = new
@@ -186,7 +202,7 @@ def fit(log=print) -> dict:
 
 
 def today() -> dict:
-    return {"training": {fam: {k: getattr(CALIBRATION[fam], k) for k in TRAINING_AXES} for fam in FITTED_FAMILIES},
+    return {"training": {fam: {k: getattr(CALIBRATION[fam], k) for k in FAMILY_CONSTANTS} for fam in FITTED_FAMILIES},
             "serving": {k: getattr(calibration.SERVING, k) for k in SERVING_AXES}}
 
 
@@ -219,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     new = fit()
     print("\nconstant                          today        fitted")
     for fam in FITTED_FAMILIES:
-        for k in TRAINING_AXES:
+        for k in FAMILY_CONSTANTS:
             print(f"{fam + '.' + k:32s} {old['training'][fam][k]:>8g}  {new['training'][fam][k]:>12g}")
     for k in SERVING_AXES:
         print(f"{'serving.' + k:32s} {old['serving'][k]:>8g}  {new['serving'][k]:>12g}")

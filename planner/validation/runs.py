@@ -258,20 +258,43 @@ def predicted_memory_gb(ev: Evaluation, statistic: str) -> float:
     return memory_in(ev.memory_b["peak"], ev.memory_b["allocated"], statistic) / 1e9
 
 
-def expert_tensor_parallel(tp: int, cp: int, dp: int, ep: int) -> int | None:
-    """The run's expert tensor-parallel size (runs/v1 has no field for it): when the default (etp = tp)
-    cannot fold the experts over the stage's tp x cp x dp ranks, the largest etp dividing tp that can
-    (Megatron MoE parallel folding, megatron/core/parallel_state.py); None: the default."""
-    if ep == 1 or (dp * cp) % ep == 0:
-        return None
-    etp = next((e for e in range(tp, 0, -1) if tp % e == 0 and (tp * cp * dp) % (ep * e) == 0), tp)
-    return etp if etp != tp else None
+def expert_tensor_parallel(tp: int, cp: int, dp: int, ep: int, notes: str = "") -> list[int | None]:
+    """The run's possible expert tensor-parallel sizes (runs/v1 has no field for it): the one its notes
+    state ("ETP 1", or "EDP 32": etp = tp x cp x dp / (ep x edp)), else every etp dividing tp that folds the
+    experts over the stage's tp x cp x dp ranks (Megatron MoE parallel folding, megatron/core/parallel_state.py),
+    an unknown filled like any other; None stands for the default, etp = tp."""
+    if ep == 1:
+        return [None]
+    ok = [e for e in range(tp, 0, -1) if tp % e == 0 and (tp * cp * dp) % (ep * e) == 0]
+    stated = re.search(r"\bETP\s*(\d+)", notes)
+    edp = re.search(r"\bEDP\s*(\d+)", notes)
+    if stated:
+        want = int(stated.group(1))
+    elif edp and int(edp.group(1)) and (tp * cp * dp) % (ep * int(edp.group(1))) == 0:
+        want = tp * cp * dp // (ep * int(edp.group(1)))
+    else:
+        want = None
+    if want in ok:
+        ok = [want]
+    return [None if e == tp else e for e in ok] or [None]
+
+
+def moe_dispatcher(run: dict) -> str:
+    """The run's MoE token dispatcher: DeepEP when its framework or notes name it, else all-to-all."""
+    text = f"{(run.get('strategy') or {}).get('framework') or ''} {run.get('notes') or ''}".lower()
+    return "deepep" if "deepep" in text else "alltoall"
 
 
 def implies_sequence_parallel(run: dict) -> bool:
     """The run used Megatron's --tp-comm-overlap, which needs sequence parallel (megatron/training/arguments.py:
     tensor-parallel communication overlap only with --sequence-parallel)."""
-    return "tp-comm-overlap" in (run.get("notes") or "").lower()
+    return uses_tp_comm_overlap(run)
+
+
+def uses_tp_comm_overlap(run: dict) -> bool:
+    """The run's notes say it overlapped tensor-parallel communication with GEMMs (Megatron-LM / NeMo
+    --tp-comm-overlap, "TP comm overlap")."""
+    return re.search(r"tp[-_ ]comm[-_ ]overlap", run.get("notes") or "", re.IGNORECASE) is not None
 
 
 def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: bool,
@@ -294,7 +317,9 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
     sps = [sp] if sp is not None else [sp_default]
     precision = field(r, "strategy", "precision", str, required=False, default="bf16")
     vs_known = field(r, "strategy", "virtual_stages", required=False)
-    etp = expert_tensor_parallel(tp, cp, dp, ep) if model.moe is not None else None
+    etps = expert_tensor_parallel(tp, cp, dp, ep, notes) if model.moe is not None else [None]
+    dispatcher = moe_dispatcher({"strategy": s, "notes": notes})
+    tp_overlap = uses_tp_comm_overlap({"notes": notes})
     out = []
     for mb in mbs:
         m = gb // (dp * mb)
@@ -305,10 +330,12 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
             for rec in recs:
                 for z in zeros:
                     for spv in sps:
-                        out.append(Strategy(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, micro_batch=mb, global_batch=gb,
-                                            zero_stage=z, recompute=rec, sequence_parallel=spv,
-                                            precision=precision, virtual_stages=v, flash_attention=flash,
-                                            framework=framework, expert_tp=etp))
+                        for etp in etps:
+                            out.append(Strategy(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, micro_batch=mb, global_batch=gb,
+                                                zero_stage=z, recompute=rec, sequence_parallel=spv,
+                                                precision=precision, virtual_stages=v, flash_attention=flash,
+                                                framework=framework, expert_tp=etp, moe_dispatcher=dispatcher,
+                                                tp_comm_overlap=tp_overlap and spv))
     return out
 
 
@@ -353,6 +380,11 @@ def predict_run(run: dict, completions: dict[str, Completion] | None = None) -> 
                                  run.get("notes") or "")
     best: Evaluation | None = None
     broken: StrategyError | None = None
+    # a run that states every field of its strategy is predicted as stated even where the memory model says
+    # it does not fit (the expert tensor-parallel size, which runs/v1 cannot state, aside); completions of
+    # unknown fields must fit
+    must_fit = len({st.with_(expert_tp=None) for st in cands}) > 1
+    overflow: Evaluation | None = None
     for st in cands:
         try:
             check_strategy(model, st, cluster.num_gpus, cluster.gpus_per_node, tp_across_nodes=True)
@@ -365,10 +397,13 @@ def predict_run(run: dict, completions: dict[str, Completion] | None = None) -> 
                 continue
         else:
             ev = evaluate(model, st, cluster)
-        if len(cands) > 1 and not ev.fits:
+        if not ev.fits:
+            if not must_fit and (overflow is None or ev.step_time_s < overflow.step_time_s):
+                overflow = ev
             continue
         if best is None or ev.step_time_s < best.step_time_s:
             best = ev
+    best = best or overflow
     if best is None:
         reason = str(broken) if broken is not None and not any_valid(cands, model, cluster) else \
             "no completion of the unknown fields fits in GPU memory"
