@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from costmodels.model import ModelSpec
-from costmodels.strategy import Strategy
+from costmodels.strategy import Strategy, recomputed_modules
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +154,19 @@ def layer_activation_bytes(model: ModelSpec, st: Strategy, layer: int = 0) -> La
     if st.framework == "torchtitan":
         return _torchtitan_layer(model, st, layer, base, checkpoint)
     full = base + scores / t
-    stored = base if st.recompute == "selective" else full
+    mods = recomputed_modules(st)
+    stored = full - (scores / t if "core_attn" in mods else 0.0)
+    # Megatron-core's other recompute modules (transformer_config.py recompute_modules) drop what they
+    # recompute and keep their inputs: layernorm its two outputs (the QKV and MLP inputs, 4sbh); moe_act the
+    # activation's output (SwiGLU's product 2f of 6f, GELU's output 2f of 4f); mlp / moe the whole MLP
+    # (and the MoE layer's dispatch copies)
+    moe_layer = model.moe is not None and model.is_moe_layer(layer)
+    if "layernorm" in mods:
+        stored -= 4.0 * sbh / (t if sp else 1)
+    if "moe_act" in mods and moe_layer and "moe" not in mods:
+        stored -= mlp / t * (1 / 3 if model.ffn_type == "swiglu" else 1 / 2)
+    if ("mlp" in mods and not moe_layer) or ("moe" in mods and moe_layer):
+        stored -= mlp / t + moe_dispatch_bytes(model, layer) * s * b * st.etp / t
     return LayerActivations(stored=stored, checkpoint=checkpoint, full=full)
 
 

@@ -27,7 +27,7 @@ from costmodels.memory import (DS_REDUCE_BUCKET, compute_copy_bytes, embedding_a
                                head_input_bytes, layer_activation_bytes, logits_bytes, model_state_bytes,
                                state_bytes_per_param)
 from costmodels.model import ModelSpec
-from costmodels.strategy import Strategy
+from costmodels.strategy import Strategy, recomputed_modules
 from hardware import Cluster
 
 FIXED_BUFFER_BYTES = 1.0e9       # cuBLAS workspaces, NCCL and allocator slack (assumption, stated in output)
@@ -127,13 +127,15 @@ class _LayerKey:
     etp: int
     dispatcher: str
     tp_overlap: bool
+    modules: tuple
 
 
 def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibration) -> LayerTimes:
     """Seconds for an average transformer layer, one micro-batch, on one GPU."""
     key = _LayerKey(st.tp, st.cp, st.ep, st.micro_batch, st.precision, st.flash_attention,
                     st.sequence_parallel, st.recompute, st.framework, st.etp,
-                    st.moe_dispatcher if model.moe is not None else "alltoall", st.tp_comm_overlap)
+                    st.moe_dispatcher if model.moe is not None else "alltoall", st.tp_comm_overlap,
+                    recomputed_modules(st))
     return _layer_times(model, cluster, cal, key)
 
 
@@ -153,6 +155,8 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     attn_gemm = gemm_time(M, (q + 2 * kvd) / t, h, peak, cal) + gemm_time(M, h, q / t, peak, cal)
     dense_mlp = sum(gemm_time(M, n, k, peak, cal) for n, k in mlp_gemm_widths(model.ffn_type, h, f, t))
     mlp = dense_mlp
+    frac = moe_mlp = moe_act_bytes = 0.0
+    act_per_f = 6.0 if model.ffn_type == "swiglu" else 4.0
     # elements per GPU of the GEMM inputs (forward) and output gradients (backward), for FP8 casts
     cast_in = M * (h + q / t + sum(k for _, k in mlp_gemm_widths(model.ffn_type, h, f, t)))
     cast_out = M * ((q + 2 * kvd) / t + h + sum(n for n, _ in mlp_gemm_widths(model.ffn_type, h, f, t)))
@@ -176,6 +180,7 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
         dense_in = M * sum(k for _, k in mlp_gemm_widths(model.ffn_type, h, f, t))
         dense_out = M * sum(n for n, _ in mlp_gemm_widths(model.ffn_type, h, f, t))
         routed = tokens_per_expert * local_experts
+        moe_act_bytes = act_per_f * routed * moe.expert_ffn_hidden / etp
         moe_in = routed * sum(k for _, k in widths) + moe.shared_experts * M * (h + moe.expert_ffn_hidden / t)
         moe_out = routed * sum(n for n, _ in widths) + moe.shared_experts * M * sum(
             n for n, _ in mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, t))
@@ -243,7 +248,20 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
         up = gemm_time(M, f / t, h, peak, cal) if model.ffn_type == "swiglu" else 0.0
         selective_extra = gemm_time(M, kvd / t, h, peak, cal) + gemm_time(M, h, q / t, peak, cal) + up + elem_fwd
     elif st.recompute == "selective":
-        selective_extra = attn_core + memory_bound_time(softmax_bytes, gpu.hbm_gbps, cal)
+        # Megatron-core's recompute modules (transformer_config.py recompute_modules) repeat their forward
+        # in the backward: the attention core (the default), the two norms, the MoE activation, the dense
+        # MLP, or the whole MoE layer with its dispatch and combine
+        mods = st.modules
+        if "core_attn" in mods:
+            selective_extra += attn_core + memory_bound_time(softmax_bytes, gpu.hbm_gbps, cal)
+        if "layernorm" in mods:
+            selective_extra += memory_bound_time(8.0 * M * h / sp_div, gpu.hbm_gbps, cal)
+        if "mlp" in mods:
+            selective_extra += (1 - frac) * (dense_mlp + memory_bound_time(act_per_f * M * f / t, gpu.hbm_gbps, cal))
+        if "moe" in mods:
+            selective_extra += frac * (moe_mlp + memory_bound_time(moe_act_bytes, gpu.hbm_gbps, cal)) + ep_comm / 2
+        elif "moe_act" in mods:
+            selective_extra += frac * memory_bound_time(moe_act_bytes, gpu.hbm_gbps, cal)
     return LayerTimes(compute_fwd, compute_bwd, tp_fwd, tp_bwd, cp_exposed, ep_comm, selective_extra)
 
 
@@ -516,4 +534,13 @@ def _selective_flops(model: ModelSpec, st: Strategy) -> float:
     if st.framework == "torchtitan":
         f = model.ffn_hidden if model.ffn_type == "swiglu" else 0
         return 2.0 * tokens * (model.hidden * (model.kv_dim + f) + model.q_dim * model.hidden) * model.layers
-    return 4.0 * tokens * model.seq_len * model.q_dim * model.layers
+    mods = recomputed_modules(st)
+    out = 4.0 * tokens * model.seq_len * model.q_dim * model.layers if "core_attn" in mods else 0.0
+    moe_layers = model.num_moe_layers if model.moe is not None else 0
+    if "mlp" in mods:     # the dense MLPs' forward again
+        out += 2.0 * tokens * (model.layers - moe_layers) * sum(
+            n * k for n, k in mlp_gemm_widths(model.ffn_type, model.hidden, model.ffn_hidden, 1))
+    if "moe" in mods and model.moe is not None:    # the routed and shared experts' forward again
+        per = 2.0 * sum(n * k for n, k in mlp_gemm_widths(model.ffn_type, model.hidden, model.moe.expert_ffn_hidden, 1))
+        out += tokens * moe_layers * per * (model.moe.top_k + model.moe.shared_experts)
+    return out

@@ -25,6 +25,8 @@ Dispatcher = Literal["alltoall", "deepep"]
 # DeepEP (Megatron-core's flex dispatcher): one copy per destination node over the network, forwarded to
 # the node's GPUs over NVLink (deepseek-ai/DeepEP, internode kernels)
 DISPATCHER_CHOICES: tuple[str, ...] = ("alltoall", "deepep")
+# Megatron-core's selective recompute modules (TransformerConfig.recompute_modules; its default core_attn)
+RECOMPUTE_MODULES: tuple[str, ...] = ("core_attn", "layernorm", "mlp", "moe_act", "moe")
 
 
 class StrategyError(ValueError):
@@ -91,6 +93,8 @@ class Strategy:
     # tensor-parallel collectives overlapped with the GEMMs they feed (Megatron-LM --tp-comm-overlap,
     # Transformer Engine userbuffers; needs sequence parallel); off without tensor parallelism
     tp_comm_overlap: bool = False
+    # recompute="selective" under Megatron-core: the submodules recomputed (RECOMPUTE_MODULES; None: core_attn)
+    recompute_modules: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "dp", "micro_batch", "global_batch", "cp", "ep", "virtual_stages"):
@@ -123,6 +127,15 @@ class Strategy:
             raise StrategyError(f"framework={self.framework!r} is not allowed; choose megatron, torchtitan or deepspeed")
         if self.moe_dispatcher not in DISPATCHER_CHOICES:
             raise StrategyError(f"moe_dispatcher={self.moe_dispatcher!r} is not allowed; choose alltoall or deepep")
+        if self.recompute_modules is not None:
+            mods = tuple(sorted(set(self.recompute_modules), key=RECOMPUTE_MODULES.index)) \
+                if set(self.recompute_modules) <= set(RECOMPUTE_MODULES) else None
+            if mods is None or not mods:
+                raise StrategyError(f"recompute_modules={self.recompute_modules!r}: choose among {', '.join(RECOMPUTE_MODULES)}")
+            if self.recompute != "selective" or self.framework != "megatron":
+                raise StrategyError("recompute_modules (Megatron-core --recompute-modules) needs recompute='selective' "
+                                    "and the megatron framework")
+            object.__setattr__(self, "recompute_modules", None if mods == ("core_attn",) else mods)
         if self.pipeline_schedule not in ("1f1b", "gpipe"):
             raise StrategyError(f"pipeline_schedule={self.pipeline_schedule!r} is not allowed; choose 1f1b or gpipe")
         if self.pipeline_schedule == "gpipe" and self.virtual_stages > 1:
@@ -189,3 +202,10 @@ class Strategy:
         out["micro_batches"] = self.micro_batches
         out["schedule"] = self.schedule
         return out
+
+
+def recomputed_modules(st: "Strategy") -> tuple[str, ...]:
+    """The submodules a Megatron-core selective recompute repeats (its default: the attention core)."""
+    if st.recompute != "selective":
+        return ()
+    return st.recompute_modules or ("core_attn",)

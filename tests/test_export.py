@@ -625,3 +625,22 @@ def test_megatron_core_accepts_deepep_and_tp_overlap_exports():
     assert (back.moe_dispatcher, back.tp_comm_overlap) == ("deepep", True)
     # torchtitan and DeepSpeed cannot express either setting
     assert unsupported("torchtitan", model, st.with_(framework="torchtitan"))
+
+
+def test_recompute_modules_are_exported_and_priced():
+    # Megatron-core TransformerConfig.recompute_modules: the exported modules are ones it accepts, and
+    # recomputing the MoE layer (its experts and dispatch) costs more time and keeps fewer activations than
+    # the default attention-core recompute
+    pytest.importorskip("megatron.core")
+    from megatron.core.transformer.transformer_config import TransformerConfig
+    model, _ = get_model("mixtral-8x7b")
+    cluster = parse_cluster("64xH100")
+    st = Strategy(tp=2, pp=1, dp=32, ep=8, micro_batch=1, global_batch=256, zero_stage=1, recompute="selective",
+                  recompute_modules=("layernorm", "moe"))
+    group = next(g for g in megatron_args(model, st) if g[0] == "--recompute-granularity")
+    assert group == ["--recompute-granularity", "selective", "--recompute-modules", "layernorm", "moe"]
+    TransformerConfig(num_layers=4, hidden_size=64, num_attention_heads=4, num_moe_experts=8,
+                      recompute_granularity="selective", recompute_modules=group[3:])
+    base = evaluate_strategy(model, cluster, st.with_(recompute_modules=None)).plans[0]
+    moe = evaluate_strategy(model, cluster, st).plans[0]
+    assert moe.step_time_s > base.step_time_s and moe.memory_gb["activations"] < base.memory_gb["activations"]

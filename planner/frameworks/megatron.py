@@ -178,8 +178,9 @@ def megatron_layout_string(Ls: list[int], v: int) -> str:
 def _megatron_recompute_flags(model: ModelSpec, st: Strategy) -> list[list[str]]:
     if st.recompute == "none":
         return []
-    if st.recompute == "selective":   # Megatron's selective recompute is the attention core (core_attn)
-        return [["--recompute-granularity", "selective"]]
+    if st.recompute == "selective":   # Megatron's selective recompute: the attention core unless modules are named
+        mods = ["--recompute-modules", *st.recompute_modules] if st.recompute_modules else []
+        return [["--recompute-granularity", "selective", *mods]]
     if st.recompute_layers is None:   # every layer: one checkpoint per layer
         return [["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]]
     Ls, Rs = resolve_layout(model, st)

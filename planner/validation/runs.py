@@ -279,6 +279,20 @@ def expert_tensor_parallel(tp: int, cp: int, dp: int, ep: int, notes: str = "") 
     return [None if e == tp else e for e in ok] or [None]
 
 
+_MODULE_WORDS = {"norm": "layernorm", "layernorm": "layernorm", "act": "moe_act", "moe_act": "moe_act",
+                 "moe": "moe", "mlp": "mlp", "core_attn": "core_attn", "attn": "core_attn"}
+
+
+def recompute_modules(notes: str) -> tuple[str, ...] | None:
+    """The Megatron-core recompute modules a run's notes name ("recompute modules 'norm, act'",
+    "recompute modules layernorm+moe"), None when they name none."""
+    m = re.search(r"recompute[-_ ]modules?\W*([a-z_+, ]+)", notes or "", re.IGNORECASE)
+    if not m:
+        return None
+    mods = tuple(dict.fromkeys(_MODULE_WORDS[w] for w in re.split(r"[\s,+]+", m.group(1).lower()) if w in _MODULE_WORDS))
+    return mods or None
+
+
 def moe_dispatcher(run: dict) -> str:
     """The run's MoE token dispatcher: DeepEP when its framework or notes name it, else all-to-all."""
     text = f"{(run.get('strategy') or {}).get('framework') or ''} {run.get('notes') or ''}".lower()
@@ -320,6 +334,7 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
     etps = expert_tensor_parallel(tp, cp, dp, ep, notes) if model.moe is not None else [None]
     dispatcher = moe_dispatcher({"strategy": s, "notes": notes})
     tp_overlap = uses_tp_comm_overlap({"notes": notes})
+    modules = recompute_modules(notes) if framework == "megatron" else None
     out = []
     for mb in mbs:
         m = gb // (dp * mb)
@@ -335,7 +350,8 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
                                                 zero_stage=z, recompute=rec, sequence_parallel=spv,
                                                 precision=precision, virtual_stages=v, flash_attention=flash,
                                                 framework=framework, expert_tp=etp, moe_dispatcher=dispatcher,
-                                                tp_comm_overlap=tp_overlap and spv))
+                                                tp_comm_overlap=tp_overlap and spv,
+                                                recompute_modules=modules if rec == "selective" else None))
     return out
 
 
