@@ -472,6 +472,14 @@ def _inflight(p: int, m: int, v: int, schedule: str = "1f1b") -> list[float]:
     return [min(float(m), (p - i) + (p - 1) / v) for i in range(p)]
 
 
+def min_stage_layers(i: int, p: int, v: int) -> int:
+    """Fewest transformer layers pipeline stage i of p holds with v interleaved chunks: one per chunk, but
+    the first stage's first chunk may hold only the embedding and the last stage's last chunk only the loss
+    (Megatron-core pipeline layouts, megatron/core/transformer/pipeline_parallel_layer_layout.py: "E|" and
+    "|L" entries), one fewer there."""
+    return v - 1 if v > 1 and p > 1 and i in (0, p - 1) else v
+
+
 def even_split(layers: int, p: int) -> list[int]:
     """Megatron's default: equal layers per stage (the remainder, if any, to the middle stages)."""
     base, extra = divmod(layers, p)

@@ -644,3 +644,28 @@ def test_recompute_modules_are_exported_and_priced():
     base = evaluate_strategy(model, cluster, st.with_(recompute_modules=None)).plans[0]
     moe = evaluate_strategy(model, cluster, st).plans[0]
     assert moe.step_time_s > base.step_time_s and moe.memory_gb["activations"] < base.memory_gb["activations"]
+
+
+def test_uneven_end_stages_export_as_megatron_layouts():
+    # Qwen3-235B's 94 layers over pp 32 x 3 interleaved chunks = 96 chunks: the first chunk holds only the
+    # embedding, the last only the loss (megatron/core/transformer/pipeline_parallel_layer_layout.py parses
+    # "E|" and "|L"); megatron-core accepts the layout and finds the planner's layers in it, the importer
+    # reads them back, and the planner prices the plan (costmodels.performance.min_stage_layers)
+    pytest.importorskip("megatron.core")
+    from planner.frameworks.megatron import read_megatron_args
+    from planner.solve.evaluate import evaluate
+    model, _ = get_model("qwen3-235b-a22b")
+    cluster = parse_cluster("256xH100")
+    Ls = (2,) + (3,) * 30 + (2,)
+    st = Strategy(tp=2, pp=32, dp=4, ep=8, expert_tp=1, micro_batch=1, global_batch=128, zero_stage=1,
+                  recompute="selective", virtual_stages=3, stage_layers=Ls)
+    assert "--pipeline-model-parallel-layout" in {f for g in megatron_args(model, st) for f in g}
+    cfg, _ = megatron_core_configs(model, st)     # asserts megatron-core's parse holds the same layers
+    from megatron.core.transformer.enums import LayerType
+    layout = cfg.pipeline_model_parallel_layout
+    got = [sum(layout.layout[i][c].count(LayerType.decoder) for c in range(3)) for i in range(32)]
+    assert got == list(Ls) and layout.layout[0][0] == [LayerType.embedding]
+    text = " ".join(" ".join(g) for g in megatron_args(model, st))
+    _, back = read_megatron_args(text, model, cluster)
+    assert back.stage_layers == Ls and back.virtual_stages == 3
+    assert evaluate(model, st, cluster).stage_layers == list(Ls)

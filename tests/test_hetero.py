@@ -8,7 +8,9 @@ import random
 
 import pytest
 
+
 from costmodels.model import ModelSpec
+from costmodels.performance import min_stage_layers
 from hardware import load_catalog, parse_pools
 from planner import search
 from planner.solve.optimize import candidates
@@ -18,12 +20,14 @@ from planner.solve.space import SpaceOptions
 CATALOG = load_catalog()
 
 
-def compositions(n: int, k: int, low: int):
-    """Ordered ways to write n as k parts, each >= low."""
-    m = n - k * (low - 1)
+def compositions(n: int, k: int, v: int):
+    """Ordered ways to write n as k stage sizes, stage i >= min_stage_layers(i, k, v) (a layer per interleaved
+    chunk; the first and last stage may give a chunk to the embedding / the loss alone)."""
+    lows = [min_stage_layers(i, k, v) for i in range(k)]
+    m = n - sum(lows) + k
     for cuts in itertools.combinations(range(1, m), k - 1):
         bounds = (0, *cuts, m)
-        yield tuple(bounds[i + 1] - bounds[i] + low - 1 for i in range(k))
+        yield tuple(bounds[i + 1] - bounds[i] + lows[i] - 1 for i in range(k))
 
 
 def brute_force_best(model, pools, opts) -> float | None:

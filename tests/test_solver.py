@@ -16,7 +16,7 @@ from functools import lru_cache
 import pytest
 
 from costmodels import ModelSpec, Strategy
-from costmodels.performance import even_split, stage_costs as stage_parts
+from costmodels.performance import even_split, min_stage_layers, stage_costs as stage_parts
 from hardware import Cluster, load_catalog
 from planner import search
 from planner.solve.solver import balanced_layers, greedy_layout, lower_bound, memory_infeasible, solve_layout
@@ -44,10 +44,11 @@ def compositions(n: int, k: int):
 
 
 def layer_splits(sc: StageCoeffs):
-    """Every split with at least v layers per stage (each of the v interleaved chunks holds >= 1 layer)."""
-    extra = sc.v - 1
-    for parts in compositions(sc.layers - extra * sc.p, sc.p):
-        yield tuple(x + extra for x in parts)
+    """Every split with a layer per interleaved chunk (v per stage; the first and last stage one fewer:
+    their first / last chunk may hold only the embedding / the loss)."""
+    mins = [min_stage_layers(i, sc.p, sc.v) for i in range(sc.p)]
+    for parts in compositions(sc.layers - sum(mins) + sc.p, sc.p):
+        yield tuple(x - 1 + mins[i] for i, x in enumerate(parts))
 
 
 def brute_force(sc: StageCoeffs, cap: int, free: bool) -> tuple[int, tuple, tuple] | None:
@@ -188,7 +189,7 @@ def test_solve_layout_matches_brute_force(seed):
     assert all(0 <= R <= L for L, R in zip(got.stage_layers, got.recompute_layers))
     if not free:
         assert not any(got.recompute_layers)
-    assert min(got.stage_layers) >= sc.v
+    assert all(L >= min_stage_layers(i, sc.p, sc.v) for i, L in enumerate(got.stage_layers))
     assert all(sc.stage_bytes(i, L, R) <= cap for i, (L, R) in enumerate(zip(got.stage_layers, got.recompute_layers)))
     assert got.objective == sc.step_scaled(got.stage_layers, got.recompute_layers)
     ev = evaluate_layout(model, st, cluster, sc, got.stage_layers, got.recompute_layers)

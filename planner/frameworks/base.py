@@ -86,6 +86,15 @@ def chunks(n: int, parts: int) -> list[int]:
     return [base + (1 if c < extra else 0) for c in range(parts)]
 
 
+def stage_chunks(L: int, v: int, i: int, p: int) -> list[int]:
+    """Stage i's L layers over its v interleaved chunks (`chunks`); a first or last stage with one layer
+    fewer than chunks (costmodels.performance.min_stage_layers) leaves its first chunk to the embedding alone,
+    or its last chunk to the loss alone (Megatron-core layouts "E|" and "|L")."""
+    if L >= v or v == 1:
+        return chunks(L, v)
+    return [0] + chunks(L, v - 1) if i == 0 else chunks(L, v - 1) + [0]
+
+
 def header(model: ModelSpec, st: Strategy, cluster: Cluster, what: str, notes: list[str]) -> list[str]:
     """Comment lines above an emitted file: what it is, the plan, and the notes."""
     from planner.solve.result import describe_strategy

@@ -13,7 +13,7 @@ from costmodels.model import ModelSpec
 from costmodels.performance import resolve_layout
 from costmodels.strategy import Strategy
 from hardware import Cluster
-from planner.frameworks.base import ConfigImportError, canonical, chunks, header
+from planner.frameworks.base import ConfigImportError, canonical, chunks, header, stage_chunks
 
 NAME = "Megatron-LM"
 
@@ -37,12 +37,12 @@ def nearest_layout(model: ModelSpec, st: Strategy, Ls: list[int], Rs: list[int]
 def megatron_recomputed(Ls: list[int], v: int, N: int) -> list[int]:
     """Layers recomputed per stage by --recompute-method block --recompute-num-layers N: the first N layers
     of every model chunk (megatron/core/transformer/transformer_block.py, _checkpointed_forward)."""
-    return [sum(min(N, c) for c in chunks(L, v)) for L in Ls]
+    return [sum(min(N, c) for c in stage_chunks(L, v, i, len(Ls))) for i, L in enumerate(Ls)]
 
 
 def megatron_recompute_layers(Ls: list[int], Rs: list[int], v: int) -> int:
     """The N that gives exactly Rs, else the smallest N that recomputes at least Rs in every stage."""
-    top = max(max(chunks(L, v)) for L in Ls)
+    top = max(max(stage_chunks(L, v, i, len(Ls))) for i, L in enumerate(Ls))
     for N in range(1, top + 1):
         got = megatron_recomputed(Ls, v, N)
         if got == Rs:
@@ -156,8 +156,8 @@ def megatron_layout_string(Ls: list[int], v: int) -> str:
     entries = []
     for c in range(v):
         for i, L in enumerate(Ls):
-            n = chunks(L, v)[c]
-            s = ("E" if i == 0 and c == 0 else "") + (f"t*{n}" if n > 1 else "t")
+            n = stage_chunks(L, v, i, p)[c]
+            s = ("E" if i == 0 and c == 0 else "") + (f"t*{n}" if n > 1 else "t" if n == 1 else "")
             entries.append(s + ("L" if i == p - 1 and c == v - 1 else ""))
     runs: list[list] = []
     for e in entries:

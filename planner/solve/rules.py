@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from costmodels.model import ModelSpec
-from costmodels.performance import even_split
+from costmodels.performance import even_split, min_stage_layers
 from costmodels.serving import ServingError
 from costmodels.strategy import (BATCH_DIVIDES, INTERLEAVING_NEEDS_PP, PARAM_OFFLOAD_NEEDS_ZERO3,
                                  StrategyError)
@@ -191,10 +191,11 @@ V_NEEDS_PP = Rule(  # a Strategy invariant (costmodels.strategy.INTERLEAVING_NEE
     INTERLEAVING_NEEDS_PP.message, lambda c, s: INTERLEAVING_NEEDS_PP.ok(s))
 V_LAYERS = Rule(  # megatron/training/arguments.py: every model chunk needs a layer
     "v_layers", "virtual_stages",
-    "interleaving needs at least one layer per chunk (layers >= pp x virtual stages)",
+    "interleaving needs a layer per chunk (layers >= pp x virtual stages, less the embedding and loss chunks)",
     "virtual_stages={virtual_stages}: {layers} layers cannot give every one of pp x virtual stages = {pp_v} "
-    "chunks a layer",
-    lambda c, s: s.virtual_stages == 1 or c.model.layers >= s.pp * s.virtual_stages,
+    "chunks a layer (the first chunk may hold only the embedding and the last only the loss)",
+    lambda c, s: s.virtual_stages == 1 or c.model.layers >= sum(min_stage_layers(i, s.pp, s.virtual_stages)
+                                                                 for i in range(s.pp)),
     frameworks=("megatron", "torchtitan"))
 V_MICROBATCHES = Rule(  # megatron/core/pipeline_parallel/schedules.py: interleaving runs micro-batches in groups of pp
     "v_microbatches", "virtual_stages", "interleaving needs micro-batches divisible by pp",
@@ -224,8 +225,9 @@ LAYERS_SUM = Rule(  # megatron/core/transformer/transformer_block.py: the stages
 STAGE_CHUNKS = Rule(  # megatron/training/arguments.py: every model chunk needs a layer
     "stage_chunks", "layout", "every stage needs a layer per interleaved chunk",
     lambda f: (f"stage layers {list(f['stage_layers'])}: with {f['virtual_stages']} interleaved chunks "
-               f"every stage needs at least {f['virtual_stages']} layers"),
-    lambda c, s: s.stage_layers is None or min(s.stage_layers) >= s.virtual_stages)
+               f"every stage needs at least {f['virtual_stages']} layers (the first and last one fewer)"),
+    lambda c, s: s.stage_layers is None or all(L >= min_stage_layers(i, len(s.stage_layers), s.virtual_stages)
+                                               for i, L in enumerate(s.stage_layers)))
 RECOMPUTE_IN_STAGE = Rule(  # megatron/core/transformer/transformer_block.py: recompute counts a chunk's layers
     "recompute_in_stage", "layout", "recomputed layers must not exceed the stage's layers",
     lambda f: _over_stage(f),
@@ -391,11 +393,20 @@ TP_OVERLAP = Rule(  # megatron/training/arguments.py: --tp-comm-overlap needs Tr
     "(Megatron-LM --tp-comm-overlap); nearest expressible plan: without --tp-comm-overlap",
     lambda c, s: not getattr(s, "tp_comm_overlap", False), frameworks=("torchtitan", "deepspeed"))
 
+TT_CHUNKS = Rule(  # torchtitan/distributed/pipeline_parallel.py: every model part holds transformer layers
+    "torchtitan_chunk_layers", "virtual_stages", "torchtitan's model parts each hold a layer",
+    "virtual_stages={virtual_stages}: torchtitan's pipeline model parts each hold transformer layers (no part of "
+    "only the embedding or the loss), {pp_v} parts for {layers} layers; nearest expressible plan: fewer "
+    "virtual stages",
+    lambda c, s: s.virtual_stages == 1 or c.model is None or (c.model.layers >= s.pp * s.virtual_stages and (
+        getattr(s, "stage_layers", None) is None or min(s.stage_layers) >= s.virtual_stages)),
+    frameworks=("torchtitan",))
+
 # in the order each framework reports them (the first broken one is the reason)
 FRAMEWORK_RULES: tuple[Rule, ...] = (
     MG_PARAM_OFFLOAD, MG_ZERO, MG_GPIPE, MG_OFFLOAD_ADAM, MG_ALIBI,
     NO_SELECTIVE, DS_TP, DS_CP, DS_EP, DS_VIRTUAL, DS_GPIPE, ZERO_PP, DS_FP8,
-    TT_ZERO1, TT_OFFLOAD, TT_FP16, TT_ADAM, TT_FLASH, TT_SP, TT_EP, FP16_GRADS, DEEPEP, TP_OVERLAP)
+    TT_ZERO1, TT_OFFLOAD, TT_FP16, TT_ADAM, TT_FLASH, TT_SP, TT_EP, FP16_GRADS, DEEPEP, TP_OVERLAP, TT_CHUNKS)
 
 
 def framework_rules(framework: str) -> tuple[Rule, ...]:

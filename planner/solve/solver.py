@@ -5,7 +5,7 @@ linear in its layers L_i and recomputed layers R_i (and has_R_i), with integer c
 (built in one function, variables and constraints named, as in the CP-SAT primer) calls the very same
 stage methods the evaluation calls, with CpOps creating the max and exact-division variables:
 
-  variables   L_i in [v, layers] (at least one layer per interleaved chunk), R_i in [0, L_i],
+  variables   L_i in [min_stage_layers, layers] (a layer per interleaved chunk), R_i in [0, L_i],
               has_R_i <=> R_i > 0, T_i (stage time per micro-batch), E_i (exposed data-parallel sync)
   constraints sum L_i = layers;  memory_i(L_i, R_i, has_R_i) <= capacity;  host_i(L_i) <= host share;
               T_i = StageCoeffs.stage_ns (work, and ZeRO-3 gathers overlapping it);
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from costmodels.performance import StageCosts, even_split
+from costmodels.performance import StageCosts, even_split, min_stage_layers
 from planner.solve.stages import Pipeline, StageCoeffs
 
 
@@ -91,10 +91,11 @@ def balanced_layers(sc: Stages) -> tuple[list[int], int]:
     same coefficients (first, middle, last of one GPU type) are counted as one group."""
     pl = as_pipeline(sc)
     p, v, layers = pl.p, pl.v, pl.layers
+    mins = [min_stage_layers(i, p, v) for i in range(p)]
     groups: dict[tuple[int, int, int], list[int]] = {}
     for i, st in enumerate(pl.stages):
         groups.setdefault((st.layer_ns, st.fixed_ns(i), st.zero3_layer_ns), []).append(i)
-    sizes = [(a, c, z, len(members)) for (a, c, z), members in groups.items()]
+    sizes = [(a, c, z, len(members), max(mins[i] for i in members)) for (a, c, z), members in groups.items()]
 
     def room(T: int, a: int, c: int, z: int) -> int:
         k = (T - c) // a if a else layers
@@ -102,9 +103,9 @@ def balanced_layers(sc: Stages) -> tuple[list[int], int]:
 
     def fits(T: int) -> bool:
         total = 0
-        for a, c, z, n in sizes:
+        for a, c, z, n, least in sizes:
             k = room(T, a, c, z)
-            if k < v:
+            if k < least:
                 return False
             total += k * n
         return total >= layers
@@ -125,7 +126,7 @@ def balanced_layers(sc: Stages) -> tuple[list[int], int]:
     heapq.heapify(heap)
     while excess > 0:   # take one layer at a time from the fullest stage (ties: the earliest)
         neg, i = heapq.heappop(heap)
-        if -neg > v:
+        if -neg > mins[i]:
             caps[i] -= 1
             excess -= 1
             heapq.heappush(heap, (-caps[i], i))
@@ -138,7 +139,7 @@ def greedy_layout(sc: Stages, cap: int | None = None, free: bool = False) -> Lay
     pl = as_pipeline(sc, cap)
     best = None
     for Ls in (balanced_layers(pl)[0], even_split(pl.layers, pl.p)):
-        if min(Ls) < pl.v:
+        if any(L < min_stage_layers(i, pl.p, pl.v) for i, L in enumerate(Ls)):
             continue
         Rs = [min_recompute(pl, i, L, None, free) for i, L in enumerate(Ls)]
         if any(R is None for R in Rs):
@@ -179,11 +180,11 @@ def layer_caps(sc: Stages, cap: int | None, free: bool) -> tuple[list[int], list
 
 
 def memory_infeasible(sc: Stages, cap: int | None, free: bool) -> bool:
-    """True exactly when no layout fits: some stage cannot hold its v layers even fully recomputed, or
+    """True exactly when no layout fits: some stage cannot hold its fewest layers (min_stage_layers) even fully recomputed, or
     all stages together cannot hold every layer."""
     pl = as_pipeline(sc, cap)
     _, most = layer_caps(pl, None, free)
-    return min(most) < pl.v or sum(most) < pl.layers
+    return any(k < min_stage_layers(i, pl.p, pl.v) for i, k in enumerate(most)) or sum(most) < pl.layers
 
 
 def min_recomputed_layers(sc: Stages, cap: int | None, free: bool) -> int:
@@ -241,8 +242,9 @@ def solve_layout(sc: Stages, cap: int | None, free: bool, time_limit_s: float = 
     pl = as_pipeline(sc, cap)
     p, v, layers = pl.p, pl.v, pl.layers
     mdl = cp_model.CpModel()
-    # every stage holds >= v layers, so each of its v interleaved chunks has at least one
-    L = [mdl.NewIntVar(v, layers - v * (p - 1), f"layers_{i}") for i in range(p)]
+    # every interleaved chunk holds a layer (the first may hold only the embedding, the last only the loss)
+    mins = [min_stage_layers(i, p, v) for i in range(p)]
+    L = [mdl.NewIntVar(mins[i], layers - sum(mins) + mins[i], f"layers_{i}") for i in range(p)]
     mdl.Add(sum(L) == layers).WithName("all_layers_placed")
     R, T, tails = [], [], []
     # tight upper bounds keep the search fast: the slowest a stage can be holds every layer, recomputed
