@@ -17,8 +17,8 @@ def layer_forward_flops(model: ModelSpec, tokens: float, seq_len: int, layer: in
     Matrix work 2 * tokens * (active matrix params) plus attention scores and values 2 x 2*tokens*s*q, q the
     query width heads x head_dim (= h for GPT; Narayanan et al. 2021, section 5.1: 24bsh^2 + 4bs^2h per layer).
     """
-    h, q = model.hidden, model.q_dim
-    attn_matrix = h * (q + 2 * model.kv_dim) + q * h
+    q = model.q_dim
+    attn_matrix = sum(n * k for n, k in model.attention_gemm_widths(1))   # h(q + 2 kv) + qh; MLA's own GEMMs
     mlp_matrix = _mlp_matrix_params_active(model, layer)
     return 2.0 * tokens * (attn_matrix + mlp_matrix) + 4.0 * tokens * seq_len * q
 
@@ -43,8 +43,11 @@ def model_forward_flops(model: ModelSpec, tokens: float, seq_len: int) -> float:
 
 
 def _layer_kinds(model: ModelSpec) -> list[int]:
-    # Dense models: one representative layer. MoE: one full period of dense/MoE layers.
-    return list(range(model.moe.layer_freq)) if model.moe is not None else [0]
+    # Dense models: one representative layer. MoE: one full period of dense/MoE layers (every layer when the
+    # first ones are dense apart from the period).
+    if model.moe is None:
+        return [0]
+    return list(range(model.layers)) if model.moe.first_dense else list(range(model.moe.layer_freq))
 
 
 def _kind_weight(model: ModelSpec) -> float:

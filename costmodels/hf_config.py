@@ -34,11 +34,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .model import ModelError, ModelSpec, MoESpec
+from .model import MLASpec, ModelError, ModelSpec, MoESpec
 
 __all__ = ["from_hf_config", "SUPPORTED_MODEL_TYPES", "SEQ_LEN_CAP"]
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "gpt2", "gpt_neox", "llama", "mistral", "mixtral", "qwen2",
+                         "qwen2_moe", "qwen3", "qwen3_moe")
 SEQ_LEN_CAP = 8192
 _REQUIRED = object()
 
@@ -151,6 +152,34 @@ def _qwen2_moe(r: _Reader) -> dict:
     return d
 
 
+def _deepseek(r: _Reader) -> dict:
+    """deepseek_v2 / deepseek_v3: multi-head latent attention (q_lora_rank, kv_lora_rank, qk_nope_head_dim,
+    qk_rope_head_dim, v_head_dim), the first first_k_dense_replace layers dense, then MoE every
+    moe_layer_freq layers with n_routed_experts of moe_intermediate_size and n_shared_experts of the same
+    size. The multi-token-prediction module (num_nextn_predict_layers) is not modelled."""
+    heads = r.pos_int("num_attention_heads")
+    q_lora = r.cfg.get("q_lora_rank")
+    mla = MLASpec(kv_lora_rank=r.pos_int("kv_lora_rank"), qk_nope_head_dim=r.pos_int("qk_nope_head_dim"),
+                  qk_rope_head_dim=r.pos_int("qk_rope_head_dim"), v_head_dim=r.pos_int("v_head_dim"),
+                  q_lora_rank=r.pos_int("q_lora_rank") if q_lora is not None else None)
+    layers = r.pos_int("num_hidden_layers")
+    first_dense = r.cfg.get("first_k_dense_replace") or 0
+    if not isinstance(first_dense, int) or isinstance(first_dense, bool) or not 0 <= first_dense < layers:
+        r._raise(f"'first_k_dense_replace' {first_dense!r} must be a whole number below num_hidden_layers {layers}")
+    return dict(
+        layers=layers, hidden=r.pos_int("hidden_size"), heads=heads,
+        kv_heads=r.pos_int("num_key_value_heads", heads), ffn_hidden=r.pos_int("intermediate_size"),
+        ffn_type="swiglu", vocab=r.pos_int("vocab_size"),
+        seq_len=min(r.pos_int("max_position_embeddings"), SEQ_LEN_CAP),
+        tied_embeddings=r.flag("tie_word_embeddings", False), position_embedding="rope", bias=False,
+        norm="rmsnorm", dropout=_dropout(r, ("attention_dropout",), 0.0), mla=mla,
+        moe=MoESpec(experts=r.pos_int("n_routed_experts"), top_k=r.pos_int("num_experts_per_tok"),
+                    expert_ffn_hidden=r.pos_int("moe_intermediate_size"),
+                    shared_experts=r.pos_int("n_shared_experts", 0) if r.cfg.get("n_shared_experts") else 0,
+                    layer_freq=r.pos_int("moe_layer_freq", 1), first_dense=first_dense),
+    )
+
+
 def _gpt2(r: _Reader) -> dict:
     hidden = r.pos_int("n_embd")
     return dict(
@@ -175,7 +204,7 @@ def _gpt_neox(r: _Reader) -> dict:
 
 _BUILDERS = {"llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "qwen3": _llama_like,
              "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "qwen3_moe": _qwen2_moe, "gpt2": _gpt2,
-             "gpt_neox": _gpt_neox}
+             "gpt_neox": _gpt_neox, "deepseek_v2": _deepseek, "deepseek_v3": _deepseek}
 assert tuple(sorted(_BUILDERS)) == SUPPORTED_MODEL_TYPES
 
 

@@ -143,6 +143,9 @@ def layer_activation_bytes(model: ModelSpec, st: Strategy, layer: int = 0) -> La
     sbh = s * b * h
     # two 1-byte dropout masks (attention and MLP output) only when training with dropout (Table 2)
     unsplit = (10.0 if model.dropout else 8.0) * sbh
+    if model.mla is not None:   # the latents, duplicated on every tensor-parallel rank: q and kv (+ rope key)
+        a = model.mla
+        unsplit += 2.0 * s * b * ((a.q_lora_rank or 0) + a.kv_lora_rank + a.qk_rope_head_dim)
     attn = 4.0 * s * b * model.q_dim + 4.0 * s * b * model.kv_dim     # Q and the projection input: q = h for GPT
     mlp = _mlp_activation_bytes_per_token(model, layer) * s * b
     # scores: softmax input and output 4as^2b + the 1-byte attention-dropout mask (Table 2) when dropout is on

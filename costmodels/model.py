@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-__all__ = ["ModelError", "MoESpec", "ModelSpec"]
+__all__ = ["ModelError", "MLASpec", "MoESpec", "ModelSpec"]
 
 # Sanity limits: far above any real model, low enough to catch typos and overflow-sized inputs.
 MAX_LAYERS = 100_000
@@ -100,9 +100,10 @@ class MoESpec(_Spec):
     shared_experts: int = 0  # always-active experts of size expert_ffn_hidden
     layer_freq: int = 1  # every layer_freq-th layer is MoE (1 = all layers)
     capacity_factor: float = 1.0
+    first_dense: int = 0  # the first layers stay dense (DeepSeek-V3 first_k_dense_replace)
 
     _NUMERIC: ClassVar[tuple[str, ...]] = (
-        "experts", "top_k", "expert_ffn_hidden", "shared_experts", "layer_freq", "capacity_factor")
+        "experts", "top_k", "expert_ffn_hidden", "shared_experts", "layer_freq", "capacity_factor", "first_dense")
 
     @classmethod
     def _what(cls, data: dict) -> str:
@@ -116,9 +117,38 @@ class MoESpec(_Spec):
         _check_range("shared_experts", self.shared_experts, 0, MAX_EXPERTS)
         _check_range("layer_freq", self.layer_freq, 1, MAX_LAYERS)
         _check_range("capacity_factor", self.capacity_factor, 1e-6, 1e6)
+        _check_range("first_dense", self.first_dense, 0, MAX_LAYERS)
         if self.top_k > self.experts:
             raise _Bad(f"top_k={self.top_k} exceeds experts={self.experts}; top_k must be <= experts")
         return self
+
+
+class MLASpec(_Spec):
+    """Multi-head latent attention (DeepSeek-V2 / V3, Liu et al. 2024 section 2.1.1): queries through an
+    optional low-rank q_lora_rank, keys and values from one kv_lora_rank latent plus a shared RoPE key of
+    qk_rope_head_dim; per head qk_nope + qk_rope query/key dims and v_head_dim value dims."""
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    q_lora_rank: int | None = None
+
+    _NUMERIC: ClassVar[tuple[str, ...]] = (
+        "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "q_lora_rank")
+
+    @classmethod
+    def _what(cls, data: dict) -> str:
+        return "mla"
+
+    @model_validator(mode="after")
+    def _check(self) -> "MLASpec":
+        for f in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "q_lora_rank"):
+            _check_range(f, getattr(self, f), 1 if f != "qk_rope_head_dim" else 0, MAX_HIDDEN)
+        return self
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
 
 
 def default_ffn_hidden(hidden: int, ffn_type: str) -> int:
@@ -143,6 +173,7 @@ class ModelSpec(_Spec):
     bias: bool = False  # linear-layer biases (GPT-2/3 style)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     moe: MoESpec | None = None
+    mla: MLASpec | None = None     # multi-head latent attention instead of (grouped-query) attention
     # per-head width when heads x head_dim differs from hidden (Qwen3: 64 heads x 128 = 8192 on hidden 4096;
     # Megatron-LM --kv-channels, Hugging Face head_dim); None: hidden / heads
     attention_head_dim: int | None = None
@@ -188,6 +219,8 @@ class ModelSpec(_Spec):
         if self.moe is not None and self.moe.layer_freq > self.layers:
             raise _Bad(f"moe.layer_freq={self.moe.layer_freq} exceeds layers={self.layers}; "
                              "no layer would be MoE")
+        if self.moe is not None and self.moe.first_dense >= self.layers:
+            raise _Bad(f"moe.first_dense={self.moe.first_dense} leaves no layer of {self.layers} to be MoE")
         # Normalise defaults (frozen model: set the instance dict directly, once, at creation).
         object.__setattr__(self, "kv_heads", kv)
         if self.ffn_hidden is None:
@@ -197,26 +230,52 @@ class ModelSpec(_Spec):
     # ---- derived shape -------------------------------------------------------------------------
     @property
     def head_dim(self) -> int:
+        """Per-head width; with MLA the mean of the query/key and value head widths (q_dim below)."""
+        if self.mla is not None:
+            return (self.mla.qk_head_dim + self.mla.v_head_dim) // 2
         return self.attention_head_dim or self.hidden // self.heads
 
     @property
     def q_dim(self) -> int:
-        """Width of the queries and of the attention output: heads x head_dim (= hidden unless set apart)."""
+        """Width of the queries and of the attention output: heads x head_dim (= hidden unless set apart).
+        With MLA, heads x (qk + v head dims) / 2: Q plus the output-projection input is 2 q_dim wide, and the
+        attention core (QK^T over qk, AV over v) does 4 s^2 q_dim FLOPs per sequence, as for GQA."""
         return self.heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
+        """K width (= V width): kv_heads x head_dim; with MLA (its K and V are per head) 2 kv_dim = K + V."""
+        if self.mla is not None:
+            return self.q_dim
         return self.kv_heads * self.head_dim  # type: ignore[operator]
+
+    def attention_gemm_widths(self, t: int = 1) -> list[tuple[float, float]]:
+        """(n, k) per token of the attention's GEMMs on one of t tensor-parallel ranks (Shoeybi et al. 2019:
+        QKV column-split, output row-split). MLA (megatron/core/transformer/multi_latent_attention.py): the
+        down projections (h -> q_lora, h -> kv_lora + rope) duplicated on every rank, the up projections
+        column-split, the output projection row-split."""
+        h = self.hidden
+        if self.mla is None:
+            return [((self.q_dim + 2 * self.kv_dim) / t, h), (h, self.q_dim / t)]
+        a, H = self.mla, self.heads
+        q = ([(a.q_lora_rank, h), (H * a.qk_head_dim / t, a.q_lora_rank)] if a.q_lora_rank
+             else [(H * a.qk_head_dim / t, h)])
+        return q + [(a.kv_lora_rank + a.qk_rope_head_dim, h), (H * (a.qk_nope_head_dim + a.v_head_dim) / t, a.kv_lora_rank),
+                    (h, H * a.v_head_dim / t)]
 
     @property
     def num_moe_layers(self) -> int:
-        return 0 if self.moe is None else self.layers // self.moe.layer_freq
+        # layers i >= first_dense with (i + 1) % layer_freq == 0 (is_moe_layer), counted in closed form
+        return 0 if self.moe is None else self.layers // self.moe.layer_freq - self.moe.first_dense // self.moe.layer_freq
 
     def is_moe_layer(self, i: int) -> bool:
-        return self.moe is not None and (i + 1) % self.moe.layer_freq == 0
+        return self.moe is not None and i >= self.moe.first_dense and (i + 1) % self.moe.layer_freq == 0
 
     # ---- parameter counts (docs/reference/formulas.md "Parameters") -------------------------------------------
     def params_attention(self) -> int:
+        if self.mla is not None:    # the GEMMs of attention_gemm_widths, the q and kv latent norms (RMSNorm)
+            a = self.mla
+            return int(sum(n * k for n, k in self.attention_gemm_widths(1))) + (a.q_lora_rank or 0) + a.kv_lora_rank
         h, kv, q = self.hidden, self.kv_dim, self.q_dim
         # Q h*q and output q*h (q = h unless the heads are wider), K and V h*kv_dim each (GQA); biases q + 2*kv_dim + h.
         return 2 * h * q + 2 * h * kv + ((q + 2 * kv + h) if self.bias else 0)

@@ -152,14 +152,15 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     M = b * s                                       # tokens per GPU per micro-batch
     kvd, f, q = model.kv_dim, model.ffn_hidden, model.q_dim
     # Dense GEMMs (Shoeybi et al. 2019: QKV / fc1 column-split, projection / fc2 row-split over t)
-    attn_gemm = gemm_time(M, (q + 2 * kvd) / t, h, peak, cal) + gemm_time(M, h, q / t, peak, cal)
+    attn_widths = model.attention_gemm_widths(t)
+    attn_gemm = sum(gemm_time(M, n, k, peak, cal) for n, k in attn_widths)
     dense_mlp = sum(gemm_time(M, n, k, peak, cal) for n, k in mlp_gemm_widths(model.ffn_type, h, f, t))
     mlp = dense_mlp
     frac = moe_mlp = moe_act_bytes = 0.0
     act_per_f = 6.0 if model.ffn_type == "swiglu" else 4.0
     # elements per GPU of the GEMM inputs (forward) and output gradients (backward), for FP8 casts
-    cast_in = M * (h + q / t + sum(k for _, k in mlp_gemm_widths(model.ffn_type, h, f, t)))
-    cast_out = M * ((q + 2 * kvd) / t + h + sum(n for n, _ in mlp_gemm_widths(model.ffn_type, h, f, t)))
+    cast_in = M * (sum(k for _, k in attn_widths) + sum(k for _, k in mlp_gemm_widths(model.ffn_type, h, f, t)))
+    cast_out = M * (sum(n for n, _ in attn_widths) + sum(n for n, _ in mlp_gemm_widths(model.ffn_type, h, f, t)))
     ep_comm = 0.0
     if model.moe is not None:
         moe = model.moe

@@ -9,7 +9,7 @@ import difflib
 import re
 from pathlib import Path
 
-from .model import ModelError, ModelSpec, MoESpec
+from .model import MLASpec, ModelError, ModelSpec, MoESpec
 
 __all__ = ["PRESETS", "ALIASES", "get_model", "list_models"]
 
@@ -125,6 +125,21 @@ _ALL = [
     ),
 ]
 
+_ALL.append(ModelSpec(
+    # 61 layers, the first 3 dense (ffn 18432), 58 MoE (256 routed of 2048 + 1 shared, top 8); MLA with
+    # q_lora 1536, kv_lora 512, 128 + 64 qk and 128 v per head; 671.0B total, 37.6B activated
+    name="deepseek-v3", layers=61, hidden=7168, heads=128, ffn_hidden=18432, ffn_type="swiglu", vocab=129280,
+    seq_len=4096, position_embedding="rope", norm="rmsnorm", bias=False, tied_embeddings=False, dropout=False,
+    moe=MoESpec(experts=256, top_k=8, expert_ffn_hidden=2048, shared_experts=1, first_dense=3),
+    mla=MLASpec(q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128),
+    global_batch=15360, precision="fp8", train_tokens=14.8e12,
+    source="DeepSeek-V3, DeepSeek-AI 2024 (technical report arXiv 2412.19437, sections 2.1 and 4.2; Hugging Face "
+           "deepseek-ai/DeepSeek-V3 config.json: deepseek_v3, first_k_dense_replace 3, n_routed_experts 256, "
+           "n_shared_experts 1, moe_intermediate_size 2048); 671B total, 37B activated; 4K pre-training "
+           "sequences, batch ramped to 15360, 14.8T tokens, FP8 training; the multi-token-prediction module "
+           "(14B) and the router's bias terms are not counted",
+))
+
 PRESETS: dict[str, ModelSpec] = {m.name: m for m in _ALL}
 
 # Short, unambiguous aliases. "70b" and "8b" mean Llama 3 (the serving docs use `--model 70b` for it);
@@ -148,6 +163,8 @@ ALIASES: dict[str, str] = {
     "1.8t": "gpt4moe-1.8t",
     "qwen3-235b": "qwen3-235b-a22b",
     "qwen3-moe": "qwen3-235b-a22b",
+    "dsv3": "deepseek-v3",
+    "deepseek": "deepseek-v3",
 }
 
 

@@ -34,6 +34,17 @@ class Cluster:
     def num_gpus(self) -> int:
         return self.num_nodes * self.gpus_per_node
 
+    @property
+    def gpus_per_host(self) -> int:
+        """GPUs one operating-system host drives (what a launcher's processes per node is): the node's, or on
+        a rack-scale system (gpu.gpus_per_tray, e.g. GB200 NVL72) one compute tray's."""
+        tray = self.gpu.gpus_per_tray
+        return tray if tray and self.gpus_per_node % tray == 0 else self.gpus_per_node
+
+    @property
+    def num_hosts(self) -> int:
+        return self.num_gpus // self.gpus_per_host
+
     def describe(self) -> str:
         nodes = "node" if self.num_nodes == 1 else "nodes"
         return f"{self.num_gpus} x {self.gpu.name} ({self.num_nodes} {nodes} x {self.gpus_per_node})"

@@ -206,3 +206,14 @@ def test_cli_gpus_lists_the_new_entries(capsys):
     rows = {r["name"]: r for r in json.loads(out)}
     assert set(NEW) <= set(rows)
     assert rows["MI355X"]["tflops"]["tf32"] is None and rows["GB300"]["gpus_per_tray"] == 4
+
+
+def test_rack_scale_launch_runs_one_process_per_tray_gpu():
+    # GB200 / GB300 NVL72: a 72-GPU NVLink domain of 18 compute trays, each an OS host with 4 GPUs (NVIDIA
+    # GB200 NVL72 datasheet); torchrun starts processes per host, so 256 GPUs are 64 hosts x 4
+    from hardware import parse_cluster
+    for gpu in ("GB200", "GB300"):
+        c = parse_cluster(f"256x{gpu}")
+        assert (c.num_hosts, c.gpus_per_host) == (64, 4)
+    c = parse_cluster("64xH100")
+    assert (c.num_hosts, c.gpus_per_host) == (c.num_nodes, 8)

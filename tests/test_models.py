@@ -422,7 +422,7 @@ def _err(tmp_path, cfg=None, raw=None) -> str:
         ({"vocab_size": float("inf")}, "'vocab_size' must be a finite positive integer, got inf"),
         ({"tie_word_embeddings": "no"}, "'tie_word_embeddings' must be true or false"),
         ({"model_type": "bert"},
-         "model_type 'bert' in {p} is not supported; supported: gpt2, gpt_neox, llama, mistral, mixtral, qwen2"),
+         "model_type 'bert' in {p} is not supported; supported: deepseek_v2, deepseek_v3, gpt2, gpt_neox, llama, mistral, mixtral, qwen2"),
         ({"hidden_size": 4100}, "'hidden_size' 4100 is not a multiple of 'num_attention_heads' 32"),
         ({"num_key_value_heads": 5}, "not divisible by kv_heads=5"),
         ({"head_dim": 0}, "'head_dim'"),
@@ -500,3 +500,55 @@ def test_qwen3_moe_config_and_preset():
     assert round(m.params_total() / 1e9) == 235 and round(m.params_active() / 1e9) == 22
     preset, _ = get_model("qwen3-235b")
     assert preset.params_total() == m.params_total() and preset.params_active() == m.params_active()
+
+
+def test_deepseek_v3_config_and_preset():
+    """DeepSeek-V3 (Hugging Face config.json, model_type deepseek_v3; DeepSeek-AI 2024, arXiv 2412.19437
+    section 4.2): MLA with q_lora 1536, kv_lora 512, 128 + 64 qk and 128 v per head, the first 3 layers dense,
+    then 256 routed experts (top 8) and 1 shared: 671B total and 37B activated, as the report states (the
+    multi-token-prediction module apart); the preset is the same shape."""
+    import json as _json
+    import tempfile
+
+    from costmodels.hf_config import from_hf_config
+    from costmodels.presets import get_model
+    cfg = {"model_type": "deepseek_v3", "first_k_dense_replace": 3, "hidden_size": 7168, "intermediate_size": 18432,
+           "kv_lora_rank": 512, "max_position_embeddings": 163840, "moe_intermediate_size": 2048, "moe_layer_freq": 1,
+           "n_routed_experts": 256, "n_shared_experts": 1, "num_attention_heads": 128, "num_experts_per_tok": 8,
+           "num_hidden_layers": 61, "num_key_value_heads": 128, "num_nextn_predict_layers": 1, "q_lora_rank": 1536,
+           "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "tie_word_embeddings": False, "v_head_dim": 128,
+           "vocab_size": 129280, "attention_dropout": 0.0}
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/config.json"
+        with open(path, "w") as fh:
+            _json.dump(cfg, fh)
+        m = from_hf_config(path)
+    assert round(m.params_total() / 1e9) == 671 and round(m.params_active() / 1e9) in (37, 38)
+    assert m.num_moe_layers == 58 and not m.is_moe_layer(2) and m.is_moe_layer(3)
+    # MLA's attention: 187M parameters per layer; its core runs QK^T over 192 and AV over 128 per head
+    assert round(m.params_attention() / 1e6) == 187 and m.q_dim == 128 * (192 + 128) // 2
+    preset, _ = get_model("deepseek-v3")
+    assert preset.params_total() == m.params_total() and preset.mla == m.mla
+
+
+def test_deepseek_v3_exports_as_megatron_mla():
+    """The Megatron export names MLA and the dense first layers as megatron-core's MLATransformerConfig
+    accepts them (multi_latent_attention, q/kv LoRA ranks, qk/rope/v head dims, moe_layer_freq list)."""
+    pytest.importorskip("megatron.core")
+    from megatron.core.transformer.transformer_config import MLATransformerConfig
+
+    from costmodels.presets import get_model
+    from costmodels.strategy import Strategy
+    from planner.frameworks.megatron import megatron_args, parse_megatron_args
+    model, _ = get_model("deepseek-v3")
+    st = Strategy(tp=1, pp=8, dp=32, ep=32, micro_batch=1, global_batch=2048, zero_stage=1, recompute="selective",
+                  virtual_stages=4, stage_layers=(7, 8, 8, 8, 8, 8, 8, 6), precision="bf16")
+    args = parse_megatron_args(" ".join(" ".join(g) for g in megatron_args(model, st)).replace('"', "'"))
+    assert args["--multi-latent-attention"] is True
+    freq = eval(args["--moe-layer-freq"])      # noqa: S307 - Megatron's moe_freq_type evaluates the same expression
+    assert freq == [0] * 3 + [1] * 58
+    MLATransformerConfig(num_layers=61, hidden_size=7168, num_attention_heads=128, num_moe_experts=256,
+                         moe_layer_freq=freq, multi_latent_attention=True, q_lora_rank=int(args["--q-lora-rank"]),
+                         kv_lora_rank=int(args["--kv-lora-rank"]), qk_head_dim=int(args["--qk-head-dim"]),
+                         qk_pos_emb_head_dim=int(args["--qk-pos-emb-head-dim"]), v_head_dim=int(args["--v-head-dim"]),
+                         ffn_hidden_size=18432, moe_ffn_hidden_size=2048, moe_router_topk=8)

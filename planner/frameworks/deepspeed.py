@@ -89,7 +89,7 @@ def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) ->
              f"{list(st.stage_layers)}"] if st.pp > 1 else [])
     launch = "\n".join(["#!/usr/bin/env bash", *head, *pipe,
                         "# Run with a hostfile listing the nodes (deepspeed --hostfile) on more than one node.",
-                        f"deepspeed --num_nodes {cluster.num_nodes} --num_gpus {cluster.gpus_per_node} train.py "
+                        f"deepspeed --num_nodes {cluster.num_hosts} --num_gpus {cluster.gpus_per_host} train.py "
                         '--deepspeed --deepspeed_config "$(dirname "$0")/ds_config.json" "$@"', ""])
     return {"ds_config.json": json.dumps(deepspeed_config(model, st), indent=2) + "\n", "launch.sh": launch}
 

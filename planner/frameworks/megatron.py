@@ -60,7 +60,7 @@ def megatron_args(model: ModelSpec, st: Strategy) -> list[list[str]]:
         ["--seq-length", str(model.seq_len)], ["--max-position-embeddings", str(model.seq_len)],
         ["--position-embedding-type", "rope" if model.position_embedding == "rope" else "learned_absolute"],
     ]
-    if model.attention_head_dim is not None:   # heads wider than hidden / heads (Qwen3): the per-head width
+    if model.attention_head_dim is not None and model.mla is None:   # heads wider than hidden / heads (Qwen3)
         a.append(["--kv-channels", str(model.head_dim)])
     if model.kv_heads != model.heads:
         a.append(["--group-query-attention", "--num-query-groups", str(model.kv_heads)])
@@ -78,8 +78,14 @@ def megatron_args(model: ModelSpec, st: Strategy) -> list[list[str]]:
                   "--moe-ffn-hidden-size", str(m.expert_ffn_hidden)])
         if m.shared_experts:
             a.append(["--moe-shared-expert-intermediate-size", str(m.shared_experts * m.expert_ffn_hidden)])
-        if m.layer_freq > 1:   # our MoE layers are i with (i + 1) % freq == 0 (costmodels.model.ModelSpec.is_moe_layer)
+        if m.layer_freq > 1 or m.first_dense:   # our MoE layers: costmodels.model.ModelSpec.is_moe_layer
             a.append(["--moe-layer-freq", moe_layer_pattern(model)])
+    if model.mla is not None:   # megatron/core/transformer/transformer_config.py MLATransformerConfig
+        la = model.mla
+        a.append(["--multi-latent-attention", "--kv-lora-rank", str(la.kv_lora_rank),
+                  "--qk-head-dim", str(la.qk_nope_head_dim), "--qk-pos-emb-head-dim", str(la.qk_rope_head_dim),
+                  "--v-head-dim", str(la.v_head_dim)]
+                 + (["--q-lora-rank", str(la.q_lora_rank)] if la.q_lora_rank else []))
     a.append(["--tensor-model-parallel-size", str(st.tp), "--pipeline-model-parallel-size", str(st.pp)])
     if st.cp > 1:
         a.append(["--context-parallel-size", str(st.cp)])
@@ -112,6 +118,15 @@ def megatron_args(model: ModelSpec, st: Strategy) -> list[list[str]]:
 def moe_layer_pattern(model: ModelSpec) -> str:
     """--moe-layer-freq as a Python list expression, 1 = MoE layer (arguments.py moe_freq_type)."""
     f = model.moe.layer_freq
+    if model.moe.first_dense:     # runs of the per-layer pattern, e.g. [0]*3+[1]*58
+        flags = [int(model.is_moe_layer(i)) for i in range(model.layers)]
+        runs: list[list[int]] = []
+        for x in flags:
+            if runs and runs[-1][0] == x:
+                runs[-1][1] += 1
+            else:
+                runs.append([x, 1])
+        return "+".join(f"[{x}]*{n}" for x, n in runs)
     full, rest = divmod(model.layers, f)
     return f"([0]*{f - 1}+[1])*{full}" + (f"+[0]*{rest}" if rest else "")
 
@@ -193,10 +208,10 @@ def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) ->
     args = bash_array("MEGATRON_ARGS", megatron_args(model, st))
     launch = "\n".join([
         "#!/usr/bin/env bash",
-        f"# Launch on {cluster.num_nodes} node(s) x {cluster.gpus_per_node} GPUs: run on every node with NODE_RANK and",
+        f"# Launch on {cluster.num_hosts} node(s) x {cluster.gpus_per_host} GPUs: run on every node with NODE_RANK and",
         "# MASTER_ADDR set, from the Megatron-LM checkout. Add your data, tokenizer and checkpoint arguments.",
         'source "$(dirname "$0")/megatron_args.sh"',
-        f"torchrun --nnodes {cluster.num_nodes} --nproc-per-node {cluster.gpus_per_node} "
+        f"torchrun --nnodes {cluster.num_hosts} --nproc-per-node {cluster.gpus_per_host} "
         '--node-rank "${NODE_RANK:-0}" --master-addr "${MASTER_ADDR:-localhost}" --master-port 6000 \\',
         '    pretrain_gpt.py "${MEGATRON_ARGS[@]}" "$@"', ""])
     return {"megatron_args.sh": "\n".join(head) + "\n" + args, "launch.sh": launch}
@@ -220,7 +235,7 @@ _MEGATRON_SWITCHES = {
     "--group-query-attention", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
     "--optimizer-cpu-offload", "--use-precision-aware-optimizer", "--use-flash-attn", "--recompute-activations",
     "--grad-reduce-in-bf16", "--accumulate-allreduce-grads-in-fp32", "--tp-comm-overlap", "--overlap-grad-reduce",
-    "--overlap-param-gather", "--moe-enable-deepep",
+    "--overlap-param-gather", "--moe-enable-deepep", "--multi-latent-attention",
 }
 # Megatron-LM settings no plan here expresses: refuse rather than predict something else
 _MEGATRON_REFUSED = {"--use-torch-fsdp2": "FSDP2", "--use-megatron-fsdp": "Megatron-FSDP",
@@ -270,7 +285,8 @@ def megatron_model(args: dict, model: ModelSpec) -> ModelSpec:
     expect = {"--num-layers": model.layers, "--hidden-size": model.hidden, "--num-attention-heads": model.heads,
               "--ffn-hidden-size": model.ffn_hidden,
               "--num-query-groups": model.kv_heads if args.get("--group-query-attention") else None,
-              "--num-experts": model.moe.experts if model.moe else None, "--kv-channels": model.head_dim}
+              "--num-experts": model.moe.experts if model.moe else None,
+              "--kv-channels": model.head_dim if model.mla is None else None}
     for flag, want in expect.items():
         got = _int(args, flag)
         if got is not None and got != want:

@@ -108,8 +108,8 @@ def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) ->
         head.append(f"# [model] flavor: register a torchtitan model flavor with {model.name}'s shape under this name")
     launch = "\n".join([
         "#!/usr/bin/env bash",
-        f"# Run on every one of the {cluster.num_nodes} node(s) with NODE_RANK and MASTER_ADDR set.",
-        f"torchrun --nnodes {cluster.num_nodes} --nproc_per_node {cluster.gpus_per_node} "
+        f"# Run on every one of the {cluster.num_hosts} node(s) with NODE_RANK and MASTER_ADDR set.",
+        f"torchrun --nnodes {cluster.num_hosts} --nproc_per_node {cluster.gpus_per_host} "
         '--node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-localhost}" --master_port 29500 \\',
         '    -m torchtitan.train --job.config_file "$(dirname "$0")/job.toml" "$@"', ""])
     return {"job.toml": "\n".join(head) + "\n\n" + toml_text(torchtitan_config(model, st)), "launch.sh": launch}

@@ -294,9 +294,13 @@ def recompute_modules(notes: str) -> tuple[str, ...] | None:
 
 
 def moe_dispatcher(run: dict) -> str:
-    """The run's MoE token dispatcher: DeepEP when its framework or notes name it, else all-to-all."""
+    """The run's MoE token dispatcher: DeepEP (or NVIDIA's HybridEP, which also sends a token once per
+    destination node) when its framework or notes name it as the dispatcher, all-to-all otherwise, and when
+    they name an all-to-all dispatcher."""
     text = f"{(run.get('strategy') or {}).get('framework') or ''} {run.get('notes') or ''}".lower()
-    return "deepep" if "deepep" in text else "alltoall"
+    if re.search(r"all-?to-?all (token )?dispatcher", text):
+        return "alltoall"
+    return "deepep" if re.search(r"(deepep|hybridep)", text) else "alltoall"
 
 
 def implies_sequence_parallel(run: dict) -> bool:
@@ -385,7 +389,7 @@ def predict_run(run: dict, completions: dict[str, Completion] | None = None) -> 
     meas = field(run, "measured", metric, float)
     if meas <= 0:
         raise RunSkipped(f"measured.{metric} is {meas!r}; expected a positive number")
-    model = run_model(group(run, "model"))
+    model = run_model(group(run, "model"), str(run.get("notes") or ""))
     cluster = run_cluster(group(run, "hardware"))
     group(run, "strategy")
     gb, derived = run_global_batch(run, model, cluster, memory_only=metric == "peak_memory_gb")

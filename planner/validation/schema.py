@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import math
+import re
 
-from costmodels.model import ModelSpec, MoESpec
+from costmodels.model import MLASpec, ModelError, ModelSpec, MoESpec
+from costmodels.presets import get_model
 
 
 class RunSkipped(Exception):
@@ -51,10 +53,13 @@ def field(run: dict, name: str, key: str, kind: type = int, *, required: bool = 
     return value
 
 
-def run_model(m: dict) -> ModelSpec:
+def run_model(m: dict, notes: str = "") -> ModelSpec:
     """The run's shape. GELU models are GPT-style (learned positions, biases, tied embeddings);
-    SwiGLU models Llama-style (RoPE, no biases, untied, no dropout). A missing or malformed required field is named
-    (RunSkipped); values outside the model's rules raise ModelError naming them."""
+    SwiGLU models Llama-style (RoPE, no biases, untied, no dropout). MoE layers: moe_layers of layers, evenly
+    spaced when they divide the layers, else after dense first layers (DeepSeek's first_k_dense_replace).
+    Multi-head latent attention (runs/v1 has no field for it) from the notes ("MLA: q_lora 1536, kv_lora 512,
+    qk head 128 + rope 64, v head 128"), else from a preset of the same name and shape. A missing or malformed
+    required field is named (RunSkipped); values outside the model's rules raise ModelError naming them."""
     r = {"model": m}
     ffn_type = field(r, "model", "ffn_type", str, required=False, default="gelu")
     if ffn_type not in ("gelu", "swiglu"):
@@ -64,11 +69,13 @@ def run_model(m: dict) -> ModelSpec:
     moe = None
     if m.get("moe") is not None:
         e = {"model.moe": m["moe"]}
+        moe_layers = field(e, "model.moe", "moe_layers", required=False)
+        first_dense = layers - moe_layers if moe_layers and 0 < layers - moe_layers and layers % moe_layers else 0
         moe = MoESpec(experts=field(e, "model.moe", "experts"), top_k=field(e, "model.moe", "top_k"),
                       expert_ffn_hidden=field(e, "model.moe", "expert_ffn_hidden"),
                       shared_experts=field(e, "model.moe", "shared_experts", required=False, default=0),
-                      layer_freq=_moe_freq(layers, field(e, "model.moe", "moe_layers", required=False)))
-    return ModelSpec(
+                      layer_freq=1 if first_dense else _moe_freq(layers, moe_layers), first_dense=first_dense)
+    spec = ModelSpec(
         name=field(r, "model", "name", str, required=False, default="run-model"), layers=layers,
         hidden=field(r, "model", "hidden"), heads=field(r, "model", "heads"),
         kv_heads=field(r, "model", "kv_heads", required=False), ffn_hidden=field(r, "model", "ffn_hidden", required=False),
@@ -78,6 +85,24 @@ def run_model(m: dict) -> ModelSpec:
         norm="layernorm" if gpt_style else "rmsnorm", moe=moe,
         dropout=gpt_style,   # GPT-style runs train with dropout, Llama-style without (their recipes: 0.0)
     )
+    mla = _mla(spec, notes)
+    return spec if mla is None else spec.model_copy(update={"mla": mla})
+
+
+def _mla(spec: ModelSpec, notes: str) -> MLASpec | None:
+    """The run's multi-head latent attention: stated in its notes, else its preset's (same name and shape)."""
+    got = {k: re.search(pat, notes or "", re.IGNORECASE) for k, pat in (
+        ("q_lora_rank", r"q_lora\D{0,12}(\d+)"), ("kv_lora_rank", r"kv_lora\D{0,12}(\d+)"),
+        ("qk_nope_head_dim", r"qk head\D{0,3}(\d+)"), ("qk_rope_head_dim", r"rope\D{0,3}(\d+)"),
+        ("v_head_dim", r"\bv head\D{0,3}(\d+)"))}
+    if "mla" in (notes or "").lower() and all(got[k] for k in ("kv_lora_rank", "qk_nope_head_dim", "v_head_dim")):
+        return MLASpec(**{k: int(v.group(1)) for k, v in got.items() if v is not None})
+    try:
+        preset, _ = get_model(spec.name)
+    except ModelError:
+        return None
+    same = (preset.layers, preset.hidden, preset.heads) == (spec.layers, spec.hidden, spec.heads)
+    return preset.mla if same else None
 
 
 def _moe_freq(layers: int, moe_layers) -> int:
