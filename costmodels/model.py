@@ -328,6 +328,20 @@ class ModelSpec(_Spec):
         self._check_layer(i)
         return self._moe_layer_active() if self.is_moe_layer(i) else self._dense_layer()
 
+    def params_lora(self, rank: int, layer: int = 0) -> int:
+        """LoRA adapter parameters of one layer (Hu et al. 2021): rank x (in + out) per linear layer of the
+        block (attention and MLP; an MoE layer's routed experts the top_k a token uses are counted once each
+        expert, all of them)."""
+        per = sum(n + k for n, k in self.attention_gemm_widths(1))
+        f_in = 2 if self.ffn_type == "swiglu" else 1
+        if self.moe is not None and self.is_moe_layer(layer):
+            m = self.moe
+            mlp = (m.experts + m.shared_experts) * (f_in * (self.hidden + m.expert_ffn_hidden)
+                                                   + self.hidden + m.expert_ffn_hidden)
+        else:
+            mlp = f_in * (self.hidden + self.ffn_hidden) + self.hidden + self.ffn_hidden
+        return rank * int(per + mlp)
+
     def params_embedding(self) -> int:
         pos = self.seq_len * self.hidden if self.position_embedding == "learned" else 0
         return self.vocab * self.hidden + pos  # token table (+ learned position table)

@@ -15,6 +15,7 @@ Sources of the parts:
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import NamedTuple
@@ -128,6 +129,7 @@ class _LayerKey:
     dispatcher: str
     tp_overlap: bool
     modules: tuple
+    lora: bool
 
 
 def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibration) -> LayerTimes:
@@ -135,7 +137,7 @@ def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     key = _LayerKey(st.tp, st.cp, st.ep, st.micro_batch, st.precision, st.flash_attention,
                     st.sequence_parallel, st.recompute, st.framework, st.etp,
                     st.moe_dispatcher if model.moe is not None else "alltoall", st.tp_comm_overlap,
-                    recomputed_modules(st))
+                    recomputed_modules(st), st.lora_rank is not None)
     return _layer_times(model, cluster, cal, key)
 
 
@@ -220,7 +222,9 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     cast_fwd = memory_bound_time(4.0 * cast_in, gpu.hbm_gbps, cal) if fp8 else 0.0
     cast_bwd = memory_bound_time(4.0 * cast_out, gpu.hbm_gbps, cal) if fp8 else 0.0
     compute_fwd = attn_gemm + mlp + attn_core + elem_fwd + cast_fwd + cal.kernel_overhead_s
-    compute_bwd = 2.0 * (attn_gemm + mlp + attn_core + elem_fwd) + cast_bwd + cal.kernel_overhead_s
+    # frozen base weights (LoRA) need no weight-gradient GEMMs: their backward is the input gradient alone
+    gemm_bwd = (1.0 if st.lora else 2.0) * (attn_gemm + mlp)
+    compute_bwd = gemm_bwd + 2.0 * (attn_core + elem_fwd) + cast_bwd + cal.kernel_overhead_s
     # Tensor parallel: 2 all-reduces of s*b*h forward and 2 backward (Shoeybi et al. 2019); with sequence
     # parallel the same volume as all-gather + reduce-scatter (Korthikanti et al. 2022, section 4.2.2).
     tp_link = group_link(t, 1, cluster.gpus_per_node)
@@ -294,6 +298,12 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     sb = state_bytes_per_param(st.precision, st.optimizer, st.fp32_grads, st.framework, st.zero_stage)
     copy = compute_copy_bytes(st.precision)
     groups = _param_groups(model, st, cluster)
+    # what the optimizer trains: every parameter, or with LoRA the adapters alone (the average layer's, split
+    # over tp like the layers they adapt (NeMo's ParallelLinearAdapter) and synced over dp x cp; the
+    # embedding and output layer frozen)
+    lora = st.lora_rank is not None
+    train = ([(statistics.fmean(model.params_lora(st.lora_rank, i) for i in range(model.layers)) / st.tp,
+               groups[0][1])] if lora else groups)
     embed_params = model.vocab * h / t + (model.seq_len * h if model.position_embedding == "learned" else 0)
     # the output layer: its own weights, or with tied embeddings a copy on the last stage when pp > 1
     # (Megatron allocates it only where the embedding is on another stage), and the final norm, replicated
@@ -301,6 +311,7 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     head_params = (0.0 if (model.tied_embeddings and p == 1) else model.vocab * h / t) + model.params_final_norm()
     dense_group = groups[0][1]
     first_groups, last_groups = [(embed_params, dense_group)], [(head_params, dense_group)]
+    first_train, last_train = ([(0.0, dense_group)], [(0.0, dense_group)]) if lora else (first_groups, last_groups)
 
     # Data-parallel gradient sync (once per step; reduce-scatter + all-gather with ZeRO >= 1, the same
     # volume as an all-reduce); ZeRO-3 reduce-scatters every micro-batch instead (zero3 below).
@@ -363,11 +374,11 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     return StageCosts(
         p=p, m=m, v=v, layers=model.layers, layer=lt,
         embedding_s=first, head_s=last, p2p_s=p2p,
-        dp_layer_s=dp_s(groups), dp_first_s=dp_s(first_groups), dp_last_s=dp_s(last_groups),
+        dp_layer_s=dp_s(train), dp_first_s=dp_s(first_train), dp_last_s=dp_s(last_train),
         dp_window_layer_s=lt.backward,
         zero3_layer_s=zero3,
-        opt_layer_s=opt_s(groups), opt_first_s=opt_s(first_groups), opt_last_s=opt_s(last_groups),
-        layer_states=_states(groups, sb, st), first_states=_states(first_groups, sb, st, root=True),
+        opt_layer_s=opt_s(train), opt_first_s=opt_s(first_train), opt_last_s=opt_s(last_train),
+        layer_states=_states(groups, sb, st, train=train), first_states=_states(first_groups, sb, st, root=True),
         last_states=_states(last_groups, sb, st, root=True),
         host_capacity_b=gpu.host_memory_gb_per_node * 1e9 / cluster.gpus_per_node,
         inflight=tuple(_inflight(p, m, v, st.pipeline_schedule)),
@@ -383,7 +394,7 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
         # the root's gradient, reduce-scattered last: its 16-bit unsharded gradient and the fp32 copy
         # reduce_dtype makes (MixedPrecisionPolicy), embedding included
         end_transient_b=(embed_params * (copy + sb.reduce) if st.framework == "torchtitan" and st.zero_stage >= 2 else 0.0),
-        gather_layer_s=gather_s(groups), gather_first_s=gather_s(first_groups), gather_last_s=gather_s(last_groups),
+        gather_layer_s=gather_s(train), gather_first_s=gather_s(first_train), gather_last_s=gather_s(last_train),
         gather_window_layer_s=lt.compute_fwd + lt.tp_fwd,
     )
 
@@ -423,7 +434,8 @@ def _param_groups(model: ModelSpec, st: Strategy, cluster: Cluster) -> list[tupl
     return [(dense / st.tp, dense_link), (routed / st.etp, expert_link)]
 
 
-def _states(groups: list[tuple[float, Link]], sb, st: Strategy, root: bool = False) -> ModelStates:
+def _states(groups: list[tuple[float, Link]], sb, st: Strategy, root: bool = False,
+            train: list[tuple[float, Link]] | None = None) -> ModelStates:
     """(weights, gradients, optimizer, host) bytes on one GPU for parameter groups; offloaded states move
     to host memory (ZeRO-Offload, Ren et al. 2021). torchtitan's FSDP2 also holds the gathered 16-bit
     copy of every block it does not reshard after forward (ZeRO-2 here: fsdp_reshard_after_forward
@@ -438,6 +450,17 @@ def _states(groups: list[tuple[float, Link]], sb, st: Strategy, root: bool = Fal
     w = g = o = 0.0
     held = st.framework == "torchtitan" and (st.zero_stage == 2 or (st.zero_stage == 3 and root))
     fp8 = 0.0 if root else fp8_cache_bytes(st)    # the layers' GEMM weights (embedding and output stay 16-bit)
+    if st.lora_rank is not None:
+        # LoRA: the frozen base weights in 16 bits (and their FP8 caches), no gradients or optimizer states;
+        # the adapters (`train`, none on the embedding and output layer) carry the full mixed-precision states
+        frozen = sum(n for n, _ in groups)
+        # FP8 fine-tuning keeps the frozen weights in FP8 only, with the transpose the input-gradient GEMM
+        # reads (Transformer Engine fp8_model_init: no 16-bit copy): 1 + 1 bytes
+        w = frozen * (fp8 if fp8 else compute_copy_bytes(st.precision))
+        for n, link in train or []:
+            wi, gi, oi = model_state_bytes(n, sb, st.zero_stage, link.size)
+            w, g, o = w + wi, g + gi, o + oi
+        return ModelStates(w, g, o, 0.0)
     for n, link in groups:
         wi, gi, oi = model_state_bytes(n, sb, st.zero_stage, link.size)
         wi += n * (compute_copy_bytes(st.precision) if held else 0.0) + n * fp8
@@ -450,15 +473,20 @@ def _states(groups: list[tuple[float, Link]], sb, st: Strategy, root: bool = Fal
     return ModelStates(w, g, o, host)
 
 
+# DeepSpeed's CPU Adam on one host: 1e9 parameters in 0.22 s on a DGX-2's two Xeon Platinum 8168 (Ren et al.
+# 2021, ZeRO-Offload, Table 4; 8e9 in 2.41 s), ~4.5e9 parameters/s shared by the host's GPUs. Taken, not
+# fitted: no bundled run offloads. A Grace host does about twice that (DeepSpeed SuperOffload blog, GH200:
+# 1e9 in 0.098 s); the x86 figure is kept for every host, a conservative choice there.
+CPU_ADAM_PARAMS_PER_S_PER_HOST = 4.5e9
+
+
 def _cpu_optimizer_time(params: float, gpu) -> float:
     """Optimizer step on the host (ZeRO-Offload, Ren et al. 2021): PCIe copies of grads down and weights
-    up (2 + 2 bytes) plus a CPU Adam at ~1e9 parameters/s per GPU's share of the host (assumption). A
-    vectorised Adam is bound by host memory bandwidth, ADAM_BYTES_PER_PARAM (28) bytes per parameter: a DGX
-    A100's two 8-channel DDR4-3200 sockets (410 GB/s, ~70% reached) give each of its 8 GPUs ~36 GB/s, 1.3e9
-    parameters/s; the ZeRO-Offload paper's DGX-2 (two 6-channel DDR4-2666 sockets for 16 V100s) gives each
-    GPU about half that. Not validated: no published run in the bundled sets offloads (plans say so)."""
+    up (2 + 2 bytes) plus the host's CPU Adam (CPU_ADAM_PARAMS_PER_S_PER_HOST) shared by the GPUs it drives
+    (a node's, or a rack-scale tray's). Not validated: no published run in the bundled sets offloads."""
     pcie = params * 4.0 / (gpu.pcie_gbps * 1e9)
-    return pcie + params / 1.0e9
+    per_host = gpu.gpus_per_tray or gpu.gpus_per_node
+    return pcie + params * per_host / CPU_ADAM_PARAMS_PER_S_PER_HOST
 
 
 def _inflight(p: int, m: int, v: int, schedule: str = "1f1b") -> list[float]:

@@ -95,6 +95,9 @@ class Strategy:
     tp_comm_overlap: bool = False
     # recompute="selective" under Megatron-core: the submodules recomputed (RECOMPUTE_MODULES; None: core_attn)
     recompute_modules: tuple[str, ...] | None = None
+    # LoRA fine-tuning (Hu et al. 2021): the base weights frozen (no gradients, optimizer states or
+    # weight-gradient GEMMs), adapters of this rank on every linear layer of the transformer blocks
+    lora_rank: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "dp", "micro_batch", "global_batch", "cp", "ep", "virtual_stages"):
@@ -125,6 +128,13 @@ class Strategy:
             raise StrategyError("tensor-parallel communication overlap (--tp-comm-overlap) needs sequence parallel")
         if self.framework not in FRAMEWORK_CHOICES:
             raise StrategyError(f"framework={self.framework!r} is not allowed; choose megatron, torchtitan or deepspeed")
+        if self.lora_rank is not None:
+            if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 1:
+                raise StrategyError(f"lora_rank={self.lora_rank!r} is not allowed; a whole number >= 1 (or None: "
+                                    f"train every weight)")
+            if self.zero_stage >= 2 or self.offload_optimizer:
+                raise StrategyError("LoRA plans with ZeRO-2/3 or optimizer offload are not modelled (the frozen base "
+                                    "weights have no gradients or optimizer states to shard); use ZeRO 0 or 1")
         if self.moe_dispatcher not in DISPATCHER_CHOICES:
             raise StrategyError(f"moe_dispatcher={self.moe_dispatcher!r} is not allowed; choose alltoall or deepep")
         if self.recompute_modules is not None:

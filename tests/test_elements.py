@@ -804,3 +804,24 @@ def test_fp8_gain_is_what_fp8_lm_measured():
     fp8 = layer_times(m, st.with_(precision="fp8"), H100_64, HOPPER)
     gain = (bf16.compute_fwd + bf16.compute_bwd) / (fp8.compute_fwd + fp8.compute_bwd)
     assert 1.2 < gain < 1.6, gain
+
+
+def test_lora_freezes_the_base_weights():
+    # LoRA (Hu et al. 2021, section 4.2): frozen base weights need no gradients, optimizer states or
+    # weight-gradient GEMMs; a 70B model's rank-16 adapters are ~0.1% of its parameters. The backward of the
+    # frozen GEMMs is the input gradient alone (half the full backward's GEMM work)
+    m, _ = get_model("llama3-70b")
+    st = Strategy(tp=8, pp=1, dp=8, micro_batch=1, global_batch=8, zero_stage=1, recompute="none")
+    full = stage_costs(m, st, H100_64, HOPPER)
+    lora = stage_costs(m, st.with_(lora_rank=16), H100_64, HOPPER)
+    adapters = sum(m.params_lora(16, i) for i in range(m.layers))
+    assert 0.0005 < adapters / m.params_total() < 0.003
+    assert lora.layer_states.gradients < full.layer_states.gradients / 100
+    assert lora.layer_states.optimizer < full.layer_states.optimizer / 100
+    assert lora.first_states.gradients == 0 and lora.first_states.optimizer == 0   # the embedding is frozen
+    gemms = full.layer.compute_bwd - lora.layer.compute_bwd
+    assert gemms > 0.3 * full.layer.compute_bwd                                   # the weight gradients are gone
+    assert lora.layer.compute_fwd == full.layer.compute_fwd
+    assert lora.dp_layer_s < full.dp_layer_s / 100                                 # only adapters are synced
+    with pytest.raises(StrategyError, match="LoRA"):
+        st.with_(lora_rank=16, zero_stage=3)

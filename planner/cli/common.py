@@ -202,6 +202,10 @@ def _comm_options(f):
                      help="Overlap the tensor-parallel all-gathers / reduce-scatters with the GEMMs they feed "
                           "(Megatron-LM --tp-comm-overlap: Transformer Engine userbuffers, needs sequence "
                           "parallel; exported as that flag).")(f)
+    f = click.option("--lora-rank", type=click.IntRange(min=1),
+                     help="LoRA fine-tuning: freeze the base weights (no gradients, optimizer states or "
+                          "weight-gradient GEMMs for them) and train adapters of this rank on every linear layer "
+                          "of the blocks; ZeRO 0/1, no offload. Priced only: no framework config writes it.")(f)
     return click.option("--moe-dispatcher", type=click.Choice(["alltoall", "deepep"]), default="alltoall",
                         show_default=True,
                         help="MoE token dispatch: alltoall sends one copy per (token, expert); deepep (Megatron-core "

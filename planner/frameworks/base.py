@@ -61,7 +61,7 @@ class Export:
 def strategy_from_plan(d: dict) -> Strategy:
     """The Strategy of a PlanOut.strategy dict (as_dict plus the layout lists)."""
     kw = {k: v for k, v in d.items() if k not in _PLAN_ONLY}
-    for key in ("stage_layers", "recompute_layers"):
+    for key in ("stage_layers", "recompute_layers", "recompute_modules"):
         if kw.get(key) is not None:
             kw[key] = tuple(kw[key])
     if kw.get("recompute") != "full":

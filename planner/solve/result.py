@@ -141,7 +141,8 @@ def assumptions(model: ModelSpec, global_batch: int, precision: str, optimizer: 
         "reserved_buffers_gb": FIXED_BUFFER_BYTES / GB,
         "headroom": (headroom or Headroom()).describe(),
         "rank_order": "tp innermost, then cp, dp, pp (Megatron); tp stays inside a node",
-        "dp_overlap": "gradient sync overlaps the last micro-batch's backward",
+        "dp_overlap": ("gradient sync overlaps the last micro-batch's backward (Megatron's distributed optimizer: "
+                       "its reduce-scatter there, the weight all-gather behind the next step's forward)"),
     }
 
 
@@ -196,6 +197,10 @@ def describe_strategy(s: dict) -> str:
         parts[0] += f" x CP {s['cp']}"
     if s.get("ep", 1) > 1:    # the experts' own split (parallel folding when expert TP is set apart)
         parts[0] += f", experts EP {s['ep']}" + (f" x expert TP {s['expert_tp']}" if s.get("expert_tp") else "")
+        if s.get("moe_dispatcher") == "deepep":
+            parts[0] += " (DeepEP dispatch)"
+    if s.get("lora_rank"):
+        parts.insert(0, f"LoRA rank {s['lora_rank']} (base weights frozen)")
     parts.append(f"micro-batch {s['micro_batch']} ({s['micro_batches']} per step)")
     if s["virtual_stages"] > 1:
         parts.append(f"interleaved 1F1B, {s['virtual_stages']} chunks per stage")
@@ -208,7 +213,7 @@ def describe_strategy(s: dict) -> str:
         parts.append("16-bit gradients")
     parts.append(recompute_label(s))
     if s["sequence_parallel"]:
-        parts.append("sequence parallel")
+        parts.append("sequence parallel" + (" with TP communication overlap" if s.get("tp_comm_overlap") else ""))
     return ", ".join(parts)
 
 
@@ -219,4 +224,6 @@ def zero_label(z: int) -> str:
 def recompute_label(s: dict) -> str:
     if s["recompute"] == "full" and s.get("recompute_layers") and s["recompute_layers"] != s["stage_layers"]:
         return "full recompute of " + "/".join(map(str, s["recompute_layers"])) + " layers per stage"
+    if s["recompute"] == "selective" and s.get("recompute_modules"):
+        return "selective recompute of " + ", ".join(s["recompute_modules"])
     return {"none": "no recompute", "selective": "selective recompute", "full": "full recompute"}[s["recompute"]]

@@ -81,7 +81,8 @@ class Partial:
     """A structure the search is still building: the fields fixed so far (the rest at Strategy defaults)."""
     __slots__ = ("tp", "cp", "pp", "dp", "ep", "micro_batch", "micro_batches", "global_batch", "virtual_stages",
                  "zero_stage", "offload_optimizer", "offload_params", "recompute", "sequence_parallel", "precision",
-                 "optimizer", "flash_attention", "fp32_grads", "pipeline_schedule", "moe_dispatcher", "tp_comm_overlap")
+                 "optimizer", "flash_attention", "fp32_grads", "pipeline_schedule", "moe_dispatcher", "tp_comm_overlap",
+                 "lora_rank")
 
     def __init__(self, global_batch: int, precision: str = "bf16", optimizer: str = "adam",
                  flash_attention: bool = True, fp32_grads: bool = True) -> None:
@@ -93,7 +94,7 @@ class Partial:
         self.recompute = "selective"
         self.precision, self.optimizer, self.pipeline_schedule = precision, optimizer, "1f1b"
         self.flash_attention, self.fp32_grads = flash_attention, fp32_grads
-        self.moe_dispatcher, self.tp_comm_overlap = "alltoall", False
+        self.moe_dispatcher, self.tp_comm_overlap, self.lora_rank = "alltoall", False, None
 
 
 def _stage_layers(ctx: Context, s) -> list[int]:
@@ -402,11 +403,17 @@ TT_CHUNKS = Rule(  # torchtitan/distributed/pipeline_parallel.py: every model pa
         getattr(s, "stage_layers", None) is None or min(s.stage_layers) >= s.virtual_stages)),
     frameworks=("torchtitan",))
 
+LORA = Rule(  # Megatron-LM, torchtitan and DeepSpeed configs have no LoRA setting (NeMo / PEFT add it in code)
+    "lora", "setting", "LoRA fine-tuning is set in model code, not in this framework's config",
+    "{framework_name} has no LoRA setting in its config (NeMo's PEFT or Hugging Face PEFT add adapters in "
+    "model code); nearest expressible plan: full training, without --lora-rank",
+    lambda c, s: getattr(s, "lora_rank", None) is None, frameworks=("megatron", "torchtitan", "deepspeed"))
+
 # in the order each framework reports them (the first broken one is the reason)
 FRAMEWORK_RULES: tuple[Rule, ...] = (
     MG_PARAM_OFFLOAD, MG_ZERO, MG_GPIPE, MG_OFFLOAD_ADAM, MG_ALIBI,
     NO_SELECTIVE, DS_TP, DS_CP, DS_EP, DS_VIRTUAL, DS_GPIPE, ZERO_PP, DS_FP8,
-    TT_ZERO1, TT_OFFLOAD, TT_FP16, TT_ADAM, TT_FLASH, TT_SP, TT_EP, FP16_GRADS, DEEPEP, TP_OVERLAP, TT_CHUNKS)
+    TT_ZERO1, TT_OFFLOAD, TT_FP16, TT_ADAM, TT_FLASH, TT_SP, TT_EP, FP16_GRADS, DEEPEP, TP_OVERLAP, TT_CHUNKS, LORA)
 
 
 def framework_rules(framework: str) -> tuple[Rule, ...]:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from costmodels.flops import llm_foundry_flops_per_step, model_flops_per_step, narayanan_flops_per_step
 from costmodels.model import ModelError, ModelSpec
-from costmodels.performance import Evaluation, stage_costs
+from costmodels.performance import Evaluation, even_split, stage_costs
 from costmodels.strategy import Strategy, StrategyError
 from hardware import Cluster, HardwareError, load_catalog, rack_share
 from planner.solve.evaluate import evaluate, evaluate_layout
@@ -293,6 +293,20 @@ def recompute_modules(notes: str) -> tuple[str, ...] | None:
     return mods or None
 
 
+def lora_rank(notes: str) -> int | None:
+    """The LoRA rank of a fine-tuning run ("LoRA rank 16"), None for a run that trains every weight."""
+    m = re.search(r"\bLoRA\b[^.;]{0,20}?\brank\s*[=:]?\s*(\d+)", notes or "", re.IGNORECASE)
+    return int(m.group(1)) if m else None
+
+
+def block_recompute_layers(notes: str) -> int | None:
+    """Layers per stage a block recompute checkpoints, when the notes give it (NeMo's
+    activations_checkpoint_num_layers, its MLPerf configs' ACL=, Megatron's --recompute-num-layers)."""
+    m = re.search(r"(?:\bACL|activations_checkpoint_num_layers|recompute[-_ ]num[-_ ]layers)\s*[=:]?\s*(\d+)",
+                  notes or "", re.IGNORECASE)
+    return int(m.group(1)) if m else None
+
+
 def moe_dispatcher(run: dict) -> str:
     """The run's MoE token dispatcher: DeepEP (or NVIDIA's HybridEP, which also sends a token once per
     destination node) when its framework or notes name it as the dispatcher, all-to-all otherwise, and when
@@ -339,6 +353,8 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
     dispatcher = moe_dispatcher({"strategy": s, "notes": notes})
     tp_overlap = uses_tp_comm_overlap({"notes": notes})
     modules = recompute_modules(notes) if framework == "megatron" else None
+    lora = lora_rank(notes)
+    block = block_recompute_layers(notes)
     out = []
     for mb in mbs:
         m = gb // (dp * mb)
@@ -355,7 +371,10 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
                                                 precision=precision, virtual_stages=v, flash_attention=flash,
                                                 framework=framework, expert_tp=etp, moe_dispatcher=dispatcher,
                                                 tp_comm_overlap=tp_overlap and spv,
-                                                recompute_modules=modules if rec == "selective" else None))
+                                                recompute_modules=modules if rec == "selective" else None,
+                                                lora_rank=lora,
+                                                recompute_layers=tuple(min(block, L) for L in even_split(model.layers, pp))
+                                                if rec == "full" and block and v == 1 else None))
     return out
 
 
