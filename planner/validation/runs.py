@@ -332,7 +332,8 @@ def uses_tp_comm_overlap(run: dict) -> bool:
 def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: bool,
                          sp_default: bool = False, framework: str = "megatron", notes: str = "") -> list[Strategy]:
     """The run's strategy, with every null field expanded to the values the rules allow; a null
-    sequence_parallel is `sp_default` (Megatron's default is off: it is opt-in)."""
+    sequence_parallel is the named framework's default (Megatron-LM: off), else both (NeMo: on), or on when
+    `sp_default` says the run needs it."""
     r = {"strategy": s}
     tp, pp, dp = field(r, "strategy", "tp"), field(r, "strategy", "pp"), field(r, "strategy", "dp")
     cp, ep = field(r, "strategy", "cp", required=False, default=1), field(r, "strategy", "ep", required=False, default=1)
@@ -346,7 +347,11 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
     zero = field(r, "strategy", "zero_stage", required=False)
     zeros = [zero] if zero is not None else [0, 1]
     sp = field(r, "strategy", "sequence_parallel", bool, required=False)
-    sps = [sp] if sp is not None else [sp_default]
+    # an unstated sequence parallel is the named framework's default: off in Megatron-LM (opt-in), else filled
+    # like any unknown (NeMo's recipes turn it on with tp > 1); --tp-comm-overlap in the notes needs it on
+    fw_text = str(s.get("framework") or "").lower()
+    megatron_lm = "megatron-lm" in fw_text and "nemo" not in fw_text
+    sps = [sp] if sp is not None else ([True] if sp_default else [False] if megatron_lm or tp == 1 else [False, True])
     precision = field(r, "strategy", "precision", str, required=False, default="bf16")
     vs_known = field(r, "strategy", "virtual_stages", required=False)
     etps = expert_tensor_parallel(tp, cp, dp, ep, notes) if model.moe is not None else [None]
