@@ -48,6 +48,7 @@ CASES = [
     ("mixtral-8x22b", "mixtral-8x22b", "256xH100", None),
     ("megatron-1t", "megatron-1t", "3072xA100", None),
     ("hetero-a100+h100", "gpt3-175b", "512xA100+512xH100", None),
+    ("deepseek-v3", "deepseek-v3", "2048xH800", None),
 ]
 
 # Llama 3 405B as published (Dubey et al. 2024, section 3.3.2 and Table 4): 16K H100, 8K sequences,
