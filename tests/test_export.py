@@ -299,8 +299,11 @@ def test_export_best_for_175b_writes_the_best_expressible_plan(exports_175b):
         if unsupported(fw, model, best):      # e.g. ZeRO-3 for Megatron, tp > 1 for DeepSpeed
             assert f"cannot be written for {'Megatron-LM' if fw == 'megatron' else 'DeepSpeed'}" in ex.notes[0]
             assert ex.step_time_s >= res.plans[0].step_time_s
-        else:    # the plan itself, its recompute counts made expressible where the framework needs it
-            assert ex.strategy == nearest_layout(fw, model, best.with_(framework=fw))[0]
+        else:    # the plan itself as the framework writes it, or a runner-up it writes unchanged that is faster
+            written = nearest_layout(fw, model, best.with_(framework=fw))[0]
+            assert ex.strategy == written or (ex.notes and "runner-up" in ex.notes[0]
+                                              and ex.step_time_s <= evaluate_strategy(model, parse_cluster("1024xA100"),
+                                                                                       written).plans[0].step_time_s)
     assert exports["megatron"].strategy.zero_stage <= 1 and exports["deepspeed"].strategy.tp == 1
 
 
