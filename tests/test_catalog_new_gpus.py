@@ -137,23 +137,6 @@ def test_mi355x_fully_meshed_infinity_fabric(catalog):
     assert {intra_node_bandwidth(b300, g) for g in (2, 4, 8)} == {900}
 
 
-@pytest.mark.parametrize("text, gpu, nodes, per_node", [
-    ("16xB300", "B300", 2, 8),
-    ("64xb300", "B300", 8, 8),
-    ("4xB300", "B300", 1, 4),
-    ("72xGB300", "GB300", 1, 72),
-    ("144xGB300", "GB300", 2, 72),
-    ("256xGB300", "GB300", 4, 64),          # whole trays of each rack, as GB200
-    ("8xMI355X", "MI355X", 1, 8),
-    ("32*mi355x", "MI355X", 4, 8),
-    ("2x8xhgx-b300", "B300", 2, 8),
-])
-def test_parse_cluster(text, gpu, nodes, per_node):
-    c = parse_cluster(text)
-    assert (c.gpu.name, c.num_nodes, c.gpus_per_node) == (gpu, nodes, per_node)
-    assert c.num_gpus == nodes * per_node
-
-
 def test_parse_cluster_rejects_partial_trays_and_nodes():
     with pytest.raises(HardwareError, match="whole nodes"):
         parse_cluster("75xGB300")

@@ -238,6 +238,15 @@ def test_with_prices(catalog):
         ("2 x 16 x v100", "V100-32GB", 2, 16),
         ("8XMI300X", "MI300X", 1, 8),
         ("1000xA100", "A100-80GB", 125, 8),
+        ("16xB300", "B300", 2, 8),
+        ("64xb300", "B300", 8, 8),
+        ("4xB300", "B300", 1, 4),
+        ("72xGB300", "GB300", 1, 72),
+        ("144xGB300", "GB300", 2, 72),
+        ("256xGB300", "GB300", 4, 64),          # whole trays of each rack, as GB200
+        ("8xMI355X", "MI355X", 1, 8),
+        ("32*mi355x", "MI355X", 4, 8),
+        ("2x8xhgx-b300", "B300", 2, 8),
     ],
 )
 def test_parse_cluster_forms(text, gpu, nodes, per_node):
