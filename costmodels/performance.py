@@ -31,6 +31,11 @@ from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy, recomputed_modules
 from hardware import Cluster
 
+# HBM bytes per element an FP8 cast moves, by recipe: delayed scaling reads 16 bits and writes FP8 and its
+# transpose, the amax from the same pass (4); current scaling (tensorwise) first reads the tensor for its amax
+# (+2); MXFP8 writes one E8M0 scale per 32 elements for each of its two copies; block-wise one fp32 scale per
+# 128 (Transformer Engine recipes: DelayedScaling, Float8CurrentScaling, MXFP8BlockScaling, Float8BlockScaling)
+CAST_BYTES = {"delayed": 4.0, "tensorwise": 6.0, "mxfp8": 4.0 + 2 / 32, "blockwise": 4.0 + 2 * 4 / 128}
 FIXED_BUFFER_BYTES = 1.0e9       # cuBLAS workspaces, NCCL and allocator slack (assumption, stated in output)
 ADAM_BYTES_PER_PARAM = 28.0      # optimizer step traffic: read fp32 w, m, v + grad, write w, m, v + 16-bit w
 SGD_BYTES_PER_PARAM = 18.0
@@ -130,6 +135,7 @@ class _LayerKey:
     tp_overlap: bool
     modules: tuple
     lora: bool
+    recipe: str | None
 
 
 def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibration) -> LayerTimes:
@@ -137,7 +143,7 @@ def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     key = _LayerKey(st.tp, st.cp, st.ep, st.micro_batch, st.precision, st.flash_attention,
                     st.sequence_parallel, st.recompute, st.framework, st.etp,
                     st.moe_dispatcher if model.moe is not None else "alltoall", st.tp_comm_overlap,
-                    recomputed_modules(st), st.lora_rank is not None)
+                    recomputed_modules(st), st.lora_rank is not None, st.recipe)
     return _layer_times(model, cluster, cal, key)
 
 
@@ -216,11 +222,11 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     softmax_bytes = 0.0 if st.flash_attention else 9.0 * model.heads * M * s_full / t
     elem_fwd = memory_bound_time(elem + softmax_bytes, gpu.hbm_gbps, cal)
     # FP8 recipes quantize every FP8 GEMM's input in forward and its output gradient in backward: read 16
-    # bits, write FP8 and its transpose (4 bytes per element; Transformer Engine's cast-transpose kernels,
-    # transformer_engine/pytorch/module/linear.py; torchao float8 the same per linear); amax and scales
-    # come out of the same pass (delayed scaling, MXFP8 blocks)
-    cast_fwd = memory_bound_time(4.0 * cast_in, gpu.hbm_gbps, cal) if fp8 else 0.0
-    cast_bwd = memory_bound_time(4.0 * cast_out, gpu.hbm_gbps, cal) if fp8 else 0.0
+    # bits, write FP8 and its transpose (Transformer Engine's cast-transpose kernels,
+    # transformer_engine/pytorch/module/linear.py; torchao float8 the same per linear): CAST_BYTES per element
+    cast = CAST_BYTES.get(st.recipe, 0.0)
+    cast_fwd = memory_bound_time(cast * cast_in, gpu.hbm_gbps, cal) if fp8 else 0.0
+    cast_bwd = memory_bound_time(cast * cast_out, gpu.hbm_gbps, cal) if fp8 else 0.0
     compute_fwd = attn_gemm + mlp + attn_core + elem_fwd + cast_fwd + cal.kernel_overhead_s
     # frozen base weights (LoRA) need no weight-gradient GEMMs: their backward is the input gradient alone
     gemm_bwd = (1.0 if st.lora else 2.0) * (attn_gemm + mlp)

@@ -25,6 +25,10 @@ Dispatcher = Literal["alltoall", "deepep"]
 # DeepEP (Megatron-core's flex dispatcher): one copy per destination node over the network, forwarded to
 # the node's GPUs over NVLink (deepseek-ai/DeepEP, internode kernels)
 DISPATCHER_CHOICES: tuple[str, ...] = ("alltoall", "deepep")
+# FP8 scaling recipes (Transformer Engine / Megatron-core --fp8-recipe; torchao's tensorwise): per-tensor with
+# delayed scaling (amax history), per-tensor current scaling, MXFP8 (32-element blocks, Blackwell), block-wise
+# (1x128 activations, 128x128 weights, DeepSeek-V3)
+FP8_RECIPES: tuple[str, ...] = ("delayed", "tensorwise", "mxfp8", "blockwise")
 # Megatron-core's selective recompute modules (TransformerConfig.recompute_modules; its default core_attn)
 RECOMPUTE_MODULES: tuple[str, ...] = ("core_attn", "layernorm", "mlp", "moe_act", "moe")
 
@@ -98,6 +102,9 @@ class Strategy:
     # LoRA fine-tuning (Hu et al. 2021): the base weights frozen (no gradients, optimizer states or
     # weight-gradient GEMMs), adapters of this rank on every linear layer of the transformer blocks
     lora_rank: int | None = None
+    # precision="fp8": the scaling recipe (FP8_RECIPES); None: the framework's default (Megatron-core delayed,
+    # torchtitan tensorwise)
+    fp8_recipe: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "dp", "micro_batch", "global_batch", "cp", "ep", "virtual_stages"):
@@ -135,6 +142,10 @@ class Strategy:
             if self.zero_stage >= 2 or self.offload_optimizer:
                 raise StrategyError("LoRA plans with ZeRO-2/3 or optimizer offload are not modelled (the frozen base "
                                     "weights have no gradients or optimizer states to shard); use ZeRO 0 or 1")
+        if self.fp8_recipe is not None and self.fp8_recipe not in FP8_RECIPES:
+            raise StrategyError(f"fp8_recipe={self.fp8_recipe!r} is not allowed; choose {', '.join(FP8_RECIPES)}")
+        if self.precision != "fp8" and self.fp8_recipe is not None:
+            object.__setattr__(self, "fp8_recipe", None)          # only FP8 has a recipe
         if self.moe_dispatcher not in DISPATCHER_CHOICES:
             raise StrategyError(f"moe_dispatcher={self.moe_dispatcher!r} is not allowed; choose alltoall or deepep")
         if self.recompute_modules is not None:
@@ -162,6 +173,13 @@ class Strategy:
         if self.recompute_layers is not None:
             if self.recompute != "full":
                 raise StrategyError("recompute_layers (layers fully recomputed per stage) needs recompute='full'")
+
+    @property
+    def recipe(self) -> str | None:
+        """The FP8 scaling recipe in force (None unless precision is fp8)."""
+        if self.precision != "fp8":
+            return None
+        return self.fp8_recipe or ("tensorwise" if self.framework == "torchtitan" else "delayed")
 
     @property
     def num_gpus(self) -> int:

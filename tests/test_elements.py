@@ -825,3 +825,15 @@ def test_lora_freezes_the_base_weights():
     assert lora.dp_layer_s < full.dp_layer_s / 100                                 # only adapters are synced
     with pytest.raises(StrategyError, match="LoRA"):
         st.with_(lora_rank=16, zero_stage=3)
+
+
+def test_current_scaling_reads_the_tensor_once_more():
+    # Transformer Engine's Float8CurrentScaling (torchao tensorwise) computes the amax in a pass of its own
+    # before the cast: 2 more bytes per cast element than delayed scaling, whose amax comes from the cast
+    from costmodels.performance import CAST_BYTES
+    assert CAST_BYTES["tensorwise"] - CAST_BYTES["delayed"] == 2.0
+    m, _ = get_model("llama3-8b")
+    st = Strategy(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, precision="fp8", recompute="none")
+    delayed = layer_times(m, st, H100_8, HOPPER)
+    current = layer_times(m, st.with_(fp8_recipe="tensorwise"), H100_8, HOPPER)
+    assert current.compute_fwd > delayed.compute_fwd and current.compute_bwd > delayed.compute_bwd

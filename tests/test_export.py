@@ -672,3 +672,27 @@ def test_uneven_end_stages_export_as_megatron_layouts():
     _, back = read_megatron_args(text, model, cluster)
     assert back.stage_layers == Ls and back.virtual_stages == 3
     assert evaluate(model, st, cluster).stage_layers == list(Ls)
+
+
+def test_fp8_recipe_is_exported_and_read_back():
+    # Megatron-core TransformerConfig.fp8_recipe (delayed, tensorwise, mxfp8, blockwise) from --fp8-recipe;
+    # torchtitan's float8 converter writes tensorwise and refuses the others
+    pytest.importorskip("megatron.core")
+    from planner.frameworks.megatron import read_megatron_args
+    model, _ = get_model("llama3-8b")
+    cluster = parse_cluster("8xB200")
+    st = Strategy(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero_stage=1, precision="fp8", fp8_recipe="mxfp8")
+    cfg, _ = megatron_core_configs(model, st)
+    assert cfg.fp8 == "hybrid" and cfg.fp8_recipe == "mxfp8"
+    _, back = read_megatron_args(" ".join(" ".join(g) for g in megatron_args(model, st)), model, cluster)
+    assert back.recipe == "mxfp8"
+    assert Strategy(precision="fp8").recipe == "delayed" and Strategy(precision="fp8", framework="torchtitan").recipe == "tensorwise"
+    tt = st.with_(framework="torchtitan", zero_stage=2)
+    assert "tensorwise" in unsupported("torchtitan", model, tt)
+    assert not unsupported("torchtitan", model, tt.with_(fp8_recipe=None))
+
+
+def test_mxfp8_needs_blackwell(capsys):
+    code, _, err = _run(["evaluate", "--model", "8b", "--gpus", "8xH100", "--precision", "fp8", "--fp8-recipe",
+                         "mxfp8", "--dp", "8", "--global-batch", "8"], capsys)
+    assert code == 2 and "Blackwell" in err and len(err.strip().splitlines()) == 1

@@ -202,6 +202,10 @@ def _comm_options(f):
                      help="Overlap the tensor-parallel all-gathers / reduce-scatters with the GEMMs they feed "
                           "(Megatron-LM --tp-comm-overlap: Transformer Engine userbuffers, needs sequence "
                           "parallel; exported as that flag).")(f)
+    f = click.option("--fp8-recipe", type=click.Choice(["delayed", "tensorwise", "mxfp8", "blockwise"]),
+                     help="With --precision fp8: the scaling recipe (Megatron-core --fp8-recipe): per-tensor delayed "
+                          "or current (tensorwise) scaling, MXFP8 (Blackwell only) or block-wise (DeepSeek-V3). "
+                          "[default: the framework's: Megatron-core delayed, torchtitan tensorwise]")(f)
     f = click.option("--lora-rank", type=click.IntRange(min=1),
                      help="LoRA fine-tuning: freeze the base weights (no gradients, optimizer states or "
                           "weight-gradient GEMMs for them) and train adapters of this rank on every linear layer "
@@ -252,3 +256,15 @@ def _show_export(result, fmt: str, ex, out_dir) -> None:
         click.echo(ex.text().rstrip())
 
 
+
+
+def _check_fp8_recipe(recipe: str | None, precision: str | None, clusters) -> None:
+    """MXFP8 needs Blackwell's tensor cores (Transformer Engine: MXFP8BlockScaling on compute capability 10+)."""
+    if recipe is None:
+        return
+    if precision != "fp8":
+        raise UserError(f"--fp8-recipe {recipe} needs --precision fp8")
+    for c in clusters if isinstance(clusters, (list, tuple)) else [clusters]:
+        if recipe == "mxfp8" and c.gpu.family != "blackwell":
+            raise UserError(f"--fp8-recipe mxfp8 needs Blackwell GPUs (B200, GB200, B300, GB300); {c.gpu.name} is "
+                            f"{c.gpu.family}: use delayed, tensorwise or blockwise")

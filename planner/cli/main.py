@@ -11,7 +11,7 @@ import click
 
 from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROOM_HELP, PlanDoesNotFit, UserError,
                                  _catalog, _check_export_options, _common, _console, _emit, _export_options,
-                                 _comm_options, _framework_option, _int_tuple, _load, _progress, _resolve_framework, _show_export)
+                                 _check_fp8_recipe, _comm_options, _framework_option, _int_tuple, _load, _progress, _resolve_framework, _show_export)
 
 
 @click.group(invoke_without_command=True, epilog=EXAMPLES,
@@ -60,7 +60,7 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
         grads, tp_only, pp_only, zero_only, recompute_only, headroom, top, time_limit, explain, exclude_only,
         validated_only, tokens,
         prices, pue, budget_usd, deadline_days, gpu_types, max_gpus, plot, report, fmt, framework, moe_dispatcher,
-        lora_rank, tp_comm_overlap, emit, out_dir):
+        lora_rank, fp8_recipe, tp_comm_overlap, emit, out_dir):
     """Find the fastest parallelism plan for training MODEL on GPUS that fits in GPU memory.
 
     Searches tensor / pipeline / data parallel sizes, micro-batch, interleaving, ZeRO stage, activation
@@ -110,12 +110,14 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
         zero = tuple(z for z in zero if z < 2)
         if not zero:
             raise UserError(f"--zero {zero_only} with --lora-rank: LoRA plans are modelled with ZeRO 0 or 1")
+    _check_fp8_recipe(fp8_recipe, precision or model.precision, cluster)
     opts = SpaceOptions(global_batch=global_batch or default_global_batch(model, cluster),
                         precision=precision or model.precision, optimizer=optimizer,
                         tp=_int_tuple(tp_only, "tp"), pp=_int_tuple(pp_only, "pp"), zero_stage=zero,
                         recompute=recompute, flash_attention=not no_flash_attention, fp32_grads=grads == "fp32",
                         headroom=room, moe_dispatcher=moe_dispatcher, tp_comm_overlap=tp_comm_overlap,
-                        lora_rank=lora_rank, offload=("none",) if lora_rank else SpaceOptions.offload)
+                        lora_rank=lora_rank, offload=("none",) if lora_rank else SpaceOptions.offload,
+                        fp8_recipe=fp8_recipe)
     if framework:
         from planner.solve.space import for_framework
         opts = for_framework(opts, framework)
@@ -187,7 +189,7 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
 def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
              grads, fmt, tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages,
              stage_layers, cp, ep, expert_tp, offload_optimizer, offload_params, schedule, headroom, framework,
-             moe_dispatcher, lora_rank, tp_comm_overlap, emit, out_dir):
+             moe_dispatcher, lora_rank, fp8_recipe, tp_comm_overlap, emit, out_dir):
     """Predict step time, throughput, MFU and memory of one given strategy, with the memory verdict in words
     ("fits, X GB to spare ..." or "does not fit: needs X GB of Y GB on stage k ...").
 
@@ -210,6 +212,7 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
             raise UserError(f"tp x pp x cp = {tp} x {pp} x {cp} does not divide the {n} GPUs; choose sizes whose "
                             f"product divides {n}")
         dp = n // (tp * pp * cp)
+    _check_fp8_recipe(fp8_recipe, precision or model.precision, cluster)
     st = Strategy(tp=tp, pp=pp, dp=dp, micro_batch=micro_batch,
                   global_batch=global_batch or default_global_batch(model, cluster), zero_stage=zero,
                   recompute=recompute, sequence_parallel=sequence_parallel,
@@ -219,7 +222,8 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
                   recompute_layers=_int_tuple(recompute_layers, "recompute-layers"),
                   cp=cp, ep=ep, expert_tp=expert_tp, offload_optimizer=offload_optimizer or offload_params,
                   offload_params=offload_params, pipeline_schedule=schedule, framework=framework or "megatron",
-                  moe_dispatcher=moe_dispatcher, tp_comm_overlap=tp_comm_overlap, lora_rank=lora_rank)
+                  moe_dispatcher=moe_dispatcher, tp_comm_overlap=tp_comm_overlap, lora_rank=lora_rank,
+                  fp8_recipe=fp8_recipe)
     if framework:
         from planner.solve.rules import framework_problem
         problem = framework_problem(framework, model, st)

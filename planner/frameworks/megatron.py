@@ -11,7 +11,7 @@ import shlex
 
 from costmodels.model import ModelSpec
 from costmodels.performance import resolve_layout
-from costmodels.strategy import Strategy
+from costmodels.strategy import FP8_RECIPES, Strategy
 from hardware import Cluster
 from planner.frameworks.base import ConfigImportError, canonical, chunks, header, stage_chunks
 
@@ -108,7 +108,8 @@ def megatron_args(model: ModelSpec, st: Strategy) -> list[list[str]]:
     if st.offload_optimizer:   # arguments.py: optimizer CPU offload needs the precision-aware optimizer
         a.append(["--optimizer-cpu-offload", "--optimizer-offload-fraction", "1.0", "--use-precision-aware-optimizer"])
     a.append(["--optimizer", st.optimizer])
-    a.append({"bf16": ["--bf16"], "fp16": ["--fp16"], "fp8": ["--bf16", "--fp8-format", "hybrid"], "fp32": []}[st.precision])
+    a.append({"bf16": ["--bf16"], "fp16": ["--fp16"], "fp8": ["--bf16", "--fp8-format", "hybrid", "--fp8-recipe",
+                                                           str(st.recipe)], "fp32": []}[st.precision])
     if not st.fp32_grads and st.precision in ("bf16", "fp8"):
         a.append(["--grad-reduce-in-bf16"])   # arguments.py: bf16 otherwise accumulates and reduces in fp32
     a.append(["--attention-backend", "flash" if st.flash_attention else "unfused"])
@@ -315,8 +316,12 @@ def read_megatron_args(text: str, model: ModelSpec, cluster: Cluster) -> tuple[M
     gbs = _int(args, "--global-batch-size", micro * dp)
     Ls, v = megatron_stage_layers(args, model.layers, pp)
     rec, rlayers = _megatron_recompute(args, Ls, v)
+    recipe = None
     if args.get("--fp8-format"):
         precision = "fp8"
+        recipe = str(args.get("--fp8-recipe", "delayed"))
+        if recipe not in FP8_RECIPES:
+            raise ConfigImportError(f"--fp8-recipe {recipe}: not a recipe this planner prices ({', '.join(FP8_RECIPES)})")
     else:
         precision = "bf16" if args.get("--bf16") else "fp16" if args.get("--fp16") else "fp32"
     backend = args.get("--attention-backend", "auto")
@@ -331,7 +336,8 @@ def read_megatron_args(text: str, model: ModelSpec, cluster: Cluster) -> tuple[M
                   moe_dispatcher="deepep" if (args.get("--moe-token-dispatcher-type") == "flex"
                                               and args.get("--moe-flex-dispatcher-backend", "deepep") == "deepep")
                   or args.get("--moe-enable-deepep") else "alltoall",
-                  tp_comm_overlap=bool(args.get("--tp-comm-overlap")) and bool(args.get("--sequence-parallel")))
+                  tp_comm_overlap=bool(args.get("--tp-comm-overlap")) and bool(args.get("--sequence-parallel")),
+                  fp8_recipe=recipe)
     return model, canonical(model, st)
 
 

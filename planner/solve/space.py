@@ -49,6 +49,7 @@ class SpaceOptions:
     moe_dispatcher: str = "alltoall"      # MoE token dispatch of every plan (Strategy.moe_dispatcher)
     tp_comm_overlap: bool = False         # tensor-parallel collectives overlapped with GEMMs (Strategy.tp_comm_overlap)
     lora_rank: int | None = None          # LoRA fine-tuning of every plan (Strategy.lora_rank; ZeRO 0/1, no offload)
+    fp8_recipe: str | None = None         # FP8 scaling recipe (Strategy.fp8_recipe; None: the framework's default)
     headroom: Headroom = field(default_factory=Headroom)
 
 
@@ -138,7 +139,7 @@ class _Builder:
         self.ctx = Context(model, num_gpus, gpus_per_node, opt.tp_across_nodes)
         self.p = Partial(opt.global_batch, opt.precision, opt.optimizer, opt.flash_attention, opt.fp32_grads)
         self.p.moe_dispatcher, self.p.tp_comm_overlap = opt.moe_dispatcher, opt.tp_comm_overlap
-        self.p.lora_rank = opt.lora_rank
+        self.p.lora_rank, self.p.fp8_recipe = opt.lora_rank, opt.fp8_recipe
         self.at = rules_at(opt.framework)
         self.opt = opt
         self.removed: Counter = Counter()
@@ -251,7 +252,8 @@ class _Builder:
                         flash_attention=opt.flash_attention, fp32_grads=opt.fp32_grads,
                         offload_optimizer=off != "none", offload_params=off == "optimizer+params",
                         framework=opt.framework or "megatron", moe_dispatcher=opt.moe_dispatcher,
-                        tp_comm_overlap=opt.tp_comm_overlap and tp > 1, lora_rank=opt.lora_rank))
+                        tp_comm_overlap=opt.tp_comm_overlap and tp > 1, lora_rank=opt.lora_rank,
+                        fp8_recipe=opt.fp8_recipe))
         p.virtual_stages = 1
         if kept:
             for summary, n in per_mb_v.items():

@@ -307,6 +307,17 @@ def block_recompute_layers(notes: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def fp8_recipe(text: str) -> str | None:
+    """The FP8 recipe a run's framework field or notes name (MXFP8, block-wise, current scaling / tensorwise,
+    delayed scaling); None: the framework's default."""
+    t = (text or "").lower()
+    for recipe, pat in (("mxfp8", r"mxfp8"), ("blockwise", r"block-?wise"), ("tensorwise", r"tensorwise|current scaling"),
+                        ("delayed", r"delayed scaling|amax history")):
+        if re.search(pat, t):
+            return recipe
+    return None
+
+
 def moe_dispatcher(run: dict) -> str:
     """The run's MoE token dispatcher: DeepEP (or NVIDIA's HybridEP, which also sends a token once per
     destination node) when its framework or notes name it as the dispatcher, all-to-all otherwise, and when
@@ -359,6 +370,9 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
     tp_overlap = uses_tp_comm_overlap({"notes": notes})
     modules = recompute_modules(notes) if framework == "megatron" else None
     lora = lora_rank(notes)
+    recipe = fp8_recipe(f"{s.get('framework') or ''} {notes}") if precision == "fp8" else None
+    if recipe == "tensorwise" and framework == "torchtitan":
+        recipe = None
     block = block_recompute_layers(notes)
     out = []
     for mb in mbs:
@@ -377,7 +391,7 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
                                                 framework=framework, expert_tp=etp, moe_dispatcher=dispatcher,
                                                 tp_comm_overlap=tp_overlap and spv,
                                                 recompute_modules=modules if rec == "selective" else None,
-                                                lora_rank=lora,
+                                                lora_rank=lora, fp8_recipe=recipe,
                                                 recompute_layers=tuple(min(block, L) for L in even_split(model.layers, pp))
                                                 if rec == "full" and block and v == 1 else None))
     return out
