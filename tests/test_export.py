@@ -301,7 +301,7 @@ def test_export_best_for_175b_writes_the_best_expressible_plan(exports_175b):
             assert ex.step_time_s >= res.plans[0].step_time_s
         else:    # the plan itself as the framework writes it, or a runner-up it writes unchanged that is faster
             written = nearest_layout(fw, model, best.with_(framework=fw))[0]
-            assert ex.strategy == written or (ex.notes and "runner-up" in ex.notes[0]
+            assert ex.strategy == written or (ex.notes and "another plan it writes unchanged" in ex.notes[0]
                                               and ex.step_time_s <= evaluate_strategy(model, parse_cluster("1024xA100"),
                                                                                        written).plans[0].step_time_s)
     assert exports["megatron"].strategy.zero_stage <= 1 and exports["deepspeed"].strategy.tp == 1

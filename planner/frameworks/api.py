@@ -92,7 +92,7 @@ def export(framework: str, model: ModelSpec, st: Strategy, cluster: Cluster) -> 
 def export_best(framework: str, model: ModelSpec, cluster: Cluster, result, opts, time_limit_s: float = 30.0) -> Export:
     """Export a search result's best plan; when `framework` cannot express it, search again over the part
     of the space it can (space_for) and export that plan, saying how much slower it is predicted to be."""
-    from planner.solve.optimize import search
+    from planner.solve.optimize import NoPlanError, search
 
     best = strategy_from_plan(result.plans[0].strategy)
     reason = unsupported(framework, model, best)
@@ -103,14 +103,20 @@ def export_best(framework: str, model: ModelSpec, cluster: Cluster, result, opts
             return ex
         # the layout the framework writes (e.g. Megatron's one recompute count per chunk) costs time: a
         # runner-up it writes as it is may be faster
-        others = [export(framework, model, st, cluster) for st in (strategy_from_plan(p.strategy)
-                                                                     for p in result.plans[1:])
-                  if not unsupported(framework, model, st)]
+        candidates = [strategy_from_plan(p.strategy) for p in result.plans[1:]]
+        if best.recompute == "full":     # and the best plan of the space without per-stage block recompute
+            no_block = replace(space_for(framework, opts), recompute=("none", "selective"))
+            try:
+                candidates += [strategy_from_plan(p.strategy) for p in
+                               search(model, cluster, top=1, time_limit_s=time_limit_s, space=no_block).plans]
+            except NoPlanError:          # nothing fits without it
+                pass
+        others = [export(framework, model, st, cluster) for st in candidates if not unsupported(framework, model, st)]
         alt = min(others, key=lambda e: (not e.fits, e.step_time_s), default=None)
         if alt is None or not alt.fits or alt.step_time_s >= ex.step_time_s:
             return ex
         note = (f"the best plan as {NAMES[framework]} writes it is predicted {ex.step_time_s:.3f} s per step; written "
-                f"instead: a runner-up it writes unchanged, {alt.step_time_s:.3f} s ({100 * (alt.step_time_s / t0 - 1):+.1f}% "
+                f"instead: another plan it writes unchanged, {alt.step_time_s:.3f} s ({100 * (alt.step_time_s / t0 - 1):+.1f}% "
                 f"against the best plan's {t0:.3f} s)")
         first = next(k for k in alt.files if not k.endswith(".json"))
         files = {k: prepend_note(v, note) if k == first else v for k, v in alt.files.items()}
