@@ -65,7 +65,7 @@ CALIBRATION: dict[str, Calibration] = {
     # fp8_gemm_efficiency: fitted (planner.validation.fit, after the three above) on the hopper fit rows that
     # train in FP8 (FP8-LM with Transformer Engine, MLPerf GPT-3 and Llama 3.1): FP8 GEMMs reach a smaller
     # share of their doubled peak than 16-bit ones (before: the 16-bit share, 1.93x bf16 compute)
-    "hopper": replace(_DEFAULT, gemm_efficiency=0.71, gemm_half_dim=512.0, attention_efficiency=0.21,
+    "hopper": replace(_DEFAULT, gemm_efficiency=0.71, gemm_half_dim=512.0, attention_efficiency=0.20,
                       fp8_gemm_efficiency=0.58),
 }
 # taken, not fitted: too few rows to fit (one B200, five GB200 and one MI300X row, all held out). The

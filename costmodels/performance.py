@@ -136,6 +136,7 @@ class _LayerKey:
     modules: tuple
     lora: bool
     recipe: str | None
+    a2a_overlap: bool
 
 
 def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibration) -> LayerTimes:
@@ -143,7 +144,7 @@ def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     key = _LayerKey(st.tp, st.cp, st.ep, st.micro_batch, st.precision, st.flash_attention,
                     st.sequence_parallel, st.recompute, st.framework, st.etp,
                     st.moe_dispatcher if model.moe is not None else "alltoall", st.tp_comm_overlap,
-                    recomputed_modules(st), st.lora_rank is not None, st.recipe)
+                    recomputed_modules(st), st.lora_rank is not None, st.recipe, st.moe_a2a_overlap)
     return _layer_times(model, cluster, cal, key)
 
 
@@ -233,6 +234,12 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     compute_bwd = gemm_bwd + 2.0 * (attn_core + elem_fwd) + cast_bwd + cal.kernel_overhead_s
     # Tensor parallel: 2 all-reduces of s*b*h forward and 2 backward (Shoeybi et al. 2019); with sequence
     # parallel the same volume as all-gather + reduce-scatter (Korthikanti et al. 2022, section 4.2.2).
+    if st.a2a_overlap and ep_comm:
+        # Megatron-core's overlapped 1F1B runs one micro-batch's dispatch and combine while another computes
+        # (megatron/core/pipeline_parallel/combined_1f1b.py): what outlasts the layer's forward and backward
+        # sticks out, the rest slows them by the SMs the communication takes
+        work = 3.0 * (attn_gemm + mlp + attn_core + elem_fwd)
+        ep_comm = max(0.0, ep_comm - work) + min(ep_comm, work) / OVERLAP_SM_SHARE_DEN
     tp_link = group_link(t, 1, cluster.gpus_per_node)
     tp_one = collective_time("all_reduce", M * h * 2.0, tp_link, gpu, cal)
     tp_fwd = tp_bwd = 2 * tp_one

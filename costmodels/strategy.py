@@ -102,6 +102,9 @@ class Strategy:
     # LoRA fine-tuning (Hu et al. 2021): the base weights frozen (no gradients, optimizer states or
     # weight-gradient GEMMs), adapters of this rank on every linear layer of the transformer blocks
     lora_rank: int | None = None
+    # MoE all-to-all of one micro-batch overlapped with another's compute (Megatron-core
+    # --overlap-moe-expert-parallel-comm: needs ep > 1, interleaving when pp > 1, no full recompute)
+    moe_a2a_overlap: bool = False
     # precision="fp8": the scaling recipe (FP8_RECIPES); None: the framework's default (Megatron-core delayed,
     # torchtitan tensorwise)
     fp8_recipe: str | None = None
@@ -142,6 +145,13 @@ class Strategy:
             if self.zero_stage >= 2 or self.offload_optimizer:
                 raise StrategyError("LoRA plans with ZeRO-2/3 or optimizer offload are not modelled (the frozen base "
                                     "weights have no gradients or optimizer states to shard); use ZeRO 0 or 1")
+        if self.moe_a2a_overlap and self.ep == 1:
+            object.__setattr__(self, "moe_a2a_overlap", False)     # nothing to overlap
+        if self.moe_a2a_overlap and (self.recompute == "full" or (self.pp > 1 and self.virtual_stages == 1)):
+            # megatron/core/transformer/transformer_config.py: the overlapped schedule pairs micro-batches of
+            # interleaved chunks and cannot recompute whole layers
+            raise StrategyError("MoE all-to-all overlap (--overlap-moe-expert-parallel-comm) needs interleaving when "
+                                "pp > 1 and no full recompute")
         if self.fp8_recipe is not None and self.fp8_recipe not in FP8_RECIPES:
             raise StrategyError(f"fp8_recipe={self.fp8_recipe!r} is not allowed; choose {', '.join(FP8_RECIPES)}")
         if self.precision != "fp8" and self.fp8_recipe is not None:

@@ -837,3 +837,19 @@ def test_current_scaling_reads_the_tensor_once_more():
     delayed = layer_times(m, st, H100_8, HOPPER)
     current = layer_times(m, st.with_(fp8_recipe="tensorwise"), H100_8, HOPPER)
     assert current.compute_fwd > delayed.compute_fwd and current.compute_bwd > delayed.compute_bwd
+
+
+def test_moe_a2a_overlap_hides_the_all_to_all_behind_compute():
+    # Megatron-core --overlap-moe-expert-parallel-comm: one micro-batch's dispatch/combine runs while another
+    # computes; what fits under the layer's compute only slows it by NCCL's SM share (stages.overlap's rule)
+    m, _ = get_model("mixtral-8x7b")
+    st = Strategy(tp=1, pp=2, dp=32, ep=8, micro_batch=1, global_batch=256, zero_stage=1, recompute="selective",
+                  virtual_stages=2)
+    plain = layer_times(m, st, H100_64, HOPPER)
+    over = layer_times(m, st.with_(moe_a2a_overlap=True), H100_64, HOPPER)
+    assert plain.ep_comm > 0 and over.ep_comm < plain.ep_comm
+    assert over.ep_comm >= plain.ep_comm / OVERLAP_SM_SHARE_DEN - 1e-12
+    with pytest.raises(StrategyError, match="interleaving"):
+        st.with_(virtual_stages=1, moe_a2a_overlap=True)
+    from planner.frameworks.megatron import megatron_args
+    assert ["--overlap-moe-expert-parallel-comm"] in megatron_args(m, st.with_(moe_a2a_overlap=True))

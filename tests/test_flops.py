@@ -140,5 +140,6 @@ def test_causal_mfu_does_not_grow_with_context():
         ev = evaluate(ms, Strategy(tp=8, pp=4, dp=16 // cp, cp=cp, micro_batch=1, global_batch=4194304 // s,
                                    recompute="full"), c)
         out[s] = (ev.mfu, ev.mfu_causal)
-    assert out[131072][0] > out[8192][0]          # the full count's artefact
+    # the full count's artefact: it inflates the long context's MFU far more than the short one's
+    assert out[131072][0] / out[131072][1] > 1.3 * out[8192][0] / out[8192][1]
     assert out[131072][1] < out[8192][1]          # causal: long context is not more efficient

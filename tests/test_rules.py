@@ -313,7 +313,8 @@ def test_every_rule_message_formats_on_a_plan_that_breaks_it():
                   fp32_grads=rng.random() < 0.7, pipeline_schedule=rng.choice(("1f1b", "gpipe")),
                   stage_layers=None, recompute_layers=None,
                   moe_dispatcher=rng.choice(("alltoall", "deepep")), tp_comm_overlap=rng.random() < 0.3,
-                  lora_rank=rng.choice((None, None, 16)), fp8_recipe=rng.choice((None, "mxfp8")))
+                  lora_rank=rng.choice((None, None, 16)), fp8_recipe=rng.choice((None, "mxfp8")),
+                  moe_a2a_overlap=rng.random() < 0.3)
         s.micro_batches = s.global_batch // (s.dp * s.micro_batch)
         if rng.random() < 0.3:
             s.stage_layers = tuple(rng.randint(1, 4) for _ in range(min(s.pp, 20)))

@@ -202,6 +202,10 @@ def _comm_options(f):
                      help="Overlap the tensor-parallel all-gathers / reduce-scatters with the GEMMs they feed "
                           "(Megatron-LM --tp-comm-overlap: Transformer Engine userbuffers, needs sequence "
                           "parallel; exported as that flag).")(f)
+    f = click.option("--moe-a2a-overlap", is_flag=True,
+                     help="Overlap each micro-batch's MoE all-to-all with another's compute (Megatron-core "
+                          "--overlap-moe-expert-parallel-comm; plans with interleaving when pp > 1 and no full "
+                          "recompute use it).")(f)
     f = click.option("--fp8-recipe", type=click.Choice(["delayed", "tensorwise", "mxfp8", "blockwise"]),
                      help="With --precision fp8: the scaling recipe (Megatron-core --fp8-recipe): per-tensor delayed "
                           "or current (tensorwise) scaling, MXFP8 (Blackwell only) or block-wise (DeepSeek-V3). "

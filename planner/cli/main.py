@@ -60,7 +60,7 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
         grads, tp_only, pp_only, zero_only, recompute_only, headroom, top, time_limit, explain, exclude_only,
         validated_only, tokens,
         prices, pue, budget_usd, deadline_days, gpu_types, max_gpus, plot, report, fmt, framework, moe_dispatcher,
-        lora_rank, fp8_recipe, tp_comm_overlap, emit, out_dir):
+        lora_rank, fp8_recipe, moe_a2a_overlap, tp_comm_overlap, emit, out_dir):
     """Find the fastest parallelism plan for training MODEL on GPUS that fits in GPU memory.
 
     Searches tensor / pipeline / data parallel sizes, micro-batch, interleaving, ZeRO stage, activation
@@ -117,7 +117,7 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
                         recompute=recompute, flash_attention=not no_flash_attention, fp32_grads=grads == "fp32",
                         headroom=room, moe_dispatcher=moe_dispatcher, tp_comm_overlap=tp_comm_overlap,
                         lora_rank=lora_rank, offload=("none",) if lora_rank else SpaceOptions.offload,
-                        fp8_recipe=fp8_recipe)
+                        fp8_recipe=fp8_recipe, moe_a2a_overlap=moe_a2a_overlap)
     if framework:
         from planner.solve.space import for_framework
         opts = for_framework(opts, framework)
@@ -189,7 +189,7 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
 def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
              grads, fmt, tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages,
              stage_layers, cp, ep, expert_tp, offload_optimizer, offload_params, schedule, headroom, framework,
-             moe_dispatcher, lora_rank, fp8_recipe, tp_comm_overlap, emit, out_dir):
+             moe_dispatcher, lora_rank, fp8_recipe, moe_a2a_overlap, tp_comm_overlap, emit, out_dir):
     """Predict step time, throughput, MFU and memory of one given strategy, with the memory verdict in words
     ("fits, X GB to spare ..." or "does not fit: needs X GB of Y GB on stage k ...").
 
@@ -223,7 +223,7 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
                   cp=cp, ep=ep, expert_tp=expert_tp, offload_optimizer=offload_optimizer or offload_params,
                   offload_params=offload_params, pipeline_schedule=schedule, framework=framework or "megatron",
                   moe_dispatcher=moe_dispatcher, tp_comm_overlap=tp_comm_overlap, lora_rank=lora_rank,
-                  fp8_recipe=fp8_recipe)
+                  fp8_recipe=fp8_recipe, moe_a2a_overlap=moe_a2a_overlap)
     if framework:
         from planner.solve.rules import framework_problem
         problem = framework_problem(framework, model, st)

@@ -96,6 +96,8 @@ def megatron_args(model: ModelSpec, st: Strategy) -> list[list[str]]:
     if model.moe is not None and st.ep > 1:   # the dispatcher the plan's all-to-all time assumes
         a.append(["--moe-token-dispatcher-type", "flex", "--moe-flex-dispatcher-backend", "deepep"]
                  if st.moe_dispatcher == "deepep" else ["--moe-token-dispatcher-type", "alltoall"])
+        if st.moe_a2a_overlap:
+            a.append(["--overlap-moe-expert-parallel-comm"])
     if st.sequence_parallel:
         a.append(["--sequence-parallel"] + (["--tp-comm-overlap"] if st.tp_comm_overlap else []))
     a += megatron_pipeline_flags(model, st)
@@ -236,7 +238,7 @@ _MEGATRON_SWITCHES = {
     "--group-query-attention", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
     "--optimizer-cpu-offload", "--use-precision-aware-optimizer", "--use-flash-attn", "--recompute-activations",
     "--grad-reduce-in-bf16", "--accumulate-allreduce-grads-in-fp32", "--tp-comm-overlap", "--overlap-grad-reduce",
-    "--overlap-param-gather", "--moe-enable-deepep", "--multi-latent-attention",
+    "--overlap-param-gather", "--moe-enable-deepep", "--multi-latent-attention", "--overlap-moe-expert-parallel-comm",
 }
 # Megatron-LM settings no plan here expresses: refuse rather than predict something else
 _MEGATRON_REFUSED = {"--use-torch-fsdp2": "FSDP2", "--use-megatron-fsdp": "Megatron-FSDP",
@@ -337,7 +339,7 @@ def read_megatron_args(text: str, model: ModelSpec, cluster: Cluster) -> tuple[M
                                               and args.get("--moe-flex-dispatcher-backend", "deepep") == "deepep")
                   or args.get("--moe-enable-deepep") else "alltoall",
                   tp_comm_overlap=bool(args.get("--tp-comm-overlap")) and bool(args.get("--sequence-parallel")),
-                  fp8_recipe=recipe)
+                  fp8_recipe=recipe, moe_a2a_overlap=bool(args.get("--overlap-moe-expert-parallel-comm")) and ep > 1)
     return model, canonical(model, st)
 
 

@@ -82,7 +82,7 @@ class Partial:
     __slots__ = ("tp", "cp", "pp", "dp", "ep", "micro_batch", "micro_batches", "global_batch", "virtual_stages",
                  "zero_stage", "offload_optimizer", "offload_params", "recompute", "sequence_parallel", "precision",
                  "optimizer", "flash_attention", "fp32_grads", "pipeline_schedule", "moe_dispatcher", "tp_comm_overlap",
-                 "lora_rank", "fp8_recipe")
+                 "lora_rank", "fp8_recipe", "moe_a2a_overlap")
 
     def __init__(self, global_batch: int, precision: str = "bf16", optimizer: str = "adam",
                  flash_attention: bool = True, fp32_grads: bool = True) -> None:
@@ -95,7 +95,7 @@ class Partial:
         self.precision, self.optimizer, self.pipeline_schedule = precision, optimizer, "1f1b"
         self.flash_attention, self.fp32_grads = flash_attention, fp32_grads
         self.moe_dispatcher, self.tp_comm_overlap, self.lora_rank = "alltoall", False, None
-        self.fp8_recipe = None
+        self.fp8_recipe, self.moe_a2a_overlap = None, False
 
 
 def _stage_layers(ctx: Context, s) -> list[int]:
@@ -415,11 +415,17 @@ TT_FP8_RECIPE = Rule(  # torchtitan/components/quantization/float8.py: torchao F
     "torchtitan's float8 converter scales per tensor (tensorwise); nearest expressible plan: --fp8-recipe tensorwise",
     lambda c, s: getattr(s, "fp8_recipe", None) in (None, "tensorwise"), frameworks=("torchtitan",))
 
+A2A_OVERLAP = Rule(  # megatron/core/pipeline_parallel: the overlapped MoE schedule is Megatron-core's
+    "moe_a2a_overlap", "setting", "MoE all-to-all overlap is Megatron-core's",
+    "{framework_name} has no overlapped MoE all-to-all schedule (Megatron-core --overlap-moe-expert-parallel-comm); "
+    "nearest expressible plan: without --moe-a2a-overlap",
+    lambda c, s: not getattr(s, "moe_a2a_overlap", False), frameworks=("torchtitan", "deepspeed"))
+
 # in the order each framework reports them (the first broken one is the reason)
 FRAMEWORK_RULES: tuple[Rule, ...] = (
     MG_PARAM_OFFLOAD, MG_ZERO, MG_GPIPE, MG_OFFLOAD_ADAM, MG_ALIBI,
     NO_SELECTIVE, DS_TP, DS_CP, DS_EP, DS_VIRTUAL, DS_GPIPE, ZERO_PP, DS_FP8,
-    TT_ZERO1, TT_OFFLOAD, TT_FP16, TT_ADAM, TT_FLASH, TT_SP, TT_EP, FP16_GRADS, DEEPEP, TP_OVERLAP, TT_CHUNKS, LORA, TT_FP8_RECIPE)
+    TT_ZERO1, TT_OFFLOAD, TT_FP16, TT_ADAM, TT_FLASH, TT_SP, TT_EP, FP16_GRADS, DEEPEP, TP_OVERLAP, TT_CHUNKS, LORA, TT_FP8_RECIPE, A2A_OVERLAP)
 
 
 def framework_rules(framework: str) -> tuple[Rule, ...]:

@@ -50,6 +50,7 @@ class SpaceOptions:
     tp_comm_overlap: bool = False         # tensor-parallel collectives overlapped with GEMMs (Strategy.tp_comm_overlap)
     lora_rank: int | None = None          # LoRA fine-tuning of every plan (Strategy.lora_rank; ZeRO 0/1, no offload)
     fp8_recipe: str | None = None         # FP8 scaling recipe (Strategy.fp8_recipe; None: the framework's default)
+    moe_a2a_overlap: bool = False         # MoE all-to-all overlapped across micro-batches where the plan allows it
     headroom: Headroom = field(default_factory=Headroom)
 
 
@@ -253,7 +254,8 @@ class _Builder:
                         offload_optimizer=off != "none", offload_params=off == "optimizer+params",
                         framework=opt.framework or "megatron", moe_dispatcher=opt.moe_dispatcher,
                         tp_comm_overlap=opt.tp_comm_overlap and tp > 1, lora_rank=opt.lora_rank,
-                        fp8_recipe=opt.fp8_recipe))
+                        fp8_recipe=opt.fp8_recipe,
+                        moe_a2a_overlap=opt.moe_a2a_overlap and ep > 1 and rec != "full" and (pp == 1 or v > 1)))
         p.virtual_stages = 1
         if kept:
             for summary, n in per_mb_v.items():

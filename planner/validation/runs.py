@@ -371,6 +371,10 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
     modules = recompute_modules(notes) if framework == "megatron" else None
     lora = lora_rank(notes)
     recipe = fp8_recipe(f"{s.get('framework') or ''} {notes}") if precision == "fp8" else None
+    # the notes say the MoE all-to-all overlapped another micro-batch's compute ("1f1b overlap",
+    # --overlap-moe-expert-parallel-comm)
+    a2a_overlap = re.search(r"1f1b overlap|all-to-all overlapped|overlap-moe-expert-parallel-comm", notes,
+                            re.IGNORECASE) is not None
     if recipe == "tensorwise" and framework == "torchtitan":
         recipe = None
     block = block_recompute_layers(notes)
@@ -392,6 +396,7 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
                                                 tp_comm_overlap=tp_overlap and spv,
                                                 recompute_modules=modules if rec == "selective" else None,
                                                 lora_rank=lora, fp8_recipe=recipe,
+                                                moe_a2a_overlap=a2a_overlap and rec != "full" and (pp == 1 or v > 1),
                                                 recompute_layers=tuple(min(block, L) for L in even_split(model.layers, pp))
                                                 if rec == "full" and block and v == 1 else None))
     return out

@@ -86,7 +86,25 @@ def run_model(m: dict, notes: str = "") -> ModelSpec:
         dropout=gpt_style,   # GPT-style runs train with dropout, Llama-style without (their recipes: 0.0)
     )
     mla = _mla(spec, notes)
-    return spec if mla is None else spec.model_copy(update={"mla": mla})
+    if mla is not None:
+        return spec.model_copy(update={"mla": mla})
+    head_dim = _head_dim(spec, notes)
+    return spec if head_dim is None else ModelSpec(**{**spec.model_dump(), "attention_head_dim": head_dim})
+
+
+def _head_dim(spec: ModelSpec, notes: str) -> int | None:
+    """A per-head width other than hidden / heads (runs/v1 has no field for it): stated in the notes
+    ("kv_channels 128", "head_dim 128"), else its preset's (same name and shape)."""
+    m = re.search(r"(?:kv_channels|head_dim)\D{0,3}(\d+)", notes or "", re.IGNORECASE)
+    if m:
+        d = int(m.group(1))
+        return d if d * spec.heads != spec.hidden else None
+    try:
+        preset, _ = get_model(spec.name)
+    except ModelError:
+        return None
+    same = (preset.layers, preset.hidden, preset.heads) == (spec.layers, spec.hidden, spec.heads)
+    return preset.attention_head_dim if same else None
 
 
 def _mla(spec: ModelSpec, notes: str) -> MLASpec | None:
