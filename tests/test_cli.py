@@ -432,3 +432,13 @@ def test_tiny_time_limit_returns_a_plan_with_its_gap(background):
     assert d["search"]["status"] in ("OPTIMAL", "FEASIBLE")
     assert d["search"]["optimal"] == (d["search"]["status"] == "OPTIMAL")
     assert d["search"]["gap"] >= 0
+
+
+def test_listing_commands_do_not_load_the_solver():
+    """`plan models`, `plan gpus` and `--help` import neither OR-Tools nor matplotlib (planner's lazy API)."""
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom planner.cli import cli\n"
+            "for a in (['models'], ['gpus'], ['--help']):\n"
+            "    assert CliRunner().invoke(cli, a).exit_code == 0, a\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ortools', 'matplotlib', 'pandas'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -99,12 +99,8 @@ def _head_dim(spec: ModelSpec, notes: str) -> int | None:
     if m:
         d = int(m.group(1))
         return d if d * spec.heads != spec.hidden else None
-    try:
-        preset, _ = get_model(spec.name)
-    except ModelError:
-        return None
-    same = (preset.layers, preset.hidden, preset.heads) == (spec.layers, spec.hidden, spec.heads)
-    return preset.attention_head_dim if same else None
+    preset = _same_shape_preset(spec)
+    return preset.attention_head_dim if preset is not None else None
 
 
 def _mla(spec: ModelSpec, notes: str) -> MLASpec | None:
@@ -115,12 +111,18 @@ def _mla(spec: ModelSpec, notes: str) -> MLASpec | None:
         ("v_head_dim", r"\bv head\D{0,3}(\d+)"))}
     if "mla" in (notes or "").lower() and all(got[k] for k in ("kv_lora_rank", "qk_nope_head_dim", "v_head_dim")):
         return MLASpec(**{k: int(v.group(1)) for k, v in got.items() if v is not None})
+    preset = _same_shape_preset(spec)
+    return preset.mla if preset is not None else None
+
+
+def _same_shape_preset(spec: ModelSpec) -> ModelSpec | None:
+    """The preset the run names (its model name, any spelling) when it has the run's layers, hidden and heads."""
     try:
         preset, _ = get_model(spec.name)
     except ModelError:
         return None
     same = (preset.layers, preset.hidden, preset.heads) == (spec.layers, spec.hidden, spec.heads)
-    return preset.mla if same else None
+    return preset if same else None
 
 
 def _moe_freq(layers: int, moe_layers) -> int:
