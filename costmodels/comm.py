@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from costmodels.calibration import Calibration
+from costmodels.calibration import OVERLAP_SM_SHARE_DEN, Calibration
 from hardware import GPUSpec
 
 # Bytes each GPU sends, as a multiple of the buffer, for a ring of n: (Thakur et al. 2005)
@@ -61,6 +61,13 @@ def collective_time(kind: str, nbytes: float, link: Link, gpu: GPUSpec, cal: Cal
     if kind == "all_to_all":  # every GPU exchanges (n-g)/n of its buffer across the network
         return t + (n - g) / n * nbytes / inter_bw + (nodes - 1) * cal.inter_node_latency_s
     return t + volume(nodes) * (nbytes / g) / inter_bw + steps * (nodes - 1) * cal.inter_node_latency_s
+
+
+def exposed(comm: float, compute: float) -> float:
+    """Seconds a collective adds to the compute it overlaps: what sticks out, plus the compute slowed while
+    both run by the SMs NCCL's kernels take (1 / OVERLAP_SM_SHARE_DEN of the overlap; the float twin of
+    planner.solve.stages.overlap)."""
+    return max(0.0, comm - compute) + min(comm, compute) / OVERLAP_SM_SHARE_DEN
 
 
 def p2p_time(nbytes: float, across_nodes: bool, gpu: GPUSpec, cal: Calibration) -> float:

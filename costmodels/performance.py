@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import NamedTuple
 
-from costmodels.calibration import OVERLAP_SM_SHARE_DEN, Calibration, calibration_for
-from costmodels.comm import Link, collective_time, dispatch_time, group_link, p2p_time
+from costmodels.calibration import Calibration, calibration_for
+from costmodels.comm import Link, collective_time, dispatch_time, exposed, group_link, p2p_time
 from costmodels.compute import gemm_time, memory_bound_time, mlp_gemm_widths
 from costmodels.flops import logits_forward_flops, model_flops_per_step
 from costmodels.memory import (DS_REDUCE_BUCKET, compute_copy_bytes, embedding_activation_bytes, fp8_cache_bytes, framework_buffer_bytes,
@@ -152,8 +152,7 @@ def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
 def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _LayerKey) -> LayerTimes:
     gpu = cluster.gpu
     peak = gpu.peak_tflops(st.precision) * 1e12
-    fp8 = st.precision == "fp8"
-    if fp8:   # FP8 GEMMs reach their own (fitted) share of the FP8 peak
+    if st.precision == "fp8":   # FP8 GEMMs reach their own (fitted) share of the FP8 peak
         cal = replace(cal, gemm_efficiency=cal.fp8_gemm_efficiency)
     t, b, h = st.tp, st.micro_batch, model.hidden
     s_full = model.seq_len
@@ -163,13 +162,15 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     # Dense GEMMs (Shoeybi et al. 2019: QKV / fc1 column-split, projection / fc2 row-split over t)
     attn_widths = model.attention_gemm_widths(t)
     attn_gemm = sum(gemm_time(M, n, k, peak, cal) for n, k in attn_widths)
-    dense_mlp = sum(gemm_time(M, n, k, peak, cal) for n, k in mlp_gemm_widths(model.ffn_type, h, f, t))
+    dense_widths = mlp_gemm_widths(model.ffn_type, h, f, t)
+    dense_mlp = sum(gemm_time(M, n, k, peak, cal) for n, k in dense_widths)
     mlp = dense_mlp
     frac = moe_mlp = moe_act_bytes = 0.0
     act_per_f = 6.0 if model.ffn_type == "swiglu" else 4.0
     # elements per GPU of the GEMM inputs (forward) and output gradients (backward), for FP8 casts
-    cast_in = M * (sum(k for _, k in attn_widths) + sum(k for _, k in mlp_gemm_widths(model.ffn_type, h, f, t)))
-    cast_out = M * (sum(n for n, _ in attn_widths) + sum(n for n, _ in mlp_gemm_widths(model.ffn_type, h, f, t)))
+    dense_in, dense_out = M * sum(k for _, k in dense_widths), M * sum(n for n, _ in dense_widths)
+    cast_in = M * sum(k for _, k in attn_widths) + dense_in
+    cast_out = M * sum(n for n, _ in attn_widths) + dense_out
     ep_comm = 0.0
     if model.moe is not None:
         moe = model.moe
@@ -187,8 +188,6 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
         moe_mlp = expert_mlp + shared + router
         frac = model.num_moe_layers / model.layers
         mlp = frac * moe_mlp + (1 - frac) * dense_mlp
-        dense_in = M * sum(k for _, k in mlp_gemm_widths(model.ffn_type, h, f, t))
-        dense_out = M * sum(n for n, _ in mlp_gemm_widths(model.ffn_type, h, f, t))
         routed = tokens_per_expert * local_experts
         moe_act_bytes = act_per_f * routed * moe.expert_ffn_hidden / etp
         moe_in = routed * sum(k for _, k in widths) + moe.shared_experts * M * (h + moe.expert_ffn_hidden / t)
@@ -209,8 +208,7 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     if st.flash_attention:
         # FP8 recipes run the attention core in 16 bits (Transformer Engine's fused attention without
         # fp8_dot_product_attention, Megatron-LM's default; torchao float8 converts only the Linear layers)
-        attn_peak = gpu.peak_tflops("bf16") * 1e12 if st.precision == "fp8" else peak
-        attn_core = 2.0 * M * s_full * q / t / (attn_peak * cal.attention_efficiency)
+        attn_core = 2.0 * M * s_full * q / t / (unconverted_peak(gpu, st.precision) * cal.attention_efficiency)
     else:
         heads = b * model.heads / t
         d = model.head_dim
@@ -225,9 +223,9 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     # FP8 recipes quantize every FP8 GEMM's input in forward and its output gradient in backward: read 16
     # bits, write FP8 and its transpose (Transformer Engine's cast-transpose kernels,
     # transformer_engine/pytorch/module/linear.py; torchao float8 the same per linear): CAST_BYTES per element
-    cast = CAST_BYTES.get(st.recipe, 0.0)
-    cast_fwd = memory_bound_time(cast * cast_in, gpu.hbm_gbps, cal) if fp8 else 0.0
-    cast_bwd = memory_bound_time(cast * cast_out, gpu.hbm_gbps, cal) if fp8 else 0.0
+    cast = CAST_BYTES.get(st.recipe, 0.0)      # 0 unless fp8 (Strategy.recipe)
+    cast_fwd = memory_bound_time(cast * cast_in, gpu.hbm_gbps, cal)
+    cast_bwd = memory_bound_time(cast * cast_out, gpu.hbm_gbps, cal)
     compute_fwd = attn_gemm + mlp + attn_core + elem_fwd + cast_fwd + cal.kernel_overhead_s
     # frozen base weights (LoRA) need no weight-gradient GEMMs: their backward is the input gradient alone
     gemm_bwd = (1.0 if st.lora else 2.0) * (attn_gemm + mlp)
@@ -238,8 +236,7 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
         # Megatron-core's overlapped 1F1B runs one micro-batch's dispatch and combine while another computes
         # (megatron/core/pipeline_parallel/combined_1f1b.py): what outlasts the layer's forward and backward
         # sticks out, the rest slows them by the SMs the communication takes
-        work = 3.0 * (attn_gemm + mlp + attn_core + elem_fwd)
-        ep_comm = max(0.0, ep_comm - work) + min(ep_comm, work) / OVERLAP_SM_SHARE_DEN
+        ep_comm = exposed(ep_comm, 3.0 * (attn_gemm + mlp + attn_core + elem_fwd))
     tp_link = group_link(t, 1, cluster.gpus_per_node)
     tp_one = collective_time("all_reduce", M * h * 2.0, tp_link, gpu, cal)
     tp_fwd = tp_bwd = 2 * tp_one
@@ -248,9 +245,7 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
         # GEMM that consumes or produces it (Megatron-LM --tp-comm-overlap; Wang et al. 2022, "Overlap
         # communication with dependent computation"): what outlasts the layer's GEMMs sticks out, the rest
         # slows them by the SMs the copies take
-        gemms = attn_gemm + mlp
-        tp_fwd = max(0.0, tp_fwd - gemms) + min(tp_fwd, gemms) / OVERLAP_SM_SHARE_DEN
-        tp_bwd = max(0.0, tp_bwd - 2 * gemms) + min(tp_bwd, 2 * gemms) / OVERLAP_SM_SHARE_DEN
+        tp_fwd, tp_bwd = exposed(tp_fwd, attn_gemm + mlp), exposed(tp_bwd, 2 * (attn_gemm + mlp))
     # Context parallel (ring attention, Liu et al. 2023): cp-1 exchanges of this rank's K and V per layer
     # forward, twice that backward (K, V and their gradients), hidden behind the attention core.
     cp_exposed = 0.0
@@ -295,8 +290,7 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     # Output layer (vocab-parallel, split over t) forward + backward, and the fp32 loss traffic
     # (FP8 recipes keep the output layer in 16 bits: Megatron-core and torchao convert the transformer layers'
     # linears only)
-    head_peak = gpu.peak_tflops("bf16") * 1e12 if st.precision == "fp8" else peak
-    last = (3 * gemm_time(M, model.vocab / t, h, head_peak, cal)
+    last = (3 * gemm_time(M, model.vocab / t, h, unconverted_peak(gpu, st.precision), cal)
             + memory_bound_time(3 * 4.0 * M * model.vocab / t, gpu.hbm_gbps, cal))
     first = memory_bound_time(3 * 2.0 * M * h, gpu.hbm_gbps, cal)
     # Pipeline point-to-point: s*b*h activations forward and gradients back per micro-batch (x v chunks),
@@ -336,7 +330,7 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     # the updated 16-bit weights behind the next step's forward (megatron/core/distributed
     # param_and_grad_buffer.py; --overlap-grad-reduce --overlap-param-gather, which the export writes)
     mg_dist_opt = st.framework == "megatron" and st.zero_stage == 1
-    bucket = grad_bucket_params(st)
+    bucket = grad_bucket_params(st, sb.reduce)
 
     def coll(kind: str, n: float, per_param: float, link) -> float:
         # one collective per bucket: the bandwidth term of n parameters, the latency once per bucket
@@ -412,21 +406,24 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     )
 
 
-def grad_bucket_params(st: Strategy) -> float | None:
+def unconverted_peak(gpu, precision: str) -> float:
+    """FLOP/s peak of the work FP8 recipes leave in 16 bits (the attention core, the output layer): the bf16
+    peak under fp8, the precision's own otherwise."""
+    return gpu.peak_tflops("bf16" if precision == "fp8" else precision) * 1e12
+
+
+def grad_bucket_params(st: Strategy, reduce_bytes: float) -> float | None:
     """Parameters per data-parallel gradient collective (one latency each), None for one per layer.
     Megatron-core: max(4e7, 1e6 x dp x cp) parameters, larger buckets at larger data-parallel sizes
     (megatron/core/distributed/distributed_data_parallel_config.py bucket_size); DeepSpeed ZeRO-1/2: its
     reduce bucket (DS_REDUCE_BUCKET elements); torchtitan: FSDP2 reduce-scatters each block, and plain
     data parallel (PyTorch DDP) uses 25 MiB buckets (torch.nn.parallel.DistributedDataParallel
-    bucket_cap_mb) of the reduced gradients."""
+    bucket_cap_mb) of the reduced gradients, `reduce_bytes` each."""
     if st.framework == "megatron":
         return max(4.0e7, 1.0e6 * st.dp * st.cp)
     if st.framework == "deepspeed":
         return float(DS_REDUCE_BUCKET) if st.zero_stage < 3 else None
-    if st.zero_stage == 0:
-        sb = state_bytes_per_param(st.precision, st.optimizer, st.fp32_grads, st.framework, st.zero_stage)
-        return 25 * 2**20 / sb.reduce
-    return None
+    return 25 * 2**20 / reduce_bytes if st.zero_stage == 0 else None
 
 
 def _param_groups(model: ModelSpec, st: Strategy, cluster: Cluster) -> list[tuple[float, Link]]:

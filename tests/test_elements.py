@@ -621,7 +621,7 @@ def test_megatron_buckets_pay_the_latency_once_per_bucket():
     # parameters, one collective (one ring latency) each; a layer of n parameters pays n / bucket of it
     from costmodels.performance import grad_bucket_params
     st = Strategy(tp=8, pp=1, dp=96, micro_batch=1, global_batch=96, zero_stage=1)
-    assert grad_bucket_params(st) == 9.6e7 and grad_bucket_params(st.with_(dp=8)) == 4e7
+    assert grad_bucket_params(st, 4.0) == 9.6e7 and grad_bucket_params(st.with_(dp=8), 4.0) == 4e7
     cluster = parse_cluster("768xH100")
     no_lat = coeffs(LLAMA8, st, cluster, HOPPER_NO_LAT).dp_layer_ns
     lat = coeffs(LLAMA8, st, cluster, HOPPER).dp_layer_ns

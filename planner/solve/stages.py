@@ -167,10 +167,15 @@ class StageCoeffs:
         return ops.div(D * work + overlap(L * self.zero3_layer_ns, work, ops, "time", f"zero3_{name}"),
                        D, "time", name)
 
+    def _per_step(self, i, L, layer: int, first_part: int, last_part: int):
+        """L layers' share of a once-per-step term, with the embedding's on stage 0 and the output layer's on
+        the last stage."""
+        first, last = self._ends(i)
+        return L * layer + (first_part if first else 0) + (last_part if last else 0)
+
     def dp_sync_ns(self, i, L):
         """Stage i's data-parallel gradient sync per step."""
-        first, last = self._ends(i)
-        return L * self.dp_layer_ns + (self.dp_first_ns if first else 0) + (self.dp_last_ns if last else 0)
+        return self._per_step(i, L, self.dp_layer_ns, self.dp_first_ns, self.dp_last_ns)
 
     def dp_window_ns(self, i, L):
         """The backward that hides stage i's sync; with interleaving the output layer sits in the last
@@ -185,14 +190,12 @@ class StageCoeffs:
                        D, "sync", name)
         if not self.gather_layer_ns:
             return sync
-        first, last = self._ends(i)
-        gather = L * self.gather_layer_ns + (self.gather_first_ns if first else 0) + (self.gather_last_ns if last else 0)
+        gather = self._per_step(i, L, self.gather_layer_ns, self.gather_first_ns, self.gather_last_ns)
         return sync + ops.div(overlap(gather, L * self.gather_window_layer_ns, ops, "sync", f"{name}_gather"),
                               D, "sync", f"{name}_gather")
 
     def optimizer_ns(self, i, L):
-        first, last = self._ends(i)
-        return L * self.opt_layer_ns + (self.opt_first_ns if first else 0) + (self.opt_last_ns if last else 0)
+        return self._per_step(i, L, self.opt_layer_ns, self.opt_first_ns, self.opt_last_ns)
 
     def stage_tail_ns(self, i, L, ops=INT, name: str = "dp_exposed"):
         """Once per step: exposed data-parallel sync plus the optimizer step of stage i."""
