@@ -30,6 +30,10 @@ class Calibration:
     inter_node_latency_s: float   # per ring step across nodes
     kernel_overhead_s: float      # launch / framework overhead per layer per pass
     fp8_gemm_efficiency: float = 0.79   # share of the dense FP8 peak a large FP8 GEMM reaches
+    # taken, not fitted: a fused causal attention call over this many tokens runs at half its long-sequence
+    # speed (FlashAttention-3, Shah et al. 2024, Figure 5, causal, head dim 128, H100: 521 TFLOPS at 2k, 616
+    # at 16k, s / (s + s0) with s0 ~ 440; cuDNN's 484 / 539 give ~ 270)
+    attention_half_seq: float = 400.0
 
 
 _DEFAULT = Calibration(
@@ -38,7 +42,7 @@ _DEFAULT = Calibration(
     # (fit by hand on every row of public.json): 0.78, 128, 0.30.
     gemm_efficiency=0.79,
     gemm_half_dim=128.0,
-    attention_efficiency=0.24,
+    attention_efficiency=0.25,
     # taken, not fitted: element-wise kernels reach ~80% of HBM bandwidth (assumption, the order STREAM-like
     # kernels reach on A100 / H100)
     hbm_efficiency=0.80,
@@ -65,8 +69,8 @@ CALIBRATION: dict[str, Calibration] = {
     # fp8_gemm_efficiency: fitted (planner.validation.fit, after the three above) on the hopper fit rows that
     # train in FP8 (FP8-LM with Transformer Engine, MLPerf GPT-3 and Llama 3.1): FP8 GEMMs reach a smaller
     # share of their doubled peak than 16-bit ones (before: the 16-bit share, 1.93x bf16 compute)
-    "hopper": replace(_DEFAULT, gemm_efficiency=0.71, gemm_half_dim=512.0, attention_efficiency=0.20,
-                      fp8_gemm_efficiency=0.58),
+    "hopper": replace(_DEFAULT, gemm_efficiency=0.73, gemm_half_dim=512.0, attention_efficiency=0.20,
+                      fp8_gemm_efficiency=0.59),
 }
 # taken, not fitted: too few rows to fit (one B200, five GB200 and one MI300X row, all held out). The
 # newest fitted generation, whose large peaks are also hard to saturate, is the better guess than Ampere.

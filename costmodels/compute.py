@@ -24,6 +24,12 @@ def gemm_time(m: float, n: float, k: float, peak_flops: float, cal: Calibration)
     return 2.0 * m * n * k / (peak_flops * gemm_efficiency(m, n, k, cal))
 
 
+def attention_efficiency(s, cal: Calibration):
+    """Share of peak of a fused causal attention call over s query (and key) tokens: short calls lose to
+    the diagonal tiles and the launch (numpy arrays broadcast)."""
+    return cal.attention_efficiency * s / (s + cal.attention_half_seq)
+
+
 def memory_bound_time(nbytes: float, hbm_gbps: float, cal: Calibration) -> float:
     """Seconds to stream `nbytes` through HBM (element-wise kernels, optimizer step)."""
     return nbytes / (hbm_gbps * 1e9 * cal.hbm_efficiency)

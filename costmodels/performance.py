@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from costmodels.calibration import Calibration, calibration_for
 from costmodels.comm import Link, collective_time, dispatch_time, exposed, group_link, p2p_time
-from costmodels.compute import gemm_time, memory_bound_time, mlp_gemm_widths
+from costmodels.compute import attention_efficiency, gemm_time, memory_bound_time, mlp_gemm_widths
 from costmodels.flops import logits_forward_flops, model_flops_per_step
 from costmodels.memory import (DS_REDUCE_BUCKET, compute_copy_bytes, embedding_activation_bytes, fp8_cache_bytes, framework_buffer_bytes,
                                head_input_bytes, layer_activation_bytes, logits_bytes, model_state_bytes,
@@ -207,8 +207,9 @@ def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _Laye
     # head, (s x d)(d x s) and (s x s)(s x d), priced like any GEMM (Korthikanti et al. 2022, 3.2).
     if st.flash_attention:
         # FP8 recipes run the attention core in 16 bits (Transformer Engine's fused attention without
-        # fp8_dot_product_attention, Megatron-LM's default; torchao float8 converts only the Linear layers)
-        attn_core = 2.0 * M * s_full * q / t / (unconverted_peak(gpu, st.precision) * cal.attention_efficiency)
+        # fp8_dot_product_attention, Megatron-LM's default; torchao float8 converts only the Linear layers);
+        # one kernel call per ring step of context parallel, s local tokens against s
+        attn_core = 2.0 * M * s_full * q / t / (unconverted_peak(gpu, st.precision) * attention_efficiency(s, cal))
     else:
         heads = b * model.heads / t
         d = model.head_dim

@@ -36,7 +36,7 @@ import numpy as np
 from costmodels import calibration
 from costmodels.calibration import Calibration, ServingCalibration, calibration_for
 from costmodels.comm import collective_time, group_link, p2p_time
-from costmodels.compute import gemm_efficiency, mlp_gemm_widths
+from costmodels.compute import attention_efficiency, gemm_efficiency, mlp_gemm_widths
 from costmodels.model import ModelSpec
 from hardware import GPUSpec
 
@@ -335,7 +335,8 @@ def _layer_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploym
     else:
         flops = 4.0 * tokens * ctx_tokens * heads * d
         kv_read = tokens * ctx_tokens * 2.0 * (heads if dep.kv_read_per_query_head else kvh) * d * r.kvbytes
-    t_core = np.maximum(flops / (r.peak_attn * cal.attention_efficiency), kv_read / r.hbm)
+    eff = attention_efficiency(ctx_tokens, cal) if prefill else cal.attention_efficiency
+    t_core = np.maximum(flops / (r.peak_attn * eff), kv_read / r.hbm)
     # element-wise (16-bit): 2 norms read+write (4h), 2 residual adds (6h), activation 3f/t SwiGLU, 2f/t GELU
     elem = tokens * 2.0 * (10 * h + (3 if model.ffn_type == "swiglu" else 2) * model.ffn_hidden / t) / r.hbm
     # two all-reduces of tokens x h 16-bit activations per layer (attention output, MLP output)

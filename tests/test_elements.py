@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from costmodels.calibration import calibration_for
 from costmodels.comm import collective_time, group_link
-from costmodels.compute import gemm_time
+from costmodels.compute import attention_efficiency, gemm_time
 from costmodels.flops import model_flops_per_step, narayanan_flops_per_step
 from costmodels.memory import (layer_activation_bytes, logits_bytes, model_state_bytes,
                                state_bytes_per_param)
@@ -278,7 +278,8 @@ def test_cp_kv_exchange_bytes_and_overlap():
     gpu = H100_16.gpu
     one = (cp - 1) * kv_bytes / (gpu.inter_node_gbps * 1e9 * HOPPER.inter_node_efficiency)
     # attention core of this rank's queries against the whole sequence: 4*b*(s/cp)*s*h/t FLOPs, causal half
-    core = 2.0 * b * (s / cp) * s * h / t / (gpu.peak_tflops("bf16") * 1e12 * HOPPER.attention_efficiency)
+    # at the efficiency of one call over this rank's s/cp tokens (costmodels.compute.attention_efficiency)
+    core = 2.0 * b * (s / cp) * s * h / t / (gpu.peak_tflops("bf16") * 1e12 * attention_efficiency(s / cp, HOPPER))
     assert one > core                                # the exchange is longer than the attention it hides behind
     assert rel(lt.cp_exposed, (one - core) + 2 * (one - core)) < 1e-9
     # cp = 1: nothing exchanged
@@ -853,3 +854,12 @@ def test_moe_a2a_overlap_hides_the_all_to_all_behind_compute():
         st.with_(virtual_stages=1, moe_a2a_overlap=True)
     from planner.frameworks.megatron import megatron_args
     assert ["--overlap-moe-expert-parallel-comm"] in megatron_args(m, st.with_(moe_a2a_overlap=True))
+
+
+def test_attention_speed_grows_with_the_tokens_of_a_call_as_flash_attention_3_measures():
+    # FlashAttention-3 (Shah et al. 2024), Figure 5, causal, head dim 128, H100 BF16 forward: 423 TFLOPS at
+    # 1k tokens, 521 at 2k, 616 at 16k. costmodels.compute.attention_efficiency's s / (s + s0) shape:
+    cal = calibration_for("hopper")
+    assert attention_efficiency(16384, cal) / attention_efficiency(2048, cal) == pytest.approx(616 / 521, rel=0.03)
+    assert attention_efficiency(2048, cal) / attention_efficiency(1024, cal) == pytest.approx(521 / 423, rel=0.07)
+    assert attention_efficiency(10 ** 9, cal) == pytest.approx(cal.attention_efficiency, rel=1e-6)

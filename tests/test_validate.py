@@ -222,3 +222,16 @@ def test_malformed_serving_row_is_skipped_with_its_field_named(change, reason):
     change(row)
     res = validate_run("serving/v1", row)
     assert res.predicted is None and res.skipped == reason
+
+
+@pytest.mark.parametrize("notes, modules", [
+    ("recompute modules 'norm, act' (layernorm + moe_act)", ("layernorm", "moe_act")),
+    ("PP8 VPP4 EP8 and recompute modules layernorm+moe from the table's command", ("layernorm", "moe")),
+    ("MBS1 GBS1024, recompute moe_act+layernorm, forced load balancing", ("moe_act", "layernorm")),
+    ("recompute column blank in the table (recorded as none)", None),
+    ("config_common_blackwell.sh not in the folder, recompute left null", None),
+])
+def test_recompute_modules_are_read_from_a_runs_notes(notes, modules):
+    # Megatron-core --recompute-modules as the run sheets write them (Megatron MoE model zoo tables)
+    from planner.validation.runs import recompute_modules
+    assert recompute_modules(notes) == modules

@@ -285,12 +285,17 @@ _MODULE_WORDS = {"norm": "layernorm", "layernorm": "layernorm", "act": "moe_act"
 
 def recompute_modules(notes: str) -> tuple[str, ...] | None:
     """The Megatron-core recompute modules a run's notes name ("recompute modules 'norm, act'",
-    "recompute modules layernorm+moe"), None when they name none."""
-    m = re.search(r"recompute[-_ ]modules?\W*([a-z_+, ]+)", notes or "", re.IGNORECASE)
-    if not m:
-        return None
-    mods = tuple(dict.fromkeys(_MODULE_WORDS[w] for w in re.split(r"[\s,+]+", m.group(1).lower()) if w in _MODULE_WORDS))
-    return mods or None
+    "recompute modules layernorm+moe", "recompute moe_act+layernorm"), None when they name none."""
+    for m in re.finditer(r"recompute(?:[-_ ]modules?)?\W*([a-z_+,' ]+)", notes or "", re.IGNORECASE):
+        words = [w for w in re.split(r"[\s,+']+", m.group(1).lower()) if w]
+        mods = []
+        for w in words:              # the module words right after "recompute", up to the first other word
+            if w not in _MODULE_WORDS:
+                break
+            mods.append(_MODULE_WORDS[w])
+        if mods:
+            return tuple(dict.fromkeys(mods))
+    return None
 
 
 def lora_rank(notes: str) -> int | None:
