@@ -285,7 +285,6 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
     cal = cal or calibration_for(gpu.family)
     p, m, v, t = st.pp, st.micro_batches, st.virtual_stages, st.tp
     lt = layer_times(model, st, cluster, cal)
-    peak = gpu.peak_tflops(st.precision) * 1e12
     M = st.micro_batch * model.seq_len / st.cp
     h = model.hidden
     # Output layer (vocab-parallel, split over t) forward + backward, and the fp32 loss traffic
@@ -301,6 +300,47 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
         pp_stride = t * st.cp * st.dp
         across = pp_stride >= cluster.gpus_per_node
         p2p = 2 * v * p2p_time(M * h * 2.0 / t, across, gpu, cal)
+    acts = layer_activation_bytes(model, st)
+    return StageCosts(
+        p=p, m=m, v=v, layers=model.layers, layer=lt,
+        embedding_s=first, head_s=last, p2p_s=p2p,
+        dp_window_layer_s=lt.backward,
+        host_capacity_b=gpu.host_memory_gb_per_node * 1e9 / cluster.gpus_per_node,
+        inflight=tuple(_inflight(p, m, v, st.pipeline_schedule)),
+        act_stored_b=acts.stored, act_checkpoint_b=acts.checkpoint, act_full_b=acts.full,
+        embedding_act_b=embedding_activation_bytes(model, st), head_act_b=head_input_bytes(model, st),
+        logits_b=logits_bytes(model, st),
+        buffer_b=FIXED_BUFFER_BYTES, bucket_b=framework_buffer_bytes(st),
+        # FSDP2 reduce-scatters on its own CUDA stream (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py
+        # foreach_reduce allocates the reduce-scatter output, the gradient shards, there) and the caching
+        # allocator keeps one pool per stream (c10/cuda/CUDACachingAllocator.cpp): the gradients' memory is
+        # reserved beside the compute stream's loss-time peak, though no gradient is alive at the loss
+        stream_pools=st.framework == "torchtitan",
+        gather_window_layer_s=lt.compute_fwd + lt.tp_fwd,
+        **_model_states(model, st, cluster, cal),
+    )
+
+# _model_states per (model, cluster, constants, and the strategy fields it reads): a search scores thousands
+# of structures that differ only in micro-batch, interleaving and recompute, which leave the states alone
+_STATES: dict[tuple, dict] = {}
+
+
+def _model_states(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibration) -> dict:
+    """The StageCosts fields of model states and their once-per-step traffic: data-parallel sync, ZeRO-3
+    gathers, optimizer step, states per layer / embedding / output layer, weight gathers."""
+    key = (model, cluster, cal, st.tp, st.pp == 1, st.dp, st.cp, st.ep, st.expert_tp, st.zero_stage, st.framework,
+           st.precision, st.optimizer, st.fp32_grads, st.offload_optimizer, st.offload_params, st.lora_rank)
+    out = _STATES.get(key)
+    if out is None:
+        if len(_STATES) > 65536:
+            _STATES.clear()
+        out = _STATES[key] = _model_states_of(model, st, cluster, cal)
+    return out
+
+
+def _model_states_of(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibration) -> dict:
+    gpu, p, t = cluster.gpu, st.pp, st.tp
+    h = model.hidden
     # Model states per GPU. Dense weights split over tp and ZeRO-sharded over dp x cp; routed experts split
     # over tp x ep and sharded over the expert-data-parallel group dp x cp / ep (Megatron-core MoE).
     sb = state_bytes_per_param(st.precision, st.optimizer, st.fp32_grads, st.framework, st.zero_stage)
@@ -378,32 +418,17 @@ def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibrati
             return _cpu_optimizer_time(shard, gpu)
         return memory_bound_time(shard * opt_bpp, gpu.hbm_gbps, cal)
 
-    acts = layer_activation_bytes(model, st)
-    return StageCosts(
-        p=p, m=m, v=v, layers=model.layers, layer=lt,
-        embedding_s=first, head_s=last, p2p_s=p2p,
+    return dict(
         dp_layer_s=dp_s(train), dp_first_s=dp_s(first_train), dp_last_s=dp_s(last_train),
-        dp_window_layer_s=lt.backward,
         zero3_layer_s=zero3,
         opt_layer_s=opt_s(train), opt_first_s=opt_s(first_train), opt_last_s=opt_s(last_train),
         layer_states=_states(groups, sb, st, train=train), first_states=_states(first_groups, sb, st, root=True),
         last_states=_states(last_groups, sb, st, root=True),
-        host_capacity_b=gpu.host_memory_gb_per_node * 1e9 / cluster.gpus_per_node,
-        inflight=tuple(_inflight(p, m, v, st.pipeline_schedule)),
-        act_stored_b=acts.stored, act_checkpoint_b=acts.checkpoint, act_full_b=acts.full,
-        embedding_act_b=embedding_activation_bytes(model, st), head_act_b=head_input_bytes(model, st),
-        logits_b=logits_bytes(model, st),
-        buffer_b=FIXED_BUFFER_BYTES, zero3_buffer_b=zero3_buf, bucket_b=framework_buffer_bytes(st),
-        # FSDP2 reduce-scatters on its own CUDA stream (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py
-        # foreach_reduce allocates the reduce-scatter output, the gradient shards, there) and the caching
-        # allocator keeps one pool per stream (c10/cuda/CUDACachingAllocator.cpp): the gradients' memory is
-        # reserved beside the compute stream's loss-time peak, though no gradient is alive at the loss
-        stream_pools=st.framework == "torchtitan",
+        zero3_buffer_b=zero3_buf,
         # the root's gradient, reduce-scattered last: its 16-bit unsharded gradient and the fp32 copy
         # reduce_dtype makes (MixedPrecisionPolicy), embedding included
         end_transient_b=(embed_params * (copy + sb.reduce) if st.framework == "torchtitan" and st.zero_stage >= 2 else 0.0),
         gather_layer_s=gather_s(train), gather_first_s=gather_s(first_train), gather_last_s=gather_s(last_train),
-        gather_window_layer_s=lt.compute_fwd + lt.tp_fwd,
     )
 
 

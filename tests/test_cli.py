@@ -444,3 +444,14 @@ def test_listing_commands_do_not_load_the_solver():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
+
+def test_a_search_does_not_load_pandas_and_leaves_it_importable():
+    """OR-Tools' cp_model imports pandas only for helpers the planner never calls: a search runs without it
+    (planner.solve.solver._import_cp_model), and a later `import pandas` still gets the real library."""
+    code = ("import sys\nfrom planner import search\nfrom costmodels.presets import get_model\n"
+            "from hardware import parse_cluster\n"
+            "r = search(get_model('gpt3-1.3b')[0], parse_cluster('8xA100'), global_batch=64)\n"
+            "assert r.plans and 'pandas' not in sys.modules\n"
+            "import pandas\nprint(pandas.DataFrame({'a': [1, 2]})['a'].sum())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "3"

@@ -19,10 +19,11 @@ from costmodels import ModelSpec, Strategy
 from costmodels.performance import even_split, min_stage_layers, stage_costs as stage_parts
 from hardware import Cluster, load_catalog
 from planner import search
-from planner.solve.solver import balanced_layers, greedy_layout, lower_bound, memory_infeasible, solve_layout
+from planner.solve.solver import (balanced_layers, greedy_layout, lower_bound, lower_bounds, memory_infeasible,
+                                  solve_layout)
 from planner.solve.evaluate import evaluate, evaluate_layout
 from planner.solve.space import SpaceOptions, enumerate_space
-from planner.solve.stages import StageCoeffs, coefficients
+from planner.solve.stages import Pipeline, StageCoeffs, coefficients
 
 
 def stage_costs(*args) -> StageCoeffs:
@@ -222,6 +223,21 @@ def test_search_bounds_are_sound(seed):
         assert best is not None and g.objective >= best
         assert all(sc.stage_bytes(i, L, R) <= cap for i, (L, R) in enumerate(zip(g.stage_layers, g.recompute_layers)))
         assert g.stage_layers in (even_split(model.layers, st.pp), balanced_layers(sc)[0])
+
+
+def test_batched_bounds_equal_the_bound_of_each_structure():
+    # planner.solve.solver.lower_bounds balances every structure's layers in one numpy pass: the same integer
+    # bound as lower_bound one structure at a time, and a bound below each unlimited-memory optimum; also for
+    # heterogeneous pipelines (stages of two GPU types)
+    pipelines = [Pipeline.uniform(instance(seed)[3], 10 ** 15) for seed in SEEDS]
+    for seed in SEEDS[:10]:
+        model, st, cluster, sc, cap = instance(seed)
+        if st.pp > 1:
+            other = coefficients(stage_parts(model, st, Cluster(gpu=GPUS[seed % len(GPUS)], num_nodes=64, gpus_per_node=8)))
+            pipelines.append(Pipeline(tuple(sc if i % 2 else other for i in range(st.pp)), (10 ** 15,) * st.pp))
+    assert lower_bounds(pipelines) == [lower_bound(pl) for pl in pipelines]
+    for seed in SEEDS:
+        assert lower_bounds([Pipeline.uniform(instance(seed)[3], 10 ** 15)])[0] <= brute_force_fast(instance(seed)[3], 10 ** 15, instance(seed)[1].recompute == "full")
 
 
 @pytest.mark.parametrize("seed", SEEDS[:20])

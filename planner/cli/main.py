@@ -34,8 +34,10 @@ from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROO
 @click.option("--headroom", help=HEADROOM_HELP)
 @click.option("--top", type=int, default=3, show_default=True, help="How many distinct plans to show.")
 @click.option("--time-limit", type=float, default=30.0, show_default=True,
-              help="Seconds the search may take; it returns the best plan found so far (searching on until it has "
-                   "one), with its status and optimality gap.")
+              help="Work the search may do, in seconds of deterministic work (CP-SAT's deterministic time plus 1 ms "
+                   "per structure visited; counted as work, not read off the clock, so the plan never depends on the "
+                   "machine's load). It returns the best plan found so far (searching on until it has one), with its "
+                   "status and optimality gap.")
 @click.option("--explain", is_flag=True, help="Say why the best plan beats the runner-up, term by term.")
 @click.option("--exclude", "exclude_only", help="Keep structures out of the search, comma-separated: tp, pp, cp, ep, "
               "interleaving, zero1, zero2, zero3, offload, param-offload, full-recompute, selective-recompute.")
@@ -430,7 +432,7 @@ def _num(x: float | None) -> str:
 @click.option("--model", "model_name", required=True, help="The model the config trains (preset, alias or config.json).")
 @click.option("--gpus", required=True, help="The cluster it runs on, e.g. 1024xA100.")
 @click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
-@click.option("--time-limit", type=float, default=30.0, show_default=True, help="Seconds for the search for a better plan.")
+@click.option("--time-limit", type=float, default=30.0, show_default=True, help="Deterministic work for the search for a better plan, in seconds (as plan's --time-limit).")
 @click.option("--headroom", help=HEADROOM_HELP)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @_framework_option

@@ -7,7 +7,10 @@
    balanced (or Megatron's even) split as an incumbent and, unless it already meets the bound, solve the
    CP-SAT layout model. Stop when the next bound cannot beat the
    K-th best plan found: every structure skipped has a bound >= that plan, so the result is optimal
-   over the whole space (docs/solver.md has the argument).
+   over the whole space (docs/solver.md has the argument). The bounds of step 2 are balanced for every
+   structure at once (numpy, planner.solve.solver.lower_bounds).
+4. `time_limit_s` limits deterministic work (planner.solve.solver.WorkMeter), not wall time: the same
+   inputs give the same plans on any machine under any load.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from hardware import Cluster
 from planner.errors import PlannerError
 from planner.solve.evaluate import Headroom, evaluate_pipeline
 from planner.solve.result import SearchResult, build_result
-from planner.solve.solver import Layout, greedy_layout, lower_bound, memory_infeasible, solve_layout
+from planner.solve.solver import (Layout, WorkMeter, greedy_layout, lower_bound, lower_bounds, memory_infeasible,
+                                  solve_layout)
 from planner.solve.space import Space, SpaceOptions, enumerate_pools, enumerate_space
 from planner.solve.stages import Pipeline, coefficients
 
@@ -46,7 +50,8 @@ def search(model: ModelSpec, cluster: Cluster | Sequence[Cluster], *, global_bat
            precision: str | None = None, optimizer: str = "adam", fp32_grads: bool = True, top: int = 3,
            time_limit_s: float = 30.0, space: SpaceOptions | None = None, progress=None,
            headroom: Headroom | None = None) -> SearchResult:
-    """Find the `top` fastest distinct plans for `model` on `cluster` (see module doc). `cluster` may be
+    """Find the `top` fastest distinct plans for `model` on `cluster` (see module doc), within
+    `time_limit_s` seconds of deterministic work (WorkMeter). `cluster` may be
     a sequence of GPU pools (hardware.parse_pools): pipeline stages are then assigned to pools. Only plans
     whose peak is at most each GPU's capacity less the headroom are accepted (`space.headroom`, or
     `headroom` when no `space` is given; planner.solve.evaluate.parse_headroom); NoPlanError when none fits."""
@@ -111,10 +116,11 @@ def candidates(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions)
 
 def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, top: int, time_limit_s: float,
             progress):
-    t0 = time.perf_counter()
+    meter = WorkMeter()
     space, cands = candidates(model, pools, opts)
-    entries = sorted(((lower_bound(c.pipeline) / c.pipeline.v, _order_key(c.strategy) + c.placement, i)
-                      for i, c in enumerate(cands)))
+    bounds = lower_bounds([c.pipeline for c in cands])
+    entries = sorted(((lb / c.pipeline.v, _order_key(c.strategy) + c.placement, i)
+                      for i, (lb, c) in enumerate(zip(bounds, cands))))
     best: dict[tuple, Found] = {}
     solved = cp_calls = infeasible = 0
     all_optimal = True
@@ -126,8 +132,7 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
         ranked = sorted(best.values(), key=lambda f: (f.step_ns, _order_key(f.strategy)))
         if len(ranked) >= top and lb >= ranked[top - 1].step_ns:
             break
-        elapsed = time.perf_counter() - t0
-        if elapsed > time_limit_s and best:   # out of time: keep the best found (search on until one is)
+        if meter.spent > time_limit_s and best:   # out of work: keep the best found (search on until one is)
             unsolved_bound = lb
             break
         if progress is not None:
@@ -135,6 +140,7 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
         key = (st.tp, st.pp, st.dp, st.cp, st.ep, st.zero_stage, st.recompute, c.placement)
         if key in best and lb >= best[key].step_ns:
             continue
+        meter.spent += WorkMeter.VISIT_WORK_S
         # visited lazily: the exact memory test, then the bound that counts forced recompute
         if memory_infeasible(pl, None, free):
             infeasible += 1
@@ -154,7 +160,7 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
                             layout.objective <= bound, max(0.0, (layout.objective - bound) / layout.objective))
         elif layout is None or layout.objective / pl.v > lb:
             cp_calls += 1
-            solved_layout = solve_layout(pl, None, free, time_limit_s - elapsed, hint=layout)
+            solved_layout = solve_layout(pl, None, free, time_limit_s - meter.spent, hint=layout, meter=meter)
             if solved_layout is not None and (layout is None or solved_layout.objective <= layout.objective):
                 layout = solved_layout
             elif layout is not None:   # out of time before CP-SAT beat the incumbent: keep it, with the bound

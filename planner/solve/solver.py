@@ -20,10 +20,36 @@ import heapq
 import math
 from dataclasses import dataclass
 
-from ortools.sat.python import cp_model
+import sys
+import types
+
+import numpy as np
 
 from costmodels.performance import StageCosts, even_split, min_stage_layers
 from planner.solve.stages import Pipeline, StageCoeffs
+
+
+def _import_cp_model():
+    """OR-Tools' CP-SAT module, without pandas: cp_model imports pandas (0.2 s, most of a search's imports)
+    only for its pandas.Series helpers, which the planner never calls. While cp_model imports, a placeholder
+    stands in for pandas; it leaves sys.modules afterwards, so a later `import pandas` loads the real one.
+    Where pandas is already loaded, cp_model simply uses it."""
+    if "pandas" in sys.modules or "ortools.sat.python.cp_model" in sys.modules:
+        from ortools.sat.python import cp_model
+        return cp_model
+    stub = types.ModuleType("pandas", "placeholder while OR-Tools' cp_model imports (planner.solve.solver)")
+    stub.Index = type("Index", (), {})
+    stub.Series = type("Series", (), {})
+    sys.modules["pandas"] = stub
+    try:
+        from ortools.sat.python import cp_model
+    finally:
+        if sys.modules.get("pandas") is stub:
+            del sys.modules["pandas"]
+    return cp_model
+
+
+cp_model = _import_cp_model()
 
 
 @dataclass(frozen=True)
@@ -85,42 +111,58 @@ def min_recompute(sc: Stages, i: int, L: int, cap: int | None, free: bool) -> in
     return None
 
 
+def _layer_groups(pl: Pipeline) -> dict[tuple[int, int, int], tuple[int, int]]:
+    """Stages with the same coefficients (first, middle, last of one GPU type): (layer_ns, fixed_ns,
+    zero3_layer_ns) -> (how many stages, the most of their fewest layers, min_stage_layers)."""
+    p, v = pl.p, pl.v
+    if pl.uniform_stages:      # one GPU type: the first, a middle and the last stage stand for all
+        reps = [(0, 1), (1, p - 2), (p - 1, 1)] if p > 2 else [(i, 1) for i in range(p)]
+    else:
+        reps = [(i, 1) for i in range(p)]
+    groups: dict[tuple[int, int, int], tuple[int, int]] = {}
+    for i, n in reps:
+        st = pl.stages[i]
+        key = (st.layer_ns, st.fixed_ns(i), st.zero3_layer_ns)
+        count, least = groups.get(key, (0, 0))
+        groups[key] = (count + n, max(least, min_stage_layers(i, p, v)))
+    return groups
+
+
+def _room(T, a, c, z, layers):
+    """Layers a stage of layer time a, fixed time c and ZeRO-3 gather time z per layer holds within T
+    (integers or numpy arrays)."""
+    k = np.where(a > 0, (T - c) // np.maximum(a, 1), layers)
+    return np.where(z > 0, np.minimum(k, T // np.maximum(z, 1)), k)
+
+
+def balanced_times(a, c, z, n, least, layers) -> np.ndarray:
+    """The smallest T at which every group fits its fewest layers and all groups together hold every layer,
+    for many structures at once: row r has groups (a, c, z) of n stages each that must hold >= least layers
+    (2-D int64 arrays, a group with n = 0 is padding). Binary search on T, all rows in step."""
+    a, c, z, n, least = (np.asarray(x, dtype=np.int64) for x in (a, c, z, n, least))
+    layers = np.asarray(layers, dtype=np.int64).reshape(-1, 1)
+    lo = np.zeros(len(a), dtype=np.int64)
+    hi = np.max(np.where(n > 0, layers * (a + z) + c, 0), axis=1)
+    while np.any(lo < hi):
+        mid = (lo + hi) // 2
+        k = _room(mid[:, None], a, c, z, layers)
+        fits = np.all((k >= least) | (n == 0), axis=1) & (np.sum(k * n, axis=1) >= layers[:, 0])
+        hi = np.where(fits, mid, hi)
+        lo = np.where(fits, lo, mid + 1)
+    return lo
+
+
 def balanced_layers(sc: Stages) -> tuple[list[int], int]:
     """Integer layers per stage (>= v each) minimising the slowest stage when nothing is recomputed, and
-    that time: binary search on T, stage i fits floor((T - extras_i) / layer_i) layers. Stages with the
-    same coefficients (first, middle, last of one GPU type) are counted as one group."""
+    that time: binary search on T (balanced_times), stage i fits floor((T - extras_i) / layer_i) layers.
+    Stages with the same coefficients are counted as one group."""
     pl = as_pipeline(sc)
-    p, v, layers = pl.p, pl.v, pl.layers
-    mins = [min_stage_layers(i, p, v) for i in range(p)]
-    groups: dict[tuple[int, int, int], list[int]] = {}
-    for i, st in enumerate(pl.stages):
-        groups.setdefault((st.layer_ns, st.fixed_ns(i), st.zero3_layer_ns), []).append(i)
-    sizes = [(a, c, z, len(members), max(mins[i] for i in members)) for (a, c, z), members in groups.items()]
-
-    def room(T: int, a: int, c: int, z: int) -> int:
-        k = (T - c) // a if a else layers
-        return min(k, T // z) if z else k
-
-    def fits(T: int) -> bool:
-        total = 0
-        for a, c, z, n, least in sizes:
-            k = room(T, a, c, z)
-            if k < least:
-                return False
-            total += k * n
-        return total >= layers
-
-    lo, hi = 0, max(layers * (a + z) + c for a, c, z in groups)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    caps = [0] * p
-    for (a, c, z), members in groups.items():
-        for i in members:
-            caps[i] = room(lo, a, c, z)
+    p, layers = pl.p, pl.layers
+    mins = [min_stage_layers(i, p, pl.v) for i in range(p)]
+    groups = _layer_groups(pl)
+    (a, c, z), (n, least) = zip(*groups), zip(*groups.values())
+    lo = int(balanced_times([a], [c], [z], [n], [least], [layers])[0])
+    caps = [int(_room(lo, st.layer_ns, st.fixed_ns(i), st.zero3_layer_ns, layers)) for i, st in enumerate(pl.stages)]
     excess = sum(caps) - layers
     heap = [(-caps[i], i) for i in range(p)]
     heapq.heapify(heap)
@@ -221,24 +263,53 @@ def lower_bound(sc: Stages, cap: int | None = None, free: bool = False) -> int:
     min_recomputed_layers (only when a capacity is given); the tail is non-decreasing in L and some stage
     holds >= ceil(layers/p) layers."""
     pl = as_pipeline(sc, cap)
-    p, v, m = pl.p, pl.v, pl.m
+    recompute = cap is not None or isinstance(sc, Pipeline)
+    return _bound(pl, balanced_layers(pl)[1], free if recompute else False)
+
+
+def _bound(pl: Pipeline, t_balanced: int, free: bool) -> int:
+    """lower_bound given the balanced slowest stage."""
+    p = pl.p
     first, last = pl.stages[0], pl.stages[-1]
-    S = (pl.layers * min(st.layer_ns for st in pl.stages) + first.first_ns + last.last_ns
-         + sum(st.p2p_ns for st in pl.stages))
-    if cap is not None or isinstance(sc, Pipeline):
-        S += min_recomputed_layers(pl, None, free) * min(st.recompute_ns for st in pl.stages)
-    tmax = max(balanced_layers(pl)[1], -(-S // p))
+    kinds = (first,) if pl.uniform_stages else tuple({id(st): st for st in pl.stages}.values())
+    S = (pl.layers * min(st.layer_ns for st in kinds) + first.first_ns + last.last_ns
+         + (p * first.p2p_ns if pl.uniform_stages else sum(st.p2p_ns for st in pl.stages)))
+    S += min_recomputed_layers(pl, None, free) * min(st.recompute_ns for st in kinds)
+    tmax = max(t_balanced, -(-S // p))
     Lmax = -(-pl.layers // p)
     # a middle stage's tail at Lmax layers (the overlap of sync and window both growing with L is non-decreasing)
-    tail = min(st.stage_tail_ns(None, Lmax) for st in {id(st): st for st in pl.stages}.values())
-    if v == 1:
-        return (m - 1) * tmax + S + tail
-    return v * m * tmax + S - tmax + v * tail
+    tail = min(st.stage_tail_ns(None, Lmax) for st in kinds)
+    return pl.objective_bound(S, tmax, tail)
+
+
+def lower_bounds(pipelines: list[Pipeline]) -> list[int]:
+    """lower_bound(pl) of many pipelines (nothing recomputed), the balancing searched for all at once."""
+    if not pipelines:
+        return []
+    rows = [[key + counts for key, counts in _layer_groups(pl).items()] for pl in pipelines]
+    width = max(len(r) for r in rows)
+    grid = np.zeros((len(rows), width, 5), dtype=np.int64)
+    for r, row in enumerate(rows):
+        grid[r, :len(row)] = row
+    t = balanced_times(*(grid[:, :, k] for k in range(5)), [pl.layers for pl in pipelines])
+    return [_bound(pl, int(tb), False) for pl, tb in zip(pipelines, t)]
+
+
+class WorkMeter:
+    """The deterministic work a search has done, in seconds: CP-SAT's deterministic time (its own measure
+    of work, the same on any machine under any load) plus VISIT_WORK_S per structure visited. Search limits
+    are on this, never on the wall clock, so the plans found never depend on the machine's load."""
+
+    VISIT_WORK_S = 1e-3   # a visited structure's memory test, bound and greedy layout: about 1 ms of Python
+
+    def __init__(self) -> None:
+        self.spent = 0.0
 
 
 def solve_layout(sc: Stages, cap: int | None, free: bool, time_limit_s: float = 10.0,
-                 hint: Layout | None = None) -> Layout | None:
-    """Best layout for one structure, or None when none fits. `free`: R_i may be chosen (block recompute)."""
+                 hint: Layout | None = None, meter: WorkMeter | None = None) -> Layout | None:
+    """Best layout for one structure, or None when none fits. `free`: R_i may be chosen (block recompute).
+    `time_limit_s` is in CP-SAT deterministic seconds (WorkMeter), which `meter` accumulates."""
     pl = as_pipeline(sc, cap)
     p, v, layers = pl.p, pl.v, pl.layers
     mdl = cp_model.CpModel()
@@ -281,8 +352,10 @@ def solve_layout(sc: Stages, cap: int | None, free: bool, time_limit_s: float = 
     # CP-SAT 9.15's presolve loops for seconds on these small max-of-linear models; search alone
     # proves optimality in milliseconds (measured in benchmarks/search.py).
     solver.parameters.cp_model_presolve = False
-    solver.parameters.max_time_in_seconds = max(0.01, time_limit_s)
+    solver.parameters.max_deterministic_time = max(0.001, time_limit_s)
     status = solver.Solve(mdl)
+    if meter is not None:
+        meter.spent += solver.deterministic_time
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     Ls = [int(solver.Value(x)) for x in L]

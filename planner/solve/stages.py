@@ -362,6 +362,11 @@ class Pipeline:
         sc = sc if isinstance(sc, StageCoeffs) else coefficients(sc)
         return Pipeline((sc,) * sc.p, (cap,) * sc.p)
 
+    @cached_property
+    def uniform_stages(self) -> bool:
+        """Every stage has the same coefficients (one GPU type)."""
+        return self.stages.count(self.stages[0]) == len(self.stages)
+
     @property
     def p(self) -> int:
         return self.stages[0].p
@@ -397,9 +402,13 @@ class Pipeline:
     def objective(self, times, tmax, tails_max):
         """v x step time: (m-1) Tmax + sum T + Tail for 1F1B; v m Tmax + sum T - Tmax + v Tail
         interleaved (Narayanan et al. 2021, sections 2.2 and 2.2.2)."""
+        return self.objective_bound(sum(times), tmax, tails_max)
+
+    def objective_bound(self, total, tmax, tails_max):
+        """objective() given the sum of the stage times (or a bound on it)."""
         if self.v == 1:
-            return (self.m - 1) * tmax + sum(times) + tails_max
-        return self.v * self.m * tmax + sum(times) - tmax + self.v * tails_max
+            return (self.m - 1) * tmax + total + tails_max
+        return self.v * self.m * tmax + total - tmax + self.v * tails_max
 
     def pipeline_scaled(self, times: list[int]) -> int:
         """v x the pipeline's time (no tail) for these stage times."""
