@@ -5,9 +5,10 @@ Each case runs as a fresh `python` process (what a user's `plan --model M --gpus
 - interpreter: `python -c pass`, measured apart (the floor of any Python command);
 - imports: importing the CLI and everything a search uses (planner.cli, planner.solve.optimize, OR-Tools);
 - enumeration: the structures the divisibility rules allow (planner.solve.space);
-- scoring: every structure's stage costs and integer coefficients (costmodels.performance.stage_costs,
-  planner.solve.stages.coefficients);
-- bounds: the batched lower bounds (planner.solve.solver.lower_bounds);
+- scoring: the stage costs and integer coefficients of the structures scored (costmodels.performance
+  .stage_costs, planner.solve.stages.coefficients; the search scores them lazily in bound order);
+- bounds: the layer-time bounds of every structure and the exact bounds of those scored
+  (planner.solve.solver.layer_bounds, lower_bounds);
 - CP-SAT: the layout solves (ortools CpSolver.Solve);
 - layouts: the rest of the bound-ordered visit (memory tests, sharper bounds, greedy layouts, evaluation);
 - output: result building and printing the table (the CLI's time after the search returns).
@@ -58,7 +59,7 @@ def timed(owner, name, phase):
 
 timed(O, "enumerate_space", "enumeration"); timed(O, "enumerate_pools", "enumeration")
 timed(O, "stage_costs", "scoring"); timed(O, "coefficients", "scoring"); timed(G, "coefficients", "scoring")
-timed(O, "lower_bounds", "bounds"); timed(cp_model.CpSolver, "Solve", "CP-SAT"); timed(O, "_search", "search")
+timed(O, "lower_bounds", "bounds"); timed(O, "layer_bounds", "bounds"); timed(cp_model.CpSolver, "Solve", "CP-SAT"); timed(O, "_search", "search")
 t = time.perf_counter()
 with contextlib.redirect_stdout(io.StringIO()):
     try:

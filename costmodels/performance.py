@@ -141,15 +141,20 @@ class _LayerKey:
 
 def layer_times(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibration) -> LayerTimes:
     """Seconds for an average transformer layer, one micro-batch, on one GPU."""
-    key = _LayerKey(st.tp, st.cp, st.ep, st.micro_batch, st.precision, st.flash_attention,
-                    st.sequence_parallel, st.recompute, st.framework, st.etp,
-                    st.moe_dispatcher if model.moe is not None else "alltoall", st.tp_comm_overlap,
-                    recomputed_modules(st), st.lora_rank is not None, st.recipe, st.moe_a2a_overlap)
-    return _layer_times(model, cluster, cal, key)
+    return layer_times_of(model, cluster, cal, layer_key(model, st))
+
+
+def layer_key(model: ModelSpec, st: Strategy) -> _LayerKey:
+    """The strategy fields a layer's times depend on (strategies with one key share their LayerTimes)."""
+    return _LayerKey(st.tp, st.cp, st.ep, st.micro_batch, st.precision, st.flash_attention,
+                     st.sequence_parallel, st.recompute, st.framework, st.etp,
+                     st.moe_dispatcher if model.moe is not None else "alltoall", st.tp_comm_overlap,
+                     recomputed_modules(st), st.lora_rank is not None, st.recipe, st.moe_a2a_overlap)
 
 
 @lru_cache(maxsize=4096)
-def _layer_times(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _LayerKey) -> LayerTimes:
+def layer_times_of(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _LayerKey) -> LayerTimes:
+    """layer_times of the strategies with layer_key `st`."""
     gpu = cluster.gpu
     peak = gpu.peak_tflops(st.precision) * 1e12
     if st.precision == "fp8":   # FP8 GEMMs reach their own (fitted) share of the FP8 peak

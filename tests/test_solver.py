@@ -19,8 +19,8 @@ from costmodels import ModelSpec, Strategy
 from costmodels.performance import even_split, min_stage_layers, stage_costs as stage_parts
 from hardware import Cluster, load_catalog
 from planner import search
-from planner.solve.solver import (balanced_layers, greedy_layout, lower_bound, lower_bounds, memory_infeasible,
-                                  solve_layout)
+from planner.solve.solver import (balanced_layers, greedy_layout, layer_bounds, lower_bound, lower_bounds,
+                                  memory_infeasible, solve_layout)
 from planner.solve.evaluate import evaluate, evaluate_layout
 from planner.solve.space import SpaceOptions, enumerate_space
 from planner.solve.stages import Pipeline, StageCoeffs, coefficients
@@ -218,6 +218,10 @@ def test_search_bounds_are_sound(seed):
         assert best is None
     unlimited = brute_force_fast(sc, 10 ** 15, free)
     assert lower_bound(sc) <= unlimited
+    # with the capacity: the recompute memory forces and the layers a stage cannot hold count
+    # (slowest_stage_floor), still never above the optimum at that capacity
+    if best is not None:
+        assert lower_bound(sc) <= lower_bound(sc, cap, free) <= best
     g = greedy_layout(sc, cap, free)
     if g is not None:
         assert best is not None and g.objective >= best
@@ -323,6 +327,20 @@ def brute_force_search(model: ModelSpec, cluster: Cluster, opts: SpaceOptions) -
         if key not in best or step < best[key]:
             best[key] = step
     return best
+
+
+@pytest.mark.parametrize("model, spec, memory_gb, gb", SEARCH_CASES)
+def test_layer_bounds_never_exceed_a_structures_bound(model, spec, memory_gb, gb):
+    # planner.solve.solver.layer_bounds orders the structures before any is scored: each must be at most the
+    # structure's own bound (its stage costs), or the lazy scoring in planner.solve.optimize could skip a winner
+    cluster = tiny_cluster(spec, memory_gb)
+    space = enumerate_space(model, cluster.num_gpus, cluster.gpus_per_node,
+                            SpaceOptions(global_batch=gb, precision=precision_for(cluster)))
+    early = layer_bounds(model, space, cluster)
+    exact = lower_bounds([Pipeline.uniform(stage_costs(model, st, cluster), 10 ** 15) for st in space.strategies])
+    assert len(early) == len(exact) == len(space) > 20
+    assert all(e <= x for e, x in zip(early, exact))
+    assert sum(e == x for e, x in zip(early, exact)) < len(exact)      # and below it where the ends add time
 
 
 @pytest.mark.parametrize("model, spec, memory_gb, gb", SEARCH_CASES)

@@ -14,9 +14,13 @@
 """
 from __future__ import annotations
 
+import heapq
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from costmodels.model import ModelSpec
 from costmodels.performance import FIXED_BUFFER_BYTES, Evaluation, stage_costs
@@ -25,8 +29,8 @@ from hardware import Cluster
 from planner.errors import PlannerError
 from planner.solve.evaluate import Headroom, evaluate_pipeline
 from planner.solve.result import SearchResult, build_result
-from planner.solve.solver import (Layout, WorkMeter, greedy_layout, lower_bound, lower_bounds, memory_infeasible,
-                                  solve_layout)
+from planner.solve.solver import (Layout, WorkMeter, balanced_time_of, greedy_layout, layer_bounds, lower_bound,
+                                  lower_bounds, memory_infeasible, solve_layout)
 from planner.solve.space import Space, SpaceOptions, enumerate_pools, enumerate_space
 from planner.solve.stages import Pipeline, coefficients
 
@@ -114,19 +118,62 @@ def candidates(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions)
     return space, out
 
 
+SCORE_CHUNK = 256   # structures scored at a time (stage costs and exact bounds) in bound order
+
+
+def _by_bound(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions):
+    """(space, number of structures, iterator of (bound / v, tie-break key, index, candidate, balanced
+    slowest stage)) in increasing
+    order of the exact entry bound (solver.lower_bounds), ties by the tie-break key and enumeration order.
+    On one GPU type the structures are scored lazily: ordered by solver.layer_bounds (no stage costs, at
+    most the exact bound), scored SCORE_CHUNK at a time, and a scored one is handed out only once every
+    unscored one has a larger layer bound, so the order is exactly that of scoring all; the search stops
+    long before most are scored."""
+    if len(pools) > 1:
+        space, cands = candidates(model, pools, opts)
+        ts = balanced_time_of([c.pipeline for c in cands])
+        bounds = lower_bounds([c.pipeline for c in cands], ts)
+        entries = sorted((lb / c.pipeline.v, _order_key(c.strategy) + c.placement, i, c, t)
+                         for i, (lb, c, t) in enumerate(zip(bounds, cands, ts)))
+        return space, len(cands), iter(entries)
+    cluster = pools[0]
+    space = enumerate_space(model, cluster.num_gpus, cluster.gpus_per_node, opts)
+    n = len(space)
+    cap = opts.headroom.usable(cluster.gpu.memory_bytes)
+    early = (layer_bounds(model, space, cluster) / space.column("virtual_stages")) if n else np.zeros(0)
+    order = np.argsort(early, kind="stable")
+
+    def entries():
+        heap: list = []
+        j = 0
+        while True:
+            unscored = early[order[j]] if j < n else math.inf
+            if heap and heap[0][0] < unscored:
+                yield heapq.heappop(heap)
+                continue
+            if j >= n:
+                return
+            chunk = [int(i) for i in order[j:j + SCORE_CHUNK]]
+            j += len(chunk)
+            sts = [space.strategy(i) for i in chunk]
+            cands = [Candidate(st, Pipeline.uniform(stage_costs(model, st, cluster), cap), [cluster.gpu] * st.pp, ())
+                     for st in sts]
+            ts = balanced_time_of([c.pipeline for c in cands])
+            for i, c, lb, t in zip(chunk, cands, lower_bounds([c.pipeline for c in cands], ts), ts):
+                heapq.heappush(heap, (lb / c.pipeline.v, _order_key(c.strategy), i, c, t))
+
+    return space, n, entries()
+
+
 def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, top: int, time_limit_s: float,
             progress):
     meter = WorkMeter()
-    space, cands = candidates(model, pools, opts)
-    bounds = lower_bounds([c.pipeline for c in cands])
-    entries = sorted(((lb / c.pipeline.v, _order_key(c.strategy) + c.placement, i)
-                      for i, (lb, c) in enumerate(zip(bounds, cands))))
+    space, count, entries = _by_bound(model, pools, opts)
     best: dict[tuple, Found] = {}
     solved = cp_calls = infeasible = 0
     all_optimal = True
     unsolved_bound = None
-    for idx, (lb, _, ci) in enumerate(entries):
-        c = cands[ci]
+    for idx, (lb, _, _, c, tb) in enumerate(entries):
         st, pl = c.strategy, c.pipeline
         free = st.recompute == "full"
         ranked = sorted(best.values(), key=lambda f: (f.step_ns, _order_key(f.strategy)))
@@ -136,7 +183,7 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
             unsolved_bound = lb
             break
         if progress is not None:
-            progress(idx, len(entries))
+            progress(idx, count)
         key = (st.tp, st.pp, st.dp, st.cp, st.ep, st.zero_stage, st.recompute, c.placement)
         if key in best and lb >= best[key].step_ns:
             continue
@@ -145,17 +192,17 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
         if memory_infeasible(pl, None, free):
             infeasible += 1
             continue
-        lb = lower_bound(pl, None, free) / pl.v
+        lb = lower_bound(pl, None, free, tb) / pl.v
         if (len(ranked) >= top and lb >= ranked[top - 1].step_ns) or (key in best and lb >= best[key].step_ns):
             continue
-        layout = greedy_layout(pl, None, free)
+        layout = greedy_layout(pl, None, free, tb)
         if pl.p == 1 and layout is not None:
             # one stage holds every layer; time grows with recomputed layers, so the fewest that fit is optimal
             layout = Layout(layout.stage_layers, layout.recompute_layers, layout.objective, True, 0.0)
         elif pl.p > CP_SAT_MAX_STAGES:   # too many stages for an interactive CP-SAT model: keep the incumbent
             if layout is None:
                 continue
-            bound = lower_bound(pl, None, free)
+            bound = lower_bound(pl, None, free, tb)
             layout = Layout(layout.stage_layers, layout.recompute_layers, layout.objective,
                             layout.objective <= bound, max(0.0, (layout.objective - bound) / layout.objective))
         elif layout is None or layout.objective / pl.v > lb:
@@ -164,7 +211,7 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
             if solved_layout is not None and (layout is None or solved_layout.objective <= layout.objective):
                 layout = solved_layout
             elif layout is not None:   # out of time before CP-SAT beat the incumbent: keep it, with the bound
-                bound = lower_bound(pl, None, free)
+                bound = lower_bound(pl, None, free, tb)
                 layout = Layout(layout.stage_layers, layout.recompute_layers, layout.objective, False,
                                 max(0.0, (layout.objective - bound) / layout.objective))
         else:
@@ -185,7 +232,7 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
         gap = max(gap, (ranked[0].step_ns - unsolved_bound) / ranked[0].step_ns)
     stats = {
         "space": space,
-        "structures": len(cands),
+        "structures": count,
         "memory_pruned": infeasible,
         "layouts_solved": solved,
         "cp_sat_calls": cp_calls,

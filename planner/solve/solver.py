@@ -25,8 +25,9 @@ import types
 
 import numpy as np
 
-from costmodels.performance import StageCosts, even_split, min_stage_layers
-from planner.solve.stages import Pipeline, StageCoeffs
+from costmodels.calibration import calibration_for
+from costmodels.performance import StageCosts, even_split, layer_key, layer_times_of, min_stage_layers
+from planner.solve.stages import ARRAYS, Pipeline, StageCoeffs, layer_ns_totals, objective_value
 
 
 def _import_cp_model():
@@ -101,14 +102,63 @@ class CpOps:
 def min_recompute(sc: Stages, i: int, L: int, cap: int | None, free: bool) -> int | None:
     """Fewest fully recomputed layers that make stage i fit (time grows with R, so fewest is best)."""
     pl = as_pipeline(sc, cap)
-    if pl.stage_fits(i, L, 0):
-        return 0
-    if not free or pl.host_bytes(i, L) > pl.stages[i].host_cap_b:
-        return None
-    for R in range(1, L + 1):  # memory falls with R while a stored layer outweighs a checkpoint
-        if pl.stage_fits(i, L, R):
-            return R
-    return None
+    R = int(fewest_recomputed(pl, i, L, free))
+    return None if R < 0 else R
+
+
+def fewest_recomputed(pl: Pipeline, i: int, L, free: bool):
+    """min_recompute for L layers (an integer or a numpy array of them), -1 where nothing fits. Memory is
+    const + L a + R r + [R > 0] h (StageCoeffs.memory_form) and falls with R while a stored layer outweighs
+    a checkpoint (r < 0): R >= (const + L a + h - cap) / -r."""
+    st = pl.stages[i]
+    const, a, r, h = st.memory_form(i)
+    plain = const + L * a
+    host_ok = st.host_bytes(i, L) <= st.host_cap_b
+    if free and r < 0:
+        R = np.maximum(1, -(-(plain + h - pl.caps[i]) // -r))
+        R = np.where(R <= L, R, -1)
+    else:
+        R = -1
+    return np.where(host_ok, np.where(plain <= pl.caps[i], 0, R), -1)
+
+
+def stage_time_floors(pl: Pipeline, free: bool) -> np.ndarray:
+    """F[i, L]: the least time per micro-batch of stage i holding L layers (its fewest recomputed layers),
+    `_NO_FIT` where L layers cannot fit; non-decreasing in L."""
+    L = np.arange(pl.layers + 1, dtype=np.int64)
+    rows = []
+    for i in range(pl.p):
+        R = fewest_recomputed(pl, i, L, free)
+        t = pl.stage_ns(i, L, np.maximum(R, 0), ARRAYS) + 0 * L
+        rows.append(np.where(R >= 0, t, _NO_FIT))
+    return np.stack(rows)
+
+
+_NO_FIT = np.int64(2 ** 62)
+
+
+def slowest_stage_floor(pl: Pipeline, free: bool, t_balanced: int) -> int:
+    """A bound on the slowest stage of any fitting layout, at least `t_balanced`: the least T at which every
+    stage, each at its least time for its layers (stage_time_floors: the recompute memory forces counted),
+    holds its fewest layers and all together every layer. Only when memory binds does it exceed t_balanced."""
+    _, most_plain = layer_caps(pl, None, False)
+    mins = [min_stage_layers(i, pl.p, pl.v) for i in range(pl.p)]
+    room = pl.layers - sum(mins)
+    if all(k >= mins[i] + room for i, k in enumerate(most_plain)):
+        return t_balanced        # every stage holds all it ever could with nothing recomputed
+    F = stage_time_floors(pl, free)
+    least = F[np.arange(pl.p), mins]
+    finite = F[F < _NO_FIT]
+    if np.any(least >= _NO_FIT) or not len(finite):
+        return t_balanced        # no layout fits; memory_infeasible says so
+    lo, hi = max(t_balanced, int(least.max())), max(t_balanced, int(finite.max()))
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if int(np.sum(np.sum(F <= mid, axis=1) - 1)) >= pl.layers:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _layer_groups(pl: Pipeline) -> dict[tuple[int, int, int], tuple[int, int]]:
@@ -152,16 +202,27 @@ def balanced_times(a, c, z, n, least, layers) -> np.ndarray:
     return lo
 
 
-def balanced_layers(sc: Stages) -> tuple[list[int], int]:
+def balanced_time_of(pipelines: list[Pipeline]) -> list[int]:
+    """The balanced slowest stage of each pipeline (nothing recomputed), searched for all at once."""
+    if not pipelines:
+        return []
+    rows = [[key + counts for key, counts in _layer_groups(pl).items()] for pl in pipelines]
+    width = max(len(r) for r in rows)
+    grid = np.zeros((len(rows), width, 5), dtype=np.int64)
+    for r, row in enumerate(rows):
+        grid[r, :len(row)] = row
+    return [int(t) for t in balanced_times(*(grid[:, :, k] for k in range(5)), [pl.layers for pl in pipelines])]
+
+
+def balanced_layers(sc: Stages, t_balanced: int | None = None) -> tuple[list[int], int]:
     """Integer layers per stage (>= v each) minimising the slowest stage when nothing is recomputed, and
-    that time: binary search on T (balanced_times), stage i fits floor((T - extras_i) / layer_i) layers.
-    Stages with the same coefficients are counted as one group."""
+    that time: binary search on T (balanced_times; `t_balanced` when already known from balanced_time_of),
+    stage i fits floor((T - extras_i) / layer_i) layers. Stages with the same coefficients are counted as
+    one group."""
     pl = as_pipeline(sc)
     p, layers = pl.p, pl.layers
     mins = [min_stage_layers(i, p, pl.v) for i in range(p)]
-    groups = _layer_groups(pl)
-    (a, c, z), (n, least) = zip(*groups), zip(*groups.values())
-    lo = int(balanced_times([a], [c], [z], [n], [least], [layers])[0])
+    lo = balanced_time_of([pl])[0] if t_balanced is None else t_balanced
     caps = [int(_room(lo, st.layer_ns, st.fixed_ns(i), st.zero3_layer_ns, layers)) for i, st in enumerate(pl.stages)]
     excess = sum(caps) - layers
     heap = [(-caps[i], i) for i in range(p)]
@@ -175,12 +236,13 @@ def balanced_layers(sc: Stages) -> tuple[list[int], int]:
     return caps, lo
 
 
-def greedy_layout(sc: Stages, cap: int | None = None, free: bool = False) -> Layout | None:
+def greedy_layout(sc: Stages, cap: int | None = None, free: bool = False,
+                  t_balanced: int | None = None) -> Layout | None:
     """An upper bound: the balanced split (or Megatron's even split) with the fewest recomputed layers
     per stage that fit; the better of the two that fit."""
     pl = as_pipeline(sc, cap)
     best = None
-    for Ls in (balanced_layers(pl)[0], even_split(pl.layers, pl.p)):
+    for Ls in (balanced_layers(pl, t_balanced)[0], even_split(pl.layers, pl.p)):
         if any(L < min_stage_layers(i, pl.p, pl.v) for i, L in enumerate(Ls)):
             continue
         Rs = [min_recompute(pl, i, L, None, free) for i, L in enumerate(Ls)]
@@ -256,43 +318,72 @@ def min_recomputed_layers(sc: Stages, cap: int | None, free: bool) -> int:
     return max(0, math.floor(total * (1 - 1e-9)))
 
 
-def lower_bound(sc: Stages, cap: int | None = None, free: bool = False) -> int:
+def lower_bound(sc: Stages, cap: int | None = None, free: bool = False, t_balanced: int | None = None) -> int:
     """A bound no fitting layout beats (v x step, ns). max T_i is at least the best integer balance of
     layers with nothing recomputed, and at least the average stage; sum T_i >= S + R_min * recompute,
     S = every layer once at the fastest stage's rate + first + last + p2p, R_min from
     min_recomputed_layers (only when a capacity is given); the tail is non-decreasing in L and some stage
-    holds >= ceil(layers/p) layers."""
+    holds >= ceil(layers/p) layers. `t_balanced`: the balanced slowest stage, when known (balanced_time_of)."""
     pl = as_pipeline(sc, cap)
     recompute = cap is not None or isinstance(sc, Pipeline)
-    return _bound(pl, balanced_layers(pl)[1], free if recompute else False)
+    t = balanced_time_of([pl])[0] if t_balanced is None else t_balanced
+    return _bound(pl, t, free if recompute else False, memory=recompute)
 
 
-def _bound(pl: Pipeline, t_balanced: int, free: bool) -> int:
-    """lower_bound given the balanced slowest stage."""
+def _bound(pl: Pipeline, t_balanced: int, free: bool, memory: bool = False) -> int:
+    """lower_bound given the balanced slowest stage; `memory`: the stages' capacities count (the recompute
+    they force, and the layers they cannot hold)."""
     p = pl.p
     first, last = pl.stages[0], pl.stages[-1]
     kinds = (first,) if pl.uniform_stages else tuple({id(st): st for st in pl.stages}.values())
     S = (pl.layers * min(st.layer_ns for st in kinds) + first.first_ns + last.last_ns
          + (p * first.p2p_ns if pl.uniform_stages else sum(st.p2p_ns for st in pl.stages)))
     S += min_recomputed_layers(pl, None, free) * min(st.recompute_ns for st in kinds)
-    tmax = max(t_balanced, -(-S // p))
+    tmax = max(slowest_stage_floor(pl, free, t_balanced) if memory else t_balanced, -(-S // p))
     Lmax = -(-pl.layers // p)
     # a middle stage's tail at Lmax layers (the overlap of sync and window both growing with L is non-decreasing)
     tail = min(st.stage_tail_ns(None, Lmax) for st in kinds)
     return pl.objective_bound(S, tmax, tail)
 
 
-def lower_bounds(pipelines: list[Pipeline]) -> list[int]:
+def lower_bounds(pipelines: list[Pipeline], t_balanced: list[int] | None = None) -> list[int]:
     """lower_bound(pl) of many pipelines (nothing recomputed), the balancing searched for all at once."""
-    if not pipelines:
-        return []
-    rows = [[key + counts for key, counts in _layer_groups(pl).items()] for pl in pipelines]
-    width = max(len(r) for r in rows)
-    grid = np.zeros((len(rows), width, 5), dtype=np.int64)
-    for r, row in enumerate(rows):
-        grid[r, :len(row)] = row
-    t = balanced_times(*(grid[:, :, k] for k in range(5)), [pl.layers for pl in pipelines])
-    return [_bound(pl, int(tb), False) for pl, tb in zip(pipelines, t)]
+    ts = balanced_time_of(pipelines) if t_balanced is None else t_balanced
+    return [_bound(pl, t, False) for pl, t in zip(pipelines, ts)]
+
+
+def layer_bounds(model, space, cluster) -> np.ndarray:
+    """For the structures of a space on one GPU type (planner.solve.space.Space rows), a bound at most each
+    one's lower_bound (v x step, ns), from its layer time alone (costmodels.performance.layer_times, once
+    per layer shape): the embedding, head, sends, ZeRO-3 gathers and data-parallel tail only add to a stage,
+    so leaving them out bounds from below; with them gone every stage holds at most T // layer_ns layers, so
+    the balanced slowest stage is at least layer_ns x max(ceil(layers / p), the most any stage must hold).
+    Builds no stage costs and few Strategies: the search uses it to score only the structures that can still
+    win (planner.solve.optimize)."""
+    cal = calibration_for(cluster.gpu.family)
+    col = space.column
+    tp, pp, dp, cp, ep = col("tp"), col("pp"), col("dp"), col("cp"), col("ep")
+    mb, v, rec = col("micro_batch"), col("virtual_stages"), col("recompute")
+    # a layer's time depends on these columns (and the space's fixed settings; interleaving only through the
+    # MoE all-to-all overlap's rule): one Strategy per distinct combination stands for its rows
+    shape = np.stack([tp, cp, ep, mb, rec, (pp == 1) | (v > 1)], axis=1)
+    _, first, inverse = np.unique(shape, axis=0, return_index=True, return_inverse=True)
+    by_key: dict = {}
+    per_shape = []
+    for i in first:
+        key = layer_key(model, space.strategy(int(i)))
+        if key not in by_key:
+            by_key[key] = layer_ns_totals(layer_times_of(model, cluster, cal, key))[-1]
+        per_shape.append(by_key[key])
+    a = np.array(per_shape, dtype=np.int64)[inverse.reshape(-1)]
+    pv, pv_inverse = np.unique(np.stack([pp, v], axis=1), axis=0, return_inverse=True)
+    least = np.array([max(min_stage_layers(i, int(p), int(vv)) for i in {0, min(1, int(p) - 1), int(p) - 1})
+                      for p, vv in pv], dtype=np.int64)[pv_inverse.reshape(-1)]
+    m = space.global_batch // (dp * mb)
+    layers = model.layers
+    S = layers * a
+    tmax = np.maximum(a * np.maximum(-(-layers // pp), least), -(-S // pp))
+    return objective_value(v, m, S, tmax, 0)
 
 
 class WorkMeter:

@@ -12,6 +12,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy, StrategyError
 from planner.solve.evaluate import Headroom
@@ -54,11 +56,63 @@ class SpaceOptions:
     headroom: Headroom = field(default_factory=Headroom)
 
 
-@dataclass
+# the columns of Space.rows, one row per structure (offload and recompute as indices into these)
+ROW_FIELDS = ("tp", "pp", "dp", "cp", "ep", "micro_batch", "virtual_stages", "zero_stage", "offload", "recompute")
+OFFLOADS = ("none", "optimizer", "optimizer+params")
+RECOMPUTES = ("none", "selective", "full")
+
+
 class Space:
-    strategies: list[Strategy]
-    removed: Counter = field(default_factory=Counter)   # rule -> candidates it removed
-    stage_pools: list[tuple[int, ...]] | None = None     # heterogeneous: the pool of every stage, per strategy
+    """The structures of a search space. enumerate_space keeps them as integer rows (ROW_FIELDS, one numpy
+    row each) and builds a structure's Strategy only when asked (`strategy(i)`, or `strategies` for all),
+    so a search can bound every structure without building most of them; enumerate_pools lists Strategies."""
+
+    def __init__(self, strategies: list[Strategy] | None = None, removed: Counter | None = None,
+                 stage_pools: list[tuple[int, ...]] | None = None, rows=None, opt: SpaceOptions | None = None):
+        self._strategies = strategies
+        self.removed = removed if removed is not None else Counter()   # rule -> candidates it removed
+        self.stage_pools = stage_pools   # heterogeneous: the pool of every stage, per strategy
+        self.rows = rows                 # numpy int64 array (n, len(ROW_FIELDS)), or None
+        self._opt = opt
+
+    def __len__(self) -> int:
+        return len(self._strategies) if self._strategies is not None else len(self.rows)
+
+    @property
+    def strategies(self) -> list[Strategy]:
+        if self._strategies is None:
+            self._strategies = [self.strategy(i) for i in range(len(self.rows))]
+        return self._strategies
+
+    @property
+    def global_batch(self) -> int:
+        return self._opt.global_batch
+
+    def column(self, name: str):
+        """One column of the rows (numpy), e.g. column("virtual_stages")."""
+        return self.rows[:, ROW_FIELDS.index(name)]
+
+    def strategy(self, i: int) -> Strategy:
+        """Structure i as a Strategy."""
+        if self._strategies is not None:
+            return self._strategies[i]
+        tp, pp, dp, cp, ep, mb, v, zero, off, rec = (int(x) for x in self.rows[i])
+        return _strategy(self._opt, tp, pp, dp, cp, ep, mb, v, zero, OFFLOADS[off], RECOMPUTES[rec])
+
+
+def _strategy(opt: SpaceOptions, tp: int, pp: int, dp: int, cp: int, ep: int, mb: int, v: int, zero: int, off: str,
+              rec: str) -> Strategy:
+    """The structure with these choices, the space's fixed settings filled in."""
+    return Strategy(
+        tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, micro_batch=mb, global_batch=opt.global_batch,
+        zero_stage=zero, recompute=rec, sequence_parallel=tp > 1,
+        precision=opt.precision, optimizer=opt.optimizer, virtual_stages=v,
+        flash_attention=opt.flash_attention, fp32_grads=opt.fp32_grads,
+        offload_optimizer=off != "none", offload_params=off == "optimizer+params",
+        framework=opt.framework or "megatron", moe_dispatcher=opt.moe_dispatcher,
+        tp_comm_overlap=opt.tp_comm_overlap and tp > 1, lora_rank=opt.lora_rank,
+        fp8_recipe=opt.fp8_recipe,
+        moe_a2a_overlap=opt.moe_a2a_overlap and ep > 1 and rec != "full" and (pp == 1 or v > 1))
 
 
 class SpaceTooLargeError(StrategyError):
@@ -98,13 +152,14 @@ def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, opt: Sp
             f"the search space for {model.name} on {num_gpus} GPUs would have up to {size:,} structures (limit "
             f"{MAX_STRUCTURES:,}); fix some dimensions (--tp, --pp, --zero, --recompute) or use fewer GPUs")
     b = _Builder(model, num_gpus, gpus_per_node, opt)
-    out: list[Strategy] = []
+    out: list[tuple] = []
     for tp, cp in b.tp_cp(num_gpus):
         for pp in divisors(num_gpus // (tp * cp)):
             dp = num_gpus // (tp * cp * pp)
             if b.pp_dp(pp, dp):
                 out.extend(b.structures(tp, cp, pp, dp))
-    return Space(out, b.removed)
+    rows = np.array(out, dtype=np.int64).reshape(-1, len(ROW_FIELDS))
+    return Space(removed=b.removed, rows=rows, opt=opt)
 
 
 def enumerate_pools(model: ModelSpec, pool_sizes: list[int], gpus_per_node: int, opt: SpaceOptions) -> Space:
@@ -124,7 +179,8 @@ def enumerate_pools(model: ModelSpec, pool_sizes: list[int], gpus_per_node: int,
                 continue
             orders = [tuple(k for k in order for _ in range(stages[k]))
                       for order in itertools.permutations(range(len(pool_sizes)))]
-            for st in b.structures(tp, cp, pp, dp):
+            for row in b.structures(tp, cp, pp, dp):
+                st = _strategy(opt, *row[:8], OFFLOADS[row[8]], RECOMPUTES[row[9]])
                 for placement in orders:
                     out.append(st)
                     placements.append(placement)
@@ -184,12 +240,12 @@ class _Builder:
         return (self._option("pp", pp, self.opt.pp) and self._option("dp", dp, self.opt.dp)
                 and self._passes("pp_dp"))
 
-    def structures(self, tp: int, cp: int, pp: int, dp: int) -> list[Strategy]:
-        """Every structure with these degrees: expert parallel, micro-batch, interleaving, ZeRO stage,
-        offload and recompute family."""
+    def structures(self, tp: int, cp: int, pp: int, dp: int) -> list[tuple]:
+        """Every structure with these degrees (as rows, ROW_FIELDS): expert parallel, micro-batch,
+        interleaving, ZeRO stage, offload and recompute family."""
         p, opt, model = self.p, self.opt, self.ctx.model
         p.tp, p.sequence_parallel, p.cp, p.pp, p.dp = tp, tp > 1, cp, pp, dp
-        out: list[Strategy] = []
+        out: list[tuple] = []
         for ep in (divisors(model.moe.experts) if model.moe is not None else (1,)):
             p.ep = ep
             if model.moe is not None and not self._option("ep", ep, opt.ep):
@@ -226,11 +282,12 @@ class _Builder:
                     out.append((zero, off, rec))
         return out, removed
 
-    def _inner(self, tp: int, cp: int, pp: int, dp: int, ep: int) -> list[Strategy]:
+    def _inner(self, tp: int, cp: int, pp: int, dp: int, ep: int) -> list[tuple]:
         p, opt = self.p, self.opt
         gb = opt.global_batch
         triples, per_mb_v = self._zero_offload()
-        out: list[Strategy] = []
+        codes = [(zero, OFFLOADS.index(off), RECOMPUTES.index(rec)) for zero, off, rec in triples]
+        out: list[tuple] = []
         kept = 0     # (micro-batch, interleaving) pairs kept: each meets the ZeRO, offload and recompute rules once
         for mb in divisors(gb // dp):
             if mb > MAX_MICRO_BATCH or (opt.micro_batch is not None and mb not in opt.micro_batch):
@@ -245,17 +302,7 @@ class _Builder:
                 if not self._passes("virtual_stages"):
                     continue
                 kept += 1
-                for zero, off, rec in triples:
-                    out.append(Strategy(
-                        tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, micro_batch=mb, global_batch=gb,
-                        zero_stage=zero, recompute=rec, sequence_parallel=tp > 1,
-                        precision=opt.precision, optimizer=opt.optimizer, virtual_stages=v,
-                        flash_attention=opt.flash_attention, fp32_grads=opt.fp32_grads,
-                        offload_optimizer=off != "none", offload_params=off == "optimizer+params",
-                        framework=opt.framework or "megatron", moe_dispatcher=opt.moe_dispatcher,
-                        tp_comm_overlap=opt.tp_comm_overlap and tp > 1, lora_rank=opt.lora_rank,
-                        fp8_recipe=opt.fp8_recipe,
-                        moe_a2a_overlap=opt.moe_a2a_overlap and ep > 1 and rec != "full" and (pp == 1 or v > 1)))
+                out.extend((tp, pp, dp, cp, ep, mb, v, zero, off, rec) for zero, off, rec in codes)
         p.virtual_stages = 1
         if kept:
             for summary, n in per_mb_v.items():

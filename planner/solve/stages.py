@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, reduce
+
+import numpy as np
 
 from costmodels.calibration import OVERLAP_SM_SHARE_DEN as D
 from costmodels.performance import StageCosts
@@ -58,6 +60,17 @@ class IntOps:
 
 
 INT = IntOps()
+
+
+class ArrayOps(IntOps):
+    """`ops` for numpy integer arrays (a stage at every layer count at once): max is element-wise."""
+
+    @staticmethod
+    def max(xs, kind: str, name: str):
+        return reduce(np.maximum, xs)
+
+
+ARRAYS = ArrayOps()
 
 
 def overlap(comm, compute, ops, kind: str, name: str):
@@ -299,11 +312,9 @@ class StageCoeffs:
         return max(at_loss, self.end_bytes(i, L)) - self.fixed_b
 
 
-def coefficients(sc: StageCosts) -> StageCoeffs:
-    """Round costmodels' float parts once into the integer coefficients every planner formula uses.
-    A layer's time parts are rounded cumulatively (each part is the rounded running total minus the
-    previous one), so they sum exactly to the rounded layer time and a zero part stays zero."""
-    lt, v = sc.layer, sc.v
+def layer_ns_totals(lt) -> tuple[int, int, int, int, int]:
+    """A layer's time parts rounded cumulatively (costmodels.performance.LayerTimes): compute, + tensor
+    parallel, + context parallel, + expert parallel, + selective recompute; the last is StageCoeffs.layer_ns."""
     total = lt.compute_fwd + lt.compute_bwd
     c1 = _ns(total)
     total = total + lt.tp_fwd + lt.tp_bwd
@@ -314,6 +325,22 @@ def coefficients(sc: StageCosts) -> StageCoeffs:
     c4 = _ns(total) if lt.ep_comm else c3
     total += lt.selective_extra
     c5 = _ns(total) if lt.selective_extra else c4
+    return c1, c2, c3, c4, c5
+
+
+def objective_value(v, m, total, tmax, tails):
+    """v x step time from the sum of the stage times, the slowest stage and the slowest tail (integers or
+    numpy arrays): v m Tmax + sum T - Tmax + v Tail (Narayanan et al. 2021, sections 2.2 and 2.2.2; at
+    v = 1 it is 1F1B's (m-1) Tmax + sum T + Tail)."""
+    return v * m * tmax + total - tmax + v * tails
+
+
+def coefficients(sc: StageCosts) -> StageCoeffs:
+    """Round costmodels' float parts once into the integer coefficients every planner formula uses.
+    A layer's time parts are rounded cumulatively (each part is the rounded running total minus the
+    previous one), so they sum exactly to the rounded layer time and a zero part stays zero."""
+    lt, v = sc.layer, sc.v
+    c1, c2, c3, c4, c5 = layer_ns_totals(lt)
     dp_layer = _ns(sc.dp_layer_s)
     return StageCoeffs(
         p=sc.p, m=sc.m, v=v, layers=sc.layers,
@@ -406,9 +433,9 @@ class Pipeline:
 
     def objective_bound(self, total, tmax, tails_max):
         """objective() given the sum of the stage times (or a bound on it)."""
-        if self.v == 1:
+        if self.v == 1:   # objective_value at v = 1, in the form the CP-SAT model has always been given
             return (self.m - 1) * tmax + total + tails_max
-        return self.v * self.m * tmax + total - tmax + self.v * tails_max
+        return objective_value(self.v, self.m, total, tmax, tails_max)
 
     def pipeline_scaled(self, times: list[int]) -> int:
         """v x the pipeline's time (no tail) for these stage times."""
