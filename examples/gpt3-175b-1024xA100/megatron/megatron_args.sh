@@ -1,4 +1,3 @@
-# NOTE: the best plan as Megatron-LM writes it is predicted 18.411 s per step; written instead: another plan it writes unchanged, 16.838 s (+0.0% against the best plan's 16.838 s)
 # Megatron-LM pretrain_gpt.py arguments for gpt3-175b on 1024 x A100-80GB (128 nodes x 8), written by llm-planner (plan --emit)
 # plan: TP 4 x PP 4 x DP 64, micro-batch 1 (24 per step), interleaved 1F1B, 8 chunks per stage, ZeRO-1 (distributed optimizer), no recompute, sequence parallel
 MEGATRON_ARGS=(
