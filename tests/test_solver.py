@@ -405,3 +405,19 @@ def test_more_memory_never_slows_the_best_plan():
         times.append(search(model, cluster, global_batch=gb, top=1).plans[0].step_time_s)
     assert times[0] >= times[1] >= times[2]
     assert times[0] > times[2]   # 1.6 GB binds on this instance
+
+
+def test_search_limit_counts_work_not_the_clock(monkeypatch):
+    # planner.solve.solver.WorkMeter: a machine so loaded that every clock reading jumps a minute gives the
+    # same plans and the same proof as a quiet one (the limit is deterministic work, never wall time)
+    import planner.solve.optimize as optimize
+
+    model = tiny_model(8, 1024, 8, 8, 2048, 32000, "gelu")
+    cluster = tiny_cluster(("A100-80GB", 1, 8), 1.6)
+    quiet = search(model, cluster, global_batch=16, precision="bf16", top=3, time_limit_s=5.0)
+    clock = iter(range(0, 10 ** 9, 60))
+    monkeypatch.setattr(optimize.time, "perf_counter", lambda: float(next(clock)))
+    loaded = search(model, cluster, global_batch=16, precision="bf16", top=3, time_limit_s=5.0)
+    assert [p.strategy for p in loaded.plans] == [p.strategy for p in quiet.plans]
+    assert [p.step_time_s for p in loaded.plans] == [p.step_time_s for p in quiet.plans]
+    assert loaded.search.optimal and quiet.search.optimal
