@@ -43,6 +43,7 @@ from hardware import GPUSpec
 __all__ = ["BYTES", "WEIGHT_PRECISIONS", "KV_PRECISIONS", "ServingError", "Deployment", "MemoryAnatomy",
            "kv_cache_bytes_per_token", "kv_bytes_per_token_per_gpu", "weight_bytes_total", "memory_anatomy",
            "max_batch", "decode_step_time", "prefill_time", "ReplicaPerformance", "replica_performance",
+           "ContinuousPerformance", "continuous_performance",
            "usd_per_million_tokens", "compute_precision", "tp_collective_time", "fused_collective_latency_s"]
 
 BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -425,6 +426,66 @@ def replica_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep:
     total = pre_b + max(output - 1, 0) * tpot
     return ReplicaPerformance(batch=b, ttft_s=ttft, batch_prefill_s=pre_b, tpot_s=tpot,
                               tokens_per_s=b * output / total, decode_parts=dec)
+
+
+@dataclass(frozen=True)
+class ContinuousPerformance:
+    """Arrays over the concurrencies asked for: one replica under continuous batching, in steady state."""
+    concurrency: np.ndarray     # requests in the engine at once (its running batch, vLLM --max-num-seqs)
+    ttft_s: np.ndarray          # time to first token: its prefill steps under the others' decoding
+    tpot_s: np.ndarray          # mean time between its later tokens: a decode step plus the others' prefills
+    e2e_s: np.ndarray           # ttft + (output - 1) x tpot: its whole stay in the engine
+    step_s: np.ndarray          # the mean engine step
+    tokens_per_s: np.ndarray    # generated tokens/s: concurrency x output / e2e (Little's law)
+    requests_per_s: np.ndarray  # concurrency / e2e
+    prefill_steps: int          # steps one prompt's prefill spans (chunks of prefill_chunk_tokens)
+    decode_parts: dict[str, np.ndarray] = field(repr=False)
+
+
+def continuous_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, concurrency,
+                           prompt: int, output: int, cal: Calibration | None = None,
+                           srv: ServingCalibration | None = None) -> ContinuousPerformance:
+    """`concurrency` requests of `prompt` tokens in and `output` out, served continuously by one replica
+    (vLLM, SGLang and TensorRT-LLM schedule so: chunked prefill mixed into decode steps; Agrawal et al. 2024,
+    Sarathi-Serve).
+
+    Each step every running request advances by one token: a decoding one by a decode token, a prefilling
+    one by a chunk of its prompt (k = ceil(prompt / prefill_chunk_tokens) steps per prompt), so each request
+    stays k + output - 1 steps, and r = B / (k + output - 1) prompts complete per step. A step costs the
+    decode step of those decoding (D: each request prefills a share q = k / (k + output - 1) of its stay, so
+    a step has a decode step in 1 - q^B of the cases, of B (1 - q) / (1 - q^B) requests then) plus the
+    prefill work of r prompts: t = D + r F(prompt). Hence, exactly:
+      e2e = (k + output - 1) t,  tokens/s = B output / e2e  (Little's law: concurrency = rate x time),
+      ttft = k D' + F (1 + (B - 1) k / (k + output - 1))  (its own prefill chunks, each riding a decode
+      step of the other B - 1 requests, D', and the share of their prefills that falls in its prefill steps),
+      tpot = (e2e - ttft) / (output - 1)  (a decode step, and the rest of the others' prefills between its
+      tokens: (B - 1) F / (k + output - 1) per token). Arrival gaps shorter than a step (admission waits
+      for the running step) are left out."""
+    srv = srv or calibration.SERVING
+    cal = cal or calibration_for(gpu.family)
+    B = np.atleast_1d(np.asarray(concurrency, dtype=float))
+    k = max(1, math.ceil(prompt / srv.prefill_chunk_tokens))
+    life = k + output - 1
+    q = k / life                    # share of its stay a request spends prefilling
+
+    def decoding_cost(n):
+        """Mean decode cost of a step over n requests, each prefilling a share q of the time: a decode step
+        of those decoding, when any is (1 - q^n of the steps)."""
+        busy = 1.0 - q ** n
+        dec = decode_step_time(model, gpu, gpus_per_node, dep, np.maximum(n * (1 - q) / np.maximum(busy, 1e-300),
+                                                                        1e-9), prompt + output / 2.0, cal, srv)
+        return np.where(busy > 0, busy * dec["total"], 0.0), dec
+
+    D, dec = decoding_cost(B)
+    D_others, _ = decoding_cost(B - 1)     # while it prefills, the other B - 1 requests decode
+    F = float(prefill_time(model, gpu, gpus_per_node, dep, np.ones(1), prompt, cal, srv)[0])
+    step = D + B / life * F
+    e2e = life * step
+    ttft = k * D_others + F * (1 + (B - 1) * k / life)
+    tpot = (e2e - ttft) / (output - 1) if output > 1 else np.zeros_like(B)
+    return ContinuousPerformance(concurrency=B, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e, step_s=step,
+                                 tokens_per_s=B * output / e2e, requests_per_s=B / e2e, prefill_steps=k,
+                                 decode_parts=dec)
 
 
 def usd_per_million_tokens(usd_per_gpu_hour: float, gpus: int, tokens_per_s):

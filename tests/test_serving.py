@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from costmodels.model import ModelSpec
 from costmodels.presets import get_model
-from costmodels.serving import (Deployment, decode_step_time, kv_cache_bytes_per_token, max_batch, memory_anatomy,
-                                replica_performance)
+from costmodels.serving import (Deployment, ServingError, continuous_performance, decode_step_time,
+                                kv_cache_bytes_per_token, max_batch, memory_anatomy, prefill_time, replica_performance)
 from hardware import load_catalog, parse_cluster
 from planner.cli import main
 from planner.serving.search import ServeError, serve_plan
@@ -263,8 +265,9 @@ def test_fixed_tp_and_batch_predict_that_deployment(capsys):
     assert code == 0, err
     p = json.loads(out)["plan"]
     assert (p["tp"], p["pp"], p["batch"], p["weights"], p["kv_cache"]) == (8, 1, 16, "bf16", "bf16")
-    perf = replica_performance(model("llama3-70b"), H100, 8, Deployment(tp=8), [16], 1000, 200)
+    perf = continuous_performance(model("llama3-70b"), H100, 8, Deployment(tp=8), [16], 1000, 200)
     assert p["tpot_s"] == pytest.approx(perf.tpot_s[0])
+    assert p["ttft_s"] == pytest.approx(perf.ttft_s[0])
     assert p["tokens_per_s_per_replica"] == pytest.approx(perf.tokens_per_s[0])
 
 
@@ -280,7 +283,7 @@ def test_search_is_exact_against_brute_force():
                 dep = Deployment(tp=tp, pp=pp, weights=w, kv=kv)
                 bm = min(max_batch(m, H100, dep, 1200), 4096)
                 bs = np.arange(1, bm + 1)
-                perf = replica_performance(m, H100, 8, dep, bs, 1000, 200)
+                perf = continuous_performance(m, H100, 8, dep, bs, 1000, 200)
                 ok = perf.tpot_s <= 0.025
                 if ok.any():
                     best = max(best, float(perf.tokens_per_s[ok].max()) / dep.gpus)
@@ -470,3 +473,49 @@ def test_training_price_takes_name_equals_usd_only(capsys):
                                "--mfu", "0.5", "--price", "a100=2.0", "--format", "json"], capsys)
     assert code == 0, err
     assert json.loads(out)["price_usd_per_gpu_hour"] == 2.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(["llama3-8b", "llama3-70b", "mixtral-8x7b", "gpt3-13b"]),
+       gpus=st.sampled_from(["8xH100", "8xA100", "4xL40S", "8xB200"]),
+       prompt=st.integers(16, 20000), output=st.integers(1, 3000),
+       ttft=st.one_of(st.none(), st.floats(50, 5000)), tpot=st.one_of(st.none(), st.floats(5, 300)),
+       qps=st.one_of(st.none(), st.floats(0.01, 50)))
+def test_served_plans_obey_littles_law(name, gpus, prompt, output, ttft, tpot, qps):
+    """Every plan `plan serve` returns (best and runner-ups) is self-consistent under continuous batching:
+    concurrency = request rate x time in the engine (Little's law), e2e = TTFT + (output - 1) TPOT, and the
+    limits it was chosen under hold for the figures it prints."""
+    m = model(name)
+    try:
+        res = serve_plan(m, parse_cluster(gpus), prompt, output, qps=qps, ttft_ms=ttft, tpot_ms=tpot)
+    except (ServeError, ServingError):
+        return
+    for p in [res.plan, *res.alternatives]:
+        assert p.requests_per_s == pytest.approx(p.replicas * p.batch / p.e2e_latency_s, rel=1e-9)
+        assert p.tokens_per_s == pytest.approx(p.requests_per_s * output, rel=1e-9)
+        assert p.e2e_latency_s == pytest.approx(p.ttft_s + (output - 1) * p.tpot_s, rel=1e-9)
+        assert p.decode_ms["total"] + p.decode_ms["others_prefill"] == pytest.approx(p.tpot_s * 1e3, abs=2e-4)
+        if ttft is not None:
+            assert p.ttft_s <= ttft / 1e3
+        if tpot is not None:
+            assert p.tpot_s <= tpot / 1e3
+        if qps is not None:
+            assert p.requests_per_s >= qps * (1 - 1e-9)
+
+
+def test_continuous_batching_limits():
+    """One request alone: prefill, then decode steps at batch 1 (TTFT is the prefill alone, TPOT the decode
+    step). Under load each token waits for the others' prefills: TPOT grows with concurrency by
+    (B - 1) / (prompt steps + output - 1) prompts' prefill per token, and throughput saturates."""
+    m, dep = model("llama3-70b"), Deployment(tp=4)
+    one = continuous_performance(m, H100, 8, dep, [1], 2048, 256)
+    assert one.ttft_s[0] == pytest.approx(prefill_time(m, H100, 8, dep, [1], 2048)[0], rel=1e-12)
+    dec1 = decode_step_time(m, H100, 8, dep, [1], 2048 + 128)["total"][0]
+    assert one.tpot_s[0] == pytest.approx(dec1, rel=1e-9)
+    many = continuous_performance(m, H100, 8, dep, [8, 56, 185], 2048, 256)
+    assert np.all(np.diff(many.tpot_s) > 0) and np.all(np.diff(many.tokens_per_s) > 0)
+    F = prefill_time(m, H100, 8, dep, [1], 2048)[0]
+    decode = decode_step_time(m, H100, 8, dep, many.concurrency * 255 / 256, 2048 + 128)["total"]
+    assert many.tpot_s == pytest.approx(decode + (many.concurrency - 1) * F / 256, rel=2e-3)
+    # the issue's example: TP 4 at 185 concurrent requests is far from a 50 ms TPOT once prefills count
+    assert many.tpot_s[2] > 0.1

@@ -20,7 +20,8 @@ def render_serve(result: ServeResult, console) -> None:
     t.add_row("replica", f"tp={p.tp} x pp={p.pp}" + (f", expert parallel over {p.ep}" if p.ep > 1 else "")
               + f"; {p.replicas} replica(s), {p.gpus} GPUs used")
     t.add_row("precision", f"weights {p.weights}, KV cache {p.kv_cache}")
-    t.add_row("batch", f"{p.batch} concurrent sequences per replica (memory allows {p.max_batch})")
+    t.add_row("batch", f"{p.batch} concurrent requests per replica (memory allows {p.max_batch}), served "
+                       f"continuously")
     t.add_row("latency", f"TTFT {p.ttft_s * 1e3:,.1f} ms, TPOT {p.tpot_s * 1e3:,.2f} ms "
                          f"({1 / p.tpot_s:,.1f} tokens/s per user), request {p.e2e_latency_s:,.2f} s")
     t.add_row("throughput", f"{p.tokens_per_s:,.0f} tokens/s ({p.tokens_per_s_per_replica:,.0f} per replica, "
@@ -36,7 +37,8 @@ def render_serve(result: ServeResult, console) -> None:
     d = p.decode_ms
     t.add_row("decode step", f"{d['total']:.2f} ms ({p.decode_bound} bound): GEMMs {d['gemm']:.2f}, attention "
                              f"{d['attention']:.2f}, TP all-reduce {d['tp_comm']:.2f}, pipeline {d['pipeline']:.2f}, "
-                             f"other {d['elementwise'] + d['overhead'] + d['lm_head']:.2f}")
+                             f"other {d['elementwise'] + d['overhead'] + d['lm_head']:.2f}; TPOT adds the other "
+                             f"requests' prefills, {d['others_prefill']:.2f} ms")
     console.print(t)
     if result.alternatives:
         alt = Table(show_edge=False, title="runner-ups")

@@ -16,11 +16,11 @@ class ServePlan(Out):
     gpus: int                          # GPUs the plan uses (tp x pp x replicas)
     weights: str
     kv_cache: str
-    batch: int                         # concurrent sequences per replica (vLLM --max-num-seqs)
+    batch: int                         # requests in the engine at once per replica, its concurrency (vLLM --max-num-seqs)
     max_batch: int                     # most sequences of prompt + output tokens that fit per replica
     ttft_s: float
     tpot_s: float
-    e2e_latency_s: float               # ttft + (output - 1) x tpot
+    e2e_latency_s: float               # ttft + (output - 1) x tpot = batch x output / tokens_per_s_per_replica
     tokens_per_s: float                # generated tokens/s, all replicas
     tokens_per_s_per_replica: float
     tokens_per_s_per_gpu: float
@@ -30,7 +30,7 @@ class ServePlan(Out):
     kv_cache_bytes_per_token: float    # whole model, this plan's KV precision
     kv_cache_bytes_per_token_per_gpu: float
     memory_gb: dict[str, float]        # one GPU of the fullest stage
-    decode_ms: dict[str, float]        # one decode step (time per output token) by cause
+    decode_ms: dict[str, float]        # one decode step by cause ("total"), and "others_prefill": total + it = TPOT
     decode_bound: str                  # "memory" (weights + KV reads) or "compute"
 
 
@@ -61,7 +61,10 @@ def assumptions(srv: ServingCalibration, gpu: GPUSpec, batch_cap: int) -> dict:
         "kv_reservation": "full prompt + output per sequence (no eviction)",
         "prefill_chunk_tokens": srv.prefill_chunk_tokens,
         "workspace_gb": srv.workspace_bytes / GB,
-        "batching": "continuous batching; TTFT = one prompt's prefill + the decode step it waits for",
+        "batching": "continuous batching in steady state (chunked prefill mixed into decode steps): each step every "
+                    "running request advances one token or one prompt chunk; TTFT = its prefill under the others' "
+                    "decoding, TPOT = a decode step plus the others' prefills between its tokens; tokens/s = "
+                    "concurrency x output / e2e (Little's law); waits for a running step to end are left out",
         "quantisation": "fp8 W8A8 on fp8 tensor cores where the GPU has them; int8 / int4 weight-only (16-bit GEMMs); "
                         "embedding and LM head stay 16-bit",
         "tp_link": f"{gpu.intra_node_link} ({'PCIe' if pcie else 'NVLink-class'}, all-reduce latency "

@@ -19,8 +19,8 @@ import numpy as np
 from costmodels import calibration
 from costmodels.calibration import ServingCalibration, calibration_for
 from costmodels.model import ModelSpec
-from costmodels.serving import (BYTES, Deployment, ServingError, compute_precision, kv_bytes_per_token_per_gpu,
-                                kv_cache_bytes_per_token, max_batch, memory_anatomy, replica_performance,
+from costmodels.serving import (BYTES, Deployment, ServingError, compute_precision, continuous_performance,
+                                kv_bytes_per_token_per_gpu, kv_cache_bytes_per_token, max_batch, memory_anatomy,
                                 usd_per_million_tokens)
 from hardware import Cluster, GPUSpec
 from planner.errors import PlannerError
@@ -97,7 +97,7 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
                     if batch is not None and batch > bmax:
                         continue
                     bs = np.array([batch]) if batch is not None else np.arange(1, min(bmax, BATCH_CAP) + 1)
-                    perf = replica_performance(model, gpu, gpn, dep, bs, prompt, output, srv=srv)
+                    perf = continuous_performance(model, gpu, gpn, dep, bs, prompt, output, srv=srv)
                     evaluated += len(bs)
                     c = _best_for_shape(dep, bs, perf, cluster.num_gpus, output, qps, ttft_ms, tpot_ms, objective,
                                         price)
@@ -132,13 +132,13 @@ def _best_for_shape(dep: Deployment, bs: np.ndarray, perf, num_gpus: int, output
     if tpot_ms is not None:
         ok &= perf.tpot_s <= tpot_ms / 1e3
     rmax = num_gpus // dep.gpus
-    e2e = perf.ttft_s + max(output - 1, 0) * perf.tpot_s
+    e2e = perf.e2e_s
     best = None
     replica_counts = range(1, rmax + 1) if qps is not None else [rmax]
     for r in replica_counts:
         cond = ok.copy()
-        if qps is not None:   # smallest batch whose throughput serves qps / r requests per second per replica
-            cond &= perf.tokens_per_s / output >= qps / r
+        if qps is not None:   # smallest concurrency whose throughput serves qps / r requests per second per replica
+            cond &= perf.requests_per_s >= qps / r
             if not cond.any():
                 continue
             idx = [int(np.argmax(cond))]
@@ -168,7 +168,7 @@ def _plan_out(rank: int, c: dict, model: ModelSpec, cluster: Cluster, prompt: in
               srv: ServingCalibration) -> ServePlan:
     dep, perf, i, r = c["dep"], c["perf"], c["i"], c["replicas"]
     gpu = cluster.gpu
-    b = int(perf.batch[i])
+    b = int(perf.concurrency[i])
     tps_rep = float(perf.tokens_per_s[i])
     gpus = r * dep.gpus
     tps = r * tps_rep
@@ -178,11 +178,13 @@ def _plan_out(rank: int, c: dict, model: ModelSpec, cluster: Cluster, prompt: in
               "activations": mem.activations, "workspace": mem.workspace,
               "free": mem.usable - mem.used, "reserved": mem.capacity - mem.usable}
     parts = {k: float(v[i]) for k, v in perf.decode_parts.items()}
+    # what falls between two of a request's tokens besides the decode step: the others' prefill chunks
+    parts["others_prefill"] = float(perf.tpot_s[i]) - parts["total"]
     return ServePlan(
         rank=rank, tp=dep.tp, pp=dep.pp, ep=dep.ep, replicas=r, gpus=gpus, weights=dep.weights, kv_cache=dep.kv,
         batch=b, max_batch=c["bmax"], ttft_s=float(perf.ttft_s[i]), tpot_s=float(perf.tpot_s[i]),
-        e2e_latency_s=float(perf.ttft_s[i] + max(output - 1, 0) * perf.tpot_s[i]), tokens_per_s=tps,
-        tokens_per_s_per_replica=tps_rep, tokens_per_s_per_gpu=tps / gpus, requests_per_s=tps / output,
+        e2e_latency_s=float(perf.e2e_s[i]), tokens_per_s=tps,
+        tokens_per_s_per_replica=tps_rep, tokens_per_s_per_gpu=tps / gpus, requests_per_s=r * float(perf.requests_per_s[i]),
         usd_per_million_tokens=usd_m, usd_per_1k_tokens=usd_m / 1e3,
         kv_cache_bytes_per_token=kv_cache_bytes_per_token(model, dep.kv),
         kv_cache_bytes_per_token_per_gpu=kv_bytes_per_token_per_gpu(model, dep),
@@ -264,9 +266,9 @@ def _fastest(model, cluster, prompt, output, weights, kv_cache, tp, pp, srv) -> 
                 bmax = max_batch(model, cluster.gpu, dep, prompt + output, srv)
                 if bmax < 1:
                     continue
-                perf = replica_performance(model, cluster.gpu, cluster.gpus_per_node, dep,
-                                           np.array([1, min(bmax, BATCH_CAP)]), prompt, output, srv=srv)
-                max_rps = max(max_rps, (cluster.num_gpus // dep.gpus) * float(perf.tokens_per_s[1]) / output)
+                perf = continuous_performance(model, cluster.gpu, cluster.gpus_per_node, dep,
+                                              np.array([1, min(bmax, BATCH_CAP)]), prompt, output, srv=srv)
+                max_rps = max(max_rps, (cluster.num_gpus // dep.gpus) * float(perf.requests_per_s[1]))
                 if fastest is None or perf.tpot_s[0] < fastest["tpot"]:
                     fastest = {"ttft": float(perf.ttft_s[0]), "tpot": float(perf.tpot_s[0]), "tp": tp_, "pp": pp_,
                                "w": w}
