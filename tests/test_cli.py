@@ -272,6 +272,7 @@ BAD_INPUT = [
     pytest.param(["--model", "175b", "--gpus", "1020xA100"], "1020", id="partial-node"),
     pytest.param(["--model", "175b", "--gpus", "8x1000xH100"], "1000", id="per-node-too-large"),
     pytest.param([*S, "--top", "0"], r"--top 0\b", id="top-0"),
+    pytest.param([*S, "--report", "/proc/nope/out.md"], r"--report /proc/nope/out.md: cannot write", id="report-unwritable"),
     pytest.param([*S, "--time-limit", "0"], r"--time-limit 0", id="time-limit-0"),
     pytest.param([*S, "--seq-len", "0"], r"--seq-len 0\b", id="seq-len-0"),
     pytest.param([*S, "--global-batch", "-1"], r"-1\b", id="global-batch-negative"),

@@ -519,3 +519,66 @@ def test_continuous_batching_limits():
     assert many.tpot_s == pytest.approx(decode + (many.concurrency - 1) * F / 256, rel=2e-3)
     # the issue's example: TP 4 at 185 concurrent requests is far from a 50 ms TPOT once prefills count
     assert many.tpot_s[2] > 0.1
+
+
+def _all_points(m, prompt, output, ttft_s=None, tpot_s=None):
+    """(tokens/s per user, tokens/s per GPU, requests/s per replica, GPUs per replica) of every configuration
+    and concurrency on H100 replicas of up to 2 GPUs, within the limits, evaluated one by one."""
+    out = []
+    for tp, pp in ((1, 1), (2, 1), (1, 2)):
+        for w in ("bf16", "fp8", "int8", "int4"):
+            for kv in ("bf16", "fp8"):
+                dep = Deployment(tp=tp, pp=pp, weights=w, kv=kv)
+                bm = min(max_batch(m, H100, dep, prompt + output), 4096)
+                perf = continuous_performance(m, H100, 8, dep, np.arange(1, bm + 1), prompt, output)
+                for i in range(bm):
+                    if (ttft_s is None or perf.ttft_s[i] <= ttft_s) and (tpot_s is None or perf.tpot_s[i] <= tpot_s):
+                        out.append((1 / perf.tpot_s[i], perf.tokens_per_s[i] / dep.gpus, perf.requests_per_s[i],
+                                    dep.gpus))
+    return out
+
+
+def test_sla_front_is_exactly_the_non_dominated_plans():
+    """serve_front lists exactly the plans no evaluated plan beats on both tokens/s per GPU and tokens/s per
+    user (brute force over every configuration and concurrency), each within the limits."""
+    from planner.serving.search import serve_front
+
+    m = model("llama3-8b")
+    front = serve_front(m, parse_cluster("2xH100"), 1000, 200, ttft_ms=200.0)
+    points = _all_points(m, 1000, 200, ttft_s=0.2)
+    non_dominated = {(round(u, 6), round(g, 6)) for u, g, _, _ in points
+                     if not any(u2 >= u and g2 >= g and (u2 > u or g2 > g) for u2, g2, _, _ in points)}
+    got = [(1 / p.tpot_s, p.tokens_per_s_per_gpu) for p in front.plans]
+    assert {(round(u, 6), round(g, 6)) for u, g in got} == non_dominated
+    assert all(a[0] > b[0] and a[1] < b[1] for a, b in zip(got, got[1:]))     # fastest per user first
+    assert all(p.ttft_s <= 0.2 for p in front.plans)
+
+
+def test_min_gpus_for_a_rate_is_the_fewest(capsys):
+    """--min-gpus-for RATE: the plan serves RATE requests/s within the limits, and no configuration on fewer
+    GPUs does (brute force over replicas x concurrency)."""
+    m = model("llama3-8b")
+    rate = 30.0
+    code, out, err = run_main(["serve", "--model", "llama3-8b", "--gpus", "2xH100", "--prompt", "1000", "--output",
+                               "200", "--tpot-ms", "25", "--min-gpus-for", str(rate), "--format", "json"], capsys)
+    assert code == 0, err
+    p = json.loads(out)["plan"]
+    assert p["requests_per_s"] >= rate and p["tpot_s"] <= 0.025
+    fewer = [(rps * r, r * g) for _, _, rps, g in _all_points(m, 1000, 200, tpot_s=0.025) for r in range(1, 2 // g + 1)]
+    assert all(rps < rate for rps, gpus in fewer if gpus < p["gpus"])
+    assert any(rps >= rate for rps, gpus in fewer if gpus == p["gpus"])
+
+
+def test_front_options(capsys, tmp_path):
+    png = tmp_path / "front.png"
+    code, out, err = run_main(["serve", "--model", "8b", "--gpus", "8xH100", "--prompt", "512", "--output", "128",
+                               "--tpot-ms", "20", "--front", "--plot", str(png), "--format", "json"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["plans"] and all(p["tpot_s"] <= 0.02 for p in d["plans"]) and png.read_bytes()[:4] == b"\x89PNG"
+    for argv, msg in ((["--plot", str(png)], "add --front"), (["--front", "--qps", "2"], "takes no --qps"),
+                      (["--front", "--plot", "/proc/nope/f.png"], "cannot write there"),
+                      (["--min-gpus-for", "2", "--qps", "2"], "not both"), (["--e2e-ms", "0"], "--e2e-ms 0")):
+        code, out, err = run_main(["serve", "--model", "8b", "--gpus", "8xH100", "--prompt", "512", "--output",
+                                   "128", *argv], capsys)
+        assert code == 2 and msg in err, (argv, err)

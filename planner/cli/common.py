@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -272,3 +273,19 @@ def _check_fp8_recipe(recipe: str | None, precision: str | None, clusters) -> No
         if recipe == "mxfp8" and c.gpu.family != "blackwell":
             raise UserError(f"--fp8-recipe mxfp8 needs Blackwell GPUs (B200, GB200, B300, GB300); {c.gpu.name} is "
                             f"{c.gpu.family}: use delayed, tensorwise or blockwise")
+
+
+def check_writable(path: str, option: str) -> None:
+    """Fail before any work when an output file cannot be written: make its folder (as the writer would)
+    and create and delete a scratch file there."""
+    import tempfile
+
+    if os.path.isdir(path):
+        raise UserError(f"{option} {path}: is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"{option} {path}: cannot write there ({e.strerror or e})") from None

@@ -10,7 +10,7 @@ import sys
 import click
 
 from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROOM_HELP, PlanDoesNotFit, UserError,
-                                 _catalog, _check_export_options, _common, _console, _emit, _export_options,
+                                 check_writable, _catalog, _check_export_options, _common, _console, _emit, _export_options,
                                  _check_fp8_recipe, _comm_options, _framework_option, _int_tuple, _load, _progress, _resolve_framework, _show_export)
 
 
@@ -73,6 +73,9 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     if ctx.invoked_subcommand is not None:
         return
     _check_export_options(emit, out_dir)
+    for option, path in (("--report", report), ("--plot", plot)):
+        if path:
+            check_writable(path, option)
     framework = _resolve_framework(framework, emit)
     from planner.solve.evaluate import parse_headroom
     room = parse_headroom(headroom)
@@ -371,7 +374,16 @@ def _print_validation(result) -> None:
 @click.option("--kv-cache", type=click.Choice(["bf16", "fp16", "fp8"]), help="Fix the KV-cache precision.")
 @click.option("--tp", type=int, help="Fix the tensor-parallel size of a replica.")
 @click.option("--pp", type=int, help="Fix the pipeline-parallel size of a replica.")
-@click.option("--objective", type=click.Choice(["throughput", "latency", "cost"]), default="throughput", show_default=True)
+@click.option("--e2e-ms", type=float, help="Upper limit on a request's whole latency (TTFT + the rest of its tokens), ms.")
+@click.option("--objective", type=click.Choice(["throughput", "latency", "cost", "gpus"]), default="throughput",
+              show_default=True, help="What the best plan maximises or minimises: tokens/s per GPU, request latency, "
+                                      "$ per token, or the GPUs used (with --qps: the fewest that serve it).")
+@click.option("--min-gpus-for", "min_gpus_for", type=float, metavar="RATE",
+              help="The fewest GPUs (of --gpus, at most its count) that serve RATE requests/s within the limits: "
+                   "--qps RATE --objective gpus.")
+@click.option("--front", is_flag=True, help="List the SLA front instead of one plan: every plan no other beats on both "
+                                           "tokens/s per GPU and tokens/s per user, within the limits.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="With --front: write the front as a PNG chart.")
 @click.option("--gpu-memory-utilization", "util", type=float, help="Share of GPU memory the engine uses [default: 0.9].")
 @click.option("--price", help="USD per GPU-hour overriding the catalog price of the GPU served on: USD, or NAME=USD "
                              "with NAME that GPU (any catalog name or alias).")
@@ -379,10 +391,12 @@ def _print_validation(result) -> None:
 @click.option("--top", type=int, default=3, show_default=True, help="Plans to show (the best and runner-ups).")
 @click.option("--emit", type=click.Choice(["vllm"]), help="Print only the matching `vllm serve` command.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weights, kv_cache, tp, pp, objective, util,
-          price, hardware_files, top, emit, fmt):
-    """Plan inference serving: tp / pp per replica, replicas, weight and KV-cache precision and batch, for the
-    most tokens/s per GPU (or lowest latency, or lowest $ per token) within the latency limits."""
+def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weights, kv_cache, tp, pp, e2e_ms, objective,
+          min_gpus_for, front, plot, util, price, hardware_files, top, emit, fmt):
+    """Plan inference serving: tp / pp per replica, replicas, weight and KV-cache precision and concurrency, for
+    the most tokens/s per GPU (or lowest latency, lowest $ per token, fewest GPUs) within the latency limits.
+    Plans are priced under continuous batching in steady state (docs/serving.md); `--front` lists the whole
+    tokens/s-per-GPU against tokens/s-per-user front."""
     from costmodels.presets import get_model
     from hardware import HardwareError, load_catalog, parse_cluster
     from hardware.catalog import parse_prices, price_for
@@ -392,6 +406,16 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
 
     if top < 1:
         raise UserError(f"--top {top} is not allowed; give 1 or more plans")
+    if min_gpus_for is not None:
+        if qps is not None:
+            raise UserError("--min-gpus-for RATE already sets the request rate; give it or --qps, not both")
+        qps, objective = min_gpus_for, "gpus"
+    if plot and not front:
+        raise UserError("--plot draws the SLA front; add --front")
+    if front and (qps is not None or batch is not None or emit):
+        raise UserError("--front lists plans over every concurrency; it takes no --qps, --batch, --min-gpus-for or --emit")
+    if plot:
+        check_writable(plot, "--plot")
     catalog = load_catalog(hardware_files)
     cluster = parse_cluster(gpus, catalog)
     try:   # one --price parser for every command; NAME must be the GPU served on
@@ -401,10 +425,26 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
     if usd is not None:
         cluster = parse_cluster(gpus, catalog.with_prices({cluster.gpu.name: usd}))
     model, note = get_model(model_name)
+    if front:
+        from planner.report.serving import plot_serve_front, render_serve_front
+        from planner.serving.search import serve_front
+        try:
+            res = serve_front(model, cluster, prompt, output, ttft_ms=ttft_ms, tpot_ms=tpot_ms, e2e_ms=e2e_ms,
+                              weights=weights, kv_cache=kv_cache, tp=tp, pp=pp, gpu_memory_utilization=util,
+                              model_note=note)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        if plot:
+            plot_serve_front(res, plot)
+        if fmt == "json":
+            click.echo(json.dumps(res.model_dump(mode="json"), indent=2, sort_keys=True))
+        else:
+            render_serve_front(res, _console(), top)
+        return
     try:
         result = serve_plan(model, cluster, prompt, output, qps=qps, batch=batch, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
                             weights=weights, kv_cache=kv_cache, tp=tp, pp=pp, objective=objective,
-                            gpu_memory_utilization=util, top=top, model_note=note)
+                            gpu_memory_utilization=util, top=top, model_note=note, e2e_ms=e2e_ms)
     except ValueError as e:   # ServeError, ServingError: one line naming the value and what would work
         raise UserError(str(e)) from None
     result = with_vllm_command(result, model, model_path_for(model_name))

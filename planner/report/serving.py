@@ -1,7 +1,7 @@
 """`plan serve` table output (rich)."""
 from __future__ import annotations
 
-from planner.serving.result import ServeResult
+from planner.serving.result import ServeFront, ServeResult
 
 
 def render_serve(result: ServeResult, console) -> None:
@@ -49,3 +49,58 @@ def render_serve(result: ServeResult, console) -> None:
                         f"{a.weights}/{a.kv_cache}", str(a.batch), f"{a.ttft_s * 1e3:,.1f}", f"{a.tpot_s * 1e3:,.2f}",
                         f"{a.tokens_per_s_per_gpu:,.0f}", f"{a.usd_per_million_tokens:,.3f}")
         console.print(alt)
+
+
+def _config(p) -> str:
+    return f"tp{p.tp} pp{p.pp}" + (f" ep{p.ep}" if p.ep > 1 else "") + f" {p.weights}/{p.kv_cache}"
+
+
+def render_serve_front(front: ServeFront, console, rows: int = 3) -> None:
+    """`plan serve --front` table: the front from the fastest per user to the most per GPU, at most
+    max(rows, 12) plans spread evenly along it (every plan is in --format json)."""
+    from rich.table import Table
+
+    m, c, rq = front.model, front.cluster, front.request
+    lim = ", ".join(f"{k.replace('_ms', '').upper()} <= {v:g} ms" for k, v in rq.items()
+                    if k in ("ttft_ms", "tpot_ms", "e2e_ms") and v is not None) or "no latency limit"
+    console.print(f"[bold]SLA front[/] for {m.name} on {c.num_gpus} x {c.gpu}: {rq['prompt_tokens']} prompt + "
+                  f"{rq['output_tokens']} output tokens per request, {lim}; {len(front.plans)} plans no other beats "
+                  f"on both tokens/s per GPU and tokens/s per user")
+    n = len(front.plans)
+    k = max(rows, 12)
+    idx = sorted({round(j * (n - 1) / (k - 1)) for j in range(k)}) if n > k else range(n)
+    t = Table(show_edge=False)
+    for col in ("tokens/s/user", "tokens/s/GPU", "replica", "replicas", "concurrency", "TTFT ms", "TPOT ms",
+                "request s", "$/M tokens"):
+        t.add_column(col, justify="right")
+    for j in idx:
+        p = front.plans[j]
+        t.add_row(f"{1 / p.tpot_s if p.tpot_s else 0:,.1f}", f"{p.tokens_per_s_per_gpu:,.0f}", _config(p),
+                  str(p.replicas), str(p.batch), f"{p.ttft_s * 1e3:,.1f}", f"{p.tpot_s * 1e3:,.2f}",
+                  f"{p.e2e_latency_s:,.2f}", f"{p.usd_per_million_tokens:,.3f}")
+    console.print(t)
+    if n > k:
+        console.print(f"{len(idx)} of the {n} plans on the front shown; --format json lists them all")
+
+
+def plot_serve_front(front: ServeFront, path: str) -> None:
+    """PNG of the front: tokens/s per GPU against tokens/s per user, one colour per replica configuration."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    users = [1 / p.tpot_s if p.tpot_s else 0.0 for p in front.plans]
+    ax.plot(users, [p.tokens_per_s_per_gpu for p in front.plans], "k-", lw=0.6, zorder=1)
+    for cfg in dict.fromkeys(_config(p) for p in front.plans):
+        pts = [(u, p.tokens_per_s_per_gpu) for u, p in zip(users, front.plans) if _config(p) == cfg]
+        ax.scatter([x for x, _ in pts], [y for _, y in pts], s=10, label=cfg, zorder=2)
+    rq = front.request
+    ax.set_xlabel("tokens/s per user (1 / TPOT)")
+    ax.set_ylabel("tokens/s per GPU")
+    ax.set_title(f"{front.model.name} on {front.cluster.num_gpus} x {front.cluster.gpu}, "
+                 f"{rq['prompt_tokens']} + {rq['output_tokens']} tokens", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -53,6 +53,17 @@ class ServeResult(Out):
     vllm_command: str | None = None
 
 
+class ServeFront(Out):
+    """`plan serve --front`: the non-dominated plans (tokens/s per GPU against tokens/s per user) within the
+    limits, from the fastest per user to the most per GPU; each uses as many replicas as the GPUs hold."""
+    model: ModelOut
+    cluster: ClusterOut
+    request: dict
+    assumptions: dict
+    plans: list[ServePlan]
+    search: dict
+
+
 def assumptions(srv: ServingCalibration, gpu: GPUSpec, batch_cap: int) -> dict:
     """What a serving prediction assumes, stated in its output."""
     pcie = gpu.intra_node_link.strip().lower().startswith("pcie")

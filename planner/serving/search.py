@@ -24,14 +24,14 @@ from costmodels.serving import (BYTES, Deployment, ServingError, compute_precisi
                                 usd_per_million_tokens)
 from hardware import Cluster, GPUSpec
 from planner.errors import PlannerError
-from planner.serving.result import GB, ServePlan, ServeResult, assumptions
+from planner.serving.result import GB, ServeFront, ServePlan, ServeResult, assumptions
 from planner.solve.result import cluster_out, model_out
 from planner.solve.rules import deployment_problem, shape_ok
 
 BATCH_CAP = 4096                    # largest batch searched (engines' CUDA-graph sizes stop at 4096-8192)
 SEARCH_WEIGHTS = ("bf16", "fp8", "int8", "int4")
 SEARCH_KV = ("bf16", "fp8")
-OBJECTIVES = ("throughput", "latency", "cost")
+OBJECTIVES = ("throughput", "latency", "cost", "gpus")
 _PRECISION_RANK = {"bf16": 0, "fp16": 0, "fp8": 1, "int8": 2, "int4": 3}   # ties go to the more precise
 
 
@@ -63,13 +63,15 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
                batch: int | None = None, ttft_ms: float | None = None, tpot_ms: float | None = None,
                weights: str | None = None, kv_cache: str | None = None, tp: int | None = None,
                pp: int | None = None, objective: str = "throughput", gpu_memory_utilization: float | None = None,
-               top: int = 3, model_note: str | None = None) -> ServeResult:
+               top: int = 3, model_note: str | None = None, e2e_ms: float | None = None) -> ServeResult:
     """The best serving plan for `prompt` tokens in and `output` tokens out per request on `cluster`.
 
     qps: requests per second to serve (else: as many as the GPUs can); batch / tp / pp / weights / kv_cache
-    fix that choice; ttft_ms / tpot_ms are upper limits. Raises ServeError when no plan exists."""
+    fix that choice; ttft_ms / tpot_ms / e2e_ms (a request's whole latency) are upper limits; objective
+    "gpus" with qps: the fewest GPUs that serve it. Raises ServeError when no plan exists."""
     _check_request(model, prompt, output, qps, batch, ttft_ms, tpot_ms, objective, gpu_memory_utilization, tp, pp,
                    cluster)
+    _check_e2e(e2e_ms)
     srv = calibration.SERVING
     if gpu_memory_utilization is not None:
         srv = dc_replace(srv, gpu_memory_utilization=gpu_memory_utilization)
@@ -100,19 +102,19 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
                     perf = continuous_performance(model, gpu, gpn, dep, bs, prompt, output, srv=srv)
                     evaluated += len(bs)
                     c = _best_for_shape(dep, bs, perf, cluster.num_gpus, output, qps, ttft_ms, tpot_ms, objective,
-                                        price)
+                                        price, e2e_ms)
                     if c is not None:
                         c.update(dep=dep, bmax=bmax, perf=perf)
                         cands.append(c)
     seconds = time.perf_counter() - t0
     if not cands:
         raise ServeError(_why_none(model, cluster, prompt, output, qps, batch, ttft_ms, tpot_ms, weights, kv_cache,
-                                   tp, pp, srv, fits_any, best_batch_fit))
+                                   tp, pp, srv, fits_any, best_batch_fit, e2e_ms))
     cands.sort(key=lambda c: c["key"])
     plans = [_plan_out(i + 1, c, model, cluster, prompt, output, srv) for i, c in enumerate(cands[:top])]
     best = plans[0]
     request = {"prompt_tokens": prompt, "output_tokens": output, "qps": qps, "batch": batch, "ttft_ms": ttft_ms,
-               "tpot_ms": tpot_ms, "weights": weights, "kv_cache": kv_cache, "tp": tp, "pp": pp, "objective": objective}
+               "tpot_ms": tpot_ms, "e2e_ms": e2e_ms, "weights": weights, "kv_cache": kv_cache, "tp": tp, "pp": pp, "objective": objective}
     return ServeResult(
         model=model_out(model, model_note), cluster=cluster_out(cluster), request=request,
         assumptions=assumptions(srv, gpu, BATCH_CAP),
@@ -123,14 +125,83 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
                 "points_evaluated": evaluated, "batch_cap": BATCH_CAP, "seconds": round(seconds, 4)})
 
 
+def serve_front(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, ttft_ms: float | None = None,
+                tpot_ms: float | None = None, e2e_ms: float | None = None, weights: str | None = None,
+                kv_cache: str | None = None, tp: int | None = None, pp: int | None = None,
+                gpu_memory_utilization: float | None = None, model_note: str | None = None) -> ServeFront:
+    """The SLA front: every plan no other beats on both tokens/s per GPU and tokens/s per user (1 / TPOT)
+    within the latency limits, each with as many replicas as the GPUs hold, from the fastest per user to
+    the most per GPU. Raises ServeError when no plan meets the limits."""
+    _check_request(model, prompt, output, None, None, ttft_ms, tpot_ms, "throughput", gpu_memory_utilization, tp,
+                   pp, cluster)
+    _check_e2e(e2e_ms)
+    srv = calibration.SERVING
+    if gpu_memory_utilization is not None:
+        srv = dc_replace(srv, gpu_memory_utilization=gpu_memory_utilization)
+    gpu, gpn = cluster.gpu, cluster.gpus_per_node
+    t0 = time.perf_counter()
+    points = []       # (tokens/s per user, tokens/s per GPU, tie-break key, config index, batch index)
+    configs = []
+    evaluated = 0
+    for tp_, pp_ in _shapes(model, cluster, tp, pp):
+        eps = [1, tp_] if (model.moe is not None and tp_ > 1) else [1]
+        for w in ([weights] if weights else SEARCH_WEIGHTS):
+            for kv in ([kv_cache] if kv_cache else SEARCH_KV):
+                for ep in eps:
+                    dep = Deployment(tp=tp_, pp=pp_, weights=w, kv=kv, ep=ep)
+                    bmax = max_batch(model, gpu, dep, prompt + output, srv)
+                    if bmax < 1:
+                        continue
+                    bs = np.arange(1, min(bmax, BATCH_CAP) + 1)
+                    perf = continuous_performance(model, gpu, gpn, dep, bs, prompt, output, srv=srv)
+                    evaluated += len(bs)
+                    ok = _within(perf, ttft_ms, tpot_ms, e2e_ms)
+                    user = np.where(perf.tpot_s > 0, 1.0 / np.maximum(perf.tpot_s, 1e-300), 1.0 / perf.e2e_s)
+                    per_gpu = perf.tokens_per_s / dep.gpus
+                    k = len(configs)
+                    configs.append({"dep": dep, "bmax": bmax, "perf": perf, "replicas": cluster.num_gpus // dep.gpus})
+                    rank = (_PRECISION_RANK[w], _PRECISION_RANK[kv], dep.gpus, pp_, ep)
+                    points += [(float(user[i]), float(per_gpu[i]), rank, k, int(i)) for i in np.flatnonzero(ok)]
+    if not points:
+        raise ServeError(_why_none(model, cluster, prompt, output, None, None, ttft_ms, tpot_ms, weights, kv_cache,
+                                   tp, pp, srv, bool(configs), max((c["bmax"] for c in configs), default=0), e2e_ms))
+    # non-dominated: sweep from the fastest per user down, keeping each point with more tokens/s per GPU
+    # than every faster one (ties: more precise, smaller replicas, then the first found)
+    points.sort(key=lambda x: (-x[0], -x[1], x[2], x[3], x[4]))
+    front, best_gpu = [], -1.0
+    for user, per_gpu, _, k, i in points:
+        if per_gpu > best_gpu:
+            front.append((k, i))
+            best_gpu = per_gpu
+    plans = [_plan_out(n + 1, {**configs[k], "i": i}, model, cluster, prompt, output, srv)
+             for n, (k, i) in enumerate(front)]
+    request = {"prompt_tokens": prompt, "output_tokens": output, "ttft_ms": ttft_ms, "tpot_ms": tpot_ms,
+               "e2e_ms": e2e_ms, "weights": weights, "kv_cache": kv_cache, "tp": tp, "pp": pp}
+    return ServeFront(model=model_out(model, model_note), cluster=cluster_out(cluster), request=request,
+                      assumptions=assumptions(srv, gpu, BATCH_CAP), plans=plans,
+                      search={"method": "exhaustive numpy enumeration (exact over the space)",
+                              "configurations": len(configs), "points_evaluated": evaluated,
+                              "points_within_limits": len(points), "seconds": round(time.perf_counter() - t0, 4)})
+
+
+def _within(perf, ttft_ms, tpot_ms, e2e_ms) -> np.ndarray:
+    """Which concurrencies meet the latency limits (ms, None: no limit)."""
+    ok = np.ones(len(perf.concurrency), dtype=bool)
+    for limit, value in ((ttft_ms, perf.ttft_s), (tpot_ms, perf.tpot_s), (e2e_ms, perf.e2e_s)):
+        if limit is not None:
+            ok &= value <= limit / 1e3
+    return ok
+
+
+def _check_e2e(e2e_ms) -> None:
+    if e2e_ms is not None and not (math.isfinite(e2e_ms) and e2e_ms > 0):
+        raise ServingError(f"--e2e-ms {e2e_ms} is not allowed; give a positive number of milliseconds")
+
+
 def _best_for_shape(dep: Deployment, bs: np.ndarray, perf, num_gpus: int, output: int, qps, ttft_ms, tpot_ms,
-                    objective: str, price: float) -> dict | None:
+                    objective: str, price: float, e2e_ms=None) -> dict | None:
     """The best (batch, replicas) of one replica shape: every batch at once, replicas 1..max with qps."""
-    ok = np.ones(len(bs), dtype=bool)
-    if ttft_ms is not None:
-        ok &= perf.ttft_s <= ttft_ms / 1e3
-    if tpot_ms is not None:
-        ok &= perf.tpot_s <= tpot_ms / 1e3
+    ok = _within(perf, ttft_ms, tpot_ms, e2e_ms)
     rmax = num_gpus // dep.gpus
     e2e = perf.e2e_s
     best = None
@@ -153,6 +224,8 @@ def _best_for_shape(dep: Deployment, bs: np.ndarray, perf, num_gpus: int, output
             score = -tps / gpus
         elif objective == "latency":
             score = e2e[idx]
+        elif objective == "gpus":       # the fewest GPUs (with qps: that serve it), then the lowest latency
+            score = gpus + e2e[idx] / (1.0 + e2e[idx])
         else:
             score = usd_per_million_tokens(price, gpus, tps)
         j = int(np.argmin(score))   # first (smallest batch) among equals
@@ -217,7 +290,7 @@ def _min_gpus_that_fit(model: ModelSpec, gpu: GPUSpec, gpn: int, weights: str, k
 
 
 def _why_none(model, cluster, prompt, output, qps, batch, ttft_ms, tpot_ms, weights, kv_cache, tp, pp, srv,
-              fits_any, best_batch_fit) -> str:
+              fits_any, best_batch_fit, e2e_ms=None) -> str:
     gpu, n, gpn = cluster.gpu, cluster.num_gpus, cluster.gpus_per_node
     ctx = prompt + output
     where = f"{n} x {gpu.name}"
@@ -243,6 +316,8 @@ def _why_none(model, cluster, prompt, output, qps, batch, ttft_ms, tpot_ms, weig
         lim.append(f"--ttft-ms {ttft_ms:g}")
     if tpot_ms is not None:
         lim.append(f"--tpot-ms {tpot_ms:g}")
+    if e2e_ms is not None:
+        lim.append(f"--e2e-ms {e2e_ms:g}")
     fastest = _fastest(model, cluster, prompt, output, weights, kv_cache, tp, pp, srv)
     qtxt = f" at --qps {qps:g}" if qps is not None else ""
     if qps is not None and fastest is not None and (fastest["max_rps"] < qps or not lim):
