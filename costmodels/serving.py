@@ -43,7 +43,8 @@ from hardware import GPUSpec
 __all__ = ["BYTES", "WEIGHT_PRECISIONS", "KV_PRECISIONS", "ServingError", "Deployment", "MemoryAnatomy",
            "kv_cache_bytes_per_token", "kv_bytes_per_token_per_gpu", "weight_bytes_total", "memory_anatomy",
            "max_batch", "decode_step_time", "prefill_time", "ReplicaPerformance", "replica_performance",
-           "ContinuousPerformance", "continuous_performance",
+           "ContinuousPerformance", "continuous_performance", "DisaggregatedPerformance",
+           "disaggregated_performance", "kv_transfer_time", "prefill_pass", "decode_pool", "combine_disaggregated",
            "usd_per_million_tokens", "compute_precision", "tp_collective_time", "fused_collective_latency_s"]
 
 BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -486,6 +487,76 @@ def continuous_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, d
     return ContinuousPerformance(concurrency=B, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e, step_s=step,
                                  tokens_per_s=B * output / e2e, requests_per_s=B / e2e, prefill_steps=k,
                                  decode_parts=dec)
+
+
+def kv_transfer_time(model: ModelSpec, gpu: GPUSpec, prefill: Deployment, decode: Deployment, prompt: int,
+                     same_node: bool, cal: Calibration | None = None) -> float:
+    """Seconds to move one prompt's KV cache from a prefill replica to a decode replica (disaggregated
+    serving): prompt x KV bytes per token, sent over min(prefill GPUs, decode GPUs) links at once, NVLink
+    within a node and the network across (costmodels.comm.p2p_time; NIXL / Mooncake transfers in
+    vLLM, SGLang and Dynamo move each rank's KV shard directly)."""
+    cal = cal or calibration_for(gpu.family)
+    links = min(prefill.gpus, decode.gpus)
+    return p2p_time(prompt * kv_cache_bytes_per_token(model, prefill.kv) / links, not same_node, gpu, cal)
+
+
+@dataclass(frozen=True)
+class DisaggregatedPerformance:
+    """Prefill on its own replicas, decode on others (Zhong et al. 2024, DistServe; Patel et al. 2024,
+    Splitwise): arrays over the decode replicas' concurrencies."""
+    concurrency: np.ndarray     # requests decoding at once per decode replica
+    prefill_batch: int          # prompts per prefill forward pass (as many as one chunk of tokens holds)
+    prefill_rate: float         # prompts per second of one prefill replica
+    kv_transfer_s: float
+    ttft_s: float               # its prefill pass + the KV transfer
+    tpot_s: np.ndarray          # the decode replica's step: no prefill shares it
+    e2e_s: np.ndarray
+    decode_rate: np.ndarray     # requests per second of one decode replica: concurrency / ((output - 1) tpot)
+    decode_parts: dict[str, np.ndarray] = field(repr=False)
+
+
+def disaggregated_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, prefill: Deployment,
+                              decode: Deployment, concurrency, prompt: int, output: int, same_node: bool,
+                              cal: Calibration | None = None, srv: ServingCalibration | None = None,
+                              prefill_batch: int | None = None) -> DisaggregatedPerformance:
+    """A prefill replica runs prompts in passes of n = prefill_chunk_tokens // prompt (at least 1, at most what
+    its memory holds), n / F(n) prompts per second; each prompt's KV cache then moves to a decode replica,
+    which decodes `concurrency` requests per step with no prefill work in between. TTFT = F(n) + transfer,
+    TPOT = D(concurrency), and a decode replica serves concurrency / ((output - 1) TPOT) requests per second
+    (Little's law over its slots). `prefill_batch` sets n (fewer prompts per pass: a shorter TTFT, a lower
+    prefill rate). Queueing for a prefill pass is left out."""
+    srv = srv or calibration.SERVING
+    cal = cal or calibration_for(gpu.family)
+    n = prefill_batch or max(1, min(srv.prefill_chunk_tokens // prompt, max_batch(model, gpu, prefill, prompt, srv)))
+    return combine_disaggregated(prefill_pass(model, gpu, gpus_per_node, prefill, n, prompt, cal, srv),
+                                 decode_pool(model, gpu, gpus_per_node, decode, concurrency, prompt, output, cal, srv),
+                                 kv_transfer_time(model, gpu, prefill, decode, prompt, same_node, cal), output)
+
+
+def prefill_pass(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, prefill: Deployment, n: int, prompt: int,
+                 cal: Calibration | None = None, srv: ServingCalibration | None = None) -> tuple[int, float]:
+    """(n, seconds) of one prefill pass over n prompts on a prefill replica."""
+    return n, float(prefill_time(model, gpu, gpus_per_node, prefill, np.array([float(n)]), prompt, cal, srv)[0])
+
+
+def decode_pool(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, decode: Deployment, concurrency, prompt: int,
+                output: int, cal: Calibration | None = None, srv: ServingCalibration | None = None):
+    """(concurrencies, decode step parts) of a decode-only replica: every step decodes all its requests."""
+    B = np.atleast_1d(np.asarray(concurrency, dtype=float))
+    return B, decode_step_time(model, gpu, gpus_per_node, decode, B, prompt + output / 2.0, cal, srv)
+
+
+def combine_disaggregated(prefill, decode, transfer: float, output: int) -> DisaggregatedPerformance:
+    """DisaggregatedPerformance from a prefill pass (prefill_pass), a decode pool (decode_pool) and the KV
+    transfer: TTFT = pass + transfer, TPOT = the decode step, e2e = TTFT + (output - 1) TPOT, a decode
+    replica's rate = concurrency / ((output - 1) TPOT)."""
+    (n, F), (B, dec) = prefill, decode
+    tpot = dec["total"] if output > 1 else np.zeros_like(B)
+    ttft = F + transfer
+    rate = B / ((output - 1) * tpot) if output > 1 else np.full_like(B, np.inf)
+    return DisaggregatedPerformance(concurrency=B, prefill_batch=n, prefill_rate=n / F, kv_transfer_s=transfer,
+                                    ttft_s=ttft, tpot_s=tpot, e2e_s=ttft + (output - 1) * tpot, decode_rate=rate,
+                                    decode_parts=dec)
 
 
 def usd_per_million_tokens(usd_per_gpu_hour: float, gpus: int, tokens_per_s):

@@ -202,7 +202,8 @@ def test_serve_json_contract_and_consistency(capsys):
     for key in ("kv_cache_bytes_per_token", "ttft_s", "tpot_s", "tokens_per_s", "usd_per_million_tokens"):
         assert doc[key] == p[key] and doc[key] > 0
     assert p["ttft_s"] <= 0.5 and p["tpot_s"] <= 0.05
-    assert p["tp"] * p["pp"] * p["replicas"] == p["gpus"] <= 8
+    pre = p["prefill"]["gpus"] if p["mode"] == "disaggregated" else 0
+    assert p["tp"] * p["pp"] * p["replicas"] + pre == p["gpus"] <= 8
     assert p["tokens_per_s"] == pytest.approx(p["tokens_per_s_per_gpu"] * p["gpus"])
     # Llama 3 70B: 2 x 80 layers x 8 KV heads x 128 x bytes (fp8: 1, bf16: 2)
     assert p["kv_cache_bytes_per_token"] == 2 * 80 * 8 * 128 * (1 if p["kv_cache"] == "fp8" else 2)
@@ -275,7 +276,7 @@ def test_search_is_exact_against_brute_force():
     """serve_plan's throughput plan equals the best of every (tp, pp, precision, batch) evaluated one by one."""
     m = model("llama3-8b")
     cluster = parse_cluster("2xH100")
-    res = serve_plan(m, cluster, 1000, 200, tpot_ms=25.0)
+    res = serve_plan(m, cluster, 1000, 200, tpot_ms=25.0, mode="aggregated")
     best = 0.0
     for tp, pp in ((1, 1), (2, 1), (1, 2)):
         for w in ("bf16", "fp8", "int8", "int4"):
@@ -491,7 +492,13 @@ def test_served_plans_obey_littles_law(name, gpus, prompt, output, ttft, tpot, q
     except (ServeError, ServingError):
         return
     for p in [res.plan, *res.alternatives]:
-        assert p.requests_per_s == pytest.approx(p.replicas * p.batch / p.e2e_latency_s, rel=1e-9)
+        if p.mode == "aggregated":      # every request in the engine for e2e: B = rate x e2e per replica
+            assert p.requests_per_s == pytest.approx(p.replicas * p.batch / p.e2e_latency_s, rel=1e-9)
+        else:                           # decode slots: B = decode rate x (output - 1) TPOT; prefill keeps up
+            assert p.requests_per_s <= p.replicas * p.batch / ((output - 1) * p.tpot_s) * (1 + 1e-9)
+            assert p.requests_per_s <= p.prefill["prompts_per_s"] * (1 + 1e-9)
+            assert p.gpus == p.prefill["gpus"] + p.replicas * p.tp * p.pp
+            assert p.ttft_s == pytest.approx(p.prefill["pass_ms"] / 1e3 + p.kv_transfer_ms / 1e3, abs=1e-6)
         assert p.tokens_per_s == pytest.approx(p.requests_per_s * output, rel=1e-9)
         assert p.e2e_latency_s == pytest.approx(p.ttft_s + (output - 1) * p.tpot_s, rel=1e-9)
         assert p.decode_ms["total"] + p.decode_ms["others_prefill"] == pytest.approx(p.tpot_s * 1e3, abs=2e-4)
@@ -582,3 +589,48 @@ def test_front_options(capsys, tmp_path):
         code, out, err = run_main(["serve", "--model", "8b", "--gpus", "8xH100", "--prompt", "512", "--output",
                                    "128", *argv], capsys)
         assert code == 2 and msg in err, (argv, err)
+
+
+def test_disaggregated_plan_against_brute_force():
+    """mode disaggregated on 2 H100: one prefill and one decode replica (the only split), every precision, every
+    prompts-per-pass and concurrency evaluated one by one; the search finds the best tokens/s per GPU, and its
+    figures are disaggregated_performance's."""
+    from costmodels.serving import disaggregated_performance
+
+    m = model("llama3-8b")
+    res = serve_plan(m, parse_cluster("2xH100"), 1000, 200, tpot_ms=15.0, mode="disaggregated")
+    p = res.plan
+    assert p.mode == "disaggregated" and p.gpus == 2 and p.prefill["replicas"] == 1 and p.replicas == 1
+    best = 0.0
+    for w in ("bf16", "fp8", "int8", "int4"):
+        for kv in ("bf16", "fp8"):
+            dep = Deployment(tp=1, weights=w, kv=kv)
+            bm = min(max_batch(m, H100, dep, 1200), 4096)
+            for n in (1, 2, 4, 8):
+                perf = disaggregated_performance(m, H100, 8, dep, dep, np.arange(1, bm + 1), 1000, 200, True,
+                                                 prefill_batch=n)
+                rate = np.minimum(perf.prefill_rate, perf.decode_rate)
+                ok = perf.tpot_s <= 0.015
+                if ok.any():
+                    best = max(best, float((rate[ok] * 200 / 2).max()))
+    assert p.tokens_per_s_per_gpu == pytest.approx(best, rel=1e-9)
+    perf = disaggregated_performance(m, H100, 8, Deployment(tp=1, weights=p.weights, kv=p.kv_cache),
+                                     Deployment(tp=1, weights=p.weights, kv=p.kv_cache), [p.batch], 1000, 200, True,
+                                     prefill_batch=p.prefill["prompts_per_pass"])
+    assert p.tpot_s == pytest.approx(perf.tpot_s[0]) and p.ttft_s == pytest.approx(perf.ttft_s)
+    # decode replicas never share a step with a prefill: TPOT is the decode step alone, below the aggregated
+    # TPOT at the same concurrency
+    agg = continuous_performance(m, H100, 8, Deployment(tp=1, weights=p.weights, kv=p.kv_cache), [p.batch], 1000, 200)
+    assert p.tpot_s < agg.tpot_s[0]
+
+
+def test_mode_both_compares_the_two_and_fixed_deployments_stay_aggregated():
+    m = model("llama3-70b")
+    both = serve_plan(m, parse_cluster("8xH100"), 2048, 256, ttft_ms=1000, tpot_ms=50, top=5)
+    agg = serve_plan(m, parse_cluster("8xH100"), 2048, 256, ttft_ms=1000, tpot_ms=50, mode="aggregated")
+    dis = serve_plan(m, parse_cluster("8xH100"), 2048, 256, ttft_ms=1000, tpot_ms=50, mode="disaggregated")
+    assert both.plan.tokens_per_s_per_gpu == pytest.approx(max(agg.plan.tokens_per_s_per_gpu,
+                                                               dis.plan.tokens_per_s_per_gpu))
+    assert {p.mode for p in [both.plan, *both.alternatives]} == {"aggregated", "disaggregated"}
+    fixed = serve_plan(m, parse_cluster("8xH100"), 2048, 256, tp=4)
+    assert fixed.plan.mode == "aggregated" and fixed.request["tp"] == 4

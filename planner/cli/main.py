@@ -381,6 +381,10 @@ def _print_validation(result) -> None:
 @click.option("--min-gpus-for", "min_gpus_for", type=float, metavar="RATE",
               help="The fewest GPUs (of --gpus, at most its count) that serve RATE requests/s within the limits: "
                    "--qps RATE --objective gpus.")
+@click.option("--mode", type=click.Choice(["aggregated", "disaggregated", "both"]),
+              help="Replicas that prefill and decode (aggregated), prefill replicas handing each prompt's KV cache to "
+                   "decode replicas (disaggregated), or both in one search [default: both; aggregated when --batch, "
+                   "--tp or --pp fix a deployment].")
 @click.option("--front", is_flag=True, help="List the SLA front instead of one plan: every plan no other beats on both "
                                            "tokens/s per GPU and tokens/s per user, within the limits.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --front: write the front as a PNG chart.")
@@ -392,7 +396,7 @@ def _print_validation(result) -> None:
 @click.option("--emit", type=click.Choice(["vllm"]), help="Print only the matching `vllm serve` command.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weights, kv_cache, tp, pp, e2e_ms, objective,
-          min_gpus_for, front, plot, util, price, hardware_files, top, emit, fmt):
+          min_gpus_for, mode, front, plot, util, price, hardware_files, top, emit, fmt):
     """Plan inference serving: tp / pp per replica, replicas, weight and KV-cache precision and concurrency, for
     the most tokens/s per GPU (or lowest latency, lowest $ per token, fewest GPUs) within the latency limits.
     Plans are priced under continuous batching in steady state (docs/serving.md); `--front` lists the whole
@@ -412,8 +416,9 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
         qps, objective = min_gpus_for, "gpus"
     if plot and not front:
         raise UserError("--plot draws the SLA front; add --front")
-    if front and (qps is not None or batch is not None or emit):
-        raise UserError("--front lists plans over every concurrency; it takes no --qps, --batch, --min-gpus-for or --emit")
+    if front and (qps is not None or batch is not None or emit or mode == "disaggregated"):
+        raise UserError("--front lists aggregated plans over every concurrency; it takes no --qps, --batch, "
+                        "--min-gpus-for, --emit or --mode disaggregated")
     if plot:
         check_writable(plot, "--plot")
     catalog = load_catalog(hardware_files)
@@ -444,7 +449,7 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
     try:
         result = serve_plan(model, cluster, prompt, output, qps=qps, batch=batch, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
                             weights=weights, kv_cache=kv_cache, tp=tp, pp=pp, objective=objective,
-                            gpu_memory_utilization=util, top=top, model_note=note, e2e_ms=e2e_ms)
+                            gpu_memory_utilization=util, top=top, model_note=note, e2e_ms=e2e_ms, mode=mode)
     except ValueError as e:   # ServeError, ServingError: one line naming the value and what would work
         raise UserError(str(e)) from None
     result = with_vllm_command(result, model, model_path_for(model_name))

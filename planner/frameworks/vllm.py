@@ -19,17 +19,38 @@ _VLLM_QUANT = {"fp8": ("fp8", None), "int8": ("gptq", "an 8-bit GPTQ checkpoint 
                "int4": ("awq", "a 4-bit AWQ checkpoint of the model")}
 
 
+# disaggregated prefill / decode: each vLLM instance moves KV caches through a connector
+# (docs/features/nixl_connector_usage.md: NixlConnector, kv_role kv_both on prefill and decode instances)
+_KV_TRANSFER = """--kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'"""
+
+
 def vllm_command(model: ModelSpec, plan: ServePlan, prompt: int, output: int, util: float,
                  model_path: str | None = None) -> str:
-    """The `vllm serve` command of a serving plan."""
+    """The `vllm serve` command of a serving plan; for a disaggregated plan, the prefill and the decode
+    instances' commands (behind a router that sends each request to both, as vLLM's disaggregated examples
+    do)."""
+    if plan.prefill is not None:
+        pre = plan.prefill
+        prefill = _one_command(model, plan, prompt, output, util, model_path, pre["tp"], pre["pp"], pre["ep"],
+                               pre["replicas"], pre["prompts_per_pass"], [_KV_TRANSFER])
+        decode = _one_command(model, plan, prompt, output, util, model_path, plan.tp, plan.pp, plan.ep,
+                              plan.replicas, plan.batch, [_KV_TRANSFER])
+        return (f"# disaggregated: {pre['replicas']} prefill instance(s) and {plan.replicas} decode instance(s), "
+                f"KV caches over NIXL\n# prefill\n{prefill}\n# decode\n{decode}")
+    return _one_command(model, plan, prompt, output, util, model_path, plan.tp, plan.pp, plan.ep, plan.replicas,
+                        plan.batch, [])
+
+
+def _one_command(model: ModelSpec, plan: ServePlan, prompt: int, output: int, util: float, model_path: str | None,
+                 tp: int, pp: int, ep: int, replicas: int, seqs: int, extra: list[str]) -> str:
     name = model_path or HF_IDS.get(model.name) or f"<{model.name} checkpoint>"
-    args = ["vllm serve", name, f"--tensor-parallel-size {plan.tp}", f"--pipeline-parallel-size {plan.pp}"]
-    if plan.replicas > 1:
-        args.append(f"--data-parallel-size {plan.replicas}")
-    if plan.ep > 1:
+    args = ["vllm serve", name, f"--tensor-parallel-size {tp}", f"--pipeline-parallel-size {pp}"]
+    if replicas > 1:
+        args.append(f"--data-parallel-size {replicas}")
+    if ep > 1:
         args.append("--enable-expert-parallel")
-    args += [f"--max-model-len {prompt + output}", f"--max-num-seqs {plan.batch}",
-             f"--gpu-memory-utilization {util:g}"]
+    args += [f"--max-model-len {prompt + output}", f"--max-num-seqs {seqs}",
+             f"--gpu-memory-utilization {util:g}", *extra]
     note = None
     if plan.weights in _VLLM_QUANT:
         q, note = _VLLM_QUANT[plan.weights]

@@ -17,11 +17,19 @@ def render_serve(result: ServeResult, console) -> None:
     t = Table(show_edge=False, show_header=False)
     t.add_column("what")
     t.add_column("value")
-    t.add_row("replica", f"tp={p.tp} x pp={p.pp}" + (f", expert parallel over {p.ep}" if p.ep > 1 else "")
-              + f"; {p.replicas} replica(s), {p.gpus} GPUs used")
+    if p.prefill is None:
+        t.add_row("replica", f"tp={p.tp} x pp={p.pp}" + (f", expert parallel over {p.ep}" if p.ep > 1 else "")
+                  + f"; {p.replicas} replica(s) prefilling and decoding (aggregated), {p.gpus} GPUs used")
+    else:
+        f = p.prefill
+        t.add_row("prefill", f"tp={f['tp']} x pp={f['pp']}; {f['replicas']} replica(s), {f['gpus']} GPUs: "
+                             f"{f['prompts_per_pass']} prompt(s) per {f['pass_ms']:,.1f} ms pass, "
+                             f"{f['prompts_per_s']:,.2f} prompts/s; KV cache to decode in {p.kv_transfer_ms:,.2f} ms")
+        t.add_row("decode", f"tp={p.tp} x pp={p.pp}" + (f", expert parallel over {p.ep}" if p.ep > 1 else "")
+                  + f"; {p.replicas} replica(s), {p.gpus - f['gpus']} GPUs (disaggregated: {p.gpus} GPUs used)")
     t.add_row("precision", f"weights {p.weights}, KV cache {p.kv_cache}")
-    t.add_row("batch", f"{p.batch} concurrent requests per replica (memory allows {p.max_batch}), served "
-                       f"continuously")
+    t.add_row("batch", f"{p.batch} concurrent requests per " + ("replica" if p.prefill is None else "decode replica")
+              + f" (memory allows {p.max_batch}), served continuously")
     t.add_row("latency", f"TTFT {p.ttft_s * 1e3:,.1f} ms, TPOT {p.tpot_s * 1e3:,.2f} ms "
                          f"({1 / p.tpot_s:,.1f} tokens/s per user), request {p.e2e_latency_s:,.2f} s")
     t.add_row("throughput", f"{p.tokens_per_s:,.0f} tokens/s ({p.tokens_per_s_per_replica:,.0f} per replica, "
@@ -37,15 +45,18 @@ def render_serve(result: ServeResult, console) -> None:
     d = p.decode_ms
     t.add_row("decode step", f"{d['total']:.2f} ms ({p.decode_bound} bound): GEMMs {d['gemm']:.2f}, attention "
                              f"{d['attention']:.2f}, TP all-reduce {d['tp_comm']:.2f}, pipeline {d['pipeline']:.2f}, "
-                             f"other {d['elementwise'] + d['overhead'] + d['lm_head']:.2f}; TPOT adds the other "
-                             f"requests' prefills, {d['others_prefill']:.2f} ms")
+                             f"other {d['elementwise'] + d['overhead'] + d['lm_head']:.2f}"
+                             + ("; no prefill shares the decode replicas" if p.prefill is not None else
+                                f"; TPOT adds the other requests' prefills, {d['others_prefill']:.2f} ms"))
     console.print(t)
     if result.alternatives:
         alt = Table(show_edge=False, title="runner-ups")
         for col in ("tp x pp", "replicas", "weights/KV", "batch", "TTFT ms", "TPOT ms", "tokens/s/GPU", "$/M tokens"):
             alt.add_column(col, justify="right")
         for a in result.alternatives:
-            alt.add_row(f"{a.tp} x {a.pp}" + (f" ep{a.ep}" if a.ep > 1 else ""), str(a.replicas),
+            pre = "" if a.prefill is None else (f"{a.prefill['replicas']}P tp{a.prefill['tp']}"
+                                                f"{' pp' + str(a.prefill['pp']) if a.prefill['pp'] > 1 else ''} + D ")
+            alt.add_row(pre + f"{a.tp} x {a.pp}" + (f" ep{a.ep}" if a.ep > 1 else ""), str(a.replicas),
                         f"{a.weights}/{a.kv_cache}", str(a.batch), f"{a.ttft_s * 1e3:,.1f}", f"{a.tpot_s * 1e3:,.2f}",
                         f"{a.tokens_per_s_per_gpu:,.0f}", f"{a.usd_per_million_tokens:,.3f}")
         console.print(alt)

@@ -9,6 +9,9 @@ from planner.solve.result import GB, ClusterOut, ModelOut, Out
 
 class ServePlan(Out):
     rank: int
+    # aggregated: every replica prefills and decodes; disaggregated: `prefill` replicas hand each prompt's KV
+    # cache to the replicas described by tp / pp / ep / replicas / batch, which only decode
+    mode: str
     tp: int
     pp: int
     ep: int
@@ -32,6 +35,9 @@ class ServePlan(Out):
     memory_gb: dict[str, float]        # one GPU of the fullest stage
     decode_ms: dict[str, float]        # one decode step by cause ("total"), and "others_prefill": total + it = TPOT
     decode_bound: str                  # "memory" (weights + KV reads) or "compute"
+    prefill: dict | None = None        # disaggregated: the prefill replicas (tp, pp, ep, replicas, gpus,
+                                       # prompts_per_pass, prompts_per_s, pass_ms)
+    kv_transfer_ms: float = 0.0        # disaggregated: one prompt's KV cache from a prefill to a decode replica
 
 
 class ServeResult(Out):

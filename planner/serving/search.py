@@ -19,8 +19,9 @@ import numpy as np
 from costmodels import calibration
 from costmodels.calibration import ServingCalibration, calibration_for
 from costmodels.model import ModelSpec
-from costmodels.serving import (BYTES, Deployment, ServingError, compute_precision, continuous_performance,
-                                kv_bytes_per_token_per_gpu, kv_cache_bytes_per_token, max_batch, memory_anatomy,
+from costmodels.serving import (BYTES, Deployment, ServingError, combine_disaggregated, compute_precision,
+                                continuous_performance, decode_pool, kv_bytes_per_token_per_gpu,
+                                kv_cache_bytes_per_token, kv_transfer_time, max_batch, memory_anatomy, prefill_pass,
                                 usd_per_million_tokens)
 from hardware import Cluster, GPUSpec
 from planner.errors import PlannerError
@@ -32,6 +33,7 @@ BATCH_CAP = 4096                    # largest batch searched (engines' CUDA-grap
 SEARCH_WEIGHTS = ("bf16", "fp8", "int8", "int4")
 SEARCH_KV = ("bf16", "fp8")
 OBJECTIVES = ("throughput", "latency", "cost", "gpus")
+MODES = ("aggregated", "disaggregated", "both")
 _PRECISION_RANK = {"bf16": 0, "fp16": 0, "fp8": 1, "int8": 2, "int4": 3}   # ties go to the more precise
 
 
@@ -63,15 +65,23 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
                batch: int | None = None, ttft_ms: float | None = None, tpot_ms: float | None = None,
                weights: str | None = None, kv_cache: str | None = None, tp: int | None = None,
                pp: int | None = None, objective: str = "throughput", gpu_memory_utilization: float | None = None,
-               top: int = 3, model_note: str | None = None, e2e_ms: float | None = None) -> ServeResult:
+               top: int = 3, model_note: str | None = None, e2e_ms: float | None = None,
+               mode: str | None = None) -> ServeResult:
     """The best serving plan for `prompt` tokens in and `output` tokens out per request on `cluster`.
 
     qps: requests per second to serve (else: as many as the GPUs can); batch / tp / pp / weights / kv_cache
     fix that choice; ttft_ms / tpot_ms / e2e_ms (a request's whole latency) are upper limits; objective
-    "gpus" with qps: the fewest GPUs that serve it. Raises ServeError when no plan exists."""
+    "gpus" with qps: the fewest GPUs that serve it. mode: aggregated replicas (prefill and decode on the same
+    GPUs), disaggregated (prefill replicas hand each prompt's KV cache to decode replicas) or both in one
+    search (the default, or aggregated when batch, tp or pp fix a deployment). Raises ServeError when no plan
+    exists."""
     _check_request(model, prompt, output, qps, batch, ttft_ms, tpot_ms, objective, gpu_memory_utilization, tp, pp,
                    cluster)
     _check_e2e(e2e_ms)
+    if mode is None:
+        mode = "aggregated" if (batch is not None or tp is not None or pp is not None) else "both"
+    if mode not in MODES:
+        raise ServingError(f"--mode {mode!r} is not allowed; choose {', '.join(MODES)}")
     srv = calibration.SERVING
     if gpu_memory_utilization is not None:
         srv = dc_replace(srv, gpu_memory_utilization=gpu_memory_utilization)
@@ -85,6 +95,7 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
     evaluated = 0
     fits_any = False
     best_batch_fit = 0
+    decoders = []      # (deployment, most sequences that fit, concurrencies) of every replica that fits
     for tp_, pp_ in _shapes(model, cluster, tp, pp):
         eps = [1, tp_] if (model.moe is not None and tp_ > 1) else [1]
         for w in wlist:
@@ -99,6 +110,9 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
                     if batch is not None and batch > bmax:
                         continue
                     bs = np.array([batch]) if batch is not None else np.arange(1, min(bmax, BATCH_CAP) + 1)
+                    decoders.append((dep, bmax, bs))
+                    if mode == "disaggregated":
+                        continue
                     perf = continuous_performance(model, gpu, gpn, dep, bs, prompt, output, srv=srv)
                     evaluated += len(bs)
                     c = _best_for_shape(dep, bs, perf, cluster.num_gpus, output, qps, ttft_ms, tpot_ms, objective,
@@ -106,12 +120,17 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
                     if c is not None:
                         c.update(dep=dep, bmax=bmax, perf=perf)
                         cands.append(c)
+    if mode != "aggregated" and cluster.num_gpus >= 2 and output > 1:
+        found, n_points = _disaggregated(model, cluster, prompt, output, decoders, qps, ttft_ms, tpot_ms, e2e_ms,
+                                         objective, price, srv)
+        cands += found
+        evaluated += n_points
     seconds = time.perf_counter() - t0
     if not cands:
         raise ServeError(_why_none(model, cluster, prompt, output, qps, batch, ttft_ms, tpot_ms, weights, kv_cache,
                                    tp, pp, srv, fits_any, best_batch_fit, e2e_ms))
     cands.sort(key=lambda c: c["key"])
-    plans = [_plan_out(i + 1, c, model, cluster, prompt, output, srv) for i, c in enumerate(cands[:top])]
+    plans = [_plan_out(i + 1, c, model, cluster, prompt, output, srv, qps) for i, c in enumerate(cands[:top])]
     best = plans[0]
     request = {"prompt_tokens": prompt, "output_tokens": output, "qps": qps, "batch": batch, "ttft_ms": ttft_ms,
                "tpot_ms": tpot_ms, "e2e_ms": e2e_ms, "weights": weights, "kv_cache": kv_cache, "tp": tp, "pp": pp, "objective": objective}
@@ -198,6 +217,82 @@ def _check_e2e(e2e_ms) -> None:
         raise ServingError(f"--e2e-ms {e2e_ms} is not allowed; give a positive number of milliseconds")
 
 
+def _disaggregated(model: ModelSpec, cluster: Cluster, prompt: int, output: int, decoders: list, qps, ttft_ms,
+                   tpot_ms, e2e_ms, objective: str, price: float, srv: ServingCalibration) -> tuple[list[dict], int]:
+    """The best disaggregated plan of every (prefill replica, decode replica) pair of one precision: x prefill
+    replicas feed y decode replicas, x g_p + y g_d GPUs at most the cluster's, serving min(x prefill rate,
+    y decode rate) requests per second; every decode concurrency at once, every prompts-per-pass n that a
+    prefill chunk holds (powers of two and the largest)."""
+    gpu, gpn, N = cluster.gpu, cluster.gpus_per_node, cluster.num_gpus
+    same_node = N <= gpn           # otherwise the KV cache crosses the network (stated in the assumptions)
+    out, points = [], 0
+    prefills = [(d, max_batch(model, gpu, d, prompt, srv)) for d, _, _ in decoders]
+    pools = {}        # each decode replica's decode steps, once
+    for dp, pmax in prefills:
+        if pmax < 1:
+            continue
+        top_n = max(1, min(srv.prefill_chunk_tokens // prompt, pmax))
+        passes = [prefill_pass(model, gpu, gpn, dp, n, prompt, srv=srv)
+                  for n in sorted({n for n in _pow2_upto(top_n)} | {top_n})]
+        for dd, bmax, bs in decoders:
+            if (dd.weights, dd.kv) != (dp.weights, dp.kv) or dp.gpus + dd.gpus > N:
+                continue
+            if dd not in pools:
+                pools[dd] = decode_pool(model, gpu, gpn, dd, bs, prompt, output, srv=srv)
+            transfer = kv_transfer_time(model, gpu, dp, dd, prompt, same_node)
+            best = None
+            for one_pass in passes:
+                n = one_pass[0]
+                perf = combine_disaggregated(one_pass, pools[dd], transfer, output)
+                points += len(bs)
+                if ttft_ms is not None and perf.ttft_s > ttft_ms / 1e3:
+                    continue
+                ok = _within(perf, None, tpot_ms, e2e_ms)
+                if not ok.any():
+                    continue
+                idx = np.flatnonzero(ok)
+                mu_d = perf.decode_rate[idx]
+                if qps is not None:      # the fewest replicas of each kind that serve qps
+                    xs = np.full(len(idx), math.ceil(qps / perf.prefill_rate - 1e-12))
+                    ys = np.ceil(qps / mu_d - 1e-12)
+                else:                    # every split of the GPUs, the decode side as large as what is left
+                    xs = np.arange(1, (N - dd.gpus) // dp.gpus + 1)[:, None] * np.ones((1, len(idx)))
+                    ys = np.floor((N - xs * dp.gpus) / dd.gpus)
+                gpus = xs * dp.gpus + ys * dd.gpus
+                rate = np.minimum(xs * perf.prefill_rate, ys * mu_d)
+                valid = (ys >= 1) & (xs >= 1) & (gpus <= N)
+                if not valid.any():
+                    continue
+                tps = rate * output
+                e2e = np.broadcast_to(perf.e2e_s[idx], gpus.shape)
+                score = _score(objective, tps, gpus, e2e, price, None if qps is None else qps * output)
+                score = np.where(valid, score, np.inf)
+                j = np.unravel_index(int(np.argmin(score)), score.shape)
+                k = int(idx[j[-1]])
+                key = (round(float(score[j]), 12), int(gpus[j]), _PRECISION_RANK[dd.weights], _PRECISION_RANK[dd.kv],
+                       dd.gpus, dd.pp, dd.ep, int(bs[k]), 1, dp.gpus, n)
+                if best is None or key < best["key"]:
+                    best = {"key": key, "i": k, "replicas": int(ys[j]), "dep": dd, "bmax": bmax, "perf": perf,
+                            "prefill": {"dep": dp, "replicas": int(xs[j]), "prompts_per_pass": n},
+                            "rate": float(rate[j]), "gpus": int(gpus[j])}
+            if best is not None:
+                out.append(best)
+    return out, points
+
+
+def _score(objective: str, tps, gpus, e2e, price: float, served=None):
+    """What the objective minimises for plans of tps tokens/s on `gpus` GPUs with request latency e2e;
+    `served`: the tokens/s asked for (--qps), at which a plan's $ per token counts."""
+    if objective == "throughput":
+        return -tps / gpus
+    if objective == "latency":
+        return e2e
+    if objective == "gpus":       # the fewest GPUs (with qps: that serve it), then the lowest latency
+        return gpus + e2e / (1.0 + e2e)
+    cost = usd_per_million_tokens(price, gpus, tps if served is None else served)
+    return np.broadcast_to(cost, np.broadcast(tps, gpus).shape)
+
+
 def _best_for_shape(dep: Deployment, bs: np.ndarray, perf, num_gpus: int, output: int, qps, ttft_ms, tpot_ms,
                     objective: str, price: float, e2e_ms=None) -> dict | None:
     """The best (batch, replicas) of one replica shape: every batch at once, replicas 1..max with qps."""
@@ -220,14 +315,7 @@ def _best_for_shape(dep: Deployment, bs: np.ndarray, perf, num_gpus: int, output
         idx = np.asarray(idx)
         gpus = r * dep.gpus
         tps = r * perf.tokens_per_s[idx]
-        if objective == "throughput":
-            score = -tps / gpus
-        elif objective == "latency":
-            score = e2e[idx]
-        elif objective == "gpus":       # the fewest GPUs (with qps: that serve it), then the lowest latency
-            score = gpus + e2e[idx] / (1.0 + e2e[idx])
-        else:
-            score = usd_per_million_tokens(price, gpus, tps)
+        score = _score(objective, tps, gpus, e2e[idx], price, None if qps is None else qps * output)
         j = int(np.argmin(score))   # first (smallest batch) among equals
         i = int(idx[j])
         key = (round(float(score[j]), 12), gpus, _PRECISION_RANK[dep.weights], _PRECISION_RANK[dep.kv], dep.gpus,
@@ -238,32 +326,50 @@ def _best_for_shape(dep: Deployment, bs: np.ndarray, perf, num_gpus: int, output
 
 
 def _plan_out(rank: int, c: dict, model: ModelSpec, cluster: Cluster, prompt: int, output: int,
-              srv: ServingCalibration) -> ServePlan:
+              srv: ServingCalibration, qps: float | None = None) -> ServePlan:
+    """The plan of candidate c; with qps, $ per token is at the served rate (the GPUs cost the same however
+    much of their capacity the load uses)."""
     dep, perf, i, r = c["dep"], c["perf"], c["i"], c["replicas"]
     gpu = cluster.gpu
     b = int(perf.concurrency[i])
-    tps_rep = float(perf.tokens_per_s[i])
-    gpus = r * dep.gpus
-    tps = r * tps_rep
-    usd_m = float(usd_per_million_tokens(gpu.price_usd_per_gpu_hour, gpus, tps))
+    pre = c.get("prefill")
+    if pre is None:                         # aggregated: r replicas, each serving continuously
+        gpus = r * dep.gpus
+        tps = r * float(perf.tokens_per_s[i])
+        rps = r * float(perf.requests_per_s[i])
+        ttft = float(perf.ttft_s[i])
+        prefill, transfer = None, 0.0
+    else:                                   # disaggregated: prefill replicas feed r decode replicas
+        dp = pre["dep"]
+        gpus, rps = c["gpus"], c["rate"]
+        tps = rps * output
+        ttft = float(perf.ttft_s)
+        transfer = perf.kv_transfer_s
+        prefill = {"tp": dp.tp, "pp": dp.pp, "ep": dp.ep, "replicas": pre["replicas"],
+                   "gpus": pre["replicas"] * dp.gpus, "prompts_per_pass": pre["prompts_per_pass"],
+                   "prompts_per_s": pre["replicas"] * perf.prefill_rate,
+                   "pass_ms": round(1e3 * pre["prompts_per_pass"] / perf.prefill_rate, 4)}
+    usd_m = float(usd_per_million_tokens(gpu.price_usd_per_gpu_hour, gpus, tps if qps is None else qps * output))
     mem = memory_anatomy(model, gpu, dep, b, prompt + output, srv)
     memory = {"capacity": mem.capacity, "usable": mem.usable, "weights": mem.weights, "kv_cache": mem.kv_cache,
               "activations": mem.activations, "workspace": mem.workspace,
               "free": mem.usable - mem.used, "reserved": mem.capacity - mem.usable}
     parts = {k: float(v[i]) for k, v in perf.decode_parts.items()}
     # what falls between two of a request's tokens besides the decode step: the others' prefill chunks
-    parts["others_prefill"] = float(perf.tpot_s[i]) - parts["total"]
+    parts["others_prefill"] = float(perf.tpot_s[i]) - parts["total"] if pre is None else 0.0
     return ServePlan(
-        rank=rank, tp=dep.tp, pp=dep.pp, ep=dep.ep, replicas=r, gpus=gpus, weights=dep.weights, kv_cache=dep.kv,
-        batch=b, max_batch=c["bmax"], ttft_s=float(perf.ttft_s[i]), tpot_s=float(perf.tpot_s[i]),
+        rank=rank, mode="aggregated" if pre is None else "disaggregated", tp=dep.tp, pp=dep.pp, ep=dep.ep,
+        replicas=r, gpus=gpus, weights=dep.weights, kv_cache=dep.kv,
+        batch=b, max_batch=c["bmax"], ttft_s=ttft, tpot_s=float(perf.tpot_s[i]),
         e2e_latency_s=float(perf.e2e_s[i]), tokens_per_s=tps,
-        tokens_per_s_per_replica=tps_rep, tokens_per_s_per_gpu=tps / gpus, requests_per_s=r * float(perf.requests_per_s[i]),
+        tokens_per_s_per_replica=tps / r, tokens_per_s_per_gpu=tps / gpus, requests_per_s=rps,
         usd_per_million_tokens=usd_m, usd_per_1k_tokens=usd_m / 1e3,
         kv_cache_bytes_per_token=kv_cache_bytes_per_token(model, dep.kv),
         kv_cache_bytes_per_token_per_gpu=kv_bytes_per_token_per_gpu(model, dep),
         memory_gb={k: round(v / GB, 3) for k, v in memory.items()},
         decode_ms={k: round(v * 1e3, 4) for k, v in parts.items()},
-        decode_bound="compute" if _decode_compute_bound(gpu, dep, b) else "memory")
+        decode_bound="compute" if _decode_compute_bound(gpu, dep, b) else "memory",
+        prefill=prefill, kv_transfer_ms=round(transfer * 1e3, 4))
 
 
 def _decode_compute_bound(gpu: GPUSpec, dep: Deployment, b: int) -> bool:
