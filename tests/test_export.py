@@ -361,6 +361,8 @@ def test_cli_evaluate_emit_deepspeed_table(capsys):
     (["evaluate", "--model", "gpt3-1.3b", "--gpus", "16xA100", "--emit", "deepspeed"], "selective"),
     (["evaluate", "--model", "gpt3-1.3b", "--gpus", "16xA100", "--zero", "3", "--emit", "megatron"], "ZeRO-3"),
     (["--model", "gpt3-1.3b", "--gpus", "16xA100", "--emit", "flax"], "flax"),
+    (["--model", "gpt3-1.3b", "--gpus", "16xA100", "--emit", "megatron@0.9"], "writes for Megatron-LM core_r0.16"),
+    (["--model", "gpt3-1.3b", "--gpus", "16xA100", "--emit", "vllm"], "plan serve"),
     (["import", "--model", "gpt3-1.3b", "--gpus", "16xA100"], "exactly one of"),
 ])
 def test_cli_bad_export_input_is_one_line(argv, needle, capsys):
@@ -696,3 +698,25 @@ def test_mxfp8_needs_blackwell(capsys):
     code, _, err = _run(["evaluate", "--model", "8b", "--gpus", "8xH100", "--precision", "fp8", "--fp8-recipe",
                          "mxfp8", "--dp", "8", "--global-batch", "8"], capsys)
     assert code == 2 and "Blackwell" in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_file_names_its_framework_version_and_megatron_sets_its_environment():
+    """Each emitted file says which framework version it is written for (planner.frameworks.base.TARGETS),
+    --emit NAME@VERSION accepts that version; Megatron-LM's launcher exports CUDA_DEVICE_MAX_CONNECTIONS=1
+    exactly when tensor or context parallelism is on (megatron/training/arguments.py refuses to start
+    without it then)."""
+    model, _ = get_model("gpt3-1.3b")
+    cluster = parse_cluster("16xA100")
+    for tp, cp in ((1, 1), (2, 1), (1, 2)):
+        st = Strategy(tp=tp, cp=cp, dp=16 // (tp * cp), micro_batch=1, global_batch=64, zero_stage=1,
+                      recompute="none")
+        files = export("megatron", model, st, cluster).files
+        launch = files["launch.sh"]
+        assert ("export CUDA_DEVICE_MAX_CONNECTIONS=1" in launch) == (tp > 1 or cp > 1)
+        if tp > 1 or cp > 1:
+            assert launch.index("CUDA_DEVICE_MAX_CONNECTIONS") < launch.index("torchrun")
+        assert "# targets: Megatron-LM core_r0.16" in files["megatron_args.sh"]
+    st = Strategy(dp=16, micro_batch=1, global_batch=64, zero_stage=1, recompute="none", framework="deepspeed")
+    assert "# targets: DeepSpeed 0.19" in export("deepspeed", model, st, cluster).files["launch.sh"]
+    st = Strategy(dp=16, micro_batch=1, global_batch=64, zero_stage=3, recompute="none", framework="torchtitan")
+    assert any("# targets: torchtitan 0.2" in body for body in export("torchtitan", model, st, cluster).files.values())

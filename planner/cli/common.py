@@ -185,9 +185,25 @@ def _export_options(f):
     """--emit / --out: write the plan as a training framework's configuration (planner.frameworks.api)."""
     f = click.option("--out", "out_dir", type=click.Path(file_okay=False),
                      help="With --emit: write the configuration files into this folder and print their paths.")(f)
-    return click.option("--emit", type=click.Choice(["megatron", "deepspeed", "torchtitan"]),
-                        help="Also print the plan as Megatron-LM arguments, a DeepSpeed JSON config or a torchtitan "
-                             "TOML job config (JSON output: plans[0].emit).")(f)
+    return click.option("--emit", metavar="FRAMEWORK[@VERSION]", callback=_emit_target,
+                        help="Also print the plan as Megatron-LM arguments (megatron), a DeepSpeed JSON config "
+                             "(deepspeed) or a torchtitan TOML job config (torchtitan) (JSON output: plans[0].emit). "
+                             "Each file names the version it is written for (megatron@0.16, deepspeed@0.19, "
+                             "torchtitan@0.2); another version is refused.")(f)
+
+
+def _emit_target(ctx, param, value):
+    """--emit NAME[@VERSION] -> NAME (planner.frameworks.base.parse_target): one line for anything else."""
+    if value is None:
+        return None
+    from planner.frameworks.base import parse_target
+    try:
+        name = parse_target(value)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if name == "vllm":
+        raise UserError(f"--emit {value}: vLLM serves models; use `plan serve ... --emit vllm`")
+    return name
 
 
 FRAMEWORK_HELP = ("The training framework that runs the plan: its memory accounting and its structural rules. "

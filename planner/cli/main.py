@@ -393,7 +393,8 @@ def _print_validation(result) -> None:
                              "with NAME that GPU (any catalog name or alias).")
 @click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
 @click.option("--top", type=int, default=3, show_default=True, help="Plans to show (the best and runner-ups).")
-@click.option("--emit", type=click.Choice(["vllm"]), help="Print only the matching `vllm serve` command.")
+@click.option("--emit", metavar="vllm[@VERSION]", help="Print only the matching `vllm serve` command (vllm, or "
+                                                       "vllm@0.11: the engine arguments it is written for).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weights, kv_cache, tp, pp, e2e_ms, objective,
           min_gpus_for, mode, front, plot, util, price, hardware_files, top, emit, fmt):
@@ -410,6 +411,14 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
 
     if top < 1:
         raise UserError(f"--top {top} is not allowed; give 1 or more plans")
+    if emit is not None:
+        from planner.frameworks.base import parse_target
+        try:
+            emit = parse_target(emit)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        if emit != "vllm":
+            raise UserError(f"--emit {emit}: plan serve writes vllm commands; training configs come from `plan --emit`")
     if min_gpus_for is not None:
         if qps is not None:
             raise UserError("--min-gpus-for RATE already sets the request rate; give it or --qps, not both")

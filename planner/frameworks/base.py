@@ -95,11 +95,37 @@ def stage_chunks(L: int, v: int, i: int, p: int) -> list[int]:
     return [0] + chunks(L, v - 1) if i == 0 else chunks(L, v - 1) + [0]
 
 
-def header(model: ModelSpec, st: Strategy, cluster: Cluster, what: str, notes: list[str]) -> list[str]:
-    """Comment lines above an emitted file: what it is, the plan, and the notes."""
+# The framework version each exporter writes for (its argument names and config keys; the versions the
+# tests check against where the framework installs on CPU): name -> (version, what the files say)
+TARGETS = {
+    "megatron": ("0.16", "Megatron-LM core_r0.16 (megatron-core 0.16)"),
+    "deepspeed": ("0.19", "DeepSpeed 0.19"),
+    "torchtitan": ("0.2", "torchtitan 0.2 (TOML job config)"),
+    "vllm": ("0.11", "vLLM 0.11 engine arguments"),
+}
+
+
+def parse_target(text: str) -> str:
+    """`--emit NAME` or `NAME@VERSION`: the framework name, when this version of it is the one written for
+    (TARGETS); ValueError naming the version written otherwise."""
+    name, _, version = text.strip().partition("@")
+    if name not in TARGETS:
+        raise ValueError(f"--emit {text!r}: choose one of {', '.join(TARGETS)} (optionally @VERSION)")
+    want, what = TARGETS[name]
+    if version and version != want and not version.startswith(want + "."):
+        raise ValueError(f"--emit {text}: the {name} export writes for {what}; version {version} is not supported "
+                         f"(give {name} or {name}@{want})")
+    return name
+
+
+def header(model: ModelSpec, st: Strategy, cluster: Cluster, what: str, notes: list[str],
+           framework: str | None = None) -> list[str]:
+    """Comment lines above an emitted file: what it is, the framework version it targets, the plan, the notes."""
     from planner.solve.result import describe_strategy
-    lines = [f"# {what} for {model.name} on {cluster.describe()}, written by llm-planner (plan --emit)",
-             f"# plan: {describe_strategy(st.as_dict())}"]
+    lines = [f"# {what} for {model.name} on {cluster.describe()}, written by llm-planner (plan --emit)"]
+    if framework is not None:
+        lines.append(f"# targets: {TARGETS[framework][1]}")
+    lines.append(f"# plan: {describe_strategy(st.as_dict())}")
     return lines + [f"# note: {n}" for n in notes]
 
 

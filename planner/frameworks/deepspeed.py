@@ -83,7 +83,7 @@ def deepspeed_config(model: ModelSpec, st: Strategy) -> dict:
 
 
 def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) -> dict[str, str]:
-    head = header(model, st, cluster, "DeepSpeed launch", notes)
+    head = header(model, st, cluster, "DeepSpeed launch", notes, "deepspeed")
     pipe = (["# pp > 1: build deepspeed.pipe.PipelineModule(layers, num_stages=ds_config['pipeline']['stages'],",
              "#   partition_method='type:<your transformer layer class>'), which gives layers per stage "
              f"{list(st.stage_layers)}"] if st.pp > 1 else [])

@@ -207,12 +207,15 @@ def _megatron_recompute_flags(model: ModelSpec, st: Strategy) -> list[list[str]]
 
 
 def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) -> dict[str, str]:
-    head = header(model, st, cluster, "Megatron-LM pretrain_gpt.py arguments", notes)
+    head = header(model, st, cluster, "Megatron-LM pretrain_gpt.py arguments", notes, "megatron")
     args = bash_array("MEGATRON_ARGS", megatron_args(model, st))
     launch = "\n".join([
         "#!/usr/bin/env bash",
         f"# Launch on {cluster.num_hosts} node(s) x {cluster.gpus_per_host} GPUs: run on every node with NODE_RANK and",
         "# MASTER_ADDR set, from the Megatron-LM checkout. Add your data, tokenizer and checkpoint arguments.",
+        *(["# megatron/training/arguments.py validate_args: tensor or context parallelism needs one CUDA connection",
+            "# per device (kernel order for the overlapped collectives)",
+            "export CUDA_DEVICE_MAX_CONNECTIONS=1"] if st.tp > 1 or st.cp > 1 else []),
         'source "$(dirname "$0")/megatron_args.sh"',
         f"torchrun --nnodes {cluster.num_hosts} --nproc-per-node {cluster.gpus_per_host} "
         '--node-rank "${NODE_RANK:-0}" --master-addr "${MASTER_ADDR:-localhost}" --master-port 6000 \\',

@@ -103,7 +103,7 @@ def toml_text(tables: dict, prefix: str = "") -> str:
 
 
 def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) -> dict[str, str]:
-    head = header(model, st, cluster, "torchtitan v0.2.x job config (--job.config_file)", notes)
+    head = header(model, st, cluster, "torchtitan v0.2.x job config (--job.config_file)", notes, "torchtitan")
     if model.name not in TORCHTITAN_FLAVORS:
         head.append(f"# [model] flavor: register a torchtitan model flavor with {model.name}'s shape under this name")
     launch = "\n".join([

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from costmodels.model import ModelSpec
+from planner.frameworks.base import TARGETS
 from planner.serving.result import ServePlan, ServeResult
 
 HF_IDS = {
@@ -29,6 +30,11 @@ def vllm_command(model: ModelSpec, plan: ServePlan, prompt: int, output: int, ut
     """The `vllm serve` command of a serving plan; for a disaggregated plan, the prefill and the decode
     instances' commands (behind a router that sends each request to both, as vLLM's disaggregated examples
     do)."""
+    return f"# targets: {TARGETS['vllm'][1]}\n" + _commands(model, plan, prompt, output, util, model_path)
+
+
+def _commands(model: ModelSpec, plan: ServePlan, prompt: int, output: int, util: float,
+              model_path: str | None) -> str:
     if plan.prefill is not None:
         pre = plan.prefill
         prefill = _one_command(model, plan, prompt, output, util, model_path, pre["tp"], pre["pp"], pre["ep"],

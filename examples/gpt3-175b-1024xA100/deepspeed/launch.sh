@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # DeepSpeed launch for gpt3-175b on 1024 x A100-80GB (128 nodes x 8), written by llm-planner (plan --emit)
+# targets: DeepSpeed 0.19
 # plan: TP 1 x PP 16 x DP 64, micro-batch 1 (24 per step), ZeRO-1 (distributed optimizer), full recompute
 # note: DeepSpeed recomputes every layer or none: the plan's fully recomputed layers per stage [3, 4, 4, 4, 4, 1, 1, 2, 0, 1, 0, 0, 0, 0, 0, 0] become all layers
 # note: DeepSpeed's PipelineModule balances the transformer layers: layers per stage [5, 6, 6, 6, 6, 5, 5, 6, 5, 6, 6, 6, 7, 7, 7, 7] become [6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6]
