@@ -168,6 +168,9 @@ class ModelSpec(_Spec):
     ffn_type: Literal["gelu", "swiglu"] = "gelu"
     vocab: int
     seq_len: int  # published training sequence length (planning default)
+    # the longest sequence the model's positions cover (Hugging Face config.json max_position_embeddings);
+    # None: not stated
+    max_context: int | None = None
     tied_embeddings: bool = False
     position_embedding: Literal["learned", "rope", "alibi"] = "rope"
     bias: bool = False  # linear-layer biases (GPT-2/3 style)

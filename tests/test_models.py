@@ -355,6 +355,7 @@ def test_hf_llama2_7b_matches_preset(tmp_path):
     want = PRESETS["llama2-7b"]
     assert close(m.params_total(), want.params_total(), 0.005)
     assert m.name == "meta-llama/Llama-2-7b-hf" and m.seq_len == 4096 and m.ffn_type == "swiglu"
+    assert m.max_context == want.max_context == 4096
     assert m.norm == "rmsnorm" and not m.tied_embeddings and not m.bias and m.kv_heads == 32
 
 
@@ -366,6 +367,7 @@ def test_hf_mixtral_matches_preset(tmp_path):
     assert close(m.params_active(), want.params_active(), 0.005)
     assert m.moe == MoESpec(experts=8, top_k=2, expert_ffn_hidden=14336)
     assert m.seq_len == 8192  # min(max_position_embeddings 32768, 8192)
+    assert m.max_context == want.max_context == 32768    # the positions' reach, for --seq-len and serving
     assert m.name == tmp_path.name  # no _name_or_path: directory name
 
 

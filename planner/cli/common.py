@@ -23,6 +23,9 @@ input, an impossible request or no plan that fits (one line on stderr);
 """
 
 EXIT_DOES_NOT_FIT = 3
+# the most tokens one optimizer step may hold: ~15x the largest published batch (DeepSeek-V3 ramps to
+# 15360 x 4096 = 63M tokens), so only typing slips are refused
+MAX_TOKENS_PER_STEP = 1e9
 
 
 class PlanDoesNotFit(click.exceptions.Exit):
@@ -112,9 +115,17 @@ def _load(model_name: str, gpus: str, hardware_files, seq_len, global_batch, pre
     if seq_len is not None:
         if seq_len < 1:
             raise UserError(f"--seq-len {seq_len} is not allowed; give a positive number of tokens")
+        if model.max_context is not None and seq_len > model.max_context:
+            raise UserError(f"--seq-len {seq_len} is past {model.name}'s context of {model.max_context:,} tokens "
+                            f"(config max_position_embeddings); give at most {model.max_context:,}, or a config.json "
+                            f"whose positions reach further")
         model = ModelSpec(**{**model.model_dump(), "seq_len": seq_len})
     if global_batch is not None and global_batch < 1:
         raise UserError(f"--global-batch {global_batch} is not allowed; give a positive number of sequences")
+    if global_batch is not None and global_batch * model.seq_len > MAX_TOKENS_PER_STEP:
+        raise UserError(f"--global-batch {global_batch} x {model.seq_len:,} tokens = {global_batch * model.seq_len:.3g} "
+                        f"tokens per step is past {MAX_TOKENS_PER_STEP:.0e}; published runs use 1-60M (Llama 3 405B: "
+                        f"16M, DeepSeek-V3: 63M)")
     for pool in pools:
         pool.gpu.peak_tflops(precision or model.precision)  # raises if a GPU has no such peak
     return model, note, pools

@@ -124,6 +124,10 @@ def budget_search(model_name, gpus, hardware_files, seq_len, global_batch, preci
     model, _, pools = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision, prices)
     if gpu_types:
         types = [catalog.resolve(x.strip())[0] for x in gpu_types.split(",") if x.strip()]
+        missing = sorted({p.gpu.name for p in pools} - {g.name for g in types})
+        if missing:   # --gpus names a type --gpu-types leaves out: say so rather than drop it
+            raise UserError(f"--gpus {gpus} names {', '.join(missing)}, which --gpu-types {gpu_types} leaves out; "
+                            f"add it to --gpu-types, or give --max-gpus instead of --gpus")
     elif pools:
         types = [p.gpu for p in pools]
     else:

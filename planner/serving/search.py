@@ -464,6 +464,9 @@ def _check_request(model, prompt, output, qps, batch, ttft_ms, tpot_ms, objectiv
         raise ServingError(f"--prompt {prompt} is not allowed; give 1 to 10,000,000 tokens")
     if not isinstance(output, int) or output < 1 or output > 10_000_000:
         raise ServingError(f"--output {output} is not allowed; give 1 to 10,000,000 tokens")
+    if model.max_context is not None and prompt + output > model.max_context:
+        raise ServingError(f"--prompt {prompt} + --output {output} = {prompt + output:,} tokens is past "
+                           f"{model.name}'s context of {model.max_context:,} tokens (config max_position_embeddings)")
     if qps is not None and batch is not None:
         raise ServingError("--qps and --batch are exclusive: give the request rate or the batch, not both")
     if qps is not None and not (math.isfinite(qps) and qps > 0):
