@@ -8,6 +8,7 @@ import json
 import re
 import sys
 import tomllib
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -720,3 +721,43 @@ def test_every_file_names_its_framework_version_and_megatron_sets_its_environmen
     assert "# targets: DeepSpeed 0.19" in export("deepspeed", model, st, cluster).files["launch.sh"]
     st = Strategy(dp=16, micro_batch=1, global_batch=64, zero_stage=3, recompute="none", framework="torchtitan")
     assert any("# targets: torchtitan 0.2" in body for body in export("torchtitan", model, st, cluster).files.values())
+
+
+@pytest.mark.parametrize("name, precision", [("quoted_variables.sh", "bf16"), ("bash_arrays.sh", "fp16")])
+def test_megatron_launch_scripts_read_as_a_shell_would(name, precision, tmp_path, capsys):
+    """Launch scripts in the two forms Megatron-LM's examples use (tests/data/launch, each file says which):
+    quoted variables expanded on the torchrun line, and bash arrays; variables inside values ($TP) expand.
+    `plan import` prints what it read and what it ignored."""
+    path = Path(__file__).parent / "data" / "launch" / name
+    model, st = read_megatron_args(path.read_text(), get_model("175b")[0], parse_cluster("1024xA100"))
+    assert (st.tp, st.pp, st.dp, st.micro_batch, st.global_batch, st.precision) == (8, 16, 8, 1, 1536, precision)
+    code, out, err = _run(["import", "--megatron-args", str(path), "--model", "175b", "--gpus", "1024xA100",
+                           "--format", "json"], capsys)
+    assert code in (0, 3), err
+    assert "--tensor-model-parallel-size 8" in err and "--pipeline-model-parallel-size 16" in err
+    assert "ignored (not part of a plan): " in err and "--lr" in err.split("ignored")[1]
+
+
+def test_megatron_input_without_parallel_settings_is_refused(tmp_path, capsys):
+    """A quoted variable never referenced by a launch line still counts, but a file with no parallel setting
+    at all (here only a learning rate) is an error, never a default TP 1 x PP 1 plan."""
+    f = tmp_path / "args.sh"
+    f.write_text('OPT_ARGS="--lr 1e-4 --bf16"\n')
+    code, out, err = _run(["import", "--megatron-args", str(f), "--model", "175b", "--gpus", "1024xA100"], capsys)
+    assert code == 2 and "no parallel setting found" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("config, needle", [
+    # a Hugging Face Trainer / accelerate DeepSpeed config: the batch fields are "auto" until launch
+    ({"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+      "zero_optimization": {"stage": 2}}, 'are "auto"'),
+    ({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": "auto"}, 'gradient_accumulation_steps is "auto"'),
+    ({"train_micro_batch_size_per_gpu": 4, "bf16": {"enabled": "auto"}}, 'bf16.enabled is "auto"'),
+    ({"train_micro_batch_size_per_gpu": "4"}, "'4' is not a whole number"),
+    ({"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": "auto"}}, "stage 'auto'"),
+])
+def test_deepspeed_auto_values_are_named_not_guessed(config, needle, tmp_path, capsys):
+    f = tmp_path / "ds.json"
+    f.write_text(json.dumps(config))
+    code, out, err = _run(["import", "--deepspeed-config", str(f), "--model", "8b", "--gpus", "8xH100"], capsys)
+    assert code == 2 and needle in err and err.count("\n") == 1, err

@@ -501,7 +501,7 @@ def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_file
     from planner.frameworks.api import import_plan
     from planner.solve.evaluate import parse_headroom
     from planner.frameworks.deepspeed import read_deepspeed_config
-    from planner.frameworks.megatron import read_megatron_args
+    from planner.frameworks.megatron import megatron_settings, read_megatron_args
 
     if bool(megatron_file) == bool(deepspeed_file):
         raise UserError("give exactly one of --megatron-args FILE or --deepspeed-config FILE")
@@ -516,6 +516,11 @@ def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_file
         text = fh.read()
     if megatron_file:
         model, st = read_megatron_args(text, model, cluster)
+        read, ignored = megatron_settings(text)
+        click.echo("read from " + megatron_file + ": " + ", ".join(k if v is True else f"{k} {v}"
+                                                                   for k, v in read.items()), err=True)
+        if ignored:
+            click.echo(f"ignored (not part of a plan): {', '.join(ignored)}", err=True)
     else:
         st = read_deepspeed_config(text, model, cluster)
     if framework:    # priced in another framework's accounting than the file's own

@@ -110,6 +110,17 @@ def read_deepspeed_config(config: dict | str, model: ModelSpec, cluster: Cluster
     if not isinstance(pp, int) or pp < 1 or cluster.num_gpus % pp:
         raise ConfigImportError(f"pipeline.stages {stages!r} must be a whole number dividing the {cluster.num_gpus} GPUs")
     dp = cluster.num_gpus // pp
+    batch_keys = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
+    auto = [k for k in batch_keys if config.get(k) == "auto"]
+    if auto:   # the Hugging Face Trainer / accelerate fill these from their own arguments at launch
+        raise ConfigImportError(f"{', '.join(auto)} {'is' if len(auto) == 1 else 'are'} \"auto\" (filled in by the "
+                                f"Hugging Face Trainer or accelerate from per_device_train_batch_size and "
+                                f"gradient_accumulation_steps at launch): write the numbers your run uses into the "
+                                f"config, e.g. \"train_micro_batch_size_per_gpu\": 4, \"gradient_accumulation_steps\": 8")
+    for k in batch_keys:
+        v = config.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ConfigImportError(f"{k} {v!r} is not a whole number >= 1")
     micro = config.get("train_micro_batch_size_per_gpu")
     accum = config.get("gradient_accumulation_steps")
     total = config.get("train_batch_size")
@@ -123,6 +134,12 @@ def read_deepspeed_config(config: dict | str, model: ModelSpec, cluster: Cluster
                                 f"gradient_accumulation_steps x data-parallel size = {micro} x {accum} x {dp}")
     zero = config.get("zero_optimization") or {}
     stage = zero.get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ConfigImportError(f"zero_optimization.stage {stage!r} is not 0, 1, 2 or 3")
+    for block in ("bf16", "fp16"):
+        if (config.get(block) or {}).get("enabled") == "auto":
+            raise ConfigImportError(f'{block}.enabled is "auto" (the Hugging Face Trainer sets it from --{block}): '
+                                    f"write true or false")
     off_opt = (zero.get("offload_optimizer") or {}).get("device", "none") == "cpu"
     off_par = (zero.get("offload_param") or {}).get("device", "none") == "cpu"
     precision = ("bf16" if (config.get("bf16") or {}).get("enabled") else

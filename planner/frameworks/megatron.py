@@ -249,13 +249,59 @@ _MEGATRON_REFUSED = {"--use-torch-fsdp2": "FSDP2", "--use-megatron-fsdp": "Megat
                      "--hybrid-layer-pattern": "hybrid (Mamba) layer patterns"}
 
 
-def parse_megatron_args(text: str) -> dict[str, str | bool]:
-    """`--flag value` / `--flag` pairs from a shell file, an argument list or a launch line (comments,
-    quotes, line continuations and bash-array brackets allowed). Later flags win, as in argparse."""
+_ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:\[[@*]\])?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def shell_words(text: str) -> list[str]:
+    """The words a launch script hands its commands, read as bash would for the forms launch scripts use:
+    comments, quotes, line continuations, variables (NAME=value, NAME="several words", NAME=( array )) and
+    their references ($NAME, ${NAME}, "${NAME[@]}"), which expand into words. An assignment's words are kept
+    in place too, so a file of assignments alone (an arguments file) reads like the command using them."""
     try:
         toks = shlex.split(text, comments=True)
     except ValueError as e:
         raise ConfigImportError(f"Megatron arguments cannot be split into shell words: {e}") from None
+    env: dict[str, list[str]] = {}
+
+    def expand(word: str) -> list[str]:
+        if "$" not in word:
+            return [word]
+        known = lambda m: (m.group(1) or m.group(2)) in env   # noqa: E731 - unknown ones ($1, $(...)) stay
+        text = _REFERENCE.sub(lambda m: " ".join(env[m.group(1) or m.group(2)]) if known(m) else m.group(0), word)
+        try:
+            return shlex.split(text) if text != word else [word]
+        except ValueError:
+            return [text]
+
+    out: list[str] = []
+    i = 0
+    while i < len(toks):
+        m = _ASSIGN.match(toks[i])
+        if m is None:
+            out += expand(toks[i])
+            i += 1
+            continue
+        name, value = m.groups()
+        if value == "(":                      # NAME=( word ... )
+            j = i + 1
+            words: list[str] = []
+            while j < len(toks) and toks[j] != ")":
+                words += expand(toks[j])
+                j += 1
+            i = j + 1
+        else:                                 # NAME=value, NAME="several words"
+            words = [w for part in expand(value) for w in (shlex.split(part) if " " in part else [part])]
+            i += 1
+        env[name] = words
+        out += words
+    return out
+
+
+def parse_megatron_args(text: str) -> dict[str, str | bool]:
+    """`--flag value` / `--flag` pairs from a shell file, an argument list or a launch line (shell_words:
+    comments, quotes, continuations, variables and arrays). Later flags win, as in argparse."""
+    toks = shell_words(text)
     out: dict[str, str | bool] = {}
     i = 0
     while i < len(toks):
@@ -273,6 +319,11 @@ def parse_megatron_args(text: str) -> dict[str, str | bool]:
     return out
 
 
+# what read_megatron_args reads; every other flag is reported as ignored
+_PARALLEL_FLAGS = ("--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--context-parallel-size",
+                   "--expert-model-parallel-size", "--micro-batch-size", "--global-batch-size")
+
+
 def _int(args: dict, flag: str, default: int | None = None) -> int | None:
     v = args.get(flag)
     if v is None:
@@ -284,6 +335,27 @@ def _int(args: dict, flag: str, default: int | None = None) -> int | None:
     if n < 1:
         raise ConfigImportError(f"{flag} {n} is not allowed; it must be >= 1")
     return n
+
+
+# every flag read_megatron_args reads (the plan, or the model shape it checks); megatron_settings reports
+# the others as ignored
+MEGATRON_READ = frozenset({
+    *_PARALLEL_FLAGS, "--attention-backend", "--bf16", "--fp16", "--fp8-format", "--fp8-recipe",
+    "--decoder-first-pipeline-num-layers", "--decoder-last-pipeline-num-layers", "--expert-tensor-parallel-size",
+    "--grad-reduce-in-bf16", "--group-query-attention", "--moe-enable-deepep", "--moe-flex-dispatcher-backend",
+    "--moe-token-dispatcher-type", "--num-layers-per-virtual-pipeline-stage", "--num-virtual-stages-per-pipeline-rank",
+    "--optimizer", "--optimizer-cpu-offload", "--overlap-moe-expert-parallel-comm", "--pipeline-model-parallel-layout",
+    "--recompute-activations", "--recompute-granularity", "--recompute-method", "--recompute-num-layers",
+    "--seq-length", "--sequence-parallel", "--tp-comm-overlap", "--use-distributed-optimizer",
+    "--num-layers", "--hidden-size", "--num-attention-heads", "--ffn-hidden-size", "--num-query-groups",
+    "--num-experts", "--kv-channels", *_MEGATRON_REFUSED})
+
+
+def megatron_settings(text: str) -> tuple[dict[str, str | bool], list[str]]:
+    """What read_megatron_args reads from `text` (flag -> value) and the flags it ignores."""
+    args = parse_megatron_args(text)
+    return ({k: v for k, v in args.items() if k in MEGATRON_READ},
+            sorted(k for k in args if k not in MEGATRON_READ))
 
 
 def megatron_model(args: dict, model: ModelSpec) -> ModelSpec:
@@ -307,6 +379,9 @@ def megatron_model(args: dict, model: ModelSpec) -> ModelSpec:
 def read_megatron_args(text: str, model: ModelSpec, cluster: Cluster) -> tuple[ModelSpec, Strategy]:
     """The model (with the arguments' sequence length) and the Strategy of Megatron-LM arguments."""
     args = parse_megatron_args(text)
+    if not any(f in args for f in _PARALLEL_FLAGS):
+        raise ConfigImportError("no parallel setting found (none of " + ", ".join(_PARALLEL_FLAGS) + "); give the "
+                                "file that sets them (a launch script with its variables, or the arguments themselves)")
     for flag, what in _MEGATRON_REFUSED.items():
         if args.get(flag):
             raise ConfigImportError(f"{flag}: {what} is not a plan this planner models")
