@@ -734,8 +734,11 @@ def test_megatron_launch_scripts_read_as_a_shell_would(name, precision, tmp_path
     code, out, err = _run(["import", "--megatron-args", str(path), "--model", "175b", "--gpus", "1024xA100",
                            "--format", "json"], capsys)
     assert code in (0, 3), err
-    assert "--tensor-model-parallel-size 8" in err and "--pipeline-model-parallel-size 16" in err
-    assert "ignored (not part of a plan): " in err and "--lr" in err.split("ignored")[1]
+    doc = json.loads(out)
+    assert doc["read"]["--tensor-model-parallel-size"] == "8" and doc["read"]["--pipeline-model-parallel-size"] == "16"
+    assert "--lr" in doc["ignored"] and "--lr" not in doc["read"]
+    code, out, err = _run(["import", "--megatron-args", str(path), "--model", "175b", "--gpus", "1024xA100"], capsys)
+    assert "Read from" in out and "--tensor-model-parallel-size 8" in out and "Not read" in out
 
 
 def test_megatron_input_without_parallel_settings_is_refused(tmp_path, capsys):

@@ -514,13 +514,10 @@ def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_file
     cluster = pools[0]
     with open(megatron_file or deepspeed_file) as fh:
         text = fh.read()
+    read, ignored = {}, []
     if megatron_file:
         model, st = read_megatron_args(text, model, cluster)
         read, ignored = megatron_settings(text)
-        click.echo("read from " + megatron_file + ": " + ", ".join(k if v is True else f"{k} {v}"
-                                                                   for k, v in read.items()), err=True)
-        if ignored:
-            click.echo(f"ignored (not part of a plan): {', '.join(ignored)}", err=True)
     else:
         st = read_deepspeed_config(text, model, cluster)
     if framework:    # priced in another framework's accounting than the file's own
@@ -530,8 +527,15 @@ def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_file
     if fmt == "json":
         doc = {"imported": res.imported.model_dump(mode="json"), "best": res.best.model_dump(mode="json"),
                "speedup": res.speedup}
+        if megatron_file:
+            doc["read"], doc["ignored"] = read, ignored
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
     else:
+        if megatron_file:
+            click.echo("Read from " + megatron_file + ": " + ", ".join(k if v is True else f"{k} {v}"
+                                                                       for k, v in read.items()))
+            if ignored:
+                click.echo(f"Not read (the planner assumes them, or they do not change the plan): {', '.join(ignored)}")
         _emit(res.imported, fmt, title="Imported plan")
         _emit(res.best, fmt, title="Best plan found by the search")
         t0, t1 = res.imported.plans[0].step_time_s, res.best.plans[0].step_time_s
