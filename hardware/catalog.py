@@ -80,6 +80,13 @@ class Catalog:
         return Catalog(merged.values())
 
 
+    def with_network(self, gbits_per_gpu: float) -> Catalog:
+        """A new catalog whose every GPU has this network rate per GPU (Gb/s; the catalog keeps GB/s)."""
+        if isinstance(gbits_per_gpu, bool) or not math.isfinite(gbits_per_gpu) or not 0 < gbits_per_gpu <= 100_000:
+            raise HardwareError(f"network {gbits_per_gpu!r} Gb/s per GPU: give a positive rate up to 100000")
+        return Catalog(g.model_copy(update={"inter_node_gbps": gbits_per_gpu / 8.0}) for g in self.gpus.values())
+
+
 def parse_prices(items: Iterable[str], bare_for: str | None = None) -> dict[str, float]:
     """The one parser of `--price` for every command: items `NAME=USD` (USD per GPU-hour) -> {NAME: USD}.
 

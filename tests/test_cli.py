@@ -463,3 +463,23 @@ def test_a_search_does_not_load_pandas_and_leaves_it_importable():
             "import pandas\nprint(pandas.DataFrame({'a': [1, 2]})['a'].sum())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "3"
+
+
+def test_network_option_replaces_the_catalog_rate(capsys):
+    """--network GBITS: the per-GPU network rate of every GPU type (a cluster with half the catalog's NICs
+    trains the same plan no faster), said on the cluster line; 0 is one line and exit 2."""
+    def step(*extra):
+        main_args = ["--model", "gpt3-13b", "--gpus", "64xA100", "--tp", "4", "--pp", "2", "--format", "json", *extra]
+        with pytest.raises(SystemExit) as e:
+            main(main_args)
+        assert e.value.code == 0
+        return json.loads(capsys.readouterr().out)["plans"][0]["step_time_s"]
+
+    base, slow, fast = step(), step("--network", "50"), step("--network", "3200")
+    assert slow > base >= fast
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "gpt3-13b", "--gpus", "64xA100", "--network", "50"])
+    assert "network 50 Gb/s per GPU (--network" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "gpt3-13b", "--gpus", "64xA100", "--network", "0"])
+    assert e.value.code == 2 and "--network 0 is not allowed" in capsys.readouterr().err

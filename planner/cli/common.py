@@ -83,6 +83,7 @@ def _common(f):
         click.option("--grads", type=click.Choice(["fp32", "16bit"]), default="fp32", show_default=True,
                      help=GRADS_HELP),
         click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True),
+        NETWORK_OPTION,
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -101,7 +102,30 @@ def _catalog(hardware_files, prices=()):
             catalog = catalog.with_prices(parse_prices(prices))
         except HardwareError as e:
             raise UserError(str(e)) from None
+    gbits = network_override()
+    if gbits is not None:
+        catalog = catalog.with_network(gbits)
     return catalog
+
+
+def network_override() -> float | None:
+    """--network GBITS of the running command (NETWORK_OPTION), else None."""
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.find_root().meta.get("network_gbits")
+
+
+def _set_network(ctx, param, value):
+    if value is not None:
+        if not (value > 0 and value <= 100_000):
+            raise UserError(f"--network {value:g} is not allowed; give the network rate per GPU in Gb/s, e.g. 200")
+        ctx.find_root().meta["network_gbits"] = value
+    return value
+
+
+NETWORK_OPTION = click.option(
+    "--network", type=float, metavar="GBITS", callback=_set_network, expose_value=False,
+    help="Network rate per GPU across nodes, Gb/s (e.g. 200 for one 200 Gb/s NIC per GPU), replacing the "
+         "catalog's for every GPU type; the cluster line says so.")
 
 
 def _load(model_name: str, gpus: str, hardware_files, seq_len, global_batch, precision, prices=()):
@@ -111,6 +135,11 @@ def _load(model_name: str, gpus: str, hardware_files, seq_len, global_batch, pre
 
     catalog = _catalog(hardware_files, prices)
     pools = parse_pools(gpus, catalog) if gpus else ()
+    gbits = network_override()
+    if gbits is not None:
+        import dataclasses
+        said = f"network {gbits:g} Gb/s per GPU (--network, in place of the catalog's rate)"
+        pools = tuple(dataclasses.replace(p, note=f"{p.note}; {said}" if p.note else said) for p in pools)
     model, note = get_model(model_name)
     if seq_len is not None:
         if seq_len < 1:

@@ -10,7 +10,7 @@ import sys
 import click
 
 from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROOM_HELP, PlanDoesNotFit, UserError,
-                                 check_writable, _catalog, _check_export_options, _common, _console, _emit, _export_options,
+                                 NETWORK_OPTION, check_writable, _catalog, _check_export_options, _common, _console, _emit, _export_options,
                                  _check_fp8_recipe, _comm_options, _framework_option, _int_tuple, _load, _progress, _resolve_framework, _show_export)
 
 
@@ -20,6 +20,7 @@ from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROO
 @click.option("--gpus", help="Cluster: COUNTxGPU or NODESxPER_NODExGPU, e.g. 1024xA100, 128x8xH100.")
 @click.option("--hardware", "hardware_files", multiple=True, type=click.Path(),
               help="JSON/YAML file adding or overriding GPU catalog entries.")
+@NETWORK_OPTION
 @click.option("--seq-len", type=int, help="Training sequence length in tokens [default: the preset's].")
 @click.option("--global-batch", type=int, help="Sequences per optimizer step [default: the preset's published batch].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "fp8"]), help="Compute precision [default: the preset's].")
@@ -392,6 +393,7 @@ def _print_validation(result) -> None:
 @click.option("--price", help="USD per GPU-hour overriding the catalog price of the GPU served on: USD, or NAME=USD "
                              "with NAME that GPU (any catalog name or alias).")
 @click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
+@NETWORK_OPTION
 @click.option("--top", type=int, default=3, show_default=True, help="Plans to show (the best and runner-ups).")
 @click.option("--emit", metavar="vllm[@VERSION]", help="Print only the matching `vllm serve` command (vllm, or "
                                                        "vllm@0.11: the engine arguments it is written for).")
@@ -430,7 +432,7 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
                         "--min-gpus-for, --emit or --mode disaggregated")
     if plot:
         check_writable(plot, "--plot")
-    catalog = load_catalog(hardware_files)
+    catalog = _catalog(hardware_files)
     cluster = parse_cluster(gpus, catalog)
     try:   # one --price parser for every command; NAME must be the GPU served on
         usd = price_for(catalog, parse_prices([price] if price else [], bare_for=cluster.gpu.name), cluster.gpu)
