@@ -32,10 +32,15 @@ def test_seed_000_gpt3_run():
     assert est.gpu_days == pytest.approx(25.3e3, rel=0.01)
     assert 20 < est.days < 31
     assert est.cost_usd == pytest.approx(est.gpu_hours * 5.12)
-    assert est.energy_kwh == pytest.approx(est.gpu_hours * 0.4)      # 400 W TDP, PUE 1
-    full = estimate_run(model, A100, 1024, 300e9, 0.462, "bf16", full_recompute=True, pue=1.2)
+    # 400 W TDP x 1.8 for the server (DGX A100 datasheet: 6.5 kW max for 8 x 400 W GPUs, DGX H100 10.2 kW for
+    # 8 x 700 W) x the default PUE 1.56 (Uptime Institute 2024 average)
+    assert est.energy_kwh == pytest.approx(est.gpu_hours * 0.4 * 1.8 * 1.56)
+    assert est.server_w_per_gpu == pytest.approx(720.0) and est.pue == 1.56
+    full = estimate_run(model, A100, 1024, 300e9, 0.462, "bf16", full_recompute=True, pue=1.1)
     assert full.hardware_flops == pytest.approx(8 / 6 * est.training_flops)   # 8ND with full recompute
-    assert full.energy_kwh == pytest.approx(1.2 * est.energy_kwh)
+    assert full.energy_kwh == pytest.approx(1.1 / 1.56 * est.energy_kwh)
+    # a DGX H100 at full load: 8 GPUs x 700 W x 1.8 = 10.1 kW, the datasheet's 10.2 kW maximum within 2%
+    assert 8 * 700 * 1.8 == pytest.approx(10_200, rel=0.02)
 
 
 def test_seed_000_gpt4_like_moe():
@@ -179,7 +184,7 @@ def test_run_figures_one_formula_for_one_pool_and_several():
     assert one["days"] == pytest.approx(steps * 2.0 / 86400)
     assert one["gpu_hours"] == pytest.approx(steps * 2.0 / 3600 * 64)
     assert one["cost_usd"] == pytest.approx(one["gpu_hours"] * a100.gpu.price_usd_per_gpu_hour)
-    assert one["energy_kwh"] == pytest.approx(one["gpu_hours"] * a100.gpu.tdp_w / 1000 * 1.2)
+    assert one["energy_kwh"] == pytest.approx(one["gpu_hours"] * a100.gpu.tdp_w * 1.8 / 1000 * 1.2)
     assert run_figures(2.0, 1024 * 2048, (a100,), 1e9, pue=1.2) == one
     both = run_figures(2.0, 1024 * 2048, (a100, h100), 1e9, pue=1.2)
     other = run_figures(2.0, 1024 * 2048, h100, 1e9, pue=1.2)

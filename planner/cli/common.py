@@ -345,3 +345,14 @@ def check_writable(path: str, option: str) -> None:
             pass
     except OSError as e:
         raise UserError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
+
+
+def resolve_pue(pue: float | None) -> float:
+    """--pue, or the default (planner.runs.estimate.DEFAULT_PUE); at least 1."""
+    from planner.runs.estimate import DEFAULT_PUE
+
+    if pue is None:
+        return DEFAULT_PUE
+    if not pue >= 1:
+        raise UserError(f"--pue {pue} is not allowed; power usage effectiveness is >= 1, e.g. 1.1")
+    return pue

@@ -10,7 +10,7 @@ import sys
 import click
 
 from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROOM_HELP, PlanDoesNotFit, UserError,
-                                 NETWORK_OPTION, check_writable, _catalog, _check_export_options, _common, _console, _emit, _export_options,
+                                 NETWORK_OPTION, check_writable, resolve_pue, _catalog, _check_export_options, _common, _console, _emit, _export_options,
                                  _check_fp8_recipe, _comm_options, _framework_option, _int_tuple, _load, _progress, _resolve_framework, _show_export)
 
 
@@ -47,7 +47,9 @@ from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROO
                    "that none did, and its expected error: docs/validation.md).")
 @click.option("--tokens", type=float, help="Training tokens of the whole run, e.g. 300e9: adds days, GPU-hours, $ and kWh.")
 @click.option("--price", "prices", multiple=True, help="Override a GPU's price per GPU-hour, e.g. --price H100=2.49.")
-@click.option("--pue", type=float, default=1.0, show_default=True, help="Power usage effectiveness for energy (kWh).")
+@click.option("--pue", type=float,
+              help="Power usage effectiveness for energy (kWh) [default: 1.56, the data-centre average, Uptime "
+                   "Institute 2024; hyperscale sites run about 1.1]. Energy counts the server's draw, 1.8x the GPUs' TDP.")
 @click.option("--budget-usd", type=float, help="Money limit for the whole run (needs --tokens): minimise days under it.")
 @click.option("--deadline-days", type=float, help="Time limit for the whole run (needs --tokens): minimise $ under it.")
 @click.option("--gpu-types", help="Let the planner choose the GPU type (and count), e.g. A100,H100,H200.")
@@ -74,6 +76,7 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     if ctx.invoked_subcommand is not None:
         return
     _check_export_options(emit, out_dir)
+    pue = resolve_pue(pue)
     for option, path in (("--report", report), ("--plot", plot)):
         if path:
             check_writable(path, option)
@@ -100,8 +103,6 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
 
     if tokens is not None and not 0 < tokens <= 1e16:
         raise UserError(f"--tokens {tokens:g} is not allowed; give a positive count up to 1e16, e.g. 300e9")
-    if pue < 1:
-        raise UserError(f"--pue {pue} is not allowed; power usage effectiveness is >= 1, e.g. 1.1")
     model, note, cluster = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision, prices)
     if len(cluster) == 1:
         cluster = cluster[0]

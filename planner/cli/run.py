@@ -8,7 +8,7 @@ import json
 
 import click
 
-from planner.cli.common import UserError, _catalog, _console, _load
+from planner.cli.common import UserError, _catalog, _console, _load, resolve_pue
 
 _CLUSTERS_HELP = "Comma-separated clusters, e.g. 1024xA100,1024xH100,512xH200."
 
@@ -31,7 +31,9 @@ def _tokens_ok(tokens: float | None, required: bool = True) -> None:
 @click.option("--global-batch", type=int, help="Sequences per step for the planner [default: the preset's].")
 @click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
 @click.option("--price", "prices", multiple=True, help="Override a GPU's price per GPU-hour, e.g. --price A100=2.40.")
-@click.option("--pue", type=float, default=1.0, show_default=True, help="Power usage effectiveness.")
+@click.option("--pue", type=float,
+              help="Power usage effectiveness [default: 1.56, the Uptime Institute 2024 average; hyperscale sites "
+                   "about 1.1].")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_files, prices, pue, fmt):
     """Whole-run estimate: training FLOPs (6ND; 8ND with full recompute), GPU-hours, days, $ and kWh.
@@ -41,6 +43,7 @@ def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_fi
     from planner.runs.estimate import estimate_for_cluster
 
     _tokens_ok(tokens)
+    pue = resolve_pue(pue)
     if mfu is not None and not 0 < mfu <= 1:
         raise UserError(f"--mfu {mfu} is not allowed; give a share of peak in (0, 1], e.g. 0.462")
     model, note, pools = _load(model_name, gpus, hardware_files, None, global_batch, precision, prices)
@@ -61,7 +64,8 @@ def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_fi
     c.print(f"  GPU-hours       {est.gpu_hours:,.0f} ({est.gpu_days:,.0f} GPU-days)")
     c.print(f"  wall clock      {est.days:,.1f} days on {est.num_gpus} GPUs")
     c.print(f"  cost            ${est.cost_usd:,.0f} at ${est.price_usd_per_gpu_hour:.2f} per GPU-hour")
-    c.print(f"  energy          {est.energy_kwh:,.0f} kWh ({est.tdp_w:.0f} W TDP x PUE {est.pue:g})")
+    c.print(f"  energy          {est.energy_kwh:,.0f} kWh ({est.server_w_per_gpu:.0f} W per GPU: {est.tdp_w:.0f} W TDP "
+            f"and its share of the server, x PUE {est.pue:g})")
 
 
 @click.command()
@@ -72,7 +76,9 @@ def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_fi
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "fp8"]), help="[default: the preset's]")
 @click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
 @click.option("--price", "prices", multiple=True, help="Override a GPU's price per GPU-hour, e.g. --price H100=2.49.")
-@click.option("--pue", type=float, default=1.0, show_default=True, help="Power usage effectiveness.")
+@click.option("--pue", type=float,
+              help="Power usage effectiveness [default: 1.56, the Uptime Institute 2024 average; hyperscale sites "
+                   "about 1.1].")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def compare(model_name, gpus, tokens, global_batch, precision, hardware_files, prices, pue, fmt):
     """The best plan on each cluster in one table: step time, tokens/s, MFU, days, GPU-hours, $, kWh."""
@@ -80,6 +86,7 @@ def compare(model_name, gpus, tokens, global_batch, precision, hardware_files, p
     from planner.runs.budget import compare as compare_api
 
     _tokens_ok(tokens)
+    pue = resolve_pue(pue)
     catalog = _catalog(hardware_files, prices)
     clusters = [parse_cluster(x, catalog) for x in gpus.split(",") if x.strip()]
     if not clusters:
@@ -117,6 +124,7 @@ def budget_search(model_name, gpus, hardware_files, seq_len, global_batch, preci
         raise UserError("--model is required, e.g. `plan --model 175b --gpu-types A100,H100 --max-gpus 1024 "
                         "--tokens 300e9 --budget-usd 3e6`")
     _tokens_ok(tokens)
+    pue = resolve_pue(pue)
     for name, value in (("--budget-usd", budget_usd), ("--deadline-days", deadline_days)):
         if value is not None and not value > 0:
             raise UserError(f"{name} {value:g} is not allowed; give a positive number")

@@ -22,7 +22,7 @@ from costmodels.calibration import calibration_for
 from costmodels.flops import model_flops_per_step
 from costmodels.model import ModelSpec
 from hardware import Cluster, GPUSpec
-from planner.runs.estimate import run_figures
+from planner.runs.estimate import DEFAULT_PUE, run_figures
 from planner.solve.optimize import NoPlanError, default_global_batch, search
 from planner.solve.result import describe_strategy
 from planner.solve.solver import cp_model
@@ -70,7 +70,7 @@ class BudgetResult(BaseModel):
     message: str | None = None        # when nothing meets the limits: the cheapest and fastest runs
 
 
-def run_point(model: ModelSpec, cluster: Cluster, tokens: float, pue: float = 1.0, **search_kw) -> RunPoint:
+def run_point(model: ModelSpec, cluster: Cluster, tokens: float, pue: float = DEFAULT_PUE, **search_kw) -> RunPoint:
     res = search(model, cluster, top=1, **search_kw)
     p = res.plans[0]
     tokens_per_step = p.strategy["global_batch"] * model.seq_len
@@ -81,7 +81,7 @@ def run_point(model: ModelSpec, cluster: Cluster, tokens: float, pue: float = 1.
                     **fig)
 
 
-def compare(model: ModelSpec, clusters: list[Cluster], tokens: float, pue: float = 1.0, **search_kw) -> CompareResult:
+def compare(model: ModelSpec, clusters: list[Cluster], tokens: float, pue: float = DEFAULT_PUE, **search_kw) -> CompareResult:
     """The best plan on each cluster, with days, GPU-hours, dollars and kWh for `tokens`."""
     rows, skipped = [], []
     for c in clusters:
@@ -115,7 +115,7 @@ def pareto_front(points: list[RunPoint]) -> list[RunPoint]:
 
 def choose_hardware(model: ModelSpec, gpu_types: list[GPUSpec], max_gpus: int, tokens: float, *,
                     budget_usd: float | None = None, deadline_days: float | None = None,
-                    global_batch: int | None = None, precision: str | None = None, pue: float = 1.0,
+                    global_batch: int | None = None, precision: str | None = None, pue: float = DEFAULT_PUE,
                     full_front: bool = False, **search_kw) -> BudgetResult:
     """Minimise days under `budget_usd`, or dollars under `deadline_days` (and the budget, if given)."""
     objective = "cost" if deadline_days is not None else "time"

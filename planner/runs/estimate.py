@@ -2,7 +2,8 @@
 
 Training FLOPs ~ 6 N D, or 8 N D with full recompute (Kaplan et al. 2020; seed article 000); MoE models
 count active parameters. Time at a model-FLOPs utilisation u on n GPUs of dense peak P:
-GPU-seconds = FLOPs / (P u). Cost = GPU-hours x price per GPU-hour; energy = GPU-hours x TDP x PUE.
+GPU-seconds = FLOPs / (P u). Cost = GPU-hours x price per GPU-hour; energy = GPU-hours x the server's power
+per GPU (TDP x SERVER_POWER_PER_GPU_TDP) x PUE.
 """
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ from costmodels.model import ModelSpec
 from hardware import Cluster, GPUSpec
 
 HOURS_PER_DAY = 24.0
+# Taken: a GPU server draws about 1.8x its GPUs' TDP at full load (CPUs, memory, NICs, fans, power
+# conversion): NVIDIA DGX H100 datasheet, 10.2 kW max for 8 x 700 W GPUs (1.82x); DGX B200, 14.3 kW max for
+# 8 x 1000 W (1.79x); DGX A100, 6.5 kW max for 8 x 400 W (2.03x). The network switches are left out.
+SERVER_POWER_PER_GPU_TDP = 1.8
+# Taken: the average annual PUE of data centres, Uptime Institute Global Data Center Survey 2024 (1.56);
+# hyperscale fleets report about 1.1 (Google 2023: 1.10): give --pue for your site.
+DEFAULT_PUE = 1.56
 
 
 class RunEstimate(BaseModel):
@@ -32,12 +40,13 @@ class RunEstimate(BaseModel):
     price_usd_per_gpu_hour: float
     cost_usd: float
     tdp_w: float
+    server_w_per_gpu: float          # TDP x SERVER_POWER_PER_GPU_TDP: the GPU's share of its server's draw
     pue: float
     energy_kwh: float
 
 
 def estimate_run(model: ModelSpec, gpu: GPUSpec, num_gpus: int, tokens: float, mfu: float, precision: str,
-                 *, full_recompute: bool = False, pue: float = 1.0, mfu_source: str = "given") -> RunEstimate:
+                 *, full_recompute: bool = False, pue: float = DEFAULT_PUE, mfu_source: str = "given") -> RunEstimate:
     """Whole-run figures at a given MFU (seed article 000: 175B x 300B tokens at 46.2% of 312 TFLOP/s
     is ~607k A100-hours)."""
     if not 0 < mfu <= 1:
@@ -54,16 +63,19 @@ def estimate_run(model: ModelSpec, gpu: GPUSpec, num_gpus: int, tokens: float, m
         hardware_flops=training_flops(model, tokens, full_recompute=full_recompute), mfu=mfu,
         mfu_source=mfu_source, gpu_hours=gpu_hours, gpu_days=gpu_hours / HOURS_PER_DAY,
         days=gpu_hours / num_gpus / HOURS_PER_DAY, price_usd_per_gpu_hour=gpu.price_usd_per_gpu_hour,
-        tdp_w=gpu.tdp_w, pue=pue, **_cost_energy(gpu_hours, gpu, pue))
+        tdp_w=gpu.tdp_w, server_w_per_gpu=gpu.tdp_w * SERVER_POWER_PER_GPU_TDP, pue=pue,
+        **_cost_energy(gpu_hours, gpu, pue))
 
 
 def _cost_energy(gpu_hours: float, gpu: GPUSpec, pue: float) -> dict[str, float]:
-    """Dollars (GPU-hours x price) and kWh (GPU-hours x TDP x PUE) of GPU-hours on one GPU type."""
-    return {"cost_usd": gpu_hours * gpu.price_usd_per_gpu_hour, "energy_kwh": gpu_hours * gpu.tdp_w / 1000.0 * pue}
+    """Dollars (GPU-hours x price) and kWh (GPU-hours x the server's power per GPU x PUE) of GPU-hours on one
+    GPU type."""
+    return {"cost_usd": gpu_hours * gpu.price_usd_per_gpu_hour,
+            "energy_kwh": gpu_hours * gpu.tdp_w * SERVER_POWER_PER_GPU_TDP / 1000.0 * pue}
 
 
 def estimate_for_cluster(model: ModelSpec, cluster: Cluster, tokens: float, *, mfu: float | None = None,
-                         precision: str | None = None, pue: float = 1.0, **search_kw) -> RunEstimate:
+                         precision: str | None = None, pue: float = DEFAULT_PUE, **search_kw) -> RunEstimate:
     """As estimate_run; without `mfu`, the MFU of the best plan the planner finds for this cluster."""
     precision = precision or model.precision
     if mfu is not None:
@@ -85,7 +97,7 @@ def estimate_for_cluster(model: ModelSpec, cluster: Cluster, tokens: float, *, m
 
 
 def run_figures(step_time_s: float, tokens_per_step: float, cluster: Cluster | tuple[Cluster, ...],
-                tokens: float, pue: float = 1.0) -> dict[str, float]:
+                tokens: float, pue: float = DEFAULT_PUE) -> dict[str, float]:
     """Days, GPU-hours, dollars and energy of training `tokens` at a plan's step time on `cluster`: the one
     run-cost formula of `plan --tokens`, `plan compare` and the budget search. Wall clock = steps x step
     time; a cluster of several GPU pools adds each pool's GPU-hours at its own price and power."""
@@ -101,7 +113,7 @@ def run_figures(step_time_s: float, tokens_per_step: float, cluster: Cluster | t
 
 
 def add_run_figures(result, model: ModelSpec, cluster: Cluster | tuple[Cluster, ...], tokens: float,
-                    pue: float = 1.0) -> None:
+                    pue: float = DEFAULT_PUE) -> None:
     """Set `run` (tokens, days, GPU-hours, $, kWh of the whole run) on every plan of a search result
     (planner.solve.result.SearchResult) for `plan --tokens`."""
     for p in result.plans:
