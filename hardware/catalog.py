@@ -75,7 +75,8 @@ class Catalog:
             if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price <= 0:
                 raise HardwareError(f"price for {gpu.name} must be a positive number of USD per GPU-hour, got {price!r}")
             merged[gpu.name] = gpu.model_copy(
-                update={"price_usd_per_gpu_hour": float(price), "price_source": "user override"}
+                update={"price_usd_per_gpu_hour": float(price), "price_source": "user override",
+                        "price_kind": "user override"}
             )
         return Catalog(merged.values())
 

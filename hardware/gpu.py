@@ -39,6 +39,10 @@ class GPUSpec(BaseModel):
     host_memory_gb_per_node: float = Field(gt=0)
     price_usd_per_gpu_hour: float = Field(gt=0, allow_inf_nan=False)
     price_source: str
+    # what kind of price it is: "on-demand, specialist cloud" (the catalog's default kind, so GPUs compare on
+    # one footing), "on-demand, hyperscaler" (where no specialist price was found), "assumption", or
+    # "user override" (--price)
+    price_kind: str = "unstated"
     tdp_w: float = Field(gt=0)
     source: str
 

@@ -31,7 +31,8 @@ def test_seed_000_gpt3_run():
     assert est.gpu_hours == pytest.approx(606.7e3, rel=0.01)
     assert est.gpu_days == pytest.approx(25.3e3, rel=0.01)
     assert 20 < est.days < 31
-    assert est.cost_usd == pytest.approx(est.gpu_hours * 5.12)
+    assert est.cost_usd == pytest.approx(est.gpu_hours * A100.price_usd_per_gpu_hour)
+    assert est.price_kind == "on-demand, specialist cloud"
     # 400 W TDP x 1.8 for the server (DGX A100 datasheet: 6.5 kW max for 8 x 400 W GPUs, DGX H100 10.2 kW for
     # 8 x 700 W) x the default PUE 1.56 (Uptime Institute 2024 average)
     assert est.energy_kwh == pytest.approx(est.gpu_hours * 0.4 * 1.8 * 1.56)

@@ -211,8 +211,10 @@ def test_serve_json_contract_and_consistency(capsys):
     assert mem["weights"] + mem["kv_cache"] + mem["activations"] + mem["workspace"] + mem["free"] == pytest.approx(
         mem["usable"], abs=0.01)
     assert mem["usable"] == pytest.approx(0.9 * 80)
-    # the $ per million tokens follows from the catalog price (H100-SXM $12.29 per GPU-hour)
-    assert p["usd_per_million_tokens"] == pytest.approx(12.29 * p["gpus"] / (p["tokens_per_s"] * 3600) * 1e6)
+    # the $ per million tokens follows from the catalog price (H100-SXM, specialist-cloud on-demand)
+    price = doc["assumptions"]["price_usd_per_gpu_hour"]
+    assert price == H100.price_usd_per_gpu_hour and doc["assumptions"]["price_kind"] == "on-demand, specialist cloud"
+    assert p["usd_per_million_tokens"] == pytest.approx(price * p["gpus"] / (p["tokens_per_s"] * 3600) * 1e6)
 
 
 def test_serve_gpt3_175b_on_8xa100(capsys):

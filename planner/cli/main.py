@@ -294,12 +294,13 @@ def gpus(hardware_files, fmt):
     from rich.table import Table
     t = Table(show_edge=False)
     for col in ("name", "memory GB", "HBM GB/s", "bf16 TF", "fp8 TF", "per node", "NVLink GB/s/dir",
-                "network GB/s/GPU", "$/GPU-h", "TDP W", "aliases"):
+                "network GB/s/GPU", "$/GPU-h", "price kind", "TDP W", "aliases"):
         t.add_column(col)
     for g in cat.gpus.values():
         t.add_row(g.name, f"{g.memory_gb:g}", f"{g.hbm_gbps:g}", f"{g.tflops['bf16'] or '-'}",
                   f"{g.tflops['fp8'] or '-'}", str(g.gpus_per_node), f"{g.intra_node_gbps:g}",
-                  f"{g.inter_node_gbps:g}", f"{g.price_usd_per_gpu_hour:.2f}", f"{g.tdp_w:g}", ", ".join(g.aliases))
+                  f"{g.inter_node_gbps:g}", f"{g.price_usd_per_gpu_hour:.2f}", g.price_kind, f"{g.tdp_w:g}",
+                  ", ".join(g.aliases))
     _console().print(t)
 
 

@@ -63,7 +63,7 @@ def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_fi
     c.print(f"  MFU             {est.mfu:.1%} ({est.mfu_source})")
     c.print(f"  GPU-hours       {est.gpu_hours:,.0f} ({est.gpu_days:,.0f} GPU-days)")
     c.print(f"  wall clock      {est.days:,.1f} days on {est.num_gpus} GPUs")
-    c.print(f"  cost            ${est.cost_usd:,.0f} at ${est.price_usd_per_gpu_hour:.2f} per GPU-hour")
+    c.print(f"  cost            ${est.cost_usd:,.0f} at ${est.price_usd_per_gpu_hour:.2f} per GPU-hour ({est.price_kind})")
     c.print(f"  energy          {est.energy_kwh:,.0f} kWh ({est.server_w_per_gpu:.0f} W per GPU: {est.tdp_w:.0f} W TDP "
             f"and its share of the server, x PUE {est.pue:g})")
 
@@ -113,6 +113,9 @@ def render_points(points, title: str, chosen=None) -> None:
                   f"{p.gpu_hours:,.0f}", f"{p.cost_usd:,.0f}", f"{p.energy_kwh:,.0f}", f"{p.price_usd_per_gpu_hour:.2f}",
                   p.plan)
     _console().print(t)
+    kinds = {p.gpu: p.price_kind for p in points}
+    _console().print("$/GPU-h: " + "; ".join(f"{g} {k}" for g, k in kinds.items()) + " (plan gpus lists the sources; "
+                     "--price NAME=USD overrides)")
 
 
 def budget_search(model_name, gpus, hardware_files, seq_len, global_batch, precision, tokens, prices, pue,

@@ -35,7 +35,8 @@ def render_serve(result: ServeResult, console) -> None:
     t.add_row("throughput", f"{p.tokens_per_s:,.0f} tokens/s ({p.tokens_per_s_per_replica:,.0f} per replica, "
                             f"{p.tokens_per_s_per_gpu:,.0f} per GPU), {p.requests_per_s:,.2f} requests/s")
     t.add_row("cost", f"${p.usd_per_million_tokens:,.3f} per million tokens (${p.usd_per_1k_tokens:.5f} per 1k) at "
-                      f"${result.assumptions['price_usd_per_gpu_hour']:.4g}/GPU-hour")
+                      f"${result.assumptions['price_usd_per_gpu_hour']:.4g}/GPU-hour "
+                      f"({result.assumptions.get('price_kind', 'unstated')})")
     t.add_row("KV cache", f"{p.kv_cache_bytes_per_token / 1e6:.4g} MB per token "
                           f"({p.kv_cache_bytes_per_token_per_gpu / 1e6:.4g} MB per GPU)")
     mg = p.memory_gb

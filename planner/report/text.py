@@ -83,8 +83,9 @@ def render_plan(p: PlanOut, console: Console, title: str) -> None:
         console.print("  " + trust_line(p.trust))
     if p.run:
         r = p.run
+        at = "; ".join(f"{g} ${x['usd_per_gpu_hour']:.2f}/GPU-hour, {x['kind']}" for g, x in r.get("prices", {}).items())
         console.print(f"  whole run of {r['tokens']:.3g} tokens: {r['days']:,.1f} days, {r['gpu_hours']:,.0f} GPU-hours, "
-                      f"${r['cost_usd']:,.0f}, {r['energy_kwh']:,.0f} kWh")
+                      f"${r['cost_usd']:,.0f} ({at}), {r['energy_kwh']:,.0f} kWh (PUE {r.get('pue', 0):g})")
     mem = Table(title="Memory per GPU (most loaded stage)", title_justify="left", show_edge=False)
     mem.add_column("part")
     mem.add_column("GB", justify="right")

@@ -46,6 +46,7 @@ class RunPoint(BaseModel):
     cost_usd: float
     energy_kwh: float
     price_usd_per_gpu_hour: float
+    price_kind: str = "unstated"        # the GPU spec's price_kind (hardware/gpu.py)
 
 
 class CompareResult(BaseModel):
@@ -78,6 +79,7 @@ def run_point(model: ModelSpec, cluster: Cluster, tokens: float, pue: float = DE
     return RunPoint(cluster=f"{cluster.num_gpus}x{cluster.gpu.name}", gpu=cluster.gpu.name,
                     num_gpus=cluster.num_gpus, plan=describe_strategy(p.strategy), step_time_s=p.step_time_s,
                     tokens_per_s=p.tokens_per_s, mfu=p.mfu, price_usd_per_gpu_hour=cluster.gpu.price_usd_per_gpu_hour,
+                    price_kind=cluster.gpu.price_kind,
                     **fig)
 
 

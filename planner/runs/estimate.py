@@ -38,6 +38,7 @@ class RunEstimate(BaseModel):
     gpu_days: float
     days: float                      # wall clock on num_gpus GPUs
     price_usd_per_gpu_hour: float
+    price_kind: str                  # on-demand, specialist cloud / hyperscaler / assumption / user override
     cost_usd: float
     tdp_w: float
     server_w_per_gpu: float          # TDP x SERVER_POWER_PER_GPU_TDP: the GPU's share of its server's draw
@@ -63,6 +64,7 @@ def estimate_run(model: ModelSpec, gpu: GPUSpec, num_gpus: int, tokens: float, m
         hardware_flops=training_flops(model, tokens, full_recompute=full_recompute), mfu=mfu,
         mfu_source=mfu_source, gpu_hours=gpu_hours, gpu_days=gpu_hours / HOURS_PER_DAY,
         days=gpu_hours / num_gpus / HOURS_PER_DAY, price_usd_per_gpu_hour=gpu.price_usd_per_gpu_hour,
+        price_kind=gpu.price_kind,
         tdp_w=gpu.tdp_w, server_w_per_gpu=gpu.tdp_w * SERVER_POWER_PER_GPU_TDP, pue=pue,
         **_cost_energy(gpu_hours, gpu, pue))
 
@@ -116,6 +118,9 @@ def add_run_figures(result, model: ModelSpec, cluster: Cluster | tuple[Cluster, 
                     pue: float = DEFAULT_PUE) -> None:
     """Set `run` (tokens, days, GPU-hours, $, kWh of the whole run) on every plan of a search result
     (planner.solve.result.SearchResult) for `plan --tokens`."""
+    pools = cluster if isinstance(cluster, tuple) else (cluster,)
+    prices = {c.gpu.name: {"usd_per_gpu_hour": c.gpu.price_usd_per_gpu_hour, "kind": c.gpu.price_kind,
+                           "source": c.gpu.price_source} for c in pools}
     for p in result.plans:
         fig = run_figures(p.step_time_s, p.strategy["global_batch"] * model.seq_len, cluster, tokens, pue)
-        p.run = {"tokens": tokens, **fig}
+        p.run = {"tokens": tokens, **fig, "pue": pue, "prices": prices}

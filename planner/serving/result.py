@@ -88,6 +88,7 @@ def assumptions(srv: ServingCalibration, gpu: GPUSpec, batch_cap: int) -> dict:
                    f"{1e6 * fused_collective_latency_s(gpu, srv):g} us)",
         "price_usd_per_gpu_hour": gpu.price_usd_per_gpu_hour,
         "price_source": gpu.price_source,
+        "price_kind": gpu.price_kind,
         "batch_cap": batch_cap,
     }
 
