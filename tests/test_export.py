@@ -764,3 +764,16 @@ def test_deepspeed_auto_values_are_named_not_guessed(config, needle, tmp_path, c
     f.write_text(json.dumps(config))
     code, out, err = _run(["import", "--deepspeed-config", str(f), "--model", "8b", "--gpus", "8xH100"], capsys)
     assert code == 2 and needle in err and err.count("\n") == 1, err
+
+
+def test_deepspeed_launcher_says_what_must_be_set_in_code():
+    """DeepSpeed takes the pipeline stages and the layers to checkpoint from the training script (its
+    PipelineModule and deepspeed.checkpointing calls), not from the JSON config: the launcher says so."""
+    model, _ = get_model("gpt3-1.3b")
+    cluster = parse_cluster("16xA100")
+    pipe = Strategy(pp=2, dp=8, micro_batch=1, global_batch=64, zero_stage=1, recompute="full", framework="deepspeed")
+    launch = export("deepspeed", model, pipe, cluster).files["launch.sh"]
+    assert "PipelineModule(layers, num_stages=2" in launch and "activation_checkpoint_interval=1" in launch
+    flat = Strategy(dp=16, micro_batch=1, global_batch=64, zero_stage=1, recompute="full", framework="deepspeed")
+    launch = export("deepspeed", model, flat, cluster).files["launch.sh"]
+    assert "deepspeed.checkpointing.checkpoint" in launch and "PipelineModule" not in launch

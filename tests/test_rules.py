@@ -326,3 +326,18 @@ def test_every_rule_message_formats_on_a_plan_that_breaks_it():
                 broken[r.name] = r.error(ctx, s, next(iter(r.frameworks), None))
                 assert "{" not in broken[r.name] and "None" not in broken[r.name], broken[r.name]
     assert set(broken) == {r.name for r in everything}, {r.name for r in everything} - set(broken)
+
+
+def test_torchtitan_carves_expert_parallelism_as_its_job_config_says():
+    """torchtitan/config/job_config.py (Parallelism.expert_parallel_degree): expert TP = tp: cp <= ep <=
+    dp_shard x cp, ep % cp == 0, dp_shard x cp % ep == 0; expert TP 1: cp x tp <= ep <= dp_shard x cp x tp,
+    ep % (cp x tp) == 0, dp_shard x cp x tp % ep == 0. An 8-GPU Mixtral with TP 8 and EP 8 over the TP ranks
+    is one torchtitan builds; the same with expert TP 8 needs 8 FSDP-sharded ranks it does not have."""
+    tt = rules.TT_EP
+    ok = lambda **kw: tt.ok(None, Strategy(global_batch=64, **kw))   # noqa: E731
+    assert ok(tp=8, ep=8, expert_tp=1)                                     # experts over the tp ranks
+    assert not ok(tp=8, ep=8)                                              # expert TP 8: dp_shard x cp = 1
+    assert ok(tp=2, dp=4, ep=4, zero_stage=3)                              # 4 FSDP-sharded ranks
+    assert not ok(tp=2, dp=4, ep=4, zero_stage=1)                          # not sharded: no ranks to carve
+    assert ok(tp=2, dp=4, ep=8, expert_tp=1, zero_stage=3)                 # dp_shard 4 x tp 2
+    assert not ok(tp=4, dp=4, ep=2, expert_tp=1, zero_stage=3)             # ep must take all of tp x cp = 4

@@ -84,9 +84,16 @@ def deepspeed_config(model: ModelSpec, st: Strategy) -> dict:
 
 def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) -> dict[str, str]:
     head = header(model, st, cluster, "DeepSpeed launch", notes, "deepspeed")
-    pipe = (["# pp > 1: build deepspeed.pipe.PipelineModule(layers, num_stages=ds_config['pipeline']['stages'],",
-             "#   partition_method='type:<your transformer layer class>'), which gives layers per stage "
-             f"{list(st.stage_layers)}"] if st.pp > 1 else [])
+    pipe = (["# Set in train.py (DeepSpeed takes these from code, not from ds_config.json):",
+             f"#   pipeline: deepspeed.pipe.PipelineModule(layers, num_stages={st.pp}, "
+             "partition_method='type:<your transformer layer class>'"
+             + (", activation_checkpoint_interval=1" if st.recompute == "full" else "") + "), which gives layers "
+             f"per stage {list(st.stage_layers)}; ds_config['pipeline'] records the same for the script to read"]
+            if st.pp > 1 else [])
+    if st.recompute == "full" and st.pp == 1:
+        pipe += ["# Set in train.py: activation checkpointing runs only where the model calls",
+                 "#   deepspeed.checkpointing.checkpoint(layer, *inputs) (one call per transformer layer); the",
+                 "#   activation_checkpointing block of ds_config.json only configures those calls"]
     launch = "\n".join(["#!/usr/bin/env bash", *head, *pipe,
                         "# Run with a hostfile listing the nodes (deepspeed --hostfile) on more than one node.",
                         f"deepspeed --num_nodes {cluster.num_hosts} --num_gpus {cluster.gpus_per_host} train.py "

@@ -37,6 +37,8 @@ def torchtitan_config(model: ModelSpec, st: Strategy) -> dict:
                  "data_parallel_shard_degree": st.dp if st.zero_stage >= 2 else 1,
                  "tensor_parallel_degree": st.tp, "context_parallel_degree": st.cp,
                  "expert_parallel_degree": st.ep, "pipeline_parallel_degree": st.pp}
+    if st.ep > 1:   # torchtitan's default is 1 (experts over the tp ranks too); write the plan's own
+        par["expert_tensor_parallel_degree"] = st.etp
     if st.zero_stage == 2:
         par["fsdp_reshard_after_forward"] = "never"     # parameters stay gathered: gradients-and-states sharding
     elif st.zero_stage == 3:

@@ -378,11 +378,25 @@ TT_SP = Rule(  # torchtitan/models/llama3/infra/parallelize.py: tensor parallel 
     "torchtitan_sequence_parallel", "tp", "torchtitan's tensor parallelism always uses sequence parallelism",
     "torchtitan's tensor parallelism always uses sequence parallelism; nearest: --sequence-parallel",
     lambda c, s: not (s.tp > 1 and not s.sequence_parallel), frameworks=("torchtitan",))
-TT_EP = Rule(  # torchtitan/distributed/parallel_dims.py: ep is carved from the FSDP-sharded x cp ranks
-    "torchtitan_ep", "zero_stage", "torchtitan carves ep from the FSDP-sharded and context-parallel ranks",
+def _tt_ep_ok(s) -> bool:
+    """torchtitan/config/job_config.py (Parallelism.expert_parallel_degree): with expert TP = tp, ep is carved
+    from the FSDP-sharded x cp ranks (ep % cp == 0, dp_shard x cp % ep == 0); with expert TP 1, from the
+    FSDP-sharded x cp x tp ranks (ep % (cp x tp) == 0, dp_shard x cp x tp % ep == 0); no other expert TP."""
+    if s.ep == 1:
+        return True
+    shard, etp = (s.dp if s.zero_stage >= 2 else 1), _etp(s)
+    if etp == s.tp:
+        return s.ep % s.cp == 0 and (shard * s.cp) % s.ep == 0
+    return etp == 1 and s.ep % (s.cp * s.tp) == 0 and (shard * s.cp * s.tp) % s.ep == 0
+
+
+TT_EP = Rule(  # torchtitan/distributed/parallel_dims.py and config/job_config.py: ep from dp_shard x cp (x tp)
+    "torchtitan_ep", "zero_stage", "torchtitan carves ep from the FSDP-sharded and context-parallel ranks "
+    "(and the tp ranks with expert TP 1)",
     "ep={ep}: torchtitan carves expert parallelism out of the FSDP-sharded and context-parallel ranks "
-    "({shard_cp} here); nearest expressible plan: ZeRO-3 (FSDP) or ep=1",
-    lambda c, s: s.ep == 1 or ((s.dp if s.zero_stage >= 2 else 1) * s.cp) % s.ep == 0, frameworks=("torchtitan",))
+    "({shard_cp} here), or with expert TP 1 out of those and the tp ranks; nearest expressible plan: ZeRO-3 "
+    "(FSDP), --expert-tp 1 or ep=1",
+    lambda c, s: _tt_ep_ok(s), frameworks=("torchtitan",))
 
 DEEPEP = Rule(  # megatron/core/transformer/moe/token_dispatcher.py: DeepEP is Megatron-core's flex dispatcher
     "deepep_megatron", "setting", "DeepEP dispatch is a Megatron-core setting",
