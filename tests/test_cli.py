@@ -483,3 +483,20 @@ def test_network_option_replaces_the_catalog_rate(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--model", "gpt3-13b", "--gpus", "64xA100", "--network", "0"])
     assert e.value.code == 2 and "--network 0 is not allowed" in capsys.readouterr().err
+
+
+def test_the_assumed_batch_says_where_it_comes_from(capsys):
+    """A batch the user did not give is named as the preset's or the pre-training default, and a small cluster
+    that would step for minutes on it is pointed at --global-batch."""
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "70b", "--gpus", "8xH100"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "a pre-training default" in out and "--global-batch 64 (8 per GPU)" in out
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "175b", "--gpus", "1024xA100", "--format", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["assumptions"]["global_batch_source"] == "the preset's published pre-training batch"
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "70b", "--gpus", "8xH100", "--global-batch", "64"])
+    out = capsys.readouterr().out
+    assert "--global-batch)" in out and "8 per GPU" not in out

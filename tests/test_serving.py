@@ -636,3 +636,26 @@ def test_mode_both_compares_the_two_and_fixed_deployments_stay_aggregated():
     assert {p.mode for p in [both.plan, *both.alternatives]} == {"aggregated", "disaggregated"}
     fixed = serve_plan(m, parse_cluster("8xH100"), 2048, 256, tp=4)
     assert fixed.plan.mode == "aggregated" and fixed.request["tp"] == 4
+
+
+def test_emit_sglang_and_trtllm_match_the_plan(capsys):
+    """--emit sglang / trtllm: each engine's own flag names (SGLang server arguments; trtllm-serve options)
+    carrying the plan's tp, pp, replicas, concurrency, context and memory share; quantised weights say which
+    checkpoint they need; a disaggregated plan gives a prefill and a decode command."""
+    base = ["serve", "--model", "70b", "--gpus", "8xH100", "--prompt", "2048", "--output", "256", "--tpot-ms", "50"]
+    code, out, err = run_main([*base, "--mode", "aggregated", "--format", "json"], capsys)
+    p = json.loads(out)["plan"]
+    code, sg, err = run_main([*base, "--mode", "aggregated", "--emit", "sglang@0.5"], capsys)
+    assert code == 0 and sg.startswith("# targets: SGLang 0.5")
+    for flag in (f"--tp-size {p['tp']}", f"--pp-size {p['pp']}", f"--dp-size {p['replicas']}",
+                 f"--max-running-requests {p['batch']}", "--context-length 2304", "--mem-fraction-static 0.9"):
+        assert flag in sg, flag
+    code, tr, err = run_main([*base, "--mode", "aggregated", "--emit", "trtllm"], capsys)
+    assert code == 0 and f"--tp_size {p['tp']}" in tr and f"--max_batch_size {p['batch']}" in tr
+    assert f"start {p['replicas']} instance(s)" in tr and "--max_seq_len 2304" in tr
+    if p["weights"] == "fp8":
+        assert "--quantization fp8" in sg and "needs an FP8 checkpoint" in tr
+    code, dis, err = run_main([*base, "--mode", "disaggregated", "--emit", "sglang"], capsys)
+    assert "--disaggregation-mode prefill" in dis and "--disaggregation-mode decode" in dis
+    code, out, err = run_main([*base, "--emit", "sglang@0.4"], capsys)
+    assert code == 2 and "version 0.4 is not supported" in err

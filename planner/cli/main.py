@@ -142,6 +142,10 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
     with _progress(fmt) as progress:
         result = search(model, cluster, top=top, time_limit_s=time_limit, space=opts, progress=progress)
     result.model.note = note
+    result.assumptions["global_batch_source"] = (
+        "--global-batch" if global_batch else
+        "the preset's published pre-training batch" if model.global_batch else
+        "about 4M tokens, a pre-training default")
     if tokens is not None:
         from planner.runs.estimate import add_run_figures
         add_run_figures(result, model, cluster, tokens, pue)
@@ -397,8 +401,10 @@ def _print_validation(result) -> None:
 @click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
 @NETWORK_OPTION
 @click.option("--top", type=int, default=3, show_default=True, help="Plans to show (the best and runner-ups).")
-@click.option("--emit", metavar="vllm[@VERSION]", help="Print only the matching `vllm serve` command (vllm, or "
-                                                       "vllm@0.11: the engine arguments it is written for).")
+@click.option("--emit", metavar="ENGINE[@VERSION]", help="Print only the plan's launch command for ENGINE: vllm "
+                                                         "(vllm serve), sglang (sglang.launch_server) or trtllm "
+                                                         "(trtllm-serve); @VERSION names the version written for "
+                                                         "(vllm@0.11, sglang@0.5, trtllm@1.0).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weights, kv_cache, tp, pp, e2e_ms, objective,
           min_gpus_for, mode, front, plot, util, price, hardware_files, top, emit, fmt):
@@ -409,7 +415,8 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
     from costmodels.presets import get_model
     from hardware import HardwareError, load_catalog, parse_cluster
     from hardware.catalog import parse_prices, price_for
-    from planner.frameworks.vllm import model_path_for, with_vllm_command
+    from planner.frameworks.api import with_serving_commands
+    from planner.frameworks.vllm import model_path_for
     from planner.report.serving import render_serve
     from planner.serving.search import serve_plan
 
@@ -421,8 +428,9 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
             emit = parse_target(emit)
         except ValueError as e:
             raise UserError(str(e)) from None
-        if emit != "vllm":
-            raise UserError(f"--emit {emit}: plan serve writes vllm commands; training configs come from `plan --emit`")
+        if emit not in ("vllm", "sglang", "trtllm"):
+            raise UserError(f"--emit {emit}: plan serve writes vllm, sglang or trtllm commands; training configs "
+                            f"come from `plan --emit`")
     if min_gpus_for is not None:
         if qps is not None:
             raise UserError("--min-gpus-for RATE already sets the request rate; give it or --qps, not both")
@@ -465,9 +473,9 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
                             gpu_memory_utilization=util, top=top, model_note=note, e2e_ms=e2e_ms, mode=mode)
     except ValueError as e:   # ServeError, ServingError: one line naming the value and what would work
         raise UserError(str(e)) from None
-    result = with_vllm_command(result, model, model_path_for(model_name))
-    if emit == "vllm":
-        click.echo(result.vllm_command)
+    result = with_serving_commands(result, model, model_path_for(model_name))
+    if emit:
+        click.echo(result.commands[emit])
     elif fmt == "json":
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True))
     else:

@@ -167,5 +167,19 @@ def import_plan(model: ModelSpec, cluster: Cluster, st: Strategy, time_limit_s: 
     return ImportResult(imported, best, imported.plans[0].step_time_s / best.plans[0].step_time_s)
 
 
+def with_serving_commands(result, model: ModelSpec, model_path: str | None = None):
+    """A serving result (planner.serving.search.serve_plan) with its best plan's launch command for every engine
+    (`commands`: vllm, sglang, trtllm) and `vllm_command`."""
+    from planner.frameworks.sglang import sglang_command
+    from planner.frameworks.trtllm import trtllm_command
+    from planner.frameworks.vllm import vllm_command
+
+    util = result.assumptions["gpu_memory_utilization"]
+    rq = result.request
+    args = (model, result.plan, rq["prompt_tokens"], rq["output_tokens"], util, model_path)
+    cmds = {"vllm": vllm_command(*args), "sglang": sglang_command(*args), "trtllm": trtllm_command(*args)}
+    return result.model_copy(update={"vllm_command": cmds["vllm"], "commands": cmds})
+
+
 __all__ = ["FRAMEWORKS", "NAMES", "Export", "ExportError", "export", "export_best", "strategy_from_plan",
-           "canonical", "unsupported", "space_for", "nearest_layout", "ImportResult", "import_plan"]
+           "canonical", "unsupported", "space_for", "nearest_layout", "ImportResult", "import_plan", "with_serving_commands"]

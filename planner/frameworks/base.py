@@ -102,7 +102,10 @@ TARGETS = {
     "deepspeed": ("0.19", "DeepSpeed 0.19"),
     "torchtitan": ("0.2", "torchtitan 0.2 (TOML job config)"),
     "vllm": ("0.11", "vLLM 0.11 engine arguments"),
+    "sglang": ("0.5", "SGLang 0.5 server arguments (python -m sglang.launch_server)"),
+    "trtllm": ("1.0", "TensorRT-LLM 1.0 trtllm-serve, PyTorch backend"),
 }
+SERVING_ENGINES = ("vllm", "sglang", "trtllm")
 
 
 def parse_target(text: str) -> str:
@@ -135,3 +138,29 @@ def prepend_note(body: str, note: str) -> str:
     if first.startswith("#!"):
         return f"{first}\n# NOTE: {note}\n{rest}"
     return f"# NOTE: {note}\n{body}"
+
+
+# ---- serving engines: what their commands share ----------------------------------------------------------
+
+HF_IDS = {
+    "llama2-7b": "meta-llama/Llama-2-7b-hf", "llama2-13b": "meta-llama/Llama-2-13b-hf",
+    "llama2-70b": "meta-llama/Llama-2-70b-hf", "llama3-8b": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama3-70b": "meta-llama/Llama-3.1-70B-Instruct", "llama3-405b": "meta-llama/Llama-3.1-405B-Instruct",
+    "mixtral-8x7b": "mistralai/Mixtral-8x7B-Instruct-v0.1", "mixtral-8x22b": "mistralai/Mixtral-8x22B-Instruct-v0.1",
+}
+
+
+def model_name(model: ModelSpec, model_path: str | None) -> str:
+    """What a serving command loads: the config.json folder given, the preset's Hugging Face id, or a
+    placeholder naming the checkpoint needed."""
+    return model_path or HF_IDS.get(model.name) or f"<{model.name} checkpoint>"
+
+
+_CHECKPOINTS = {"int8": "an 8-bit GPTQ checkpoint of the model", "int4": "a 4-bit AWQ checkpoint of the model",
+                "fp8-checkpoint": "an FP8 checkpoint of the model (e.g. quantised with NVIDIA ModelOpt)"}
+
+
+def checkpoint_note(weights: str) -> str:
+    """'# needs ...' (with its newline) when the plan's weights need a quantised checkpoint, else ''."""
+    need = _CHECKPOINTS.get(weights)
+    return f"# needs {need}\n" if need else ""

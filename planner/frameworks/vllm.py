@@ -5,19 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from costmodels.model import ModelSpec
-from planner.frameworks.base import TARGETS
+from planner.frameworks.base import TARGETS, checkpoint_note, model_name
 from planner.serving.result import ServePlan, ServeResult
 
-HF_IDS = {
-    "llama2-7b": "meta-llama/Llama-2-7b-hf", "llama2-13b": "meta-llama/Llama-2-13b-hf",
-    "llama2-70b": "meta-llama/Llama-2-70b-hf", "llama3-8b": "meta-llama/Llama-3.1-8B-Instruct",
-    "llama3-70b": "meta-llama/Llama-3.1-70B-Instruct", "llama3-405b": "meta-llama/Llama-3.1-405B-Instruct",
-    "mixtral-8x7b": "mistralai/Mixtral-8x7B-Instruct-v0.1", "mixtral-8x22b": "mistralai/Mixtral-8x22B-Instruct-v0.1",
-}
 # weights precision -> vLLM --quantization method (names: vllm/model_executor/layers/quantization/__init__.py)
 # and the checkpoint it needs
-_VLLM_QUANT = {"fp8": ("fp8", None), "int8": ("gptq", "an 8-bit GPTQ checkpoint of the model"),
-               "int4": ("awq", "a 4-bit AWQ checkpoint of the model")}
+_VLLM_QUANT = {"fp8": "fp8", "int8": "gptq", "int4": "awq"}
 
 
 # disaggregated prefill / decode: each vLLM instance moves KV caches through a connector
@@ -49,7 +42,7 @@ def _commands(model: ModelSpec, plan: ServePlan, prompt: int, output: int, util:
 
 def _one_command(model: ModelSpec, plan: ServePlan, prompt: int, output: int, util: float, model_path: str | None,
                  tp: int, pp: int, ep: int, replicas: int, seqs: int, extra: list[str]) -> str:
-    name = model_path or HF_IDS.get(model.name) or f"<{model.name} checkpoint>"
+    name = model_name(model, model_path)
     args = ["vllm serve", name, f"--tensor-parallel-size {tp}", f"--pipeline-parallel-size {pp}"]
     if replicas > 1:
         args.append(f"--data-parallel-size {replicas}")
@@ -57,20 +50,18 @@ def _one_command(model: ModelSpec, plan: ServePlan, prompt: int, output: int, ut
         args.append("--enable-expert-parallel")
     args += [f"--max-model-len {prompt + output}", f"--max-num-seqs {seqs}",
              f"--gpu-memory-utilization {util:g}", *extra]
-    note = None
     if plan.weights in _VLLM_QUANT:
-        q, note = _VLLM_QUANT[plan.weights]
-        args.append(f"--quantization {q}")
+        args.append(f"--quantization {_VLLM_QUANT[plan.weights]}")
     else:
         args.append(f"--dtype {'float16' if plan.weights == 'fp16' else 'bfloat16'}")
     args.append(f"--kv-cache-dtype {'fp8' if plan.kv_cache == 'fp8' else 'auto'}")
-    cmd = " \\\n    ".join(args)
-    return (f"# needs {note}\n" if note else "") + cmd
+    return checkpoint_note(plan.weights) + " \\\n    ".join(args)
 
 
 
 def with_vllm_command(result: ServeResult, model: ModelSpec, model_path: str | None = None) -> ServeResult:
-    """`result` (planner.serving.search.serve_plan) with its best plan's `vllm serve` command filled in."""
+    """`result` (planner.serving.search.serve_plan) with its best plan's `vllm serve` command filled in
+    (planner.frameworks.api.with_serving_commands fills every engine's)."""
     util = result.assumptions["gpu_memory_utilization"]
     rq = result.request
     cmd = vllm_command(model, result.plan, rq["prompt_tokens"], rq["output_tokens"], util, model_path)

@@ -39,14 +39,19 @@ def render_search(res: SearchResult, console: Console, title: str = "Best plan")
                       f"{c.memory_gb_per_gpu:.0f} GB per GPU")
     if c.note:
         console.print(f"         GPU {c.note}")
+    source = f", {a['global_batch_source']}" if a.get("global_batch_source") else ""
     console.print(f"[bold]Assumptions[/] sequence {a['seq_len']} tokens, global batch {a['global_batch_sequences']} "
-                  f"sequences ({a['tokens_per_step'] / 1e6:.2f} M tokens/step), {a['precision']}, {a['optimizer']}, "
+                  f"sequences ({a['tokens_per_step'] / 1e6:.2f} M tokens/step{source}), {a['precision']}, {a['optimizer']}, "
                   f"flash attention {'on' if a['flash_attention'] else 'off'}, {a['reserved_buffers_gb']:.0f} GB "
                   f"reserved per GPU, {_headroom(a)}; {a['dp_overlap']}; memory in "
                   f"{a.get('framework', FRAMEWORK_ACCOUNTING['megatron'])}.")
     if not res.plans:
         return
     best = res.plans[0]
+    if a.get("global_batch_source", "--global-batch") != "--global-batch" and best.step_time_s > 60:
+        console.print(f"         a {best.step_time_s:,.0f} s step: the batch is a pre-training run's; a fine-tune or a "
+                      f"cluster this size usually steps with fewer sequences: --global-batch "
+                      f"{max(c.num_gpus, 8 * c.num_gpus)} (8 per GPU)")
     console.print()
     render_plan(best, console, title)
     if len(res.plans) > 1:

@@ -57,6 +57,8 @@ class ServeResult(Out):
     search: dict
     # the matching `vllm serve` command: planner.frameworks.vllm.with_vllm_command fills it in
     vllm_command: str | None = None
+    # the same plan's launch commands per engine (vllm, sglang, trtllm): planner.frameworks.api.with_serving_commands
+    commands: dict[str, str] | None = None
 
 
 class ServeFront(Out):
