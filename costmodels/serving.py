@@ -45,6 +45,7 @@ __all__ = ["BYTES", "WEIGHT_PRECISIONS", "KV_PRECISIONS", "ServingError", "Deplo
            "max_batch", "decode_step_time", "prefill_time", "ReplicaPerformance", "replica_performance",
            "ContinuousPerformance", "continuous_performance", "DisaggregatedPerformance",
            "disaggregated_performance", "kv_transfer_time", "prefill_pass", "decode_pool", "combine_disaggregated",
+           "cached_prefix", "uncached_prefill_time", "Speculation", "speculative_step_time",
            "usd_per_million_tokens", "compute_precision", "tp_collective_time", "fused_collective_latency_s"]
 
 BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -335,8 +336,10 @@ def _layer_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploym
         flops = 2.0 * seqs * ctx_tokens ** 2 * heads * d
         kv_read = seqs * ctx_tokens * 2.0 * kvh * d * r.kvbytes
     else:
+        # decode: every query token attends to the cache; each sequence's cache is read once per step, however
+        # many of its tokens are checked in it (speculative verification: seqs < tokens)
         flops = 4.0 * tokens * ctx_tokens * heads * d
-        kv_read = tokens * ctx_tokens * 2.0 * (heads if dep.kv_read_per_query_head else kvh) * d * r.kvbytes
+        kv_read = seqs * ctx_tokens * 2.0 * (heads if dep.kv_read_per_query_head else kvh) * d * r.kvbytes
     eff = attention_efficiency(ctx_tokens, cal) if prefill else cal.attention_efficiency
     t_core = np.maximum(flops / (r.peak_attn * eff), kv_read / r.hbm)
     # element-wise (16-bit): 2 norms read+write (4h), 2 residual adds (6h), activation 3f/t SwiGLU, 2f/t GELU
@@ -362,9 +365,11 @@ def _p2p(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, to
 
 
 def decode_step_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, batch, context: float,
-                     cal: Calibration | None = None, srv: ServingCalibration | None = None) -> dict[str, np.ndarray]:
-    """Seconds per output token of a replica decoding `batch` sequences whose KV caches hold `context`
-    tokens, split by cause ("total" is the time per output token, TPOT).
+                     cal: Calibration | None = None, srv: ServingCalibration | None = None,
+                     tokens_per_seq: int = 1) -> dict[str, np.ndarray]:
+    """Seconds per decode step of a replica decoding `batch` sequences whose KV caches hold `context`
+    tokens, split by cause ("total"; with one token per sequence, the time per output token, TPOT).
+    `tokens_per_seq` > 1: a speculative verification step checking that many tokens of each sequence.
 
     Pipeline: m = min(pp, batch) micro-batches of batch/m sequences; every token passes all stages, so
     TPOT = layers x layer(batch/m) + head + (pp - 1) sends, and each stage is busy m/pp of the time."""
@@ -373,10 +378,10 @@ def decode_step_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: De
     b = np.asarray(batch, dtype=float)
     m = np.minimum(dep.pp, b)
     x = b / m
-    parts = _layer_time(model, gpu, gpus_per_node, dep, x, context, x, False, cal, srv)
+    parts = _layer_time(model, gpu, gpus_per_node, dep, x * tokens_per_seq, context, x, False, cal, srv)
     out = {k: v * model.layers for k, v in parts.items()}
-    out["lm_head"] = _head_time(model, gpu, dep, x, cal)
-    out["pipeline"] = (dep.pp - 1) * _p2p(model, gpu, gpus_per_node, dep, x, cal)
+    out["lm_head"] = _head_time(model, gpu, dep, x * tokens_per_seq, cal)
+    out["pipeline"] = (dep.pp - 1) * _p2p(model, gpu, gpus_per_node, dep, x * tokens_per_seq, cal)
     out["total"] = sum(out.values())
     return out
 
@@ -385,14 +390,45 @@ def prefill_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploy
                  cal: Calibration | None = None, srv: ServingCalibration | None = None) -> np.ndarray:
     """Seconds to prefill `seqs` prompts of `prompt` tokens in one batch (their first tokens come out at the
     end). Pipeline: m = min(pp, seqs) micro-batches, (m + pp - 1) stage slots of 1/pp of the model each."""
+    scale, parts, head, p2p = _prefill_parts(model, gpu, gpus_per_node, dep, seqs, prompt, cal, srv)
+    return scale * (model.layers * sum(parts.values()) + head) + p2p
+
+
+def _prefill_parts(model, gpu, gpus_per_node, dep, seqs, prompt, cal, srv):
+    """(pipeline scale, one layer's parts, LM head, pipeline sends) of prefill_time."""
     srv = srv or calibration.SERVING
     cal = cal or calibration_for(gpu.family)
     n = np.asarray(seqs, dtype=float)
     m = np.minimum(dep.pp, n)
     x = n / m
     parts = _layer_time(model, gpu, gpus_per_node, dep, x * prompt, prompt, x, True, cal, srv)
-    whole = model.layers * sum(parts.values()) + _head_time(model, gpu, dep, x, cal)
-    return (m + dep.pp - 1) / dep.pp * whole + (dep.pp - 1) * _p2p(model, gpu, gpus_per_node, dep, x * prompt, cal)
+    p2p = (dep.pp - 1) * _p2p(model, gpu, gpus_per_node, dep, x * prompt, cal)
+    return (m + dep.pp - 1) / dep.pp, parts, _head_time(model, gpu, dep, x, cal), p2p
+
+
+def cached_prefix(prompt: int, prefix_hit: float) -> int:
+    """Tokens of a prompt found in the prefix cache (a share `prefix_hit` of it, whole tokens)."""
+    if not 0.0 <= prefix_hit < 1.0:
+        raise ServingError(f"prefix hit {prefix_hit!r} is not allowed; give a share in [0, 1)")
+    return int(prompt * prefix_hit)
+
+
+def uncached_prefill_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, seqs, prompt: int,
+                          cached: int, cal: Calibration | None = None,
+                          srv: ServingCalibration | None = None) -> np.ndarray:
+    """Seconds to prefill prompts whose first `cached` tokens are in the prefix cache (vLLM automatic prefix
+    caching, SGLang RadixAttention): the prefill of the new tokens alone (their GEMMs, their causal attention)
+    plus their attention to the cached prefix, the attention of the whole prompt less the prefix's and the new
+    tokens' own (causal P^2/2 - c^2/2 - n^2/2 = n c)."""
+    if cached <= 0:
+        return prefill_time(model, gpu, gpus_per_node, dep, seqs, prompt, cal, srv)
+    new = prefill_time(model, gpu, gpus_per_node, dep, seqs, prompt - cached, cal, srv)
+
+    def attention(tokens):
+        scale, parts, _, _ = _prefill_parts(model, gpu, gpus_per_node, dep, seqs, tokens, cal, srv)
+        return scale * model.layers * parts["attention"]
+
+    return new + np.maximum(0.0, attention(prompt) - attention(cached) - attention(prompt - cached))
 
 
 # ---- one replica, end to end -------------------------------------------------------------------------
@@ -430,6 +466,46 @@ def replica_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep:
 
 
 @dataclass(frozen=True)
+class Speculation:
+    """Speculative decoding (Leviathan et al. 2023): a drafter proposes `tokens` tokens per step, the model
+    checks them in one pass and keeps each with probability `acceptance` (independent, as the paper's
+    analysis assumes). `draft`: a smaller model drafting on the same GPUs, or None for a drafting head on the
+    model (EAGLE, DeepSeek-V3's multi-token prediction), priced as one more layer of the model per token."""
+    tokens: int
+    acceptance: float
+    draft: ModelSpec | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.tokens <= 16:
+            raise ServingError(f"speculative tokens {self.tokens} is not allowed; give 1 to 16")
+        if not 0.0 <= self.acceptance <= 1.0:
+            raise ServingError(f"acceptance {self.acceptance} is not allowed; give a share in [0, 1]")
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Expected tokens a verification step produces: (1 - a^(k+1)) / (1 - a) (Leviathan et al. 2023, eq. 1)."""
+        a, k = self.acceptance, self.tokens
+        return float(k + 1) if a >= 1.0 else (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+def speculative_step_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, batch,
+                          context: float, spec: Speculation, cal: Calibration | None = None,
+                          srv: ServingCalibration | None = None) -> dict[str, np.ndarray]:
+    """One speculative step of `batch` sequences: `spec.tokens` draft passes and one verification pass over
+    tokens + 1 tokens of each sequence ("draft" and the verification's parts; "total" the step)."""
+    out = decode_step_time(model, gpu, gpus_per_node, dep, batch, context, cal, srv, tokens_per_seq=spec.tokens + 1)
+    if spec.draft is not None:
+        draft = decode_step_time(spec.draft, gpu, gpus_per_node, Deployment(tp=dep.tp, pp=dep.pp, weights=dep.weights,
+                                                                            kv=dep.kv), batch, context, cal, srv)["total"]
+    else:   # a drafting head: about one layer of the model per token
+        one = decode_step_time(model, gpu, gpus_per_node, dep, batch, context, cal, srv)
+        draft = (one["total"] - one["lm_head"] - one["pipeline"]) / model.layers + one["lm_head"]
+    out["draft"] = spec.tokens * draft
+    out["total"] = out["total"] + out["draft"]
+    return out
+
+
+@dataclass(frozen=True)
 class ContinuousPerformance:
     """Arrays over the concurrencies asked for: one replica under continuous batching, in steady state."""
     concurrency: np.ndarray     # requests in the engine at once (its running batch, vLLM --max-num-seqs)
@@ -441,11 +517,13 @@ class ContinuousPerformance:
     requests_per_s: np.ndarray  # concurrency / e2e
     prefill_steps: int          # steps one prompt's prefill spans (chunks of prefill_chunk_tokens)
     decode_parts: dict[str, np.ndarray] = field(repr=False)
+    tokens_per_step: float = 1.0   # tokens a decoding request gains per step (> 1 with speculative decoding)
 
 
 def continuous_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, concurrency,
                            prompt: int, output: int, cal: Calibration | None = None,
-                           srv: ServingCalibration | None = None) -> ContinuousPerformance:
+                           srv: ServingCalibration | None = None, prefix_hit: float = 0.0,
+                           spec: Speculation | None = None) -> ContinuousPerformance:
     """`concurrency` requests of `prompt` tokens in and `output` out, served continuously by one replica
     (vLLM, SGLang and TensorRT-LLM schedule so: chunked prefill mixed into decode steps; Agrawal et al. 2024,
     Sarathi-Serve).
@@ -456,7 +534,8 @@ def continuous_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, d
     decode step of those decoding (D: each request prefills a share q = k / (k + output - 1) of its stay, so
     a step has a decode step in 1 - q^B of the cases, of B (1 - q) / (1 - q^B) requests then) plus the
     prefill work of r prompts: t = D + r F(prompt). Hence, exactly:
-      e2e = (k + output - 1) t,  tokens/s = B output / e2e  (Little's law: concurrency = rate x time),
+      e2e = (k + output - 1) t,  tokens/s = B output / e2e  (Little's law: concurrency = rate x time;
+      with speculative decoding, `spec`, a decoding request gains E tokens a step: k + (output - 1) / E steps),
       ttft = k D' + F (1 + (B - 1) k / (k + output - 1))  (its own prefill chunks, each riding a decode
       step of the other B - 1 requests, D', and the share of their prefills that falls in its prefill steps),
       tpot = (e2e - ttft) / (output - 1)  (a decode step, and the rest of the others' prefills between its
@@ -465,28 +544,33 @@ def continuous_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, d
     srv = srv or calibration.SERVING
     cal = cal or calibration_for(gpu.family)
     B = np.atleast_1d(np.asarray(concurrency, dtype=float))
-    k = max(1, math.ceil(prompt / srv.prefill_chunk_tokens))
-    life = k + output - 1
+    cached = cached_prefix(prompt, prefix_hit)     # a prefix-cache hit leaves only the rest to prefill
+    k = max(1, math.ceil((prompt - cached) / srv.prefill_chunk_tokens))
+    per_step = spec.tokens_per_step if spec is not None else 1.0   # tokens a decoding request gains per step
+    life = k + (output - 1) / per_step
     q = k / life                    # share of its stay a request spends prefilling
 
     def decoding_cost(n):
         """Mean decode cost of a step over n requests, each prefilling a share q of the time: a decode step
         of those decoding, when any is (1 - q^n of the steps)."""
         busy = 1.0 - q ** n
-        dec = decode_step_time(model, gpu, gpus_per_node, dep, np.maximum(n * (1 - q) / np.maximum(busy, 1e-300),
-                                                                        1e-9), prompt + output / 2.0, cal, srv)
+        seqs = np.maximum(n * (1 - q) / np.maximum(busy, 1e-300), 1e-9)
+        if spec is None:
+            dec = decode_step_time(model, gpu, gpus_per_node, dep, seqs, prompt + output / 2.0, cal, srv)
+        else:
+            dec = speculative_step_time(model, gpu, gpus_per_node, dep, seqs, prompt + output / 2.0, spec, cal, srv)
         return np.where(busy > 0, busy * dec["total"], 0.0), dec
 
     D, dec = decoding_cost(B)
     D_others, _ = decoding_cost(B - 1)     # while it prefills, the other B - 1 requests decode
-    F = float(prefill_time(model, gpu, gpus_per_node, dep, np.ones(1), prompt, cal, srv)[0])
+    F = float(uncached_prefill_time(model, gpu, gpus_per_node, dep, np.ones(1), prompt, cached, cal, srv)[0])
     step = D + B / life * F
     e2e = life * step
     ttft = k * D_others + F * (1 + (B - 1) * k / life)
     tpot = (e2e - ttft) / (output - 1) if output > 1 else np.zeros_like(B)
     return ContinuousPerformance(concurrency=B, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e, step_s=step,
                                  tokens_per_s=B * output / e2e, requests_per_s=B / e2e, prefill_steps=k,
-                                 decode_parts=dec)
+                                 decode_parts=dec, tokens_per_step=per_step)
 
 
 def kv_transfer_time(model: ModelSpec, gpu: GPUSpec, prefill: Deployment, decode: Deployment, prompt: int,
@@ -518,7 +602,7 @@ class DisaggregatedPerformance:
 def disaggregated_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, prefill: Deployment,
                               decode: Deployment, concurrency, prompt: int, output: int, same_node: bool,
                               cal: Calibration | None = None, srv: ServingCalibration | None = None,
-                              prefill_batch: int | None = None) -> DisaggregatedPerformance:
+                              prefill_batch: int | None = None, prefix_hit: float = 0.0) -> DisaggregatedPerformance:
     """A prefill replica runs prompts in passes of n = prefill_chunk_tokens // prompt (at least 1, at most what
     its memory holds), n / F(n) prompts per second; each prompt's KV cache then moves to a decode replica,
     which decodes `concurrency` requests per step with no prefill work in between. TTFT = F(n) + transfer,
@@ -528,15 +612,17 @@ def disaggregated_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int
     srv = srv or calibration.SERVING
     cal = cal or calibration_for(gpu.family)
     n = prefill_batch or max(1, min(srv.prefill_chunk_tokens // prompt, max_batch(model, gpu, prefill, prompt, srv)))
-    return combine_disaggregated(prefill_pass(model, gpu, gpus_per_node, prefill, n, prompt, cal, srv),
+    return combine_disaggregated(prefill_pass(model, gpu, gpus_per_node, prefill, n, prompt, cal, srv, prefix_hit),
                                  decode_pool(model, gpu, gpus_per_node, decode, concurrency, prompt, output, cal, srv),
                                  kv_transfer_time(model, gpu, prefill, decode, prompt, same_node, cal), output)
 
 
 def prefill_pass(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, prefill: Deployment, n: int, prompt: int,
-                 cal: Calibration | None = None, srv: ServingCalibration | None = None) -> tuple[int, float]:
-    """(n, seconds) of one prefill pass over n prompts on a prefill replica."""
-    return n, float(prefill_time(model, gpu, gpus_per_node, prefill, np.array([float(n)]), prompt, cal, srv)[0])
+                 cal: Calibration | None = None, srv: ServingCalibration | None = None,
+                 prefix_hit: float = 0.0) -> tuple[int, float]:
+    """(n, seconds) of one prefill pass over n prompts on a prefill replica (their cached prefixes skipped)."""
+    return n, float(uncached_prefill_time(model, gpu, gpus_per_node, prefill, np.array([float(n)]), prompt,
+                                          cached_prefix(prompt, prefix_hit), cal, srv)[0])
 
 
 def decode_pool(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, decode: Deployment, concurrency, prompt: int,

@@ -659,3 +659,48 @@ def test_emit_sglang_and_trtllm_match_the_plan(capsys):
     assert "--disaggregation-mode prefill" in dis and "--disaggregation-mode decode" in dis
     code, out, err = run_main([*base, "--emit", "sglang@0.4"], capsys)
     assert code == 2 and "version 0.4 is not supported" in err
+
+
+def test_prefix_cache_hits_skip_their_prefill():
+    """--prefix-hit h: a prompt's cached prefix is not prefilled again. The rest costs the new tokens' own
+    prefill plus their attention to the prefix: more than prefilling them on their own, less than the whole
+    prompt; TTFT and TPOT fall, throughput rises, h = 0 changes nothing."""
+    from costmodels.serving import uncached_prefill_time
+
+    m, dep = model("llama3-70b"), Deployment(tp=4)
+    whole = prefill_time(m, H100, 8, dep, [1], 4096)[0]
+    rest = uncached_prefill_time(m, H100, 8, dep, [1], 4096, 3072)[0]
+    alone = prefill_time(m, H100, 8, dep, [1], 1024)[0]
+    assert alone < rest < whole
+    base = continuous_performance(m, H100, 8, dep, [32], 4096, 256)
+    same = continuous_performance(m, H100, 8, dep, [32], 4096, 256, prefix_hit=0.0)
+    hit = continuous_performance(m, H100, 8, dep, [32], 4096, 256, prefix_hit=0.75)
+    assert same.tpot_s[0] == base.tpot_s[0]
+    assert hit.ttft_s[0] < base.ttft_s[0] and hit.tpot_s[0] < base.tpot_s[0]
+    assert hit.tokens_per_s[0] > base.tokens_per_s[0]
+    res = serve_plan(m, parse_cluster("8xH100"), 4096, 256, tpot_ms=50, prefix_hit=0.75, mode="aggregated")
+    assert res.request["prefix_hit"] == 0.75 and res.plan.tpot_s <= 0.05
+
+
+def test_speculative_decoding_follows_leviathan_and_littles_law():
+    """Speculation: E = (1 - a^(k+1)) / (1 - a) tokens per verification step (Leviathan et al. 2023, eq. 1);
+    one request alone gets its tokens faster (the verification reads the weights once for k + 1 tokens),
+    figures still obey Little's law, and with acceptance 0 every step still yields one token, so the drafting
+    is pure cost."""
+    from costmodels.serving import Speculation
+
+    assert Speculation(3, 0.7).tokens_per_step == pytest.approx((1 - 0.7 ** 4) / 0.3)
+    assert Speculation(4, 1.0).tokens_per_step == 5 and Speculation(4, 0.0).tokens_per_step == 1
+    m, dep = model("llama3-70b"), Deployment(tp=4)
+    plain = continuous_performance(m, H100, 8, dep, [1, 64], 2048, 256)
+    spec = continuous_performance(m, H100, 8, dep, [1, 64], 2048, 256, spec=Speculation(3, 0.7))
+    assert spec.tpot_s[0] < 0.6 * plain.tpot_s[0]
+    assert spec.tokens_per_s == pytest.approx(spec.concurrency * 256 / spec.e2e_s, rel=1e-12)
+    assert spec.e2e_s == pytest.approx(spec.ttft_s + 255 * spec.tpot_s, rel=1e-12)
+    useless = continuous_performance(m, H100, 8, dep, [1, 64], 2048, 256, spec=Speculation(3, 0.0))
+    assert np.all(useless.tpot_s > plain.tpot_s)
+    with pytest.raises(ServingError, match="aggregated plans only"):
+        serve_plan(m, parse_cluster("8xH100"), 2048, 256, spec=Speculation(3, 0.7), mode="disaggregated")
+    res = serve_plan(m, parse_cluster("8xH100"), 2048, 256, tpot_ms=20, spec=Speculation(3, 0.7))
+    assert res.plan.mode == "aggregated" and res.plan.tpot_s <= 0.02
+    assert res.request["speculation"]["tokens_per_step"] == pytest.approx(2.533, abs=1e-3)

@@ -388,6 +388,16 @@ def _print_validation(result) -> None:
 @click.option("--min-gpus-for", "min_gpus_for", type=float, metavar="RATE",
               help="The fewest GPUs (of --gpus, at most its count) that serve RATE requests/s within the limits: "
                    "--qps RATE --objective gpus.")
+@click.option("--prefix-hit", type=float, default=0.0, show_default=True,
+              help="Share of each prompt found in the prefix cache (a shared system prompt, earlier turns): only the "
+                   "rest is prefilled (vLLM automatic prefix caching, SGLang RadixAttention).")
+@click.option("--spec-tokens", type=int, help="Speculative decoding: tokens drafted per step, checked by the model in "
+                                              "one pass (priced in aggregated plans).")
+@click.option("--spec-acceptance", type=float,
+              help="With --spec-tokens: the chance each drafted token is accepted (measure it on your traffic; "
+                   "EAGLE-style heads report 0.6-0.8).")
+@click.option("--spec-draft", help="With --spec-tokens: the draft model (a preset or config.json) [default: a drafting "
+                                   "head on the model, priced as one more layer per token].")
 @click.option("--mode", type=click.Choice(["aggregated", "disaggregated", "both"]),
               help="Replicas that prefill and decode (aggregated), prefill replicas handing each prompt's KV cache to "
                    "decode replicas (disaggregated), or both in one search [default: both; aggregated when --batch, "
@@ -407,7 +417,8 @@ def _print_validation(result) -> None:
                                                          "(vllm@0.11, sglang@0.5, trtllm@1.0).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weights, kv_cache, tp, pp, e2e_ms, objective,
-          min_gpus_for, mode, front, plot, util, price, hardware_files, top, emit, fmt):
+          min_gpus_for, prefix_hit, spec_tokens, spec_acceptance, spec_draft, mode, front, plot, util, price,
+          hardware_files, top, emit, fmt):
     """Plan inference serving: tp / pp per replica, replicas, weight and KV-cache precision and concurrency, for
     the most tokens/s per GPU (or lowest latency, lowest $ per token, fewest GPUs) within the latency limits.
     Plans are priced under continuous batching in steady state (docs/serving.md); `--front` lists the whole
@@ -451,13 +462,22 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
     if usd is not None:
         cluster = parse_cluster(gpus, catalog.with_prices({cluster.gpu.name: usd}))
     model, note = get_model(model_name)
+    spec = None
+    if spec_tokens is not None or spec_acceptance is not None or spec_draft is not None:
+        if spec_tokens is None or spec_acceptance is None:
+            raise UserError("speculative decoding needs --spec-tokens K and --spec-acceptance A (and optionally "
+                            "--spec-draft MODEL)")
+        from costmodels.serving import Speculation
+        spec = Speculation(spec_tokens, spec_acceptance, get_model(spec_draft)[0] if spec_draft else None)
+        if front:
+            raise UserError("--front lists plans without speculative decoding; drop --spec-tokens")
     if front:
         from planner.report.serving import plot_serve_front, render_serve_front
         from planner.serving.search import serve_front
         try:
             res = serve_front(model, cluster, prompt, output, ttft_ms=ttft_ms, tpot_ms=tpot_ms, e2e_ms=e2e_ms,
                               weights=weights, kv_cache=kv_cache, tp=tp, pp=pp, gpu_memory_utilization=util,
-                              model_note=note)
+                              model_note=note, prefix_hit=prefix_hit)
         except ValueError as e:
             raise UserError(str(e)) from None
         if plot:
@@ -470,7 +490,8 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
     try:
         result = serve_plan(model, cluster, prompt, output, qps=qps, batch=batch, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
                             weights=weights, kv_cache=kv_cache, tp=tp, pp=pp, objective=objective,
-                            gpu_memory_utilization=util, top=top, model_note=note, e2e_ms=e2e_ms, mode=mode)
+                            gpu_memory_utilization=util, top=top, model_note=note, e2e_ms=e2e_ms, mode=mode,
+                            prefix_hit=prefix_hit, spec=spec)
     except ValueError as e:   # ServeError, ServingError: one line naming the value and what would work
         raise UserError(str(e)) from None
     result = with_serving_commands(result, model, model_path_for(model_name))

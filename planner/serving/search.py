@@ -19,8 +19,8 @@ import numpy as np
 from costmodels import calibration
 from costmodels.calibration import ServingCalibration, calibration_for
 from costmodels.model import ModelSpec
-from costmodels.serving import (BYTES, Deployment, ServingError, combine_disaggregated, compute_precision,
-                                continuous_performance, decode_pool, kv_bytes_per_token_per_gpu,
+from costmodels.serving import (BYTES, Deployment, ServingError, Speculation, combine_disaggregated,
+                                compute_precision, continuous_performance, decode_pool, kv_bytes_per_token_per_gpu,
                                 kv_cache_bytes_per_token, kv_transfer_time, max_batch, memory_anatomy, prefill_pass,
                                 usd_per_million_tokens)
 from hardware import Cluster, GPUSpec
@@ -66,7 +66,7 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
                weights: str | None = None, kv_cache: str | None = None, tp: int | None = None,
                pp: int | None = None, objective: str = "throughput", gpu_memory_utilization: float | None = None,
                top: int = 3, model_note: str | None = None, e2e_ms: float | None = None,
-               mode: str | None = None) -> ServeResult:
+               mode: str | None = None, prefix_hit: float = 0.0, spec: Speculation | None = None) -> ServeResult:
     """The best serving plan for `prompt` tokens in and `output` tokens out per request on `cluster`.
 
     qps: requests per second to serve (else: as many as the GPUs can); batch / tp / pp / weights / kv_cache
@@ -78,6 +78,11 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
     _check_request(model, prompt, output, qps, batch, ttft_ms, tpot_ms, objective, gpu_memory_utilization, tp, pp,
                    cluster)
     _check_e2e(e2e_ms)
+    if spec is not None:   # speculative decoding is priced in aggregated plans (docs/serving.md)
+        if mode == "disaggregated":
+            raise ServingError("--spec-tokens with --mode disaggregated: speculative decoding is priced for "
+                               "aggregated plans only")
+        mode = "aggregated"
     if mode is None:
         mode = "aggregated" if (batch is not None or tp is not None or pp is not None) else "both"
     if mode not in MODES:
@@ -113,7 +118,8 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
                     decoders.append((dep, bmax, bs))
                     if mode == "disaggregated":
                         continue
-                    perf = continuous_performance(model, gpu, gpn, dep, bs, prompt, output, srv=srv)
+                    perf = continuous_performance(model, gpu, gpn, dep, bs, prompt, output, srv=srv,
+                                                  prefix_hit=prefix_hit, spec=spec)
                     evaluated += len(bs)
                     c = _best_for_shape(dep, bs, perf, cluster.num_gpus, output, qps, ttft_ms, tpot_ms, objective,
                                         price, e2e_ms)
@@ -122,7 +128,7 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
                         cands.append(c)
     if mode != "aggregated" and cluster.num_gpus >= 2 and output > 1:
         found, n_points = _disaggregated(model, cluster, prompt, output, decoders, qps, ttft_ms, tpot_ms, e2e_ms,
-                                         objective, price, srv)
+                                         objective, price, srv, prefix_hit)
         cands += found
         evaluated += n_points
     seconds = time.perf_counter() - t0
@@ -133,7 +139,11 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
     plans = [_plan_out(i + 1, c, model, cluster, prompt, output, srv, qps) for i, c in enumerate(cands[:top])]
     best = plans[0]
     request = {"prompt_tokens": prompt, "output_tokens": output, "qps": qps, "batch": batch, "ttft_ms": ttft_ms,
-               "tpot_ms": tpot_ms, "e2e_ms": e2e_ms, "weights": weights, "kv_cache": kv_cache, "tp": tp, "pp": pp, "objective": objective}
+               "tpot_ms": tpot_ms, "e2e_ms": e2e_ms, "prefix_hit": prefix_hit,
+               "speculation": None if spec is None else {"tokens": spec.tokens, "acceptance": spec.acceptance,
+                                                         "draft": spec.draft.name if spec.draft else None,
+                                                         "tokens_per_step": spec.tokens_per_step},
+               "weights": weights, "kv_cache": kv_cache, "tp": tp, "pp": pp, "objective": objective}
     return ServeResult(
         model=model_out(model, model_note), cluster=cluster_out(cluster), request=request,
         assumptions=assumptions(srv, gpu, BATCH_CAP),
@@ -147,7 +157,8 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
 def serve_front(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, ttft_ms: float | None = None,
                 tpot_ms: float | None = None, e2e_ms: float | None = None, weights: str | None = None,
                 kv_cache: str | None = None, tp: int | None = None, pp: int | None = None,
-                gpu_memory_utilization: float | None = None, model_note: str | None = None) -> ServeFront:
+                gpu_memory_utilization: float | None = None, model_note: str | None = None,
+                prefix_hit: float = 0.0) -> ServeFront:
     """The SLA front: every plan no other beats on both tokens/s per GPU and tokens/s per user (1 / TPOT)
     within the latency limits, each with as many replicas as the GPUs hold, from the fastest per user to
     the most per GPU. Raises ServeError when no plan meets the limits."""
@@ -172,7 +183,8 @@ def serve_front(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *,
                     if bmax < 1:
                         continue
                     bs = np.arange(1, min(bmax, BATCH_CAP) + 1)
-                    perf = continuous_performance(model, gpu, gpn, dep, bs, prompt, output, srv=srv)
+                    perf = continuous_performance(model, gpu, gpn, dep, bs, prompt, output, srv=srv,
+                                                  prefix_hit=prefix_hit)
                     evaluated += len(bs)
                     ok = _within(perf, ttft_ms, tpot_ms, e2e_ms)
                     user = np.where(perf.tpot_s > 0, 1.0 / np.maximum(perf.tpot_s, 1e-300), 1.0 / perf.e2e_s)
@@ -195,7 +207,7 @@ def serve_front(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *,
     plans = [_plan_out(n + 1, {**configs[k], "i": i}, model, cluster, prompt, output, srv)
              for n, (k, i) in enumerate(front)]
     request = {"prompt_tokens": prompt, "output_tokens": output, "ttft_ms": ttft_ms, "tpot_ms": tpot_ms,
-               "e2e_ms": e2e_ms, "weights": weights, "kv_cache": kv_cache, "tp": tp, "pp": pp}
+               "e2e_ms": e2e_ms, "prefix_hit": prefix_hit, "weights": weights, "kv_cache": kv_cache, "tp": tp, "pp": pp}
     return ServeFront(model=model_out(model, model_note), cluster=cluster_out(cluster), request=request,
                       assumptions=assumptions(srv, gpu, BATCH_CAP), plans=plans,
                       search={"method": "exhaustive numpy enumeration (exact over the space)",
@@ -218,7 +230,8 @@ def _check_e2e(e2e_ms) -> None:
 
 
 def _disaggregated(model: ModelSpec, cluster: Cluster, prompt: int, output: int, decoders: list, qps, ttft_ms,
-                   tpot_ms, e2e_ms, objective: str, price: float, srv: ServingCalibration) -> tuple[list[dict], int]:
+                   tpot_ms, e2e_ms, objective: str, price: float, srv: ServingCalibration,
+                   prefix_hit: float = 0.0) -> tuple[list[dict], int]:
     """The best disaggregated plan of every (prefill replica, decode replica) pair of one precision: x prefill
     replicas feed y decode replicas, x g_p + y g_d GPUs at most the cluster's, serving min(x prefill rate,
     y decode rate) requests per second; every decode concurrency at once, every prompts-per-pass n that a
@@ -232,7 +245,7 @@ def _disaggregated(model: ModelSpec, cluster: Cluster, prompt: int, output: int,
         if pmax < 1:
             continue
         top_n = max(1, min(srv.prefill_chunk_tokens // prompt, pmax))
-        passes = [prefill_pass(model, gpu, gpn, dp, n, prompt, srv=srv)
+        passes = [prefill_pass(model, gpu, gpn, dp, n, prompt, srv=srv, prefix_hit=prefix_hit)
                   for n in sorted({n for n in _pow2_upto(top_n)} | {top_n})]
         for dd, bmax, bs in decoders:
             if (dd.weights, dd.kv) != (dp.weights, dp.kv) or dp.gpus + dd.gpus > N:
@@ -356,7 +369,7 @@ def _plan_out(rank: int, c: dict, model: ModelSpec, cluster: Cluster, prompt: in
               "free": mem.usable - mem.used, "reserved": mem.capacity - mem.usable}
     parts = {k: float(v[i]) for k, v in perf.decode_parts.items()}
     # what falls between two of a request's tokens besides the decode step: the others' prefill chunks
-    parts["others_prefill"] = float(perf.tpot_s[i]) - parts["total"] if pre is None else 0.0
+    parts["others_prefill"] = (float(perf.tpot_s[i]) - parts["total"] / perf.tokens_per_step) if pre is None else 0.0
     return ServePlan(
         rank=rank, mode="aggregated" if pre is None else "disaggregated", tp=dep.tp, pp=dep.pp, ep=dep.ep,
         replicas=r, gpus=gpus, weights=dep.weights, kv_cache=dep.kv,
