@@ -87,6 +87,9 @@ def _import(fw, ex, model, cluster):
         model2, st = read_megatron_args(ex.files["megatron_args.sh"], model, cluster)
         assert model2 == model
         return st
+    if fw == "torchtitan":
+        from planner.frameworks.torchtitan import read_torchtitan_config
+        return read_torchtitan_config(ex.files["job.toml"], model, cluster)
     return read_deepspeed_config(ex.files["ds_config.json"], model, cluster)
 
 
@@ -94,7 +97,7 @@ def test_round_trip_gives_the_same_strategy_and_step_time(plans):
     exact = 0
     seen = set()
     for model, cluster, st, step in plans:
-        for fw in ("megatron", "deepspeed"):
+        for fw in ("megatron", "deepspeed", "torchtitan"):
             if unsupported(fw, model, st):
                 continue
             ex = export(fw, model, st, cluster)
@@ -110,7 +113,7 @@ def test_round_trip_gives_the_same_strategy_and_step_time(plans):
                 seen.add((model.name, fw, st.pp > 1, st.virtual_stages > 1, st.cp > 1, st.ep > 1, st.zero_stage,
                           st.recompute))
     assert exact >= 30, exact
-    assert {s[1] for s in seen} == {"megatron", "deepspeed"}
+    assert {s[1] for s in seen} == {"megatron", "deepspeed", "torchtitan"}
     assert any(s[3] for s in seen) and any(s[4] for s in seen) and any(s[5] for s in seen)   # vpp, cp, ep
     assert {s[6] for s in seen} >= {0, 1, 2, 3}
 
@@ -777,3 +780,19 @@ def test_deepspeed_launcher_says_what_must_be_set_in_code():
     flat = Strategy(dp=16, micro_batch=1, global_batch=64, zero_stage=1, recompute="full", framework="deepspeed")
     launch = export("deepspeed", model, flat, cluster).files["launch.sh"]
     assert "deepspeed.checkpointing.checkpoint" in launch and "PipelineModule" not in launch
+
+
+def test_cli_import_torchtitan_config(tmp_path, capsys):
+    """plan import --torchtitan-config: a TOML job config read back (torchtitan's defaults where a key is absent:
+    data_parallel_shard_degree -1 takes the GPUs left, FSDP reshards after forward); no [parallelism] is an error."""
+    f = tmp_path / "job.toml"
+    f.write_text('[parallelism]\ntensor_parallel_degree = 2\n\n[training]\nlocal_batch_size = 2\nseq_len = 8192\n'
+                 '[activation_checkpoint]\nmode = "full"\n')
+    code, out, err = _run(["import", "--torchtitan-config", str(f), "--model", "llama3-8b", "--gpus", "16xH100",
+                           "--format", "json"], capsys)
+    assert code in (0, 3), err
+    st = json.loads(out)["imported"]["plans"][0]["strategy"]
+    assert (st["tp"], st["dp"], st["zero_stage"], st["global_batch"], st["recompute"]) == (2, 8, 3, 16, "full")
+    f.write_text('[training]\nlocal_batch_size = 2\n')
+    code, out, err = _run(["import", "--torchtitan-config", str(f), "--model", "llama3-8b", "--gpus", "16xH100"], capsys)
+    assert code == 2 and "no [parallelism] table" in err

@@ -516,6 +516,8 @@ def _num(x: float | None) -> str:
               help="A file of Megatron-LM pretrain_gpt.py arguments (e.g. megatron_args.sh or a launch script).")
 @click.option("--deepspeed-config", "deepspeed_file", type=click.Path(exists=True, dir_okay=False),
               help="A DeepSpeed JSON config (ds_config.json).")
+@click.option("--torchtitan-config", "torchtitan_file", type=click.Path(exists=True, dir_okay=False),
+              help="A torchtitan v0.2 TOML job config (job.toml).")
 @click.option("--model", "model_name", required=True, help="The model the config trains (preset, alias or config.json).")
 @click.option("--gpus", required=True, help="The cluster it runs on, e.g. 1024xA100.")
 @click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
@@ -523,9 +525,9 @@ def _num(x: float | None) -> str:
 @click.option("--headroom", help=HEADROOM_HELP)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @_framework_option
-def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_files, time_limit, headroom, fmt,
-                  framework):
-    """Read a Megatron-LM or DeepSpeed config back into a plan, predict it (with its memory verdict in words),
+def import_config(megatron_file, deepspeed_file, torchtitan_file, model_name, gpus, hardware_files, time_limit,
+                  headroom, fmt, framework):
+    """Read a Megatron-LM, DeepSpeed or torchtitan config back into a plan, predict it (with its memory verdict in words),
     and show what would be better.
 
     Exit code 3 when the imported plan does not fit (after printing everything); 2 for bad input or when no
@@ -535,9 +537,10 @@ def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_file
     from planner.solve.evaluate import parse_headroom
     from planner.frameworks.deepspeed import read_deepspeed_config
     from planner.frameworks.megatron import megatron_settings, read_megatron_args
+    from planner.frameworks.torchtitan import read_torchtitan_config
 
-    if bool(megatron_file) == bool(deepspeed_file):
-        raise UserError("give exactly one of --megatron-args FILE or --deepspeed-config FILE")
+    if sum(bool(f) for f in (megatron_file, deepspeed_file, torchtitan_file)) != 1:
+        raise UserError("give exactly one of --megatron-args FILE, --deepspeed-config FILE or --torchtitan-config FILE")
     if not time_limit > 0 or time_limit == float("inf"):
         raise UserError(f"--time-limit {time_limit} is not allowed; give a positive, finite number of seconds")
     room = parse_headroom(headroom)
@@ -545,14 +548,15 @@ def import_config(megatron_file, deepspeed_file, model_name, gpus, hardware_file
     if len(pools) > 1:
         raise UserError(f"--gpus {gpus!r}: `plan import` takes one GPU type")
     cluster = pools[0]
-    with open(megatron_file or deepspeed_file) as fh:
+    with open(megatron_file or deepspeed_file or torchtitan_file) as fh:
         text = fh.read()
     read, ignored = {}, []
     if megatron_file:
         model, st = read_megatron_args(text, model, cluster)
         read, ignored = megatron_settings(text)
     else:
-        st = read_deepspeed_config(text, model, cluster)
+        st = read_deepspeed_config(text, model, cluster) if deepspeed_file else \
+            read_torchtitan_config(text, model, cluster)
     if framework:    # priced in another framework's accounting than the file's own
         st = st.with_(framework=framework)
     res = import_plan(model, cluster, st, time_limit, room)

@@ -10,7 +10,7 @@ import json
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
-from planner.frameworks.base import chunks, header
+from planner.frameworks.base import ConfigImportError, canonical, chunks, header
 
 NAME = "torchtitan"
 TORCHTITAN_FLAVORS = {"llama3-8b": ("llama3", "8B"), "llama3-70b": ("llama3", "70B"),
@@ -115,3 +115,76 @@ def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) ->
         '--node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-localhost}" --master_port 29500 \\',
         '    -m torchtitan.train --job.config_file "$(dirname "$0")/job.toml" "$@"', ""])
     return {"job.toml": "\n".join(head) + "\n\n" + toml_text(torchtitan_config(model, st)), "launch.sh": launch}
+
+
+# ---- import ------------------------------------------------------------------------------------------
+
+_SCHEDULES = {"1F1B": "1f1b", "GPipe": "gpipe", "Interleaved1F1B": "1f1b"}
+
+
+def read_torchtitan_config(text: str, model: ModelSpec, cluster: Cluster) -> Strategy:
+    """The Strategy of a torchtitan v0.2 TOML job config (torchtitan/config/job_config.py, its defaults where a
+    key is absent: data_parallel_shard_degree -1 = the GPUs left, expert_tensor_parallel_degree 1)."""
+    import tomllib
+
+    try:
+        cfg = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigImportError(f"torchtitan config is not TOML: {e}") from None
+    par, training = cfg.get("parallelism"), cfg.get("training") or {}
+    if not isinstance(par, dict) or not par:
+        raise ConfigImportError("no [parallelism] table: give the job config that sets the parallel degrees")
+
+    def degree(key: str, default: int) -> int:
+        v = par.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool) or (v < 1 and not (v == -1 and key.endswith("shard_degree"))):
+            raise ConfigImportError(f"parallelism.{key} {v!r} is not a whole number >= 1")
+        return v
+
+    rep, shard = degree("data_parallel_replicate_degree", 1), degree("data_parallel_shard_degree", -1)
+    tp, cp, pp = degree("tensor_parallel_degree", 1), degree("context_parallel_degree", 1), degree("pipeline_parallel_degree", 1)
+    ep, etp = degree("expert_parallel_degree", 1), degree("expert_tensor_parallel_degree", 1)
+    n = cluster.num_gpus
+    if shard == -1:
+        if n % (rep * tp * cp * pp):
+            raise ConfigImportError(f"replicate x tp x cp x pp = {rep * tp * cp * pp} does not divide the {n} GPUs")
+        shard = n // (rep * tp * cp * pp)
+    if rep * shard * tp * cp * pp != n:
+        raise ConfigImportError(f"the degrees multiply to {rep * shard * tp * cp * pp} GPUs, --gpus has {n}")
+    if rep > 1 and shard > 1:
+        raise ConfigImportError("HSDP (data_parallel_replicate_degree and data_parallel_shard_degree both > 1) is not "
+                                "a plan this planner models")
+    dp = rep * shard
+    reshard = str(par.get("fsdp_reshard_after_forward", "default"))
+    zero = 0 if shard == 1 else (2 if reshard == "never" else 3)
+    gbs = training.get("global_batch_size", -1)
+    local = training.get("local_batch_size", 8)
+    gbs = local * dp if gbs in (-1, None) else gbs
+    micro = par.get("pipeline_parallel_microbatch_size", 1) if pp > 1 else local
+    v, Ls = 1, None
+    if pp > 1:
+        parts = par.get("module_fqns_per_model_part")
+        if parts:
+            if len(parts) % pp:
+                raise ConfigImportError(f"{len(parts)} model parts do not split over {pp} pipeline stages")
+            v = len(parts) // pp
+            Ls = tuple(sum(sum(1 for m in parts[c * pp + i] if m.startswith("layers.")) for c in range(v))
+                       for i in range(pp))
+        elif str(par.get("pipeline_parallel_schedule", "1F1B")).startswith("Interleaved"):
+            raise ConfigImportError("an interleaved schedule without module_fqns_per_model_part: the model chunks "
+                                    "per stage cannot be read")
+    schedule = _SCHEDULES.get(str(par.get("pipeline_parallel_schedule", "1F1B")), "1f1b")
+    mode = str((cfg.get("activation_checkpoint") or {}).get("mode", "selective"))
+    rec = {"none": "none", "full": "full", "selective": "selective"}.get(mode)
+    if rec is None:
+        raise ConfigImportError(f"activation_checkpoint.mode {mode!r} is not none, selective or full")
+    param = str(training.get("mixed_precision_param", "bfloat16"))
+    fp8 = "quantize.linear.float8" in ((cfg.get("model") or {}).get("converters") or [])
+    precision = "fp8" if fp8 else ("fp32" if param == "float32" else "bf16")
+    st = Strategy(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, expert_tp=etp if ep > 1 else None, micro_batch=micro,
+                  global_batch=gbs, zero_stage=zero, recompute=rec, sequence_parallel=tp > 1, precision=precision,
+                  virtual_stages=v, stage_layers=Ls, pipeline_schedule=schedule, framework="torchtitan",
+                  offload_params=bool(training.get("enable_cpu_offload")) and zero == 3,
+                  offload_optimizer=bool(training.get("enable_cpu_offload")) and zero == 3,
+                  fp32_grads=str(training.get("mixed_precision_reduce", "float32")) == "float32")
+    return canonical(model, st)
