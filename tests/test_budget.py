@@ -192,3 +192,17 @@ def test_run_figures_one_formula_for_one_pool_and_several():
     assert both["days"] == one["days"]
     for k in ("gpu_hours", "cost_usd", "energy_kwh"):
         assert both[k] == pytest.approx(one[k] + other[k])
+
+
+def test_budget_search_reports_each_cluster_before_searching_it():
+    """choose_hardware(progress=...) hears of every cluster it searches, in order, before the search (the CLI
+    shows it as a status line on a terminal): as many calls as clusters searched."""
+    from hardware import load_catalog
+    from planner.runs.budget import choose_hardware
+
+    cat = load_catalog()
+    calls = []
+    res = choose_hardware(get_model("gpt3-1.3b")[0], [cat.gpus["A100-80GB"], cat.gpus["H100-SXM"]], 64, 26e9,
+                          budget_usd=1e4, progress=lambda cluster, done: calls.append((cluster, done)))
+    assert [d for _, d in calls] == list(range(len(calls)))
+    assert len(calls) >= len(res.searched) and calls[0][0].endswith("x 8)")

@@ -356,3 +356,30 @@ def resolve_pue(pue: float | None) -> float:
     if not pue >= 1:
         raise UserError(f"--pue {pue} is not allowed; power usage effectiveness is >= 1, e.g. 1.1")
     return pue
+
+
+class _status:
+    """A one-line status on a terminal ("searching 256 x H100-SXM, 5 clusters done"); nothing elsewhere."""
+
+    def __init__(self, fmt: str):
+        self.fmt, self.live = fmt, None
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, cluster: str, done: int) -> None:
+        if self.fmt != "table":
+            return
+        console = _console()
+        if not console.is_terminal:
+            return
+        text = f"searching {cluster} ({done} cluster{'s' if done != 1 else ''} searched)"
+        if self.live is None:
+            self.live = console.status(text)
+            self.live.start()
+        else:
+            self.live.update(text)
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.stop()

@@ -8,7 +8,7 @@ import json
 
 import click
 
-from planner.cli.common import UserError, _catalog, _console, _load, resolve_pue
+from planner.cli.common import UserError, _catalog, _console, _load, _status, resolve_pue
 
 _CLUSTERS_HELP = "Comma-separated clusters, e.g. 1024xA100,1024xH100,512xH200."
 
@@ -151,9 +151,10 @@ def budget_search(model_name, gpus, hardware_files, seq_len, global_batch, preci
         raise UserError(f"--max-gpus {max_gpus} is not allowed; give 1 to 1,000,000")
     for g in types:
         g.peak_tflops(precision or model.precision)
-    res = choose_hardware(model, types, max_gpus, tokens, budget_usd=budget_usd, deadline_days=deadline_days,
-                          global_batch=global_batch, precision=precision, pue=pue, full_front=bool(plot),
-                          time_limit_s=time_limit, headroom=headroom)
+    with _status(fmt) as status:
+        res = choose_hardware(model, types, max_gpus, tokens, budget_usd=budget_usd, deadline_days=deadline_days,
+                              global_batch=global_batch, precision=precision, pue=pue, full_front=bool(plot),
+                              time_limit_s=time_limit, headroom=headroom, progress=status)
     if plot:
         render_front(res, plot)
     if fmt == "json":

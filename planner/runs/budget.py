@@ -118,8 +118,9 @@ def pareto_front(points: list[RunPoint]) -> list[RunPoint]:
 def choose_hardware(model: ModelSpec, gpu_types: list[GPUSpec], max_gpus: int, tokens: float, *,
                     budget_usd: float | None = None, deadline_days: float | None = None,
                     global_batch: int | None = None, precision: str | None = None, pue: float = DEFAULT_PUE,
-                    full_front: bool = False, **search_kw) -> BudgetResult:
-    """Minimise days under `budget_usd`, or dollars under `deadline_days` (and the budget, if given)."""
+                    full_front: bool = False, progress=None, **search_kw) -> BudgetResult:
+    """Minimise days under `budget_usd`, or dollars under `deadline_days` (and the budget, if given).
+    `progress(cluster, searched)` is told each cluster before its search."""
     objective = "cost" if deadline_days is not None else "time"
     precision = precision or model.precision
     blocks = []
@@ -141,6 +142,8 @@ def choose_hardware(model: ModelSpec, gpu_types: list[GPUSpec], max_gpus: int, t
     def search_block(k: int) -> RunPoint | None:
         if k not in exact:
             _, _, _, cluster, gb = blocks[k]
+            if progress is not None:
+                progress(cluster.describe(), len(searched))
             try:
                 exact[k] = run_point(model, cluster, tokens, pue, global_batch=gb, precision=precision, **search_kw)
                 searched.append(exact[k])
