@@ -364,6 +364,13 @@ def _p2p(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, to
         np.asarray(tokens, dtype=float))
 
 
+def _micro_batches(dep: Deployment, seqs):
+    """Pipeline micro-batches of a batch of `seqs` sequences: m = min(pp, seqs), of x = seqs / m each."""
+    n = np.asarray(seqs, dtype=float)
+    m = np.minimum(dep.pp, n)
+    return m, n / m
+
+
 def decode_step_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, batch, context: float,
                      cal: Calibration | None = None, srv: ServingCalibration | None = None,
                      tokens_per_seq: int = 1) -> dict[str, np.ndarray]:
@@ -375,9 +382,7 @@ def decode_step_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: De
     TPOT = layers x layer(batch/m) + head + (pp - 1) sends, and each stage is busy m/pp of the time."""
     srv = srv or calibration.SERVING
     cal = cal or calibration_for(gpu.family)
-    b = np.asarray(batch, dtype=float)
-    m = np.minimum(dep.pp, b)
-    x = b / m
+    _, x = _micro_batches(dep, batch)
     parts = _layer_time(model, gpu, gpus_per_node, dep, x * tokens_per_seq, context, x, False, cal, srv)
     out = {k: v * model.layers for k, v in parts.items()}
     out["lm_head"] = _head_time(model, gpu, dep, x * tokens_per_seq, cal)
@@ -398,9 +403,7 @@ def _prefill_parts(model, gpu, gpus_per_node, dep, seqs, prompt, cal, srv):
     """(pipeline scale, one layer's parts, LM head, pipeline sends) of prefill_time."""
     srv = srv or calibration.SERVING
     cal = cal or calibration_for(gpu.family)
-    n = np.asarray(seqs, dtype=float)
-    m = np.minimum(dep.pp, n)
-    x = n / m
+    m, x = _micro_batches(dep, seqs)
     parts = _layer_time(model, gpu, gpus_per_node, dep, x * prompt, prompt, x, True, cal, srv)
     p2p = (dep.pp - 1) * _p2p(model, gpu, gpus_per_node, dep, x * prompt, cal)
     return (m + dep.pp - 1) / dep.pp, parts, _head_time(model, gpu, dep, x, cal), p2p

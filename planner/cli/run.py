@@ -13,6 +13,20 @@ from planner.cli.common import UserError, _catalog, _console, _load, _status, re
 _CLUSTERS_HELP = "Comma-separated clusters, e.g. 1024xA100,1024xH100,512xH200."
 
 
+def _run_cost_options(f):
+    """--hardware, --price, --pue and --format of `estimate` and `compare`."""
+    for opt in reversed([
+        click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s)."),
+        click.option("--price", "prices", multiple=True,
+                     help="Override a GPU's price per GPU-hour, e.g. --price H100=2.49."),
+        click.option("--pue", type=float, help="Power usage effectiveness [default: 1.56, the Uptime Institute 2024 "
+                                               "average; hyperscale sites about 1.1]."),
+        click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True),
+    ]):
+        f = opt(f)
+    return f
+
+
 def _tokens_ok(tokens: float | None, required: bool = True) -> None:
     if tokens is None:
         if required:
@@ -29,12 +43,7 @@ def _tokens_ok(tokens: float | None, required: bool = True) -> None:
 @click.option("--mfu", type=float, help="Model FLOPs utilisation (0..1) [default: the best plan's, found by the planner].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "fp8"]), help="[default: the preset's]")
 @click.option("--global-batch", type=int, help="Sequences per step for the planner [default: the preset's].")
-@click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
-@click.option("--price", "prices", multiple=True, help="Override a GPU's price per GPU-hour, e.g. --price A100=2.40.")
-@click.option("--pue", type=float,
-              help="Power usage effectiveness [default: 1.56, the Uptime Institute 2024 average; hyperscale sites "
-                   "about 1.1].")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_run_cost_options
 def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_files, prices, pue, fmt):
     """Whole-run estimate: training FLOPs (6ND; 8ND with full recompute), GPU-hours, days, $ and kWh.
 
@@ -74,12 +83,7 @@ def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_fi
 @click.option("--tokens", type=float, required=True, help="Training tokens of the whole run, e.g. 300e9.")
 @click.option("--global-batch", type=int, help="Sequences per step [default: the preset's].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "fp8"]), help="[default: the preset's]")
-@click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
-@click.option("--price", "prices", multiple=True, help="Override a GPU's price per GPU-hour, e.g. --price H100=2.49.")
-@click.option("--pue", type=float,
-              help="Power usage effectiveness [default: 1.56, the Uptime Institute 2024 average; hyperscale sites "
-                   "about 1.1].")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_run_cost_options
 def compare(model_name, gpus, tokens, global_batch, precision, hardware_files, prices, pue, fmt):
     """The best plan on each cluster in one table: step time, tokens/s, MFU, days, GPU-hours, $, kWh."""
     from hardware import parse_cluster
