@@ -587,7 +587,8 @@ def test_front_options(capsys, tmp_path):
     assert d["plans"] and all(p["tpot_s"] <= 0.02 for p in d["plans"]) and png.read_bytes()[:4] == b"\x89PNG"
     for argv, msg in ((["--plot", str(png)], "add --front"), (["--front", "--qps", "2"], "takes no --qps"),
                       (["--front", "--plot", "/proc/nope/f.png"], "cannot write there"),
-                      (["--min-gpus-for", "2", "--qps", "2"], "not both"), (["--e2e-ms", "0"], "--e2e-ms 0")):
+                      (["--min-gpus-for", "2", "--qps", "2"], "not both"), (["--e2e-ms", "0"], "--e2e-ms 0"),
+                      (["--min-gpus-for", "0"], "--min-gpus-for 0 is not allowed")):
         code, out, err = run_main(["serve", "--model", "8b", "--gpus", "8xH100", "--prompt", "512", "--output",
                                    "128", *argv], capsys)
         assert code == 2 and msg in err, (argv, err)

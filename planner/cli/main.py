@@ -443,6 +443,8 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
             raise UserError(f"--emit {emit}: plan serve writes vllm, sglang or trtllm commands; training configs "
                             f"come from `plan --emit`")
     if min_gpus_for is not None:
+        if not (min_gpus_for > 0 and min_gpus_for < float("inf")):
+            raise UserError(f"--min-gpus-for {min_gpus_for:g} is not allowed; give a positive request rate per second")
         if qps is not None:
             raise UserError("--min-gpus-for RATE already sets the request rate; give it or --qps, not both")
         qps, objective = min_gpus_for, "gpus"
