@@ -89,10 +89,12 @@ def check_trtllm(argv: list[str]) -> str:
         from tensorrt_llm.commands.serve import main as serve
     except ImportError:
         return "not installed"
+    import click
+
     try:
         serve.make_context("trtllm-serve", argv[1:])
-    except Exception as e:   # click.UsageError and friends
-        return f"refused ({e})"
+    except click.ClickException as e:   # a usage error; anything else is a fault and propagates
+        return f"refused ({e.format_message()})"
     return "ok"
 
 

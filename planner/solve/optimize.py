@@ -94,16 +94,19 @@ class Candidate:
     placement: tuple[str, ...]      # GPU type of every stage when the cluster has several pools
 
 
+def _uniform_candidate(model: ModelSpec, st: Strategy, cluster: Cluster, cap: int) -> Candidate:
+    """A structure on one GPU type, scored: every stage with the same coefficients."""
+    return Candidate(st, Pipeline.uniform(stage_costs(model, st, cluster), cap), [cluster.gpu] * st.pp, ())
+
+
 def candidates(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions) -> tuple[Space, list[Candidate]]:
-    """Every structure of the space with its coefficients (computed once per GPU pool)."""
+    """Every structure of the space with its coefficients (computed once per GPU pool). The search scores
+    one GPU type's structures lazily instead (_by_bound)."""
     if len(pools) == 1:
         c = pools[0]
         space = enumerate_space(model, c.num_gpus, c.gpus_per_node, opts)
         cap = opts.headroom.usable(c.gpu.memory_bytes)
-        out = []
-        for st in space.strategies:
-            out.append(Candidate(st, Pipeline.uniform(stage_costs(model, st, c), cap), [c.gpu] * st.pp, ()))
-        return space, out
+        return space, [_uniform_candidate(model, st, c, cap) for st in space.strategies]
     space = enumerate_pools(model, [c.num_gpus for c in pools], min(c.gpus_per_node for c in pools), opts)
     out = []
     cache: dict = {}
@@ -155,9 +158,7 @@ def _by_bound(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions):
                 return
             chunk = [int(i) for i in order[j:j + SCORE_CHUNK]]
             j += len(chunk)
-            sts = [space.strategy(i) for i in chunk]
-            cands = [Candidate(st, Pipeline.uniform(stage_costs(model, st, cluster), cap), [cluster.gpu] * st.pp, ())
-                     for st in sts]
+            cands = [_uniform_candidate(model, space.strategy(i), cluster, cap) for i in chunk]
             ts = balanced_time_of([c.pipeline for c in cands])
             for i, c, lb, t in zip(chunk, cands, lower_bounds([c.pipeline for c in cands], ts), ts):
                 heapq.heappush(heap, (lb / c.pipeline.v, _order_key(c.strategy), i, c, t))
@@ -192,7 +193,8 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
         if memory_infeasible(pl, None, free):
             infeasible += 1
             continue
-        lb = lower_bound(pl, None, free, tb) / pl.v
+        bound = lower_bound(pl, None, free, tb)
+        lb = bound / pl.v
         if (len(ranked) >= top and lb >= ranked[top - 1].step_ns) or (key in best and lb >= best[key].step_ns):
             continue
         layout = greedy_layout(pl, None, free, tb)
@@ -202,7 +204,6 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
         elif pl.p > CP_SAT_MAX_STAGES:   # too many stages for an interactive CP-SAT model: keep the incumbent
             if layout is None:
                 continue
-            bound = lower_bound(pl, None, free, tb)
             layout = Layout(layout.stage_layers, layout.recompute_layers, layout.objective,
                             layout.objective <= bound, max(0.0, (layout.objective - bound) / layout.objective))
         elif layout is None or layout.objective / pl.v > lb:
@@ -211,7 +212,6 @@ def _search(model: ModelSpec, pools: tuple[Cluster, ...], opts: SpaceOptions, to
             if solved_layout is not None and (layout is None or solved_layout.objective <= layout.objective):
                 layout = solved_layout
             elif layout is not None:   # out of time before CP-SAT beat the incumbent: keep it, with the bound
-                bound = lower_bound(pl, None, free, tb)
                 layout = Layout(layout.stage_layers, layout.recompute_layers, layout.objective, False,
                                 max(0.0, (layout.objective - bound) / layout.objective))
         else:

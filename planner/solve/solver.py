@@ -129,7 +129,7 @@ def stage_time_floors(pl: Pipeline, free: bool) -> np.ndarray:
     rows = []
     for i in range(pl.p):
         R = fewest_recomputed(pl, i, L, free)
-        t = pl.stage_ns(i, L, np.maximum(R, 0), ARRAYS) + 0 * L
+        t = pl.stage_ns(i, L, np.maximum(R, 0), ARRAYS)
         rows.append(np.where(R >= 0, t, _NO_FIT))
     return np.stack(rows)
 
@@ -163,7 +163,7 @@ def slowest_stage_floor(pl: Pipeline, free: bool, t_balanced: int) -> int:
 
 def _layer_groups(pl: Pipeline) -> dict[tuple[int, int, int], tuple[int, int]]:
     """Stages with the same coefficients (first, middle, last of one GPU type): (layer_ns, fixed_ns,
-    zero3_layer_ns) -> (how many stages, the most of their fewest layers, min_stage_layers)."""
+    zero3_layer_ns) -> (how many stages, the largest min_stage_layers among them)."""
     p, v = pl.p, pl.v
     if pl.uniform_stages:      # one GPU type: the first, a middle and the last stage stand for all
         reps = [(0, 1), (1, p - 2), (p - 1, 1)] if p > 2 else [(i, 1) for i in range(p)]
