@@ -141,18 +141,25 @@ def layer_activation_bytes(model: ModelSpec, st: Strategy, layer: int = 0) -> La
     s = model.seq_len / st.cp
     b, h, t = st.micro_batch, model.hidden, st.tp
     sbh = s * b * h
-    # two 1-byte dropout masks (attention and MLP output) only when training with dropout (Table 2)
-    unsplit = (10.0 if model.dropout else 8.0) * sbh
+    fp8 = fp8_stored_inputs(st)
+    # two 1-byte dropout masks (attention and MLP output) only when training with dropout (Table 2); the QKV
+    # and MLP inputs in FP8 under Transformer Engine's FP8 (fp8_stored_inputs)
+    unsplit = (10.0 if model.dropout else 8.0) * sbh - (2.0 * sbh if fp8 else 0.0)
     if model.mla is not None:   # the latents, duplicated on every tensor-parallel rank: q and kv (+ rope key)
         a = model.mla
         unsplit += 2.0 * s * b * ((a.q_lora_rank or 0) + a.kv_lora_rank + a.qk_rope_head_dim)
-    attn = 4.0 * s * b * model.q_dim + 4.0 * s * b * model.kv_dim     # Q and the projection input: q = h for GPT
+    # Q, K and V, and the projection input (q = h for GPT), which the fused attention keeps in 16 bits for its
+    # own backward; FP8 adds the projection's FP8 copy of it
+    attn = 4.0 * s * b * model.q_dim + 4.0 * s * b * model.kv_dim + (s * b * model.q_dim if fp8 else 0.0)
     mlp = _mlp_activation_bytes_per_token(model, layer) * s * b
+    if fp8:     # the second MLP GEMM's input (SwiGLU's product 2f of 6f, GELU's output 2f of 4f) in FP8
+        mlp *= 5.0 / 6.0 if model.ffn_type == "swiglu" else 3.0 / 4.0
     # scores: softmax input and output 4as^2b + the 1-byte attention-dropout mask (Table 2) when dropout is on
     scores = (5.0 if model.dropout else 4.0) * model.heads * s * (s * st.cp) * b if not st.flash_attention else 0.0
     sp = st.sequence_parallel
     # the routed tokens of the expert tensor-parallel group: s b etp / t per rank (all of s b unless folded)
-    base = (unsplit / t if sp else unsplit) + (attn + mlp) / t + moe_dispatch_bytes(model, layer) * s * b * st.etp / t
+    dispatch = moe_dispatch_bytes(model, layer, fp8) * s * b * st.etp / t
+    base = (unsplit / t if sp else unsplit) + (attn + mlp) / t + dispatch
     checkpoint = 2.0 * sbh / (t if sp else 1)
     if st.framework == "torchtitan":
         return _torchtitan_layer(model, st, layer, base, checkpoint)
@@ -167,10 +174,22 @@ def layer_activation_bytes(model: ModelSpec, st: Strategy, layer: int = 0) -> La
     if "layernorm" in mods:
         stored -= 4.0 * sbh / (t if sp else 1)
     if "moe_act" in mods and moe_layer and "moe" not in mods:
-        stored -= mlp / t * (1 / 3 if model.ffn_type == "swiglu" else 1 / 2)
+        per_f = 6.0 if model.ffn_type == "swiglu" else 4.0     # 16-bit bytes per f; the output is 2 (1 in FP8)
+        stored -= mlp / t * ((1.0 / (per_f - 1.0)) if fp8 else 2.0 / per_f)
     if ("mlp" in mods and not moe_layer) or ("moe" in mods and moe_layer):
-        stored -= mlp / t + moe_dispatch_bytes(model, layer) * s * b * st.etp / t
+        stored -= mlp / t + dispatch
+    if "mla_up_proj" in mods and model.mla is not None:
+        # the MLA up-projections' outputs (Q, K and V) recomputed from the latents; the attention output stays
+        stored -= (2.0 * s * b * model.q_dim + 4.0 * s * b * model.kv_dim) / t
     return LayerActivations(stored=stored, checkpoint=checkpoint, full=full)
+
+
+def fp8_stored_inputs(st: Strategy) -> bool:
+    """Transformer Engine's FP8 Linear layers keep the FP8 copy of their input for the weight gradient, not
+    the 16-bit one (transformer_engine/pytorch/module/linear.py, layernorm_linear.py, grouped_linear.py:
+    the quantized input saved for backward): the QKV, MLP and expert inputs and the second MLP GEMM's input
+    are stored in 1 byte under Megatron-core with FP8. torchao's float8 (torchtitan) is left at 16 bits."""
+    return st.precision == "fp8" and st.framework == "megatron"
 
 
 def _torchtitan_layer(model: ModelSpec, st: Strategy, layer: int, base: float, checkpoint: float) -> LayerActivations:
@@ -198,17 +217,19 @@ def _torchtitan_layer(model: ModelSpec, st: Strategy, layer: int, base: float, c
     return LayerActivations(stored=saved, checkpoint=checkpoint, full=full)
 
 
-def moe_dispatch_bytes(model: ModelSpec, layer: int) -> float:
+def moe_dispatch_bytes(model: ModelSpec, layer: int, fp8: bool = False) -> float:
     """Bytes per token an MoE layer keeps for its token dispatch, beyond the experts' own activations: the
     permuted copies of the routed tokens (the experts' input, k x capacity factor rows of h in 16 bits) and the
     expert outputs the weighted combine keeps for its backward (the same size), plus the router's logits and
     probabilities (2 x E in 16 bits) (megatron/core/transformer/moe/token_dispatcher.py, moe_utils.py permute /
-    unpermute, router.py). The routed tokens are gathered over the expert tensor-parallel group before
-    dispatch (etp = tp unless folded apart)."""
+    unpermute, router.py); with `fp8` the experts' input is their GEMM's FP8 copy, 1 byte (fp8_stored_inputs).
+    The routed tokens are gathered over the expert tensor-parallel group before dispatch (etp = tp unless
+    folded apart)."""
     if model.moe is None or not model.is_moe_layer(layer):
         return 0.0
     moe = model.moe
-    return 2.0 * 2.0 * model.hidden * moe.top_k * moe.capacity_factor + 2.0 * 2.0 * moe.experts
+    tokens = (3.0 if fp8 else 4.0) * model.hidden * moe.top_k * moe.capacity_factor   # experts' input in FP8 under fp8
+    return tokens + 2.0 * 2.0 * moe.experts
 
 
 def _mlp_activation_bytes_per_token(model: ModelSpec, layer: int) -> float:

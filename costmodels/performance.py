@@ -269,7 +269,7 @@ def layer_times_of(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _La
     elif st.recompute == "selective":
         # Megatron-core's recompute modules (transformer_config.py recompute_modules) repeat their forward
         # in the backward: the attention core (the default), the two norms, the MoE activation, the dense
-        # MLP, or the whole MoE layer with its dispatch and combine
+        # MLP, the whole MoE layer with its dispatch and combine, or MLA's up projections
         mods = st.modules
         if "core_attn" in mods:
             selective_extra += attn_core + memory_bound_time(softmax_bytes, gpu.hbm_gbps, cal)
@@ -281,6 +281,11 @@ def layer_times_of(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _La
             selective_extra += frac * (moe_mlp + memory_bound_time(moe_act_bytes, gpu.hbm_gbps, cal)) + ep_comm / 2
         elif "moe_act" in mods:
             selective_extra += frac * memory_bound_time(moe_act_bytes, gpu.hbm_gbps, cal)
+        if "mla_up_proj" in mods and model.mla is not None:
+            # the up projections again, from the stored latents (the GEMMs whose input is a latent rank)
+            a = model.mla
+            latents = {a.q_lora_rank, a.kv_lora_rank}
+            selective_extra += sum(gemm_time(M, n, k, peak, cal) for n, k in attn_widths if k in latents)
     return LayerTimes(compute_fwd, compute_bwd, tp_fwd, tp_bwd, cp_exposed, ep_comm, selective_extra)
 
 

@@ -30,7 +30,7 @@ DISPATCHER_CHOICES: tuple[str, ...] = ("alltoall", "deepep")
 # (1x128 activations, 128x128 weights, DeepSeek-V3)
 FP8_RECIPES: tuple[str, ...] = ("delayed", "tensorwise", "mxfp8", "blockwise")
 # Megatron-core's selective recompute modules (TransformerConfig.recompute_modules; its default core_attn)
-RECOMPUTE_MODULES: tuple[str, ...] = ("core_attn", "layernorm", "mlp", "moe_act", "moe")
+RECOMPUTE_MODULES: tuple[str, ...] = ("core_attn", "layernorm", "mlp", "moe_act", "moe", "mla_up_proj")
 
 
 class StrategyError(ValueError):

@@ -76,14 +76,21 @@ def test_memory_statistics():
 
 def test_fp8lm_table5_memory():
     """FP8-LM (Peng et al. 2023) Table 5 GPU memory of GPT 7B / 13B / 175B on H100, BF16 and FP8 (TE): the
-    planner's peaks (Megatron-core, FP8 with Transformer Engine's cached FP8 weights and transposes) within
-    13% on every row and within 6.5% at the median (the rows leave the interleaving unstated: the fastest
-    completion picks it, and 175B FP8 moves by 0.4% between 4 and 5 chunks)."""
+    planner's peaks (Megatron-core, FP8 with Transformer Engine's cached FP8 weights and transposes and the
+    GEMM inputs kept in FP8) within 13% on every row and within 9% at the median (the rows leave the
+    interleaving unstated: the fastest completion picks it, and 175B FP8 moves by 0.4% between 4 and 5
+    chunks). FP8 takes more memory than BF16 at every size in the table (7.7, 8.2 and 3.5 GB more), and in the
+    planner (the cached weights outweigh the 8-bit activations), by less than 11 GB."""
     res = validate_file(BUNDLED["runs-modern"])
     rows = [r for r in res.runs if r.memory_measured is not None and r.id.startswith("fp8lm")]
     assert len(rows) == 6
     errs = sorted(abs(r.memory_pct_error) for r in rows)
-    assert errs[-1] <= 0.13 and errs[len(errs) // 2] <= 0.065, errs
+    assert errs[-1] <= 0.13 and errs[len(errs) // 2] <= 0.09, errs
+    by = {r.id: r for r in rows}
+    for size in ("7b-h100-32gpu", "13b-h100-32gpu", "175b-h100-128gpu"):
+        fp8, bf16 = by[f"fp8lm-gpt-{size}-fp8-te"], by[f"fp8lm-gpt-{size}-bf16-baseline"]
+        assert fp8.memory_measured > bf16.memory_measured
+        assert 0 < fp8.memory_predicted - bf16.memory_predicted < 11
     assert res.memory is not None and res.memory.predicted == 6
 
 

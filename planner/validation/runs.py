@@ -279,17 +279,23 @@ def expert_tensor_parallel(tp: int, cp: int, dp: int, ep: int, notes: str = "") 
     return [None if e == tp else e for e in ok] or [None]
 
 
-_MODULE_WORDS = {"norm": "layernorm", "layernorm": "layernorm", "act": "moe_act", "moe_act": "moe_act",
-                 "moe": "moe", "mlp": "mlp", "core_attn": "core_attn", "attn": "core_attn"}
+_MODULE_WORDS = {"norm": "layernorm", "layernorm": "layernorm", "rmsnorm": "layernorm", "act": "moe_act",
+                 "moe_act": "moe_act", "moe": "moe", "mlp": "mlp", "core_attn": "core_attn", "attn": "core_attn",
+                 "mla_up_proj": "mla_up_proj", "up_proj": "mla_up_proj", "up-projections": "mla_up_proj",
+                 "up-projection": "mla_up_proj"}
+# words between module names that neither name one nor end the list ("recompute of RMSNorm and MLA up-projections")
+_MODULE_FILLER = {"of", "and", "the", "mla"}
 
 
 def recompute_modules(notes: str) -> tuple[str, ...] | None:
     """The Megatron-core recompute modules a run's notes name ("recompute modules 'norm, act'",
     "recompute modules layernorm+moe", "recompute moe_act+layernorm"), None when they name none."""
-    for m in re.finditer(r"recompute(?:[-_ ]modules?)?\W*([a-z_+,' ]+)", notes or "", re.IGNORECASE):
+    for m in re.finditer(r"recompute(?:[-_ ]modules?)?\W*([a-z_+,' -]+)", notes or "", re.IGNORECASE):
         words = [w for w in re.split(r"[\s,+']+", m.group(1).lower()) if w]
         mods = []
         for w in words:              # the module words right after "recompute", up to the first other word
+            if w in _MODULE_FILLER:
+                continue
             if w not in _MODULE_WORDS:
                 break
             mods.append(_MODULE_WORDS[w])
@@ -330,7 +336,9 @@ def moe_dispatcher(run: dict) -> str:
     text = f"{(run.get('strategy') or {}).get('framework') or ''} {run.get('notes') or ''}".lower()
     if re.search(r"all-?to-?all (token )?dispatcher", text):
         return "alltoall"
-    return "deepep" if re.search(r"(deepep|hybridep)", text) else "alltoall"
+    # HAI-LLM: DeepSeek's framework, whose dispatch kernels (one IB send per destination node, then NVLink,
+    # DeepSeek-V3 report 3.2.2) DeepEP publishes
+    return "deepep" if re.search(r"(deepep|hybridep|hai-llm)", text) else "alltoall"
 
 
 def implies_sequence_parallel(run: dict) -> bool:
@@ -361,7 +369,10 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
     rec = field(r, "strategy", "recompute", str, required=False)
     recs = [rec] if rec else ["none", "selective", "full"]
     zero = field(r, "strategy", "zero_stage", required=False)
-    zeros = [zero] if zero is not None else [0, 1]
+    lora = lora_rank(notes)
+    # an unstated ZeRO stage of a LoRA run is immaterial (it shards only the adapters' states, a fraction of a
+    # percent of the model's): ZeRO-0, so such a run counts as fully stated
+    zeros = [zero] if zero is not None else [0] if lora else [0, 1]
     sp = field(r, "strategy", "sequence_parallel", bool, required=False)
     # an unstated sequence parallel is the named framework's default: off in Megatron-LM (opt-in), else filled
     # like any unknown (NeMo's recipes turn it on with tp > 1); --tp-comm-overlap in the notes needs it on
@@ -374,7 +385,6 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
     dispatcher = moe_dispatcher({"strategy": s, "notes": notes})
     tp_overlap = uses_tp_comm_overlap({"notes": notes})
     modules = recompute_modules(notes) if framework == "megatron" else None
-    lora = lora_rank(notes)
     recipe = fp8_recipe(f"{s.get('framework') or ''} {notes}") if precision == "fp8" else None
     # the notes say the MoE all-to-all overlapped another micro-batch's compute ("1f1b overlap",
     # --overlap-moe-expert-parallel-comm)
