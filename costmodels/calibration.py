@@ -99,7 +99,8 @@ def calibration_note(family: str) -> str | None:
 # Constants of the inference cost model (costmodels/serving.py, docs/serving.md). GEMM, attention and
 # HBM efficiencies are the training ones above (same kernels, same physics); these are the few things
 # serving adds. Two are fitted by planner.validation.fit on the fit rows of serving-public.json (12 of its
-# 24 TensorRT-LLM rows, all H100; marked "fitted"); the others are stated assumptions a user can override.
+# 24 TensorRT-LLM rows, all H100) and serving-online.json (14 of its 28 online rows: SGLang on H200, NIM on
+# H100, SGLang / vLLM on A10; marked "fitted"); the others are stated assumptions a user can override.
 # Nothing is keyed to a run or to a GPU family.
 
 
@@ -114,18 +115,20 @@ class ServingCalibration:
     # CUDA graphs, NCCL / custom all-reduce buffers, sampler and allocator slack per GPU; assumption.
     workspace_bytes: float = 1.0e9
     # Fixed latency of one small all-reduce of the tensor-parallel group. Over NVLink / NVSwitch engines run
-    # one-shot custom all-reduce kernels (vLLM custom_all_reduce, TensorRT-LLM): fitted, 1 us (before the
-    # script: 5 us, chosen by hand in the flat region of a fit on all 24 rows). Over PCIe
-    # (A10, L40S, H100-PCIe: intra_node_link "PCIe...") NCCL rings through the PCIe switch or, without
-    # peer-to-peer, through host memory: 50 us, an assumption (public.json has no PCIe run to fit it on), of
-    # the order nccl-tests reports for small messages over PCIe.
-    allreduce_latency_nvlink_s: float = 1e-6
+    # one-shot custom all-reduce kernels (vLLM custom_all_reduce, TensorRT-LLM): fitted, 16 us (before: 1 us
+    # fitted on serving-public.json alone, whose large static batches hide it; the online rows at small batch
+    # and tp 2-8 do not). Over PCIe (A10, L40S, H100-PCIe: intra_node_link "PCIe...") NCCL rings through the
+    # PCIe switch or, without peer-to-peer, through host memory: 50 us, an assumption (no PCIe row to fit it
+    # on), of the order nccl-tests reports for small messages over PCIe.
+    allreduce_latency_nvlink_s: float = 16e-6
     allreduce_latency_pcie_s: float = 50e-6
-    # Host / launch overhead per transformer layer per forward pass that the GPU work does not hide
-    # (kernel launches, attention metadata, sampling amortised): fitted, 0 us: the fit finds none beyond the
-    # GEMM and attention times (before the script: 15 us, chosen by hand). Fit: grid 0-60 us x NVLink latency 1-21 us, minimum mean |ln(predicted / measured)| over the
-    # fit rows, with the training constants above (planner/validation/fit.py).
-    layer_overhead_s: float = 0.0
+    # Host / launch overhead per transformer layer per forward pass that the GPU work does not hide (the
+    # floor of a layer's many small kernels, attention metadata, sampling amortised): fitted, 32 us (before:
+    # 0 on serving-public.json alone; the online rows' small-batch decode steps, 35-60 us per layer above the
+    # weights' read time, set it). Fit: grid 0-60 us x NVLink latency 1-21 us, minimum mean
+    # |ln(predicted / measured)| over the fit rows (an online row's TTFT and TPOT both), with the training
+    # constants above (planner/validation/fit.py).
+    layer_overhead_s: float = 32e-6
 
 
 SERVING = ServingCalibration()

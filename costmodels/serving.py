@@ -296,16 +296,31 @@ def _layer_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploym
     sequences: GEMMs, attention, element-wise, tensor-parallel communication, launch overhead.
     ctx_tokens: decode, the KV tokens each sequence attends to; prefill, the prompt length."""
     r = _rates(gpu, dep, cal)
-    t, h, d = dep.tp, model.hidden, model.head_dim
-    gemm = _gemm_prefill if prefill else _gemm_decode
+    out = _token_parts(model, gpu, gpus_per_node, dep, tokens, prefill, r, cal, srv)
+    if prefill:
+        out["attention"] = _prefill_attention(model, dep, seqs, ctx_tokens, ctx_tokens, 0, r, cal)
+    else:
+        out["attention"] = _decode_attention(model, dep, tokens, ctx_tokens, seqs, r, cal)
+    return out
+
+
+def _token_parts(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, tokens, prefill, r: _Rates,
+                 cal: Calibration, srv: ServingCalibration) -> dict[str, np.ndarray]:
+    """The parts of a layer's forward pass over `tokens` tokens that do not depend on what they attend to:
+    GEMMs (prefill tiling where `prefill`, an array or a bool), element-wise, tensor-parallel (and expert)
+    communication, launch overhead."""
+    t, h = dep.tp, model.hidden
     tokens = np.asarray(tokens, dtype=float)
-    kvh = _kv_heads_per_gpu(model, t)
+    prefill = np.asarray(prefill, dtype=bool)
+
+    def gemm(M, N, K, wbytes, peak):
+        return np.where(prefill, _gemm_prefill(M, N, K, wbytes, peak, r, cal), _gemm_decode(M, N, K, wbytes, peak, r, cal))
+
+    kvh, d = _kv_heads_per_gpu(model, t), model.head_dim
     # attention projections, column / row split over t (Shoeybi et al. 2019)
     q = model.q_dim
-    t_attn = (gemm(tokens, (q + 2 * kvh * d * t) / t, h, r.wbytes, r.peak, r, cal)
-              + gemm(tokens, h, q / t, r.wbytes, r.peak, r, cal))
-    dense_mlp = sum(gemm(tokens, n, k, r.wbytes, r.peak, r, cal)
-                    for n, k in mlp_gemm_widths(model.ffn_type, h, model.ffn_hidden, t))
+    t_attn = gemm(tokens, (q + 2 * kvh * d * t) / t, h, r.wbytes, r.peak) + gemm(tokens, h, q / t, r.wbytes, r.peak)
+    dense_mlp = sum(gemm(tokens, n, k, r.wbytes, r.peak) for n, k in mlp_gemm_widths(model.ffn_type, h, model.ffn_hidden, t))
     mlp = dense_mlp
     comm_extra = 0.0
     if model.moe is not None:
@@ -313,41 +328,74 @@ def _layer_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploym
         touched = _expected_experts(moe.experts, moe.top_k, tokens)
         per_expert = tokens * moe.top_k / touched
         if dep.ep > 1:   # whole experts on each GPU of the group: E/ep of them
-            one = sum(gemm(per_expert, n, k, r.wbytes, r.peak, r, cal)
+            one = sum(gemm(per_expert, n, k, r.wbytes, r.peak)
                       for n, k in mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, 1))
             experts = touched / dep.ep * one
             # dispatch + combine all-to-all of top_k x tokens x h (GShard; 16-bit activations)
             comm_extra = 2 * tp_collective_time("all_to_all", tokens * moe.top_k * h * 2.0 / t, t, gpu, gpus_per_node,
                                                 cal, srv)
         else:            # every expert split over tp
-            one = sum(gemm(per_expert, n, k, r.wbytes, r.peak, r, cal)
+            one = sum(gemm(per_expert, n, k, r.wbytes, r.peak)
                       for n, k in mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, t))
             experts = touched * one
-        shared = moe.shared_experts * sum(gemm(tokens, n, k, r.wbytes, r.peak, r, cal)
+        shared = moe.shared_experts * sum(gemm(tokens, n, k, r.wbytes, r.peak)
                                           for n, k in mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, t))
-        router = gemm(tokens, moe.experts, h, 2.0, r.peak16, r, cal)
+        router = gemm(tokens, moe.experts, h, 2.0, r.peak16)
         frac = model.num_moe_layers / model.layers
         mlp = frac * (experts + shared + router) + (1 - frac) * dense_mlp
         comm_extra = frac * comm_extra
-    # attention core: causal prefill 2*s^2*h FLOPs per sequence (half of QK^T + AV), flash kernels at the
-    # fitted attention efficiency; decode reads every cached K and V (memory bound) and does 4*ctx*h FLOPs
-    heads = model.heads / t
-    if prefill:
-        flops = 2.0 * seqs * ctx_tokens ** 2 * heads * d
-        kv_read = seqs * ctx_tokens * 2.0 * kvh * d * r.kvbytes
-    else:
-        # decode: every query token attends to the cache; each sequence's cache is read once per step, however
-        # many of its tokens are checked in it (speculative verification: seqs < tokens)
-        flops = 4.0 * tokens * ctx_tokens * heads * d
-        kv_read = seqs * ctx_tokens * 2.0 * (heads if dep.kv_read_per_query_head else kvh) * d * r.kvbytes
-    eff = attention_efficiency(ctx_tokens, cal) if prefill else cal.attention_efficiency
-    t_core = np.maximum(flops / (r.peak_attn * eff), kv_read / r.hbm)
     # element-wise (16-bit): 2 norms read+write (4h), 2 residual adds (6h), activation 3f/t SwiGLU, 2f/t GELU
     elem = tokens * 2.0 * (10 * h + (3 if model.ffn_type == "swiglu" else 2) * model.ffn_hidden / t) / r.hbm
     # two all-reduces of tokens x h 16-bit activations per layer (attention output, MLP output)
     comm = 2 * tp_collective_time("all_reduce", tokens * h * 2.0, t, gpu, gpus_per_node, cal, srv) + comm_extra
-    return {"gemm": t_attn + mlp, "attention": t_core, "elementwise": elem, "tp_comm": comm,
+    return {"gemm": t_attn + mlp, "elementwise": elem, "tp_comm": comm,
             "overhead": np.full_like(tokens, srv.layer_overhead_s)}
+
+
+# Attention core (Dao et al. 2022, FlashAttention): causal prefill 2*s^2*h FLOPs per sequence (half of QK^T +
+# AV) at the attention efficiency of s-token calls; decode reads every cached K and V (memory bound) and does
+# 4*ctx*h FLOPs per query token.
+def _prefill_attention(model: ModelSpec, dep: Deployment, seqs, prompt, new, cached, r: _Rates, cal: Calibration):
+    """`seqs` prompts' new tokens (`new` each, after a `cached` prefix; prompt = cached + new) attending
+    causally: per new token 4 x (cached + new / 2) x heads x d FLOPs; the prefix's KV read once."""
+    heads, d = model.heads / dep.tp, model.head_dim
+    seqs = np.asarray(seqs, dtype=float)
+    flops = 4.0 * seqs * new * (cached + new / 2.0) * heads * d
+    kv_read = seqs * prompt * 2.0 * _kv_heads_per_gpu(model, dep.tp) * d * r.kvbytes
+    return np.maximum(flops / (r.peak_attn * attention_efficiency(prompt, cal)), kv_read / r.hbm)
+
+
+def _decode_attention(model: ModelSpec, dep: Deployment, tokens, ctx_tokens, seqs, r: _Rates, cal: Calibration):
+    """Every query token attends to the cache; each sequence's cache is read once per step, however many of its
+    tokens are checked in it (speculative verification: seqs < tokens)."""
+    heads, d = model.heads / dep.tp, model.head_dim
+    kvh = _kv_heads_per_gpu(model, dep.tp)
+    flops = 4.0 * np.asarray(tokens, dtype=float) * ctx_tokens * heads * d
+    kv_read = np.asarray(seqs, dtype=float) * ctx_tokens * 2.0 * (heads if dep.kv_read_per_query_head else kvh) * d * r.kvbytes
+    return np.maximum(flops / (r.peak_attn * cal.attention_efficiency), kv_read / r.hbm)
+
+
+def mixed_step_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deployment, decoding, context: float,
+                    prefill_tokens, prompt: int, cached: int = 0, cal: Calibration | None = None,
+                    srv: ServingCalibration | None = None) -> np.ndarray:
+    """Seconds of one continuous-batching step that decodes `decoding` sequences (KV caches of `context`
+    tokens) and prefills `prefill_tokens` new prompt tokens in the same forward pass (chunked prefill: vLLM,
+    SGLang, TensorRT-LLM; Agrawal et al. 2024, Sarathi-Serve): one pass over both, so the weights are read
+    and the per-layer latencies paid once; attention is each kind's own. Arrays broadcast. Pipeline: as
+    decode_step_time, m = min(pp, decoding) micro-batches, each token through every stage."""
+    srv = srv or calibration.SERVING
+    cal = cal or calibration_for(gpu.family)
+    r = _rates(gpu, dep, cal)
+    m, x = _micro_batches(dep, np.maximum(decoding, 1.0))
+    x = np.asarray(decoding, dtype=float) / m
+    pre = np.asarray(prefill_tokens, dtype=float) / m
+    new = max(prompt - cached, 1)
+    parts = _token_parts(model, gpu, gpus_per_node, dep, x + pre, pre > 0, r, cal, srv)
+    attn = _decode_attention(model, dep, x, context, x, r, cal) + _prefill_attention(model, dep, pre / new, prompt, new,
+                                                                                      cached, r, cal)
+    layer = sum(parts.values()) + attn
+    return (model.layers * layer + _head_time(model, gpu, dep, x + pre / new, cal)
+            + (dep.pp - 1) * _p2p(model, gpu, gpus_per_node, dep, x + pre, cal))
 
 
 def _head_time(model: ModelSpec, gpu: GPUSpec, dep: Deployment, seqs, cal: Calibration):
@@ -536,14 +584,16 @@ def continuous_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, d
     stays k + output - 1 steps, and r = B / (k + output - 1) prompts complete per step. A step costs the
     decode step of those decoding (D: each request prefills a share q = k / (k + output - 1) of its stay, so
     a step has a decode step in 1 - q^B of the cases, of B (1 - q) / (1 - q^B) requests then) plus the
-    prefill work of r prompts: t = D + r F(prompt). Hence, exactly:
-      e2e = (k + output - 1) t,  tokens/s = B output / e2e  (Little's law: concurrency = rate x time;
+    prefill work of r prompts riding it: t = D + r F(prompt), F the time a prompt's chunks add to the decode
+    passes they join (mixed_step_time with the chunk less without it: one pass reads the weights once), or a
+    prefill pass of its own when nothing decodes. Hence, exactly:
+      e2e = w + (k + output - 1) t,  tokens/s = B output / e2e  (Little's law: concurrency = rate x time;
       with speculative decoding, `spec`, a decoding request gains E tokens a step: k + (output - 1) / E steps),
-      ttft = k D' + F (1 + (B - 1) k / (k + output - 1))  (its own prefill chunks, each riding a decode
+      ttft = k D' + F' (1 + (B - 1) k / (k + output - 1))  (its own prefill chunks, each riding a decode
       step of the other B - 1 requests, D', and the share of their prefills that falls in its prefill steps),
       tpot = (e2e - ttft) / (output - 1)  (a decode step, and the rest of the others' prefills between its
-      tokens: (B - 1) F / (k + output - 1) per token). Arrival gaps shorter than a step (admission waits
-      for the running step) are left out."""
+      tokens: (B - 1) F / (k + output - 1) per token); w, with others running, is the wait for the step
+      running when it arrives, t / 2 on average (0 alone)."""
     srv = srv or calibration.SERVING
     cal = cal or calibration_for(gpu.family)
     B = np.atleast_1d(np.asarray(concurrency, dtype=float))
@@ -567,9 +617,27 @@ def continuous_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, d
     D, dec = decoding_cost(B)
     D_others, _ = decoding_cost(B - 1)     # while it prefills, the other B - 1 requests decode
     F = float(uncached_prefill_time(model, gpu, gpus_per_node, dep, np.ones(1), prompt, cached, cal, srv)[0])
-    step = D + B / life * F
-    e2e = life * step
-    ttft = k * D_others + F * (1 + (B - 1) * k / life)
+    ctx = prompt + output / 2.0
+
+    def riding(n):
+        """Seconds one prompt's prefill adds to the steps it rides among n requests: its k chunks joined to
+        the decode pass of those decoding (the weights read and the layers' latencies paid once for both:
+        the step with the chunk less the step without), or a pass of its own when none decodes."""
+        busy = 1.0 - q ** n
+        seqs = np.maximum(n * (1 - q) / np.maximum(busy, 1e-300), 1e-9)
+        chunk = (prompt - cached) / k
+        extra = k * (mixed_step_time(model, gpu, gpus_per_node, dep, seqs, ctx, chunk, prompt, cached, cal, srv)
+                     - mixed_step_time(model, gpu, gpus_per_node, dep, seqs, ctx, 0.0, prompt, cached, cal, srv))
+        return busy * extra + (1.0 - busy) * F
+
+    F_others = riding(B - 1)       # a prompt's chunks ride the decode steps of the other B - 1 requests
+    step = D + B / life * F_others
+    # it arrives during a running step and waits for its end, half a step on average (B > 1; alone it
+    # starts at once), then its own chunks and the others' prefill work falling in its k steps, riding the
+    # others' decode steps
+    wait = np.where(B > 1, step / 2.0, 0.0)
+    e2e = wait + life * step
+    ttft = wait + k * D_others + F_others * (1 + (B - 1) * k / life)
     tpot = (e2e - ttft) / (output - 1) if output > 1 else np.zeros_like(B)
     return ContinuousPerformance(concurrency=B, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e, step_s=step,
                                  tokens_per_s=B * output / e2e, requests_per_s=B / e2e, prefill_steps=k,

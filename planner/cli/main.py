@@ -352,8 +352,10 @@ def _print_validation(result) -> None:
         if r.pct_error is None:
             t.add_row(r.id, r.metric or "-", _num(r.measured), "-", "-", f"skipped: {r.skipped}")
         else:
+            also = [f"{m} {_num(v['measured'])} -> {_num(v['predicted'])} ({100 * v['pct_error']:+.1f}%)"
+                    for m, v in r.other_metrics.items()]
             t.add_row(r.id, r.metric, _num(r.measured), _num(r.predicted), f"{100 * r.pct_error:+.1f}%",
-                      ", ".join(f"{k}={v}" for k, v in r.filled.items()))
+                      ", ".join([f"{k}={v}" for k, v in r.filled.items()] + also))
     console = _console()
     console.print(t)
     s = result.summary
@@ -366,6 +368,9 @@ def _print_validation(result) -> None:
                           f"{100 * p.median_abs_pct_error:.1f}%, mean {100 * p.mean_abs_pct_error:.1f}%, max "
                           f"{100 * p.max_abs_pct_error:.1f}%; {100 * p.within_10pct:.0f}% within 10%, "
                           f"{100 * p.within_20pct:.0f}% within 20%")
+    for m, p in (result.by_metric or {}).items():
+        console.print(f"{m} (held-out rows measuring several figures): {p.predicted} predicted, median |error| "
+                      f"{100 * p.median_abs_pct_error:.1f}%, {100 * p.within_10pct:.0f}% within 10%")
 
 
 @cli.command()

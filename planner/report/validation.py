@@ -65,9 +65,14 @@ def render_markdown(results: ValidationResult | list[ValidationResult], plot: st
                 lines.append(f"| {r.id} | {r.split} | {r.metric or '-'} | {r.measured or '-'} | - | - | "
                              f"skipped: {r.skipped} |")
             else:
-                filled = ", ".join(f"{k}={v}" for k, v in r.filled.items())
+                filled = ", ".join([f"{k}={v}" for k, v in r.filled.items()]
+                                   + [f"{m} {v['measured']:.4g} -> {v['predicted']:.4g} ({100 * v['pct_error']:+.1f}%)"
+                                      for m, v in r.other_metrics.items()])
                 lines.append(f"| {r.id} | {r.split} | {r.metric} | {r.measured:.4g} | {r.predicted:.4g} | "
                              f"{100 * r.pct_error:+.1f}% | {filled} |")
+        for m, p in (res.by_metric or {}).items():
+            lines.append(f"- {m}, over the {p.predicted} predicted held-out rows that measure it beside other figures: median "
+                         f"|error| {100 * p.median_abs_pct_error:.1f}%, {100 * p.within_10pct:.0f}% within 10%")
         lines.append("")
     lines += _memory_markdown(results)
     lines += ["## Constants (costmodels/calibration.py)", "",
@@ -80,7 +85,8 @@ def render_markdown(results: ValidationResult | list[ValidationResult], plot: st
         lines.append(f"| {fam} | {c.gemm_efficiency:g} | {c.gemm_half_dim:g} | {c.attention_efficiency:g} | "
                      f"{c.hbm_efficiency:g} | {how} |")
     lines += ["", f"Serving: layer overhead {1e6 * SERVING.layer_overhead_s:g} us and NVLink all-reduce latency "
-              f"{1e6 * SERVING.allreduce_latency_nvlink_s:g} us, fitted on the fit rows of serving-public.json; "
+              f"{1e6 * SERVING.allreduce_latency_nvlink_s:g} us, fitted on the fit rows of serving-public.json and "
+              "serving-online.json; "
               "the other serving constants are stated assumptions (docs/serving.md).", "",
               "Unknown fields of a run (null in the file) are filled with the fastest value that fits in memory, as "
               "an operator tuning that run would; the network bandwidth comes from the run's interconnect text when "

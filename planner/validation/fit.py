@@ -45,7 +45,7 @@ from planner.validation.runs import Completion, load_runs, validate_file
 from planner.validation.split import BUNDLED, FIT, FITTED_FAMILIES, bundled_split
 
 TRAINING_SETS = ("runs-public", "runs-modern")
-SERVING_SETS = ("serving-public",)
+SERVING_SETS = ("serving-public", "serving-online")
 ROUNDS = 3
 
 
@@ -187,12 +187,19 @@ def fit_serving(training: dict[str, dict[str, float]], log=print) -> dict[str, f
     def objective(point):
         with serving_constants(replace(calibration.SERVING, **point)):
             res = [validate_run(schema, r) for schema, r in rows]
-        return statistics.fmean(log_error(r.predicted, r.measured) for r in res)
+        return statistics.fmean(err for r in res for err in _latency_errors(r))
 
     with training_constants(training):
         best, v = grid_search(SERVING_AXES, objective)
     log(f"serving: {len(rows)} fit rows, mean |ln(pred/meas)| {v:.4f} at {best}")
     return best
+
+
+def _latency_errors(r) -> list[float]:
+    """|ln(predicted / measured)| of a serving row's figure, and for an online row of its other latency
+    (TTFT beside TPOT; its throughput is the offered load)."""
+    return [log_error(r.predicted, r.measured)] + [log_error(v["predicted"], v["measured"])
+                                                   for m, v in r.other_metrics.items() if m in ("ttft_ms", "tpot_ms")]
 
 
 def fit(log=print) -> dict:

@@ -53,6 +53,9 @@ class RunResult(BaseModel):
     memory_pct_error: float | None = None
     memory_statistic: str | None = None
     framework: str | None = None     # the memory accounting the run was priced in (Strategy.framework)
+    # a serving row in mode online that measures several figures: the ones besides `metric`, each
+    # {"measured", "predicted", "pct_error"} (planner.validation.serving)
+    other_metrics: dict = {}
 
 
 class Summary(BaseModel):
@@ -75,6 +78,8 @@ class ValidationResult(BaseModel):
     in_sample: Summary | None = None        # the rows constants were fitted on (planner.validation.fit)
     out_of_sample: Summary | None = None    # all other rows
     memory: Summary | None = None           # every row that reports peak memory, predicted in its statistic
+    # held-out serving rows that measure several figures (mode online): each figure over every such row
+    by_metric: dict[str, Summary] | None = None
     runs: list[RunResult]
 
     def as_json(self) -> dict:
@@ -123,7 +128,23 @@ def validate_file(path: str | Path, completions: dict[str, Completion] | None = 
     return ValidationResult(schema_=schema, file=str(path), summary=summarise(results),
                             in_sample=summarise(inside) if inside else None,
                             out_of_sample=summarise(outside) if outside else None,
-                            memory=summarise(mem, "memory_pct_error") if mem else None, runs=results)
+                            memory=summarise(mem, "memory_pct_error") if mem else None,
+                            by_metric=_by_metric(outside), runs=results)
+
+
+def _by_metric(results: list[RunResult]) -> dict[str, Summary] | None:
+    """Per measured figure, the errors of every row that reports it beside others (RunResult.other_metrics)."""
+    several = [r for r in results if r.other_metrics]
+    if not several:
+        return None
+    names = sorted({r.metric for r in several} | {m for r in several for m in r.other_metrics})
+    out = {}
+    for m in names:
+        rows = [RunResult(id=r.id, metric=m, measured=None, predicted=None,
+                          pct_error=r.pct_error if r.metric == m else r.other_metrics[m]["pct_error"])
+                for r in several if r.metric == m or m in r.other_metrics]
+        out[m] = summarise(rows)
+    return out
 
 
 def validate_run(schema: str, run, i: int = 0, completions: dict[str, Completion] | None = None) -> RunResult:

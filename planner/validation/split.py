@@ -21,10 +21,11 @@ from hardware import HardwareError, load_catalog
 # validate` with no --runs validates each.
 DATA = Path(__file__).resolve().parent / "data"
 BUNDLED = {"runs-public": DATA / "runs-public.json", "runs-modern": DATA / "runs-modern.json",
-           "serving-public": DATA / "serving-public.json", "runs-memory": DATA / "runs-memory.json"}
+           "serving-public": DATA / "serving-public.json", "serving-online": DATA / "serving-online.json",
+           "runs-memory": DATA / "runs-memory.json"}
 # the sets constants are fitted on (half their rows, SPLIT_RULE); runs-memory (measured peaks collected from
 # published sources) fits nothing: every row of it is held out
-FITTED_SETS = ("runs-public", "runs-modern", "serving-public")
+FITTED_SETS = ("runs-public", "runs-modern", "serving-public", "serving-online")
 
 FIT, HELD_OUT = "fit", "held-out"
 # GPU families whose training constants are fitted (planner.validation.fit); a training row of any other
