@@ -525,6 +525,8 @@ def _num(x: float | None) -> str:
               help="A DeepSpeed JSON config (ds_config.json).")
 @click.option("--torchtitan-config", "torchtitan_file", type=click.Path(exists=True, dir_okay=False),
               help="A torchtitan v0.2 TOML job config (job.toml).")
+@click.option("--nemo-config", "nemo_file", type=click.Path(exists=True, dir_okay=False),
+              help="A NeMo or Megatron-Bridge YAML recipe (trainer.precision, model.tensor_model_parallel_size, ...).")
 @click.option("--model", "model_name", required=True, help="The model the config trains (preset, alias or config.json).")
 @click.option("--gpus", required=True, help="The cluster it runs on, e.g. 1024xA100.")
 @click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
@@ -532,10 +534,11 @@ def _num(x: float | None) -> str:
 @click.option("--headroom", help=HEADROOM_HELP)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @_framework_option
-def import_config(megatron_file, deepspeed_file, torchtitan_file, model_name, gpus, hardware_files, time_limit,
-                  headroom, fmt, framework):
-    """Read a Megatron-LM, DeepSpeed or torchtitan config back into a plan, predict it (with its memory verdict in words),
-    and show what would be better.
+def import_config(megatron_file, deepspeed_file, torchtitan_file, nemo_file, model_name, gpus, hardware_files,
+                  time_limit, headroom, fmt, framework):
+    """Read a Megatron-LM, DeepSpeed, torchtitan or NeMo / Megatron-Bridge config back into a plan, predict it (with
+    its memory verdict in words), and show what would be better. Megatron arguments and YAML recipes print
+    every setting read and every one ignored.
 
     Exit code 3 when the imported plan does not fit (after printing everything); 2 for bad input or when no
     plan at all fits the cluster.
@@ -544,10 +547,12 @@ def import_config(megatron_file, deepspeed_file, torchtitan_file, model_name, gp
     from planner.solve.evaluate import parse_headroom
     from planner.frameworks.deepspeed import read_deepspeed_config
     from planner.frameworks.megatron import megatron_settings, read_megatron_args
+    from planner.frameworks.nemo import nemo_settings, read_nemo_config
     from planner.frameworks.torchtitan import read_torchtitan_config
 
-    if sum(bool(f) for f in (megatron_file, deepspeed_file, torchtitan_file)) != 1:
-        raise UserError("give exactly one of --megatron-args FILE, --deepspeed-config FILE or --torchtitan-config FILE")
+    if sum(bool(f) for f in (megatron_file, deepspeed_file, torchtitan_file, nemo_file)) != 1:
+        raise UserError("give exactly one of --megatron-args FILE, --deepspeed-config FILE, --torchtitan-config FILE "
+                        "or --nemo-config FILE")
     if not time_limit > 0 or time_limit == float("inf"):
         raise UserError(f"--time-limit {time_limit} is not allowed; give a positive, finite number of seconds")
     room = parse_headroom(headroom)
@@ -555,12 +560,16 @@ def import_config(megatron_file, deepspeed_file, torchtitan_file, model_name, gp
     if len(pools) > 1:
         raise UserError(f"--gpus {gpus!r}: `plan import` takes one GPU type")
     cluster = pools[0]
-    with open(megatron_file or deepspeed_file or torchtitan_file) as fh:
+    source = megatron_file or deepspeed_file or torchtitan_file or nemo_file
+    with open(source) as fh:
         text = fh.read()
     read, ignored = {}, []
     if megatron_file:
         model, st = read_megatron_args(text, model, cluster)
         read, ignored = megatron_settings(text)
+    elif nemo_file:
+        model, st = read_nemo_config(text, model, cluster)
+        read, ignored = nemo_settings(text)
     else:
         st = read_deepspeed_config(text, model, cluster) if deepspeed_file else \
             read_torchtitan_config(text, model, cluster)
@@ -571,13 +580,13 @@ def import_config(megatron_file, deepspeed_file, torchtitan_file, model_name, gp
     if fmt == "json":
         doc = {"imported": res.imported.model_dump(mode="json"), "best": res.best.model_dump(mode="json"),
                "speedup": res.speedup}
-        if megatron_file:
+        if megatron_file or nemo_file:
             doc["read"], doc["ignored"] = read, ignored
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
     else:
-        if megatron_file:
-            click.echo("Read from " + megatron_file + ": " + ", ".join(k if v is True else f"{k} {v}"
-                                                                       for k, v in read.items()))
+        if megatron_file or nemo_file:
+            click.echo("Read from " + source + ": " + ", ".join(k if v is True else f"{k} {v}"
+                                                                for k, v in read.items()))
             if ignored:
                 click.echo(f"Not read (the planner assumes them, or they do not change the plan): {', '.join(ignored)}")
         _emit(res.imported, fmt, title="Imported plan")

@@ -249,15 +249,17 @@ _MEGATRON_REFUSED = {"--use-torch-fsdp2": "FSDP2", "--use-megatron-fsdp": "Megat
                      "--hybrid-layer-pattern": "hybrid (Mamba) layer patterns"}
 
 
-_ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
+_ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\+?)=(.*)$", re.S)
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:\[[@*]\])?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def shell_words(text: str) -> list[str]:
     """The words a launch script hands its commands, read as bash would for the forms launch scripts use:
-    comments, quotes, line continuations, variables (NAME=value, NAME="several words", NAME=( array )) and
-    their references ($NAME, ${NAME}, "${NAME[@]}"), which expand into words. An assignment's words are kept
-    in place too, so a file of assignments alone (an arguments file) reads like the command using them."""
+    comments, quotes, line continuations, variables (NAME=value, NAME="several words", NAME=( array ),
+    NAME+=( more )) and their references ($NAME, ${NAME}, "${NAME[@]}"), which expand into words. An
+    assignment's words are kept in place too, so a file of assignments alone (an arguments file) reads like
+    the command using them; an array element with spaces ("--fp8-format hybrid") splits there, as the
+    unquoted ${NAME[@]} of Megatron-LM's examples does. Both branches of an `if` are read (a later flag wins)."""
     try:
         toks = shlex.split(text, comments=True)
     except ValueError as e:
@@ -282,18 +284,18 @@ def shell_words(text: str) -> list[str]:
             out += expand(toks[i])
             i += 1
             continue
-        name, value = m.groups()
-        if value == "(":                      # NAME=( word ... )
+        name, append, value = m.groups()
+        if value == "(":                      # NAME=( word ... ), NAME+=( word ... )
             j = i + 1
             words: list[str] = []
             while j < len(toks) and toks[j] != ")":
-                words += expand(toks[j])
+                words += [w for part in expand(toks[j]) for w in part.split()]
                 j += 1
             i = j + 1
         else:                                 # NAME=value, NAME="several words"
             words = [w for part in expand(value) for w in (shlex.split(part) if " " in part else [part])]
             i += 1
-        env[name] = words
+        env[name] = (env.get(name, []) if append else []) + words
         out += words
     return out
 

@@ -179,7 +179,9 @@ def read_torchtitan_config(text: str, model: ModelSpec, cluster: Cluster) -> Str
     if rec is None:
         raise ConfigImportError(f"activation_checkpoint.mode {mode!r} is not none, selective or full")
     param = str(training.get("mixed_precision_param", "bfloat16"))
-    fp8 = "quantize.linear.float8" in ((cfg.get("model") or {}).get("converters") or [])
+    # float8 linears: "quantize.linear.float8" (v0.2), "float8" (v0.1 job configs, as its llama3_405b.toml)
+    converters = (cfg.get("model") or {}).get("converters") or []
+    fp8 = any(c in ("quantize.linear.float8", "float8") for c in converters)
     precision = "fp8" if fp8 else ("fp32" if param == "float32" else "bf16")
     st = Strategy(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, expert_tp=etp if ep > 1 else None, micro_batch=micro,
                   global_batch=gbs, zero_stage=zero, recompute=rec, sequence_parallel=tp > 1, precision=precision,
