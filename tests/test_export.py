@@ -3,6 +3,7 @@ TransformerConfig / OptimizerConfig; skipped without the `frameworks` extra), im
 back the same strategy and predicted step time, and the CLI's --emit / --out / `plan import`."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import re
@@ -100,7 +101,7 @@ def test_round_trip_gives_the_same_strategy_and_step_time(plans):
         for fw in ("megatron", "deepspeed", "torchtitan"):
             if unsupported(fw, model, st):
                 continue
-            ex = export(fw, model, st, cluster)
+            ex = export("torchtitan@0.2" if fw == "torchtitan" else fw, model, st, cluster)   # 0.2: TOML, readable
             back = _import(fw, ex, model, cluster)
             assert back == ex.strategy, (fw, model.name, st)
             again = evaluate_strategy(model, cluster, back).plans[0].step_time_s
@@ -239,7 +240,7 @@ def test_torchtitan_toml_parses_and_matches_the_plan():
     c = parse_cluster("64xH100")
     st = Strategy(tp=2, pp=4, dp=8, micro_batch=1, global_batch=256, recompute="full", virtual_stages=2,
                   stage_layers=(7, 9, 8, 8))
-    ex = export("torchtitan", model, st, c)
+    ex = export("torchtitan@0.2", model, st, c)
     doc = tomllib.loads(ex.files["job.toml"])
     par = doc["parallelism"]
     assert (doc["model"]["name"], doc["model"]["flavor"]) == ("llama3", "8B")
@@ -258,6 +259,82 @@ def test_torchtitan_toml_parses_and_matches_the_plan():
     assert fp8["model"]["converters"] == ["quantize.linear.float8"]
     with pytest.raises(ExportError, match="ZeRO-1"):
         export("torchtitan", model, st.with_(zero_stage=1), c)
+
+
+def _tt03_kwargs(job: str) -> dict[str, dict]:
+    """The literal keyword arguments of the TrainingConfig(...) and ParallelismConfig(...) calls in a job.py."""
+    out = {}
+    for node in ast.walk(ast.parse(job)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id.endswith("Config"):
+            out[node.func.id] = {k.arg: ast.literal_eval(k.value) for k in node.keywords
+                                 if not isinstance(k.value, ast.Attribute)}
+    return out
+
+
+TT03_PLANS = [
+    # (model, cluster, strategy): interleaved PP with FSDP, plain data parallel, TP with FP8, a model with no
+    # torchtitan config function (GPT-3 13B: starts from llama3_8b and says so)
+    ("llama3-8b", "64xH100", Strategy(tp=2, pp=4, dp=8, micro_batch=1, global_batch=256, recompute="full",
+                                      virtual_stages=2, zero_stage=3, stage_layers=(7, 9, 8, 8))),
+    ("llama3-8b", "8xH100", Strategy(dp=8, micro_batch=2, global_batch=64, zero_stage=0, recompute="selective")),
+    ("llama3-70b", "64xH100", Strategy(tp=8, dp=8, micro_batch=1, global_batch=64, zero_stage=2, recompute="full",
+                                       precision="fp8")),
+    ("gpt3-13b", "16xA100", Strategy(tp=2, dp=8, micro_batch=1, global_batch=64, zero_stage=3, recompute="none")),
+]
+
+
+@pytest.mark.parametrize("name, gpus, st", TT03_PLANS, ids=lambda x: x if isinstance(x, str) else "")
+def test_torchtitan_03_config_function_matches_the_plan(name, gpus, st):
+    """torchtitan 0.3 reads a config function (--module job --config plan): job.py starts from torchtitan's own
+    function for the model, writes the plan's degrees, batches and recompute over it, turns off the 405B preset's
+    compile and float8 for a 16-bit plan, and disables CUDA graphs under pipeline parallelism (0.3 refuses them
+    there); module names of pipeline parts follow 0.3's tree (lm_head, not output)."""
+    model, c = get_model(name)[0], parse_cluster(gpus)
+    ex = export("torchtitan", model, st.with_(framework="torchtitan"), c)
+    job = ex.files["job.py"]
+    kw = _tt03_kwargs(job)
+    par, tr = kw["ParallelismConfig"], kw["TrainingConfig"]
+    s = ex.strategy
+    assert (par["tensor_parallel_degree"], par["pipeline_parallel_degree"], par["context_parallel_degree"]) == (s.tp, s.pp, s.cp)
+    assert par["data_parallel_replicate_degree"] * par["data_parallel_shard_degree"] == s.dp
+    assert (par["data_parallel_shard_degree"] > 1) == (s.zero_stage >= 2)
+    assert tr["global_batch_size"] == s.global_batch and tr["seq_len"] == model.seq_len
+    if s.pp > 1:
+        assert tr["disable_cuda_graphs"] is True and par["pipeline_parallel_microbatch_size"] == s.micro_batch
+        parts = par["module_fqns_per_model_part"]
+        assert parts[-1][-2:] == ["norm", "lm_head"] and len(parts) == s.pp * s.virtual_stages
+    else:
+        assert tr["local_batch_size"] == s.micro_batch
+    assert f"CompileConfig(enable={s.precision == 'fp8'})" in job
+    assert ("Float8LinearConverter.Config" in job.split("def plan")[1]) == (s.precision == "fp8")
+    ac = {"none": "= None", "full": "= FullAC.Config()", "selective": "= SelectiveAC.Config()"}[s.recompute]
+    assert f"cfg.activation_checkpoint {ac}" in job
+    assert ("starts from llama3_8b" in job) == (name == "gpt3-13b")
+    assert "--module job --config plan" in ex.files["launch.sh"]
+
+
+@pytest.mark.parametrize("name, gpus, st", TT03_PLANS, ids=lambda x: x if isinstance(x, str) else "")
+def test_torchtitan_03_loads_the_config_function(name, gpus, st, tmp_path, monkeypatch):
+    """torchtitan 0.3's own ConfigManager parses job.py as `torchtitan.train --module job --config plan` would,
+    and its ParallelDims accepts the degrees for the cluster's GPUs (where torchtitan 0.3 installs: it needs
+    triton; benchmarks/README.md says how it was run)."""
+    tt = pytest.importorskip("torchtitan.config.manager")
+    parallel_dims = pytest.importorskip("torchtitan.distributed.parallel_dims")
+    model, c = get_model(name)[0], parse_cluster(gpus)
+    ex = export("torchtitan", model, st.with_(framework="torchtitan"), c)
+    (tmp_path / "job.py").write_text(ex.files["job.py"])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "job", raising=False)      # each plan's own job.py
+    try:
+        cfg = tt.ConfigManager().parse_args(["--module", "job", "--config", "plan"])
+    except (ImportError, ValueError) as e:      # float8 linears are built only on an SM89+ GPU, with torchao
+        if ex.strategy.precision == "fp8" and ("float8" in str(e) or "torchao" in str(e)):
+            pytest.skip(f"torchtitan builds float8 linears only on an SM89+ GPU with torchao: {e}")
+        raise
+    assert cfg.parallelism.tensor_parallel_degree == ex.strategy.tp
+    assert cfg.training.global_batch_size == ex.strategy.global_batch
+    dims = parallel_dims.ParallelDims.from_config(cfg.parallelism, world_size=c.num_gpus)
+    assert dims.tp * dims.pp * dims.dp_shard * dims.dp_replicate * dims.cp == c.num_gpus
 
 
 def test_16bit_gradients_in_every_framework():
@@ -723,7 +800,8 @@ def test_every_file_names_its_framework_version_and_megatron_sets_its_environmen
     st = Strategy(dp=16, micro_batch=1, global_batch=64, zero_stage=1, recompute="none", framework="deepspeed")
     assert "# targets: DeepSpeed 0.19" in export("deepspeed", model, st, cluster).files["launch.sh"]
     st = Strategy(dp=16, micro_batch=1, global_batch=64, zero_stage=3, recompute="none", framework="torchtitan")
-    assert any("# targets: torchtitan 0.2" in body for body in export("torchtitan", model, st, cluster).files.values())
+    assert "# targets: torchtitan 0.3" in export("torchtitan", model, st, cluster).files["job.py"]
+    assert "# targets: torchtitan 0.2" in export("torchtitan@0.2", model, st, cluster).files["job.toml"]
 
 
 @pytest.mark.parametrize("name, precision", [("quoted_variables.sh", "bf16"), ("bash_arrays.sh", "fp16")])

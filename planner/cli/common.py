@@ -227,9 +227,10 @@ def _export_options(f):
                      help="With --emit: write the configuration files into this folder and print their paths.")(f)
     return click.option("--emit", metavar="FRAMEWORK[@VERSION]", callback=_emit_target,
                         help="Also print the plan as Megatron-LM arguments (megatron), a DeepSpeed JSON config "
-                             "(deepspeed) or a torchtitan TOML job config (torchtitan) (JSON output: plans[0].emit). "
-                             "Each file names the version it is written for (megatron@0.16, deepspeed@0.19, "
-                             "torchtitan@0.2); another version is refused.")(f)
+                             "(deepspeed) or a torchtitan config function and launch line (torchtitan; "
+                             "torchtitan@0.2: its TOML job config) (JSON output: plans[0].emit). Each file names "
+                             "the version it is written for (megatron@0.16, deepspeed@0.19, torchtitan@0.3 or "
+                             "@0.2); another version is refused.")(f)
 
 
 def _emit_target(ctx, param, value):
@@ -286,6 +287,7 @@ def _framework_option(f):
 
 def _resolve_framework(framework: str | None, emit: str | None) -> str | None:
     """The framework a command prices and checks the plan for: --framework, else the --emit target."""
+    emit = emit.partition("@")[0] if emit else emit      # --emit torchtitan@0.2 writes for torchtitan
     if framework and emit and framework != emit:
         raise UserError(f"--framework {framework} and --emit {emit} name different frameworks; give one (the "
                         f"plan is priced and checked for the framework it is written for)")

@@ -5,8 +5,8 @@ over the framework modules.
   and a torchrun launch.sh;
 - `deepspeed` (planner.frameworks.deepspeed): a DeepSpeed JSON config (ds_config.json) and a `deepspeed`
   launch.sh;
-- `torchtitan` (planner.frameworks.torchtitan): a TOML job config (job.toml, torchtitan v0.2.x) and a
-  torchrun launch.sh.
+- `torchtitan` (planner.frameworks.torchtitan): a config function (job.py, torchtitan 0.3: `--module job
+  --config plan`) and a torchrun launch.sh; `torchtitan@0.2` writes its TOML job config (job.toml) instead.
 
 `export` raises ExportError, naming the nearest expressible plan, for what a framework cannot express; a
 stage layout or recompute count it cannot express exactly is replaced by the nearest one it can, and
@@ -24,7 +24,7 @@ from costmodels.performance import resolve_layout
 from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.frameworks import deepspeed, megatron, torchtitan
-from planner.frameworks.base import Export, ExportError, canonical, prepend_note, strategy_from_plan
+from planner.frameworks.base import Export, ExportError, canonical, prepend_note, split_target, strategy_from_plan
 from planner.solve.evaluate import evaluate
 from planner.solve.rules import framework_problem, setting_problem
 from planner.solve.space import for_framework
@@ -36,6 +36,7 @@ RESEARCH_TOP = 5        # plans of the framework-restricted search re-ranked by 
 
 
 def _module(framework: str):
+    framework = split_target(framework)[0]
     if framework not in _MODULES:
         raise ExportError(f"framework {framework!r} is not known; choose {', '.join(FRAMEWORKS)}")
     return _MODULES[framework]
@@ -67,7 +68,9 @@ def nearest_layout(framework: str, model: ModelSpec, st: Strategy) -> tuple[Stra
 
 
 def export(framework: str, model: ModelSpec, st: Strategy, cluster: Cluster) -> Export:
-    """Configuration files for `framework` running `st`; ExportError if it cannot express the plan."""
+    """Configuration files for `framework` running `st`; ExportError if it cannot express the plan.
+    `framework` may name a version the exporter also writes for ("torchtitan@0.2", base.OLDER_TARGETS)."""
+    target, framework = framework, split_target(framework)[0]
     mod = _module(framework)
     if isinstance(cluster, tuple):
         if len(cluster) > 1:
@@ -86,7 +89,8 @@ def export(framework: str, model: ModelSpec, st: Strategy, cluster: Cluster) -> 
         notes.append(f"predicted step time of the plan written: {ev.step_time_s:.3f} s (the plan asked for: "
                      f"{before:.3f} s, {100 * (ev.step_time_s / before - 1):+.1f}%)"
                      + ("" if ev.fits else "; it does NOT fit in GPU memory"))
-    return Export(framework, st, mod.files(model, st, cluster, notes), tuple(notes), ev.step_time_s, ev.fits)
+    return Export(framework, st, mod.files(model, st, cluster, notes, split_target(target)[1]), tuple(notes),
+                  ev.step_time_s, ev.fits)
 
 
 def export_best(framework: str, model: ModelSpec, cluster: Cluster, result, opts, time_limit_s: float = 30.0) -> Export:
@@ -94,10 +98,11 @@ def export_best(framework: str, model: ModelSpec, cluster: Cluster, result, opts
     of the space it can (space_for) and export that plan, saying how much slower it is predicted to be."""
     from planner.solve.optimize import NoPlanError, search
 
+    target, framework = framework, split_target(framework)[0]
     best = strategy_from_plan(result.plans[0].strategy)
     reason = unsupported(framework, model, best)
     if not reason:
-        ex = export(framework, model, best, cluster)
+        ex = export(target, model, best, cluster)
         t0 = result.plans[0].step_time_s
         if ex.step_time_s <= t0 * (1 + 1e-9):
             return ex
@@ -111,7 +116,7 @@ def export_best(framework: str, model: ModelSpec, cluster: Cluster, result, opts
                                search(model, cluster, top=1, time_limit_s=time_limit_s, space=no_block).plans]
             except NoPlanError:          # nothing fits without it
                 pass
-        others = [export(framework, model, st, cluster) for st in candidates if not unsupported(framework, model, st)]
+        others = [export(target, model, st, cluster) for st in candidates if not unsupported(framework, model, st)]
         alt = min(others, key=lambda e: (not e.fits, e.step_time_s), default=None)
         if alt is None or not alt.fits or alt.step_time_s >= ex.step_time_s:
             return ex
@@ -125,7 +130,7 @@ def export_best(framework: str, model: ModelSpec, cluster: Cluster, result, opts
         raise ExportError(reason)
     again = search(model, cluster, top=RESEARCH_TOP, time_limit_s=time_limit_s, space=space_for(framework, opts))
     # the search chooses layouts freely; rank its best few again by the layout the framework can write
-    options = [export(framework, model, strategy_from_plan(p.strategy), cluster) for p in again.plans]
+    options = [export(target, model, strategy_from_plan(p.strategy), cluster) for p in again.plans]
     ex = min(options, key=lambda e: (not e.fits, e.step_time_s))
     t0, t1 = result.plans[0].step_time_s, ex.step_time_s
     note = (f"the best plan cannot be written for {NAMES[framework]}: {reason}. Written instead: the fastest "

@@ -100,25 +100,44 @@ def stage_chunks(L: int, v: int, i: int, p: int) -> list[int]:
 TARGETS = {
     "megatron": ("0.16", "Megatron-LM core_r0.16 (megatron-core 0.16)"),
     "deepspeed": ("0.19", "DeepSpeed 0.19"),
-    "torchtitan": ("0.2", "torchtitan 0.2 (TOML job config)"),
+    "torchtitan": ("0.3", "torchtitan 0.3 (Python config function + command line)"),
     "vllm": ("0.11", "vLLM 0.11 engine arguments"),
     "sglang": ("0.5", "SGLang 0.5 server arguments (python -m sglang.launch_server)"),
     "trtllm": ("1.0", "TensorRT-LLM 1.0 trtllm-serve, PyTorch backend"),
 }
 SERVING_ENGINES = ("vllm", "sglang", "trtllm")
+# older versions an exporter also writes for, behind `--emit NAME@VERSION`
+OLDER_TARGETS = {"torchtitan": {"0.2": "torchtitan 0.2 (TOML job config)"}}
 
 
 def parse_target(text: str) -> str:
-    """`--emit NAME` or `NAME@VERSION`: the framework name, when this version of it is the one written for
-    (TARGETS); ValueError naming the version written otherwise."""
+    """`--emit NAME` or `NAME@VERSION`: the framework name when the version asked is the one written by default
+    (TARGETS), `NAME@VERSION` for an older version an exporter also writes (OLDER_TARGETS); ValueError naming
+    the versions written otherwise."""
     name, _, version = text.strip().partition("@")
     if name not in TARGETS:
         raise ValueError(f"--emit {text!r}: choose one of {', '.join(TARGETS)} (optionally @VERSION)")
     want, what = TARGETS[name]
-    if version and version != want and not version.startswith(want + "."):
-        raise ValueError(f"--emit {text}: the {name} export writes for {what}; version {version} is not supported "
-                         f"(give {name} or {name}@{want})")
-    return name
+    if not version or version == want or version.startswith(want + "."):
+        return name
+    for older in OLDER_TARGETS.get(name, {}):
+        if version == older or version.startswith(older + "."):
+            return f"{name}@{older}"
+    offered = " or ".join([f"{name}@{want}", *(f"{name}@{v}" for v in OLDER_TARGETS.get(name, {}))])
+    raise ValueError(f"--emit {text}: the {name} export writes for {what}; version {version} is not supported "
+                     f"(give {name} or {offered})")
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """("torchtitan", "0.2") for "torchtitan@0.2", (name, its default version) for a bare name."""
+    name, _, version = target.partition("@")
+    return name, version or (TARGETS[name][0] if name in TARGETS else "")
+
+
+def target_text(target: str) -> str:
+    """What the files written for `target` (NAME or NAME@VERSION) say they target."""
+    name, version = split_target(target)
+    return OLDER_TARGETS.get(name, {}).get(version) or TARGETS[name][1]
 
 
 def header(model: ModelSpec, st: Strategy, cluster: Cluster, what: str, notes: list[str],
@@ -127,7 +146,7 @@ def header(model: ModelSpec, st: Strategy, cluster: Cluster, what: str, notes: l
     from planner.solve.result import describe_strategy
     lines = [f"# {what} for {model.name} on {cluster.describe()}, written by llm-planner (plan --emit)"]
     if framework is not None:
-        lines.append(f"# targets: {TARGETS[framework][1]}")
+        lines.append(f"# targets: {target_text(framework)}")
     lines.append(f"# plan: {describe_strategy(st.as_dict())}")
     return lines + [f"# note: {n}" for n in notes]
 

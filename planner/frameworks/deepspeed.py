@@ -82,7 +82,8 @@ def deepspeed_config(model: ModelSpec, st: Strategy) -> dict:
     return cfg
 
 
-def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) -> dict[str, str]:
+def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str], version: str | None = None
+          ) -> dict[str, str]:
     head = header(model, st, cluster, "DeepSpeed launch", notes, "deepspeed")
     pipe = (["# Set in train.py (DeepSpeed takes these from code, not from ds_config.json):",
              f"#   pipeline: deepspeed.pipe.PipelineModule(layers, num_stages={st.pp}, "

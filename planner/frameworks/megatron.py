@@ -206,7 +206,8 @@ def _megatron_recompute_flags(model: ModelSpec, st: Strategy) -> list[list[str]]
     return [["--recompute-granularity", "full", "--recompute-method", "block", "--recompute-num-layers", str(N)]]
 
 
-def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) -> dict[str, str]:
+def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str], version: str | None = None
+          ) -> dict[str, str]:
     head = header(model, st, cluster, "Megatron-LM pretrain_gpt.py arguments", notes, "megatron")
     args = bash_array("MEGATRON_ARGS", megatron_args(model, st))
     launch = "\n".join([

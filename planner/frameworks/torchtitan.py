@@ -1,7 +1,9 @@
-"""torchtitan: a plan as a TOML job config (job.toml; torchtitan v0.2.x, later releases take Python
-configs) and a torchrun launch.sh.
+"""torchtitan: a plan as a config function (job.py) that torchtitan 0.3 loads with `--module job --config plan`,
+and a torchrun launch.sh; `--emit torchtitan@0.2` writes the TOML job config (job.toml) of v0.2.x instead.
 
-Field names are torchtitan's own: torchtitan v0.2.2 torchtitan/config/job_config.py.
+Field names are torchtitan's own: v0.3.0 torchtitan/config/configs.py (TrainingConfig, ParallelismConfig),
+torchtitan/trainer.py (Trainer.Config), torchtitan/models/llama3/config_registry.py; v0.2.2
+torchtitan/config/job_config.py.
 """
 from __future__ import annotations
 
@@ -67,15 +69,16 @@ def torchtitan_config(model: ModelSpec, st: Strategy) -> dict:
     return out
 
 
-def torchtitan_model_parts(model: ModelSpec, st: Strategy) -> list[list[str]]:
+def torchtitan_model_parts(model: ModelSpec, st: Strategy, head: str = "output") -> list[list[str]]:
     """Module names of every model chunk, in pipeline order (stage 0 chunk 0, stage 1 chunk 0, ...), for
-    the llama-style module tree (tok_embeddings, layers.i, norm, output)."""
+    the llama-style module tree (tok_embeddings, layers.i, norm, and the output layer: `output` in v0.2,
+    `lm_head` in v0.3, torchtitan/models/common/decoder.py)."""
     Ls, v, p = list(st.stage_layers), st.virtual_stages, st.pp
     sizes = [chunks(Ls[i], v)[c] for c in range(v) for i in range(p)]
     parts, nxt = [], 0
     for k, n in enumerate(sizes):
         part = (["tok_embeddings"] if k == 0 else []) + [f"layers.{j}" for j in range(nxt, nxt + n)]
-        parts.append(part + (["norm", "output"] if k == len(sizes) - 1 else []))
+        parts.append(part + (["norm", head] if k == len(sizes) - 1 else []))
         nxt += n
     return parts
 
@@ -104,8 +107,92 @@ def toml_text(tables: dict, prefix: str = "") -> str:
     return "\n".join(out)
 
 
-def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) -> dict[str, str]:
-    head = header(model, st, cluster, "torchtitan v0.2.x job config (--job.config_file)", notes, "torchtitan")
+def config_function(model: ModelSpec, st: Strategy) -> tuple[str, list[str]]:
+    """(job.py text, notes): torchtitan 0.3's own config function for the model (llama3_8b / 70b / 405b in
+    torchtitan/models/llama3/config_registry.py) with the plan's batch, parallelism, activation checkpointing
+    and precision written over it; its model spec rebuilt without the 405B preset's float8 converter and
+    compile (on again only for an fp8 plan: torchtitan 0.3's rowwise float8)."""
+    name, flavor = TORCHTITAN_FLAVORS.get(model.name, ("llama3", "8B"))
+    notes = [] if model.name in TORCHTITAN_FLAVORS else [
+        f"torchtitan 0.3 has no config function for {model.name}: job.py starts from llama3_8b; register a model "
+        f"spec with {model.name}'s shape and use it in place of model_registry(\"8B\")"]
+    par = {"data_parallel_replicate_degree": st.dp if st.zero_stage == 0 else 1,
+           "data_parallel_shard_degree": st.dp if st.zero_stage >= 2 else 1,
+           "tensor_parallel_degree": st.tp, "enable_sequence_parallel": st.tp > 1 and st.sequence_parallel,
+           "context_parallel_degree": st.cp, "expert_parallel_degree": st.ep, "pipeline_parallel_degree": st.pp}
+    if st.ep > 1 and st.etp != 1:
+        notes.append(f"torchtitan 0.3 has no expert tensor-parallel degree; the plan's {st.etp} is not written")
+    if st.zero_stage == 2:
+        par["fsdp_reshard_after_forward"] = "never"
+    elif st.zero_stage == 3:
+        par["fsdp_reshard_after_forward"] = "always"
+    training = {"local_batch_size": st.micro_batch, "global_batch_size": st.global_batch, "seq_len": model.seq_len}
+    if st.pp > 1:
+        training["local_batch_size"] = st.global_batch // st.dp
+        par["pipeline_parallel_microbatch_size"] = st.micro_batch
+        par["pipeline_parallel_schedule"] = ("GPipe" if st.pipeline_schedule == "gpipe" else
+                                             "Interleaved1F1B" if st.virtual_stages > 1 else "1F1B")
+        par["module_fqns_per_model_part"] = torchtitan_model_parts(model, st, head="lm_head")
+        training["disable_cuda_graphs"] = True       # 0.3: CUDA graphs do not support pipeline parallelism yet
+    training["mixed_precision_param"] = "float32" if st.precision == "fp32" else "bfloat16"
+    training["mixed_precision_reduce"] = "float32" if st.fp32_grads or st.precision == "fp32" else "bfloat16"
+    if st.offload_params:
+        training["enable_cpu_offload"] = True
+    ac = {"none": "None", "full": "FullAC.Config()", "selective": "SelectiveAC.Config()"}[st.recompute]
+    fp8 = st.precision == "fp8"
+    if fp8:
+        notes.append("torchtitan 0.3's float8 linears are rowwise-scaled (Float8LinearConverter); the plan is "
+                     "priced with torchao's tensorwise recipe")
+
+    def kwargs(d: dict, indent: str) -> str:
+        return ",\n".join(f"{indent}{k}={v!r}" for k, v in d.items())
+
+    converters = ("converters=[Float8LinearConverter.Config(filter_fqns=[\"lm_head\"])]" if fp8 else "")
+    lines = [
+        "from torchtitan.components.quantization import Float8LinearConverter  # noqa: F401",
+        "from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig",
+        "from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC  # noqa: F401",
+        f"from torchtitan.models.{name} import model_registry",
+        f"from torchtitan.models.{name}.config_registry import {name}_{flavor.lower()} as base",
+        "", "",
+        "def plan():",
+        f"    \"\"\"torchtitan's {name}_{flavor.lower()} job with this plan's batch, parallelism and recompute.\"\"\"",
+        "    cfg = base()",
+        f"    cfg.model_spec = model_registry({flavor!r}{', ' + converters if converters else ''})",
+        f"    cfg.compile = CompileConfig(enable={fp8})",
+        "    cfg.training = TrainingConfig(",
+        kwargs(training, "        ") + ",",
+        "        steps=cfg.training.steps,",
+        "    )",
+        "    cfg.parallelism = ParallelismConfig(",
+        kwargs(par, "        ") + ",",
+        "    )",
+        f"    cfg.activation_checkpoint = {ac}",
+        "    return cfg",
+        ""]
+    return "\n".join(lines), notes
+
+
+def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str], version: str | None = None
+          ) -> dict[str, str]:
+    if version == "0.2":
+        return _files_v02(model, st, cluster, notes)
+    body, more = config_function(model, st)
+    head = header(model, st, cluster, "torchtitan 0.3 config function (--module job --config plan)", notes + more,
+                  "torchtitan")
+    launch = "\n".join([
+        "#!/usr/bin/env bash",
+        f"# Run on every one of the {cluster.num_hosts} node(s) with NODE_RANK and MASTER_ADDR set; job.py is",
+        "# imported from this folder.",
+        'cd "$(dirname "$0")"',
+        f"PYTHONPATH=.:$PYTHONPATH torchrun --nnodes {cluster.num_hosts} --nproc_per_node {cluster.gpus_per_host} "
+        '--node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-localhost}" --master_port 29500 \\',
+        '    -m torchtitan.train --module job --config plan "$@"', ""])
+    return {"job.py": "\n".join(head) + "\n" + body, "launch.sh": launch}
+
+
+def _files_v02(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str]) -> dict[str, str]:
+    head = header(model, st, cluster, "torchtitan v0.2.x job config (--job.config_file)", notes, "torchtitan@0.2")
     if model.name not in TORCHTITAN_FLAVORS:
         head.append(f"# [model] flavor: register a torchtitan model flavor with {model.name}'s shape under this name")
     launch = "\n".join([
