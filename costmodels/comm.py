@@ -27,12 +27,13 @@ class Link:
     """Where a process group sits: its size and how many of its members share a node."""
     size: int
     per_node: int  # members of the group inside one node (1 .. size)
+    span: int = 0  # consecutive GPUs its members lie within (size x stride; 0: unknown, one leaf)
 
 
 def group_link(size: int, stride: int, gpus_per_node: int) -> Link:
     """Placement of a group whose members are `stride` ranks apart (Megatron orders ranks tp, cp, dp, pp)."""
     per_node = max(1, min(size, gpus_per_node // stride)) if stride < gpus_per_node else 1
-    return Link(size=size, per_node=per_node)
+    return Link(size=size, per_node=per_node, span=size * stride)
 
 
 def intra_node_bandwidth(gpu: GPUSpec, members: int) -> float:
@@ -51,7 +52,7 @@ def collective_time(kind: str, nbytes: float, link: Link, gpu: GPUSpec, cal: Cal
         return 0.0
     volume, steps = _VOLUME[kind], _STEPS[kind]
     intra_bw = intra_node_bandwidth(gpu, min(g, n)) * 1e9 * cal.intra_node_efficiency
-    inter_bw = gpu.inter_node_gbps * 1e9 * cal.inter_node_efficiency
+    inter_bw = gpu.network_gbps(link.span) * 1e9 * cal.inter_node_efficiency
     if g >= n:  # the whole group inside one node
         return volume(n) * nbytes / intra_bw + steps * (n - 1) * cal.intra_node_latency_s
     nodes = -(-n // g)  # nodes the group spans (a partial node still crosses the network)
@@ -110,5 +111,5 @@ def dispatch_time(tokens: float, token_bytes: float, top_k: int, experts: int, l
         return nvlink + cal.intra_node_latency_s
     nodes = -(-n // g)
     remote = distinct_holders(experts, top_k, nodes) * (nodes - 1) / nodes * scale
-    network = tokens * remote * token_bytes / (gpu.inter_node_gbps * 1e9 * cal.inter_node_efficiency)
+    network = tokens * remote * token_bytes / (gpu.network_gbps(link.span) * 1e9 * cal.inter_node_efficiency)
     return max(nvlink, network) + (nodes - 1) * cal.inter_node_latency_s

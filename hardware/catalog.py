@@ -88,6 +88,17 @@ class Catalog:
         return Catalog(g.model_copy(update={"inter_node_gbps": gbits_per_gpu / 8.0}) for g in self.gpus.values())
 
 
+    def with_fabric(self, oversubscription: float, leaf_gpus: int) -> Catalog:
+        """A new catalog whose every GPU sits under leaves of `leaf_gpus` GPUs joined by an
+        `oversubscription`:1 spine (GPUSpec.network_gbps)."""
+        if isinstance(oversubscription, bool) or not math.isfinite(oversubscription) or not 1 <= oversubscription <= 64:
+            raise HardwareError(f"oversubscription {oversubscription!r}: give a ratio from 1 (non-blocking) to 64")
+        if isinstance(leaf_gpus, bool) or not isinstance(leaf_gpus, int) or leaf_gpus < 1:
+            raise HardwareError(f"leaf of {leaf_gpus!r} GPUs: give a whole number of GPUs >= 1")
+        return Catalog(g.model_copy(update={"network_oversubscription": float(oversubscription), "leaf_gpus": leaf_gpus})
+                       for g in self.gpus.values())
+
+
 def parse_prices(items: Iterable[str], bare_for: str | None = None) -> dict[str, float]:
     """The one parser of `--price` for every command: items `NAME=USD` (USD per GPU-hour) -> {NAME: USD}.
 

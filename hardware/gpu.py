@@ -35,6 +35,11 @@ class GPUSpec(BaseModel):
     # reaches intra_node_gbps
     intra_node_peer_gbps: float | None = Field(default=None, gt=0)
     inter_node_gbps: float = Field(gt=0)
+    # the network above the leaf switches: a group spanning more than `leaf_gpus` GPUs (a rail group / scalable
+    # unit) reaches inter_node_gbps / network_oversubscription (an R:1 oversubscribed spine); 1 and None: a
+    # non-blocking fat tree, the catalog's assumption (network_gbps)
+    network_oversubscription: float = Field(default=1.0, ge=1.0, allow_inf_nan=False)
+    leaf_gpus: int | None = Field(default=None, ge=1)
     pcie_gbps: float = Field(gt=0)
     host_memory_gb_per_node: float = Field(gt=0)
     price_usd_per_gpu_hour: float = Field(gt=0, allow_inf_nan=False)
@@ -58,6 +63,14 @@ class GPUSpec(BaseModel):
 
     def __hash__(self) -> int:  # dict/list fields are unhashable; equal specs share a name
         return hash(self.name)
+
+    def network_gbps(self, span_gpus: int = 0) -> float:
+        """GB/s per GPU across nodes for a group whose members lie within `span_gpus` consecutive GPUs: the
+        NIC rate, divided by the oversubscription once the group reaches beyond one leaf (its ring's slowest
+        hops cross the spine)."""
+        if self.leaf_gpus is not None and span_gpus > self.leaf_gpus:
+            return self.inter_node_gbps / self.network_oversubscription
+        return self.inter_node_gbps
 
     def peak_tflops(self, precision: str) -> float:
         """Dense peak TFLOPS at `precision` (fp32, tf32, bf16, fp16, fp8)."""

@@ -493,6 +493,40 @@ def test_network_option_replaces_the_catalog_rate(capsys):
     assert e.value.code == 2 and "--network 0 is not allowed" in capsys.readouterr().err
 
 
+def test_oversubscribed_network_slows_only_groups_past_a_leaf(capsys):
+    """--oversubscription RATIO[@LEAF_GPUS]: a group reaching past one leaf (rail group) gets the network rate /
+    RATIO (an R:1 spine); inside a leaf nothing changes. A data-parallel all-reduce over 512 GPUs with 256-GPU
+    leaves at 2:1 takes longer than non-blocking, one over 256 GPUs the same; the search then prefers plans
+    whose data-parallel groups stay inside a leaf, never faster than on a non-blocking network; the cluster
+    line says so; a ratio below 1 is one line and exit 2."""
+    from dataclasses import replace as dc_replace
+    from costmodels.calibration import calibration_for
+    from costmodels.comm import collective_time, group_link
+    from hardware import load_catalog
+    gpu = load_catalog().resolve("H100")[0]
+    spine = gpu.model_copy(update={"network_oversubscription": 2.0, "leaf_gpus": 256})
+    cal = dc_replace(calibration_for("hopper"), inter_node_latency_s=0.0, intra_node_latency_s=0.0)
+    for size, slower in ((32, False), (64, True)):      # dp groups of stride 8 (tp 8): 256 and 512 GPUs
+        link = group_link(size, 8, 8)
+        flat, over = (collective_time("all_reduce", 1e9, link, g, cal) for g in (gpu, spine))
+        assert (over > flat) == slower and over >= flat
+        if slower:   # the cross-node part runs at half the rate: exactly twice as long with no latency
+            assert over == pytest.approx(2 * flat, rel=1e-9)
+
+    def plan(*extra):
+        with pytest.raises(SystemExit) as e:
+            main(["--model", "gpt3-13b", "--gpus", "512xH100", "--format", "json", *extra])
+        assert e.value.code == 0
+        return json.loads(capsys.readouterr().out)
+
+    base, over = plan(), plan("--oversubscription", "4@64")
+    assert over["plans"][0]["step_time_s"] >= base["plans"][0]["step_time_s"]
+    assert "4:1 oversubscribed above leaves of 64 GPUs" in over["cluster"]["note"]
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "gpt3-13b", "--gpus", "64xA100", "--oversubscription", "0.5"])
+    assert e.value.code == 2 and "--oversubscription" in capsys.readouterr().err
+
+
 def test_the_assumed_batch_says_where_it_comes_from(capsys):
     """A batch the user did not give is named as the preset's or the pre-training default, and a small cluster
     that would step for minutes on it is pointed at --global-batch."""

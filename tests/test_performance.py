@@ -236,10 +236,10 @@ def test_group_across_nodes_is_slower_than_inside_one(gpu_name, kind):
     gpu = CATALOG.gpus[gpu_name]
     cal = calibration_for(gpu.family)
     inside = group_link(8, 1, 8)          # tp-like group: consecutive ranks, one node
-    assert inside == Link(8, 8)
+    assert inside == Link(8, 8, span=8)
     two_nodes = group_link(8, 4, 8)       # stride 4: 2 members per node over 4 nodes
     spread = group_link(8, 8, 8)          # stride 8: one member per node
-    assert spread == Link(8, 1) and two_nodes == Link(8, 2)
+    assert spread == Link(8, 1, span=64) and two_nodes == Link(8, 2, span=32)
     for nbytes in (1e6, 1e8, 1e9):
         t_in = collective_time(kind, nbytes, inside, gpu, cal)
         t_two = collective_time(kind, nbytes, two_nodes, gpu, cal)
@@ -312,7 +312,7 @@ def test_group_partly_across_nodes_pays_for_the_network():
     gpu = CATALOG.gpus["A100-80GB"]
     cal = calibration_for(gpu.family)
     link = group_link(12, 1, 8)           # data-parallel group of 12 consecutive ranks: 8 on one node, 4 on the next
-    assert link == Link(12, 8)
+    assert link == Link(12, 8, span=12)
     t12 = collective_time("all_reduce", 1e9, link, gpu, cal)
     t8 = collective_time("all_reduce", 1e9, Link(8, 8), gpu, cal)
     t12_one_node = collective_time("all_reduce", 1e9, Link(12, 12), gpu, cal)

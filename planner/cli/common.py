@@ -105,6 +105,9 @@ def _catalog(hardware_files, prices=()):
     gbits = network_override()
     if gbits is not None:
         catalog = catalog.with_network(gbits)
+    fabric = fabric_override()
+    if fabric is not None:
+        catalog = catalog.with_fabric(*fabric)
     return catalog
 
 
@@ -122,10 +125,43 @@ def _set_network(ctx, param, value):
     return value
 
 
+# a DGX SuperPOD scalable unit: 32 nodes of 8 GPUs under one set of leaf switches (NVIDIA DGX SuperPOD
+# reference architecture, DGX H100: "scalable unit (SU) of 32 DGX H100 systems"); rail-optimised leaves
+LEAF_GPUS_DEFAULT = 256
+
+
+def fabric_override() -> tuple[float, int] | None:
+    """(oversubscription, leaf GPUs) of --oversubscription R[@LEAF_GPUS], else None."""
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.find_root().meta.get("fabric")
+
+
+def _set_fabric(ctx, param, value):
+    if value is None:
+        return value
+    ratio, _, leaf = str(value).strip().partition("@")
+    try:
+        r = float(ratio.split(":")[0])
+        n = int(leaf) if leaf else LEAF_GPUS_DEFAULT
+    except ValueError:
+        raise UserError(f"--oversubscription {value!r}: give RATIO or RATIO@LEAF_GPUS, e.g. 2 or 2:1@256") from None
+    if not (1 <= r <= 64) or n < 1:
+        raise UserError(f"--oversubscription {value!r}: the ratio goes from 1 (non-blocking) to 64 and a leaf holds "
+                        f">= 1 GPU")
+    ctx.find_root().meta["fabric"] = (r, n)
+    return value
+
+
 NETWORK_OPTION = click.option(
     "--network", type=float, metavar="GBITS", callback=_set_network, expose_value=False,
     help="Network rate per GPU across nodes, Gb/s (e.g. 200 for one 200 Gb/s NIC per GPU), replacing the "
          "catalog's for every GPU type; the cluster line says so.")
+FABRIC_OPTION = click.option(
+    "--oversubscription", metavar="RATIO[@LEAF_GPUS]", callback=_set_fabric, expose_value=False,
+    help="The network above the leaf switches: RATIO:1 oversubscribed (e.g. 2 or 2:1), each leaf (rail group) "
+         f"holding LEAF_GPUS GPUs [default leaf: {LEAF_GPUS_DEFAULT}, a DGX SuperPOD scalable unit of 32 nodes]. A "
+         "data-parallel, expert-parallel or context-parallel group reaching past one leaf gets the network rate / "
+         "RATIO [default: non-blocking].")
 
 
 def _load(model_name: str, gpus: str, hardware_files, seq_len, global_batch, precision, prices=()):
@@ -135,10 +171,13 @@ def _load(model_name: str, gpus: str, hardware_files, seq_len, global_batch, pre
 
     catalog = _catalog(hardware_files, prices)
     pools = parse_pools(gpus, catalog) if gpus else ()
-    gbits = network_override()
-    if gbits is not None:
+    gbits, fabric = network_override(), fabric_override()
+    if gbits is not None or fabric is not None:
         import dataclasses
-        said = f"network {gbits:g} Gb/s per GPU (--network, in place of the catalog's rate)"
+        said = "; ".join(x for x in (
+            f"network {gbits:g} Gb/s per GPU (--network, in place of the catalog's rate)" if gbits is not None else "",
+            f"network {fabric[0]:g}:1 oversubscribed above leaves of {fabric[1]} GPUs (--oversubscription): groups "
+            f"reaching past a leaf get 1/{fabric[0]:g} of the rate" if fabric is not None else "") if x)
         pools = tuple(dataclasses.replace(p, note=f"{p.note}; {said}" if p.note else said) for p in pools)
     model, note = get_model(model_name)
     if seq_len is not None:

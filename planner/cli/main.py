@@ -10,7 +10,7 @@ import sys
 import click
 
 from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROOM_HELP, PlanDoesNotFit, UserError,
-                                 NETWORK_OPTION, check_writable, resolve_pue, _catalog, _check_export_options, _common, _console, _emit, _export_options,
+                                 NETWORK_OPTION, FABRIC_OPTION, check_writable, resolve_pue, _catalog, _check_export_options, _common, _console, _emit, _export_options,
                                  _check_fp8_recipe, _comm_options, _framework_option, _int_tuple, _load, _progress, _resolve_framework, _show_export)
 
 
@@ -21,6 +21,7 @@ from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROO
 @click.option("--hardware", "hardware_files", multiple=True, type=click.Path(),
               help="JSON/YAML file adding or overriding GPU catalog entries.")
 @NETWORK_OPTION
+@FABRIC_OPTION
 @click.option("--seq-len", type=int, help="Training sequence length in tokens [default: the preset's].")
 @click.option("--global-batch", type=int, help="Sequences per optimizer step [default: the preset's published batch].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "fp8"]), help="Compute precision [default: the preset's].")
@@ -415,6 +416,7 @@ def _print_validation(result) -> None:
                              "with NAME that GPU (any catalog name or alias).")
 @click.option("--hardware", "hardware_files", multiple=True, type=click.Path(), help="Extra catalog file(s).")
 @NETWORK_OPTION
+@FABRIC_OPTION
 @click.option("--top", type=int, default=3, show_default=True, help="Plans to show (the best and runner-ups).")
 @click.option("--emit", metavar="ENGINE[@VERSION]", help="Print only the plan's launch command for ENGINE: vllm "
                                                          "(vllm serve), sglang (sglang.launch_server) or trtllm "

@@ -36,7 +36,7 @@ def render_search(res: SearchResult, console: Console, title: str = "Best plan")
             + f" = {c.num_gpus} GPUs in {c.num_nodes} nodes")
     else:
         console.print(f"[bold]Cluster[/]  {c.num_gpus} x {c.gpu} ({c.num_nodes} nodes x {c.gpus_per_node}), "
-                      f"{c.memory_gb_per_gpu:.0f} GB per GPU")
+                      f"{c.memory_gb_per_gpu:.0f} GB per GPU" + (f"; network {c.network}" if c.network else ""))
     if c.note:
         console.print(f"         GPU {c.note}")
     source = f", {a['global_batch_source']}" if a.get("global_batch_source") else ""

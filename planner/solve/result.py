@@ -34,6 +34,9 @@ class ClusterOut(Out):
     num_nodes: int
     gpus_per_node: int
     memory_gb_per_gpu: float        # the smallest pool's, when there are several
+    # the network assumed across nodes: Gb/s per GPU, and the fabric above the leaves (GPUSpec.network_gbps)
+    network_gbits_per_gpu: float | None = None
+    network: str | None = None
     note: str | None = None
     pools: list[dict] | None = None  # several GPU pools: gpu, num_gpus, num_nodes, memory_gb_per_gpu each
 
@@ -101,8 +104,12 @@ def cluster_out(cluster: Cluster | tuple[Cluster, ...]) -> ClusterOut:
     pools = cluster if isinstance(cluster, tuple) else (cluster,)
     if len(pools) == 1:
         c = pools[0]
-        return ClusterOut(gpu=c.gpu.name, num_gpus=c.num_gpus, num_nodes=c.num_nodes, gpus_per_node=c.gpus_per_node,
-                          memory_gb_per_gpu=c.gpu.memory_bytes / GB, note=_note(c))
+        g = c.gpu
+        fabric = ("non-blocking" if g.leaf_gpus is None or g.network_oversubscription == 1 else
+                  f"{g.network_oversubscription:g}:1 oversubscribed above leaves of {g.leaf_gpus} GPUs")
+        return ClusterOut(gpu=g.name, num_gpus=c.num_gpus, num_nodes=c.num_nodes, gpus_per_node=c.gpus_per_node,
+                          memory_gb_per_gpu=g.memory_bytes / GB, network_gbits_per_gpu=8 * g.inter_node_gbps,
+                          network=f"{8 * g.inter_node_gbps:g} Gb/s per GPU across nodes, {fabric}", note=_note(c))
     notes = "; ".join(n for n in dict.fromkeys(_note(c) for c in pools) if n) or None
     return ClusterOut(gpu="+".join(c.gpu.name for c in pools), num_gpus=sum(c.num_gpus for c in pools),
                       num_nodes=sum(c.num_nodes for c in pools), gpus_per_node=min(c.gpus_per_node for c in pools),
