@@ -100,8 +100,17 @@ def _peak16(gpu: GPUSpec) -> float:
 
 # ---- memory -----------------------------------------------------------------------------------------
 def kv_cache_bytes_per_token(model: ModelSpec, kv: str = "bf16") -> float:
-    """2 x layers x kv_heads x head_dim x bytes (seed 003; MHA in bf16: 4 x layers x hidden)."""
+    """2 x layers x kv_heads x head_dim x bytes (seed 003; MHA in bf16: 4 x layers x hidden); multi-head latent
+    attention caches one latent per token and layer, kv_lora_rank + qk_rope_head_dim wide (DeepSeek-V2,
+    Liu et al. 2024, Table 1: (d_c + d_h^R) l elements per token)."""
+    if model.mla is not None:
+        return model.layers * _latent_width(model) * BYTES[kv]
     return 2.0 * model.layers * model.kv_heads * model.head_dim * BYTES[kv]
+
+
+def _latent_width(model: ModelSpec) -> int:
+    """Cached width per token and layer of an MLA model: the compressed KV latent and the shared RoPE key."""
+    return model.mla.kv_lora_rank + model.mla.qk_rope_head_dim
 
 
 def _kv_heads_per_gpu(model: ModelSpec, tp: int) -> int:
@@ -113,7 +122,10 @@ def _stage_layers(model: ModelSpec, pp: int) -> int:
 
 
 def kv_bytes_per_token_per_gpu(model: ModelSpec, dep: Deployment) -> float:
-    """KV cache one GPU of the fullest pipeline stage holds per token of context."""
+    """KV cache one GPU of the fullest pipeline stage holds per token of context (an MLA latent is not split by
+    heads: every tensor-parallel rank holds it whole, as SGLang / vLLM / TensorRT-LLM run DeepSeek models)."""
+    if model.mla is not None:
+        return _stage_layers(model, dep.pp) * _latent_width(model) * BYTES[dep.kv]
     return 2.0 * _stage_layers(model, dep.pp) * _kv_heads_per_gpu(model, dep.tp) * model.head_dim * BYTES[dep.kv]
 
 
@@ -319,7 +331,10 @@ def _token_parts(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploy
     kvh, d = _kv_heads_per_gpu(model, t), model.head_dim
     # attention projections, column / row split over t (Shoeybi et al. 2019)
     q = model.q_dim
-    t_attn = gemm(tokens, (q + 2 * kvh * d * t) / t, h, r.wbytes, r.peak) + gemm(tokens, h, q / t, r.wbytes, r.peak)
+    if model.mla is not None:   # down projections on every rank, up projections and output split over t
+        t_attn = sum(gemm(tokens, n, k, r.wbytes, r.peak) for n, k in model.attention_gemm_widths(t))
+    else:
+        t_attn = gemm(tokens, (q + 2 * kvh * d * t) / t, h, r.wbytes, r.peak) + gemm(tokens, h, q / t, r.wbytes, r.peak)
     dense_mlp = sum(gemm(tokens, n, k, r.wbytes, r.peak) for n, k in mlp_gemm_widths(model.ffn_type, h, model.ffn_hidden, t))
     mlp = dense_mlp
     comm_extra = 0.0
@@ -361,7 +376,8 @@ def _prefill_attention(model: ModelSpec, dep: Deployment, seqs, prompt, new, cac
     heads, d = model.heads / dep.tp, model.head_dim
     seqs = np.asarray(seqs, dtype=float)
     flops = 4.0 * seqs * new * (cached + new / 2.0) * heads * d
-    kv_read = seqs * prompt * 2.0 * _kv_heads_per_gpu(model, dep.tp) * d * r.kvbytes
+    kv_read = seqs * prompt * (_latent_width(model) if model.mla is not None
+                               else 2.0 * _kv_heads_per_gpu(model, dep.tp) * d) * r.kvbytes
     return np.maximum(flops / (r.peak_attn * attention_efficiency(prompt, cal)), kv_read / r.hbm)
 
 
@@ -369,6 +385,14 @@ def _decode_attention(model: ModelSpec, dep: Deployment, tokens, ctx_tokens, seq
     """Every query token attends to the cache; each sequence's cache is read once per step, however many of its
     tokens are checked in it (speculative verification: seqs < tokens)."""
     heads, d = model.heads / dep.tp, model.head_dim
+    if model.mla is not None:
+        # absorbed MLA decode (DeepSeek-V2, Liu et al. 2024, 2.1.2: W_UK into the query, W_UV into the output):
+        # every head scores the latent and RoPE key (kv_lora + rope wide) and sums the latents (kv_lora), one
+        # cached latent per token read once per sequence, like multi-query attention
+        a = model.mla
+        flops = 2.0 * np.asarray(tokens, dtype=float) * ctx_tokens * heads * (_latent_width(model) + a.kv_lora_rank)
+        kv_read = np.asarray(seqs, dtype=float) * ctx_tokens * _latent_width(model) * r.kvbytes
+        return np.maximum(flops / (r.peak_attn * cal.attention_efficiency), kv_read / r.hbm)
     kvh = _kv_heads_per_gpu(model, dep.tp)
     flops = 4.0 * np.asarray(tokens, dtype=float) * ctx_tokens * heads * d
     kv_read = np.asarray(seqs, dtype=float) * ctx_tokens * 2.0 * (heads if dep.kv_read_per_query_head else kvh) * d * r.kvbytes

@@ -380,6 +380,27 @@ def test_pipeline_parallel_does_not_cut_batch1_latency():
     assert t2 >= t1
 
 
+def test_mla_serving_caches_one_latent_per_token_and_layer(capsys):
+    """Multi-head latent attention (DeepSeek-V3): the KV cache holds kv_lora_rank + qk_rope_head_dim = 512 + 64
+    values per token and layer (DeepSeek-V2, Liu et al. 2024, Table 1: (d_c + d_h^R) l), 70,272 bytes per token
+    in bf16 over 61 layers, not split by tensor parallelism (every rank holds the latent); absorbed decode
+    attention reads it once per sequence. `plan serve` plans it, Little's law intact."""
+    m = model("deepseek-v3")
+    assert kv_cache_bytes_per_token(m, "bf16") == 61 * 576 * 2 == 70_272
+    from costmodels.serving import kv_bytes_per_token_per_gpu
+    assert kv_bytes_per_token_per_gpu(m, Deployment(tp=8)) == kv_bytes_per_token_per_gpu(m, Deployment(tp=1))
+    assert kv_bytes_per_token_per_gpu(m, Deployment(tp=1, pp=2)) == 31 * 576 * 2
+    # decode attention at long context: the latent read bounds it, 8x more sequences read 8x more
+    short = decode_step_time(m, H100, 8, Deployment(tp=8, weights="fp8"), [8, 64], 32768)["attention"]
+    assert short[1] / short[0] == pytest.approx(8, rel=0.05)
+    code, out, err = run_main(["serve", "--model", "deepseek-v3", "--gpus", "8xH200", "--prompt", "2048",
+                               "--output", "512", "--tpot-ms", "50", "--format", "json"], capsys)
+    assert code == 0, err
+    p = json.loads(out)["plan"]
+    assert p["kv_cache_bytes_per_token"] == 61 * 576 * {"fp8": 1, "bf16": 2}[p["kv_cache"]]
+    assert p["tpot_s"] <= 0.050 and p["tokens_per_s"] == pytest.approx(p["requests_per_s"] * 512, rel=1e-9)
+
+
 def test_moe_decode_reads_only_routed_experts():
     """Mixtral 8x7B, top-2 of 8 experts: a batch-1 decode step reads the ~12.9B active parameters, not the
     46.7B of all experts (Jiang et al. 2024); a large batch touches every expert."""

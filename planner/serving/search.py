@@ -470,9 +470,6 @@ def _fastest(model, cluster, prompt, output, weights, kv_cache, tp, pp, srv) -> 
 
 
 def _check_request(model, prompt, output, qps, batch, ttft_ms, tpot_ms, objective, util, tp, pp, cluster) -> None:
-    if model.mla is not None:   # its compressed latent KV cache and absorbed decode attention: docs/serving.md
-        raise ServingError(f"{model.name}: serving plans for multi-head latent attention (MLA) models are not "
-                           f"modelled yet (its latent KV cache); training plans are")
     if not isinstance(prompt, int) or prompt < 1 or prompt > 10_000_000:
         raise ServingError(f"--prompt {prompt} is not allowed; give 1 to 10,000,000 tokens")
     if not isinstance(output, int) or output < 1 or output > 10_000_000:
