@@ -721,10 +721,16 @@ def prefill_pass(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, prefill: De
 
 
 def decode_pool(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, decode: Deployment, concurrency, prompt: int,
-                output: int, cal: Calibration | None = None, srv: ServingCalibration | None = None):
-    """(concurrencies, decode step parts) of a decode-only replica: every step decodes all its requests."""
+                output: int, cal: Calibration | None = None, srv: ServingCalibration | None = None,
+                spec: Speculation | None = None):
+    """(concurrencies, parts of the time per output token) of a decode-only replica: every step decodes all its
+    requests; with speculative decoding (`spec`) a step drafts and verifies, gaining spec.tokens_per_step
+    tokens per request, and its parts are per token (the step / tokens gained)."""
     B = np.atleast_1d(np.asarray(concurrency, dtype=float))
-    return B, decode_step_time(model, gpu, gpus_per_node, decode, B, prompt + output / 2.0, cal, srv)
+    if spec is None:
+        return B, decode_step_time(model, gpu, gpus_per_node, decode, B, prompt + output / 2.0, cal, srv)
+    step = speculative_step_time(model, gpu, gpus_per_node, decode, B, prompt + output / 2.0, spec, cal, srv)
+    return B, {k: v / spec.tokens_per_step for k, v in step.items()}
 
 
 def combine_disaggregated(prefill, decode, transfer: float, output: int) -> DisaggregatedPerformance:

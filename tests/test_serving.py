@@ -784,8 +784,17 @@ def test_speculative_decoding_follows_leviathan_and_littles_law():
     assert spec.e2e_s == pytest.approx(spec.ttft_s + 255 * spec.tpot_s, rel=1e-12)
     useless = continuous_performance(m, H100, 8, dep, [1, 64], 2048, 256, spec=Speculation(3, 0.0))
     assert np.all(useless.tpot_s > plain.tpot_s)
-    with pytest.raises(ServingError, match="aggregated plans only"):
-        serve_plan(m, parse_cluster("8xH100"), 2048, 256, spec=Speculation(3, 0.7), mode="disaggregated")
-    res = serve_plan(m, parse_cluster("8xH100"), 2048, 256, tpot_ms=20, spec=Speculation(3, 0.7))
+    # disaggregated: a decode replica's step drafts and verifies, so its TPOT is the speculative step / E, and
+    # its decode slots still obey Little's law
+    from costmodels.serving import decode_pool, speculative_step_time
+    B, per_token = decode_pool(m, H100, 8, dep, [8, 64], 2048, 256, spec=Speculation(3, 0.7))
+    step = speculative_step_time(m, H100, 8, dep, B, 2048 + 128, Speculation(3, 0.7))["total"]
+    assert per_token["total"] == pytest.approx(step / Speculation(3, 0.7).tokens_per_step, rel=1e-12)
+    dis = serve_plan(m, parse_cluster("8xH100"), 2048, 256, tpot_ms=20, spec=Speculation(3, 0.7), mode="disaggregated")
+    p = dis.plan
+    assert p.mode == "disaggregated" and p.tpot_s <= 0.02
+    assert p.requests_per_s <= p.replicas * p.batch / (255 * p.tpot_s) * (1 + 1e-9)
+    assert p.e2e_latency_s == pytest.approx(p.ttft_s + 255 * p.tpot_s, rel=1e-9)
+    res = serve_plan(m, parse_cluster("8xH100"), 2048, 256, tpot_ms=20, spec=Speculation(3, 0.7), mode="aggregated")
     assert res.plan.mode == "aggregated" and res.plan.tpot_s <= 0.02
     assert res.request["speculation"]["tokens_per_step"] == pytest.approx(2.533, abs=1e-3)

@@ -398,7 +398,7 @@ def _print_validation(result) -> None:
               help="Share of each prompt found in the prefix cache (a shared system prompt, earlier turns): only the "
                    "rest is prefilled (vLLM automatic prefix caching, SGLang RadixAttention).")
 @click.option("--spec-tokens", type=int, help="Speculative decoding: tokens drafted per step, checked by the model in "
-                                              "one pass (priced in aggregated plans).")
+                                              "one pass (aggregated plans and the decode replicas of disaggregated ones).")
 @click.option("--spec-acceptance", type=float,
               help="With --spec-tokens: the chance each drafted token is accepted (measure it on your traffic; "
                    "EAGLE-style heads report 0.6-0.8).")

@@ -78,11 +78,6 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
     _check_request(model, prompt, output, qps, batch, ttft_ms, tpot_ms, objective, gpu_memory_utilization, tp, pp,
                    cluster)
     _check_e2e(e2e_ms)
-    if spec is not None:   # speculative decoding is priced in aggregated plans (docs/serving.md)
-        if mode == "disaggregated":
-            raise ServingError("--spec-tokens with --mode disaggregated: speculative decoding is priced for "
-                               "aggregated plans only")
-        mode = "aggregated"
     if mode is None:
         mode = "aggregated" if (batch is not None or tp is not None or pp is not None) else "both"
     if mode not in MODES:
@@ -128,7 +123,7 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
                         cands.append(c)
     if mode != "aggregated" and cluster.num_gpus >= 2 and output > 1:
         found, n_points = _disaggregated(model, cluster, prompt, output, decoders, qps, ttft_ms, tpot_ms, e2e_ms,
-                                         objective, price, srv, prefix_hit)
+                                         objective, price, srv, prefix_hit, spec)
         cands += found
         evaluated += n_points
     seconds = time.perf_counter() - t0
@@ -231,7 +226,7 @@ def _check_e2e(e2e_ms) -> None:
 
 def _disaggregated(model: ModelSpec, cluster: Cluster, prompt: int, output: int, decoders: list, qps, ttft_ms,
                    tpot_ms, e2e_ms, objective: str, price: float, srv: ServingCalibration,
-                   prefix_hit: float = 0.0) -> tuple[list[dict], int]:
+                   prefix_hit: float = 0.0, spec: Speculation | None = None) -> tuple[list[dict], int]:
     """The best disaggregated plan of every (prefill replica, decode replica) pair of one precision: x prefill
     replicas feed y decode replicas, x g_p + y g_d GPUs at most the cluster's, serving min(x prefill rate,
     y decode rate) requests per second; every decode concurrency at once, every prompts-per-pass n that a
@@ -251,7 +246,7 @@ def _disaggregated(model: ModelSpec, cluster: Cluster, prompt: int, output: int,
             if (dd.weights, dd.kv) != (dp.weights, dp.kv) or dp.gpus + dd.gpus > N:
                 continue
             if dd not in pools:
-                pools[dd] = decode_pool(model, gpu, gpn, dd, bs, prompt, output, srv=srv)
+                pools[dd] = decode_pool(model, gpu, gpn, dd, bs, prompt, output, srv=srv, spec=spec)
             transfer = kv_transfer_time(model, gpu, dp, dd, prompt, same_node)
             best = None
             for one_pass in passes:
