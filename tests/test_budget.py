@@ -136,6 +136,28 @@ def test_choice_of_type_and_count_matches_brute_force(limits):
     assert len(res.searched) <= res.blocks
 
 
+@pytest.mark.parametrize("name, tokens", [("gpt3-1.3b", 26e9), ("gpt3-13b", 260e9)])
+def test_plotted_front_matches_searching_every_block(name, tokens):
+    """The plotted front (2^k nodes of every type) skips a block whose lower bounds a searched run already
+    beats on days and dollars; the front is the same as searching every such block (brute force), and
+    every block left out is beaten by a searched run."""
+    model, _ = get_model(name)
+    types = [CATALOG.gpus["A100-80GB"], CATALOG.gpus["H100-SXM"]]
+    res = choose_hardware(model, types, 128, tokens, budget_usd=1e9, full_front=True)
+    blocks = [parse_cluster(f"{n}x{g.name}") for g in types for n in node_counts(g.gpus_per_node, 128)
+              if (n // g.gpus_per_node) & (n // g.gpus_per_node - 1) == 0]
+    everything = []
+    for c in blocks:
+        try:
+            everything.append(compare(model, [c], tokens).rows[0])
+        except Exception as e:             # nothing fits on the smallest clusters of the larger model
+            assert "fits" in str(e), e
+    key = [(p.gpu, p.num_gpus) for p in pareto_front(everything)]
+    assert [(p.gpu, p.num_gpus) for p in res.pareto] == key
+    searched = {(p.gpu, p.num_gpus) for p in res.searched}
+    assert len(searched) < len(everything) or name == "gpt3-1.3b"
+
+
 def test_impossible_budget_cli():
     out = CliRunner().invoke(cli, ["--model", "gpt3-1.3b", "--gpu-types", "A100,H100", "--max-gpus", "64",
                                    "--tokens", "26e9", "--budget-usd", "1"])

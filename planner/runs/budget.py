@@ -144,17 +144,23 @@ def choose_hardware(model: ModelSpec, gpu_types: list[GPUSpec], max_gpus: int, t
             _, _, _, cluster, gb = blocks[k]
             if progress is not None:
                 progress(cluster.describe(), len(searched))
-            try:
-                exact[k] = run_point(model, cluster, tokens, pue, global_batch=gb, precision=precision, **search_kw)
+            try:       # a cluster nothing fits on is skipped: no need for the search's explanation of why
+                exact[k] = run_point(model, cluster, tokens, pue, global_batch=gb, precision=precision,
+                                     explain=False, **search_kw)
                 searched.append(exact[k])
             except NoPlanError:
                 exact[k] = None
         return exact[k]
 
-    if full_front:   # the plotted front: 2^k nodes of every type
-        for k, blk in enumerate(blocks):
-            if blk[3].num_nodes & (blk[3].num_nodes - 1) == 0:
-                search_block(k)
+    if full_front:   # the plotted front: 2^k nodes of every type, fastest bound first; a block whose bounds a
+        # searched run already beats on both days and dollars cannot join the front and is left unsearched
+        for k in sorted(range(len(blocks)), key=lambda j: (blocks[j][1], j)):
+            _, days_lb, cost_lb, cluster, _ = blocks[k]
+            if cluster.num_nodes & (cluster.num_nodes - 1):
+                continue
+            if any(p.days <= days_lb and p.cost_usd <= cost_lb for p in searched):
+                continue
+            search_block(k)
     # CP-SAT chooses the block; blocks not searched yet enter with their bounds, so the model's optimum
     # is a valid bound; when it lands on a searched block, that block is the optimum (lazy evaluation).
     while True:

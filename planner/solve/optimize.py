@@ -53,12 +53,14 @@ class Found:
 def search(model: ModelSpec, cluster: Cluster | Sequence[Cluster], *, global_batch: int | None = None,
            precision: str | None = None, optimizer: str = "adam", fp32_grads: bool = True, top: int = 3,
            time_limit_s: float = 30.0, space: SpaceOptions | None = None, progress=None,
-           headroom: Headroom | None = None) -> SearchResult:
+           headroom: Headroom | None = None, explain: bool = True) -> SearchResult:
     """Find the `top` fastest distinct plans for `model` on `cluster` (see module doc), within
     `time_limit_s` seconds of deterministic work (WorkMeter). `cluster` may be
     a sequence of GPU pools (hardware.parse_pools): pipeline stages are then assigned to pools. Only plans
     whose peak is at most each GPU's capacity less the headroom are accepted (`space.headroom`, or
-    `headroom` when no `space` is given; planner.solve.evaluate.parse_headroom); NoPlanError when none fits."""
+    `headroom` when no `space` is given; planner.solve.evaluate.parse_headroom); NoPlanError when none fits,
+    saying why and what would fit unless `explain` is False (a caller that only needs to know, such as the
+    budget mode's sweep over cluster sizes: the explanation searches again)."""
     t0 = time.perf_counter()
     pools = tuple(cluster) if isinstance(cluster, (list, tuple)) else (cluster,)
     opts = space or SpaceOptions(global_batch=global_batch or default_global_batch(model, pools),
@@ -71,7 +73,8 @@ def search(model: ModelSpec, cluster: Cluster | Sequence[Cluster], *, global_bat
                               f"pool running whole pipeline stages"
                               + (f" and {opts.headroom.describe()} kept free" if opts.headroom else "")
                               + "; try other pool sizes or one GPU type")
-        raise NoPlanError(explain_no_fit(model, pools[0], opts, stats["space"]))
+        raise NoPlanError(explain_no_fit(model, pools[0], opts, stats["space"]) if explain else
+                          f"no plan of {model.name} fits on {pools[0].describe()}")
     return build_result(model, pools, opts, [f.evaluation for f in found], [f.layout for f in found],
                         seconds=time.perf_counter() - t0, stats=stats)
 
