@@ -339,7 +339,8 @@ def _model_states(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibra
     """The StageCosts fields of model states and their once-per-step traffic: data-parallel sync, ZeRO-3
     gathers, optimizer step, states per layer / embedding / output layer, weight gathers."""
     key = (model, cluster, cal, st.tp, st.pp == 1, st.dp, st.cp, st.ep, st.expert_tp, st.zero_stage, st.framework,
-           st.precision, st.optimizer, st.fp32_grads, st.offload_optimizer, st.offload_params, st.lora_rank)
+           st.precision, st.optimizer, st.fp32_grads, st.offload_optimizer, st.offload_params, st.lora_rank,
+           st.pipeline_schedule == "dualpipe" and st.pp > 1)
     out = _STATES.get(key)
     if out is None:
         if len(_STATES) > 65536:
@@ -516,6 +517,9 @@ def _states(groups: list[tuple[float, Link]], sb, st: Strategy, root: bool = Fal
         host, o = host + o, 0.0
     if st.offload_params:
         host, w = host + w, 0.0
+    if st.pipeline_schedule == "dualpipe" and st.pp > 1:
+        # DualPipe keeps two copies of the model parameters, one per direction (DeepSeek-V3 report 3.2.1)
+        w *= 2.0
     return ModelStates(w, g, o, host)
 
 
@@ -537,11 +541,14 @@ def _cpu_optimizer_time(params: float, gpu) -> float:
 
 def _inflight(p: int, m: int, v: int, schedule: str = "1f1b") -> list[float]:
     """Micro-batches of activations alive per stage: 1F1B min(p - i, m); interleaving adds (p-1)/v
-    (Korthikanti et al. 2022, 4.2.3); GPipe keeps all m (Huang et al. 2019); p = 1 keeps one."""
+    (Korthikanti et al. 2022, 4.2.3); GPipe keeps all m (Huang et al. 2019); DualPipe up to p + 1 on every
+    stage (DeepSeek-V3 report, Table 2: activation PP + 1); p = 1 keeps one."""
     if p == 1:
         return [1.0]
     if schedule == "gpipe":
         return [float(m)] * p
+    if schedule == "dualpipe":
+        return [float(min(p + 1, m))] * p
     if v == 1:
         return [float(min(p - i, m)) for i in range(p)]
     return [min(float(m), (p - i) + (p - 1) / v) for i in range(p)]

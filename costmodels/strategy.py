@@ -11,7 +11,7 @@ from typing import Any, Callable, Literal
 
 Recompute = Literal["none", "selective", "full"]
 Precision = Literal["fp32", "bf16", "fp16", "fp8"]
-Schedule = Literal["1f1b", "gpipe"]
+Schedule = Literal["1f1b", "gpipe", "dualpipe"]
 Optimizer = Literal["adam", "sgd"]
 Framework = Literal["megatron", "torchtitan", "deepspeed"]
 
@@ -87,7 +87,7 @@ class Strategy:
     offload_params: bool = False     # ZeRO-3 parameter offload
     flash_attention: bool = True     # fused attention: no s^2 score tensors stored
     fp32_grads: bool = True          # optimizer sees fp32 gradients (framework default; see costmodels/memory.py)
-    pipeline_schedule: Schedule = "1f1b"   # 1f1b (interleaved when virtual_stages > 1) or gpipe
+    pipeline_schedule: Schedule = "1f1b"   # 1f1b (interleaved when virtual_stages > 1), gpipe or dualpipe
     stage_layers: tuple[int, ...] | None = None       # layers per pipeline stage (None: even split)
     recompute_layers: tuple[int, ...] | None = None   # fully recomputed layers per stage (recompute="full"; None: all)
     # the framework that runs the plan: its memory accounting (model states, gathered weights, buckets) and,
@@ -147,11 +147,13 @@ class Strategy:
                                     "weights have no gradients or optimizer states to shard); use ZeRO 0 or 1")
         if self.moe_a2a_overlap and self.ep == 1:
             object.__setattr__(self, "moe_a2a_overlap", False)     # nothing to overlap
-        if self.moe_a2a_overlap and (self.recompute == "full" or (self.pp > 1 and self.virtual_stages == 1)):
+        if self.moe_a2a_overlap and (self.recompute == "full" or (
+                self.pp > 1 and self.virtual_stages == 1 and self.pipeline_schedule != "dualpipe")):
             # megatron/core/transformer/transformer_config.py: the overlapped schedule pairs micro-batches of
-            # interleaved chunks and cannot recompute whole layers
-            raise StrategyError("MoE all-to-all overlap (--overlap-moe-expert-parallel-comm) needs interleaving when "
-                                "pp > 1 and no full recompute")
+            # interleaved chunks and cannot recompute whole layers; DualPipe pairs a forward and a backward chunk
+            # of its two directions (DeepSeek-V3 report 3.2.1)
+            raise StrategyError("MoE all-to-all overlap (--overlap-moe-expert-parallel-comm) needs interleaving (or "
+                                "DualPipe) when pp > 1 and no full recompute")
         if self.fp8_recipe is not None and self.fp8_recipe not in FP8_RECIPES:
             raise StrategyError(f"fp8_recipe={self.fp8_recipe!r} is not allowed; choose {', '.join(FP8_RECIPES)}")
         if self.precision != "fp8" and self.fp8_recipe is not None:
@@ -167,10 +169,15 @@ class Strategy:
                 raise StrategyError("recompute_modules (Megatron-core --recompute-modules) needs recompute='selective' "
                                     "and the megatron framework")
             object.__setattr__(self, "recompute_modules", None if mods == ("core_attn",) else mods)
-        if self.pipeline_schedule not in ("1f1b", "gpipe"):
-            raise StrategyError(f"pipeline_schedule={self.pipeline_schedule!r} is not allowed; choose 1f1b or gpipe")
-        if self.pipeline_schedule == "gpipe" and self.virtual_stages > 1:
-            raise StrategyError("virtual_stages > 1 (interleaving) needs the 1f1b schedule, not gpipe")
+        if self.pipeline_schedule not in ("1f1b", "gpipe", "dualpipe"):
+            raise StrategyError(f"pipeline_schedule={self.pipeline_schedule!r} is not allowed; choose 1f1b, gpipe or "
+                                f"dualpipe")
+        if self.pipeline_schedule != "1f1b" and self.virtual_stages > 1:
+            raise StrategyError(f"virtual_stages > 1 (interleaving) needs the 1f1b schedule, not "
+                                f"{self.pipeline_schedule}")
+        if self.pipeline_schedule == "dualpipe" and self.pp % 2:
+            # DeepSeek-V3 report 3.2.1: DualPipe feeds micro-batches from both ends of the pipeline
+            raise StrategyError(f"the dualpipe schedule needs an even pipeline (pp={self.pp})")
         for name in ("stage_layers", "recompute_layers"):
             value = getattr(self, name)
             if value is not None:
@@ -214,8 +221,8 @@ class Strategy:
     def schedule(self) -> str:
         if self.pp == 1:
             return "none"
-        if self.pipeline_schedule == "gpipe":
-            return "gpipe"
+        if self.pipeline_schedule in ("gpipe", "dualpipe"):
+            return self.pipeline_schedule
         return "interleaved-1f1b" if self.virtual_stages > 1 else "1f1b"
 
     def with_(self, **changes) -> "Strategy":

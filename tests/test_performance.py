@@ -352,3 +352,35 @@ def test_loss_and_head_terms_of_the_end_stages():
     assert sum(v for k, v in ev.memory_b.items() if k in BYTE_PARTS or k == "host_offload") == \
         pytest.approx(ev.memory_b["peak"], abs=1)
     assert ev.memory_b["allocated"] == ev.memory_b["peak"] - ev.memory_b["runtime"]
+
+
+def test_dualpipe_schedule_as_deepseek_describes_it():
+    """DualPipe (DeepSeek-V3 report 3.2.1 and Table 2): micro-batches fed from both ends, so an even pipeline and
+    no interleaving; two copies of the weights; up to pp + 1 micro-batches of activations on a stage; the MoE
+    all-to-all overlapped with the other direction's computation without interleaving. No exporter writes it
+    (Megatron-LM, DeepSpeed and torchtitan schedule otherwise), and validation reads it from a run that names it."""
+    from costmodels.strategy import StrategyError
+    from planner.frameworks.api import unsupported
+    from planner.validation.runs import candidate_strategies, run_cluster, run_model
+    model = PRESETS["deepseek-v3"]
+    cluster = parse_cluster("2048xH800")
+    base = Strategy(pp=16, dp=128, ep=64, micro_batch=1, global_batch=15360, zero_stage=1, recompute="selective",
+                    precision="fp8", moe_dispatcher="deepep")
+    with pytest.raises(StrategyError, match="interleaving"):
+        base.with_(moe_a2a_overlap=True)
+    dual = base.with_(pipeline_schedule="dualpipe", moe_a2a_overlap=True)
+    with pytest.raises(StrategyError, match="even pipeline"):
+        Strategy(pp=3, dp=8, global_batch=24, pipeline_schedule="dualpipe")
+    with pytest.raises(StrategyError, match="interleaving"):
+        dual.with_(virtual_stages=2)
+    one, two = stage_parts(model, base, cluster), stage_parts(model, dual, cluster)
+    assert two.layer_states.weights == pytest.approx(2 * one.layer_states.weights, rel=1e-12)
+    assert two.inflight == (17.0,) * 16 and one.inflight[0] == 16.0
+    # the all-to-all it overlaps no longer sticks out: a faster step
+    assert evaluate(model, dual, cluster).time_s["ep_comm"] < evaluate(model, base, cluster).time_s["ep_comm"]
+    assert "DualPipe" in unsupported("megatron", model, dual)
+    run = json.loads((Path(__file__).parents[1] / "planner/validation/data/runs-modern.json").read_text())["runs"]
+    row = next(r for r in run if r["id"] == "dsv3-paper-h800-2048gpu-fp8-pretrain")
+    cands = candidate_strategies(run_model(row["model"], row["notes"]), {**row["strategy"], "global_batch": 15360},
+                                 run_cluster(row["hardware"]), True, False, "megatron", row["notes"])
+    assert {(c.pipeline_schedule, c.moe_a2a_overlap, c.virtual_stages) for c in cands} == {("dualpipe", True, 1)}

@@ -310,7 +310,7 @@ def test_every_rule_message_formats_on_a_plan_that_breaks_it():
                   offload_optimizer=off != "none", offload_params=rng.random() < 0.3,
                   precision=rng.choice(("bf16", "fp16", "fp8")), optimizer=rng.choice(("adam", "sgd")),
                   sequence_parallel=rng.random() < 0.7, flash_attention=rng.random() < 0.8,
-                  fp32_grads=rng.random() < 0.7, pipeline_schedule=rng.choice(("1f1b", "gpipe")),
+                  fp32_grads=rng.random() < 0.7, pipeline_schedule=rng.choice(("1f1b", "gpipe", "dualpipe")),
                   stage_layers=None, recompute_layers=None,
                   moe_dispatcher=rng.choice(("alltoall", "deepep")), tp_comm_overlap=rng.random() < 0.3,
                   lora_rank=rng.choice((None, None, 16)), fp8_recipe=rng.choice((None, "mxfp8")),

@@ -193,8 +193,10 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
               "etp x ep x edp over the stage's tp x cp x dp GPUs) [default: --tp].")
 @click.option("--offload-optimizer", is_flag=True, help="Keep optimizer states in host memory (ZeRO-Offload).")
 @click.option("--offload-params", is_flag=True, help="Also keep weights in host memory (needs --zero 3).")
-@click.option("--schedule", type=click.Choice(["1f1b", "gpipe"]), default="1f1b", show_default=True,
-              help="Pipeline schedule (1f1b is interleaved when --virtual-stages > 1).")
+@click.option("--schedule", type=click.Choice(["1f1b", "gpipe", "dualpipe"]), default="1f1b", show_default=True,
+              help="Pipeline schedule (1f1b is interleaved when --virtual-stages > 1; dualpipe: DeepSeek's "
+                   "bidirectional schedule, two copies of the weights, pp + 1 micro-batches in flight, the MoE "
+                   "all-to-all overlapped with --moe-a2a-overlap; its bubble priced as 1F1B's).")
 @click.option("--headroom", help=HEADROOM_HELP)
 @_framework_option
 @_comm_options

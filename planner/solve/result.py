@@ -211,6 +211,10 @@ def describe_strategy(s: dict) -> str:
     parts.append(f"micro-batch {s['micro_batch']} ({s['micro_batches']} per step)")
     if s["virtual_stages"] > 1:
         parts.append(f"interleaved 1F1B, {s['virtual_stages']} chunks per stage")
+    elif s.get("pipeline_schedule") in ("gpipe", "dualpipe") and s["pp"] > 1:
+        parts.append({"gpipe": "GPipe schedule", "dualpipe": "DualPipe schedule"}[s["pipeline_schedule"]])
+    if s.get("moe_a2a_overlap"):
+        parts.append("MoE all-to-all overlapped")
     parts.append(zero_label(s["zero_stage"]))
     if s.get("offload_params"):
         parts.append("weights and optimizer states in CPU memory")

@@ -435,11 +435,17 @@ A2A_OVERLAP = Rule(  # megatron/core/pipeline_parallel: the overlapped MoE sched
     "nearest expressible plan: without --moe-a2a-overlap",
     lambda c, s: not getattr(s, "moe_a2a_overlap", False), frameworks=("torchtitan", "deepspeed"))
 
+DUALPIPE = Rule(  # DeepSeek-V3 report 3.2.1: DualPipe is HAI-LLM's; Megatron-LM and DeepSpeed schedule 1F1B
+    "dualpipe", "setting", "DualPipe is DeepSeek's own schedule",
+    "{framework_name} has no DualPipe schedule (DeepSeek's, HAI-LLM; torchtitan's DualPipeV is a different, V-shaped "
+    "schedule); nearest expressible plan: --schedule 1f1b",
+    lambda c, s: getattr(s, "pipeline_schedule", "1f1b") != "dualpipe", frameworks=("megatron", "torchtitan", "deepspeed"))
+
 # in the order each framework reports them (the first broken one is the reason)
 FRAMEWORK_RULES: tuple[Rule, ...] = (
     MG_PARAM_OFFLOAD, MG_ZERO, MG_GPIPE, MG_OFFLOAD_ADAM, MG_ALIBI,
     NO_SELECTIVE, DS_TP, DS_CP, DS_EP, DS_VIRTUAL, DS_GPIPE, ZERO_PP, DS_FP8,
-    TT_ZERO1, TT_OFFLOAD, TT_FP16, TT_ADAM, TT_FLASH, TT_SP, TT_EP, FP16_GRADS, DEEPEP, TP_OVERLAP, TT_CHUNKS, LORA, TT_FP8_RECIPE, A2A_OVERLAP)
+    TT_ZERO1, TT_OFFLOAD, TT_FP16, TT_ADAM, TT_FLASH, TT_SP, TT_EP, FP16_GRADS, DEEPEP, TP_OVERLAP, TT_CHUNKS, LORA, TT_FP8_RECIPE, A2A_OVERLAP, DUALPIPE)
 
 
 def framework_rules(framework: str) -> tuple[Rule, ...]:

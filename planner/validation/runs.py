@@ -411,13 +411,17 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
     # --overlap-moe-expert-parallel-comm)
     a2a_overlap = re.search(r"1f1b overlap|all-to-all overlapped|overlap-moe-expert-parallel-comm", notes,
                             re.IGNORECASE) is not None
+    # DeepSeek's DualPipe (named by the framework or notes): its schedule, which overlaps the all-to-all
+    dualpipe = pp > 1 and pp % 2 == 0 and re.search(r"dualpipe", f"{s.get('framework') or ''} {notes}",
+                                                   re.IGNORECASE) is not None
+    a2a_overlap = a2a_overlap or dualpipe
     if recipe == "tensorwise" and framework == "torchtitan":
         recipe = None
     block = block_recompute_layers(notes)
     out = []
     for mb in mbs:
         m = gb // (dp * mb)
-        vs = [vs_known] if vs_known else (
+        vs = [1] if dualpipe else [vs_known] if vs_known else (
             [v for v in range(1, MAX_VIRTUAL_STAGES + 1)
              if allows("virtual_stages", model, pp=pp, micro_batches=m, virtual_stages=v)])
         for v in vs:
@@ -432,7 +436,9 @@ def candidate_strategies(model: ModelSpec, s: dict, cluster: Cluster, flash: boo
                                                 tp_comm_overlap=tp_overlap and spv,
                                                 recompute_modules=modules if rec == "selective" else None,
                                                 lora_rank=lora, fp8_recipe=recipe,
-                                                moe_a2a_overlap=a2a_overlap and rec != "full" and (pp == 1 or v > 1),
+                                                moe_a2a_overlap=a2a_overlap and rec != "full" and (pp == 1 or v > 1
+                                                                                                  or dualpipe),
+                                                pipeline_schedule="dualpipe" if dualpipe else "1f1b",
                                                 recompute_layers=tuple(min(block, L) for L in even_split(model.layers, pp))
                                                 if rec == "full" and block and v == 1 else None))
     return out
