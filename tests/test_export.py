@@ -337,6 +337,66 @@ def test_torchtitan_03_loads_the_config_function(name, gpus, st, tmp_path, monke
     assert dims.tp * dims.pp * dims.dp_shard * dims.dp_replicate * dims.cp == c.num_gpus
 
 
+BRIDGE_PLANS = [
+    ("llama3-70b", "64xH100", Strategy(tp=4, pp=4, dp=4, micro_batch=1, global_batch=512, zero_stage=1,
+                                       recompute="none", virtual_stages=5)),
+    ("llama3-8b", "16xH100", Strategy(tp=2, pp=2, dp=4, micro_batch=2, global_batch=256, zero_stage=1,
+                                      recompute="full", precision="fp8", stage_layers=(15, 17))),
+    ("mixtral-8x7b", "64xH100", Strategy(tp=2, pp=4, dp=8, ep=8, micro_batch=1, global_batch=256, zero_stage=1,
+                                         recompute="selective", moe_dispatcher="deepep")),
+    ("gpt3-13b", "32xA100", Strategy(tp=4, dp=8, micro_batch=1, global_batch=256, zero_stage=0, recompute="selective",
+                                     precision="fp16")),
+]
+# Megatron-Bridge 0.3 names outside megatron-core: TrainingConfig's batch fields, GPTModelProvider's seq_length
+# (its recipes set cfg.model.seq_length, recipes/llama/llama3.py) and the mixed-precision recipes it registers
+# (megatron/bridge/training/config.py TrainingConfig; mixed_precision.py @register functions)
+BRIDGE_TRAIN_FIELDS = {"micro_batch_size", "global_batch_size"}
+BRIDGE_MODEL_FIELDS = {"seq_length"}
+BRIDGE_PRECISIONS = {"bf16_mixed", "fp16_mixed", "bf16_with_fp8_delayed_scaling_mixed", "bf16_with_mxfp8_mixed",
+                     "bf16_with_fp8_current_scaling_mixed", "bf16_with_fp8_subchannel_scaling_mixed", None}
+
+
+@pytest.mark.parametrize("name, gpus, st", BRIDGE_PLANS, ids=lambda x: x if isinstance(x, str) else "")
+def test_bridge_job_sets_megatron_core_fields_the_megatron_export_sets(name, gpus, st):
+    """--emit bridge: Megatron-Bridge's own recipe with the plan's settings written over it. Every model.* /
+    ddp.* / optimizer.* field it sets is a field of megatron-core's TransformerConfig, DistributedDataParallelConfig
+    or OptimizerConfig (Megatron-Bridge's configs extend them; megatron-core 0.16 installed with the frameworks
+    extra), with the value the Megatron-LM export writes for the same plan; a model without a recipe gets its
+    shape written too."""
+    import dataclasses as dc
+    tc = pytest.importorskip("megatron.core.transformer.transformer_config")
+    ddp = pytest.importorskip("megatron.core.distributed.distributed_data_parallel_config")
+    opt = pytest.importorskip("megatron.core.optimizer.optimizer_config")
+    from planner.frameworks.bridge import bridge_settings
+    model, c = get_model(name)[0], parse_cluster(gpus)
+    ex = export("bridge", model, st, c)
+    job = ex.files["bridge_job.py"]
+    ast.parse(job)
+    fields = {"model": {f.name for f in dc.fields(tc.TransformerConfig)} | BRIDGE_MODEL_FIELDS,
+              "ddp": {f.name for f in dc.fields(ddp.DistributedDataParallelConfig)},
+              "optimizer": {f.name for f in dc.fields(opt.OptimizerConfig)},
+              "train": BRIDGE_TRAIN_FIELDS, "dataset": {"seq_length"}}
+    settings = bridge_settings(model, ex.strategy)
+    for key, value in settings.items():
+        if key == "mixed_precision":
+            assert value in BRIDGE_PRECISIONS
+            continue
+        section, field = key.split(".")
+        assert field in fields[section], key
+    s = ex.strategy
+    assert settings["model.tensor_model_parallel_size"] == s.tp
+    assert settings["model.pipeline_model_parallel_size"] == s.pp
+    assert settings["train.global_batch_size"] == s.global_batch and settings["train.micro_batch_size"] == s.micro_batch
+    assert settings.get("ddp.use_distributed_optimizer", False) == (s.zero_stage == 1)
+    if s.pp > 1 and s.virtual_stages > 1:
+        assert settings["model.virtual_pipeline_model_parallel_size"] == s.virtual_stages
+    # the same plan as Megatron-LM arguments: both read back to one strategy
+    mg = read_megatron_args(export("megatron", model, s, c).files["megatron_args.sh"], model, c)[1]
+    assert mg == s.with_(fp8_recipe=mg.fp8_recipe)      # an fp8 plan reads back with its recipe named
+    assert ("cfg.model.num_layers = " in job) == (name in ("gpt3-13b", "mixtral-8x7b"))   # no recipe for these
+    assert "# targets: Megatron-Bridge 0.3" in job and "pretrain(plan(), forward_step)" in job
+
+
 def test_16bit_gradients_in_every_framework():
     # Megatron-LM arguments.py --grad-reduce-in-bf16; DeepSpeed "data_types": {"grad_accum_dtype": "bf16"}
     # (PR 4713; fp32 is its default); torchtitan training.mixed_precision_reduce. fp16 always keeps an fp32

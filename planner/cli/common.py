@@ -265,11 +265,12 @@ def _export_options(f):
     f = click.option("--out", "out_dir", type=click.Path(file_okay=False),
                      help="With --emit: write the configuration files into this folder and print their paths.")(f)
     return click.option("--emit", metavar="FRAMEWORK[@VERSION]", callback=_emit_target,
-                        help="Also print the plan as Megatron-LM arguments (megatron), a DeepSpeed JSON config "
-                             "(deepspeed) or a torchtitan config function and launch line (torchtitan; "
-                             "torchtitan@0.2: its TOML job config) (JSON output: plans[0].emit). Each file names "
-                             "the version it is written for (megatron@0.16, deepspeed@0.19, torchtitan@0.3 or "
-                             "@0.2); another version is refused.")(f)
+                        help="Also print the plan as Megatron-LM arguments (megatron), a Megatron-Bridge job "
+                             "(bridge: its recipe with the plan's settings), a DeepSpeed JSON config (deepspeed) or "
+                             "a torchtitan config function and launch line (torchtitan; torchtitan@0.2: its TOML "
+                             "job config) (JSON output: plans[0].emit). Each file names the version it is written "
+                             "for (megatron@0.16, bridge@0.3, deepspeed@0.19, torchtitan@0.3 or @0.2); another "
+                             "version is refused.")(f)
 
 
 def _emit_target(ctx, param, value):
@@ -327,6 +328,7 @@ def _framework_option(f):
 def _resolve_framework(framework: str | None, emit: str | None) -> str | None:
     """The framework a command prices and checks the plan for: --framework, else the --emit target."""
     emit = emit.partition("@")[0] if emit else emit      # --emit torchtitan@0.2 writes for torchtitan
+    emit = {"bridge": "megatron"}.get(emit, emit)         # Megatron-Bridge runs Megatron-core (api.ACCOUNTING)
     if framework and emit and framework != emit:
         raise UserError(f"--framework {framework} and --emit {emit} name different frameworks; give one (the "
                         f"plan is priced and checked for the framework it is written for)")
@@ -335,7 +337,7 @@ def _resolve_framework(framework: str | None, emit: str | None) -> str | None:
 
 def _check_export_options(emit, out_dir) -> None:
     if out_dir and not emit:
-        raise UserError(f"--out {out_dir!r} needs --emit megatron, deepspeed or torchtitan")
+        raise UserError(f"--out {out_dir!r} needs --emit megatron, bridge, deepspeed or torchtitan")
 
 
 def _show_export(result, fmt: str, ex, out_dir) -> None:

@@ -6,7 +6,9 @@ over the framework modules.
 - `deepspeed` (planner.frameworks.deepspeed): a DeepSpeed JSON config (ds_config.json) and a `deepspeed`
   launch.sh;
 - `torchtitan` (planner.frameworks.torchtitan): a config function (job.py, torchtitan 0.3: `--module job
-  --config plan`) and a torchrun launch.sh; `torchtitan@0.2` writes its TOML job config (job.toml) instead.
+  --config plan`) and a torchrun launch.sh; `torchtitan@0.2` writes its TOML job config (job.toml) instead;
+- `bridge` (planner.frameworks.bridge): a Megatron-Bridge job (bridge_job.py: its recipe for the model with the
+  plan's ConfigContainer settings, then `pretrain`) and a torchrun launch.sh; priced and checked as Megatron-LM.
 
 `export` raises ExportError, naming the nearest expressible plan, for what a framework cannot express; a
 stage layout or recompute count it cannot express exactly is replaced by the nearest one it can, and
@@ -23,13 +25,15 @@ from costmodels.model import ModelSpec
 from costmodels.performance import resolve_layout
 from costmodels.strategy import Strategy
 from hardware import Cluster
-from planner.frameworks import deepspeed, megatron, torchtitan
+from planner.frameworks import bridge, deepspeed, megatron, torchtitan
 from planner.frameworks.base import Export, ExportError, canonical, prepend_note, split_target, strategy_from_plan
 from planner.solve.evaluate import evaluate
 from planner.solve.rules import framework_problem, setting_problem
 from planner.solve.space import for_framework
 
-_MODULES = {"megatron": megatron, "deepspeed": deepspeed, "torchtitan": torchtitan}
+_MODULES = {"megatron": megatron, "deepspeed": deepspeed, "torchtitan": torchtitan, "bridge": bridge}
+# the framework whose accounting and rules an exporter's plans follow (Megatron-Bridge runs Megatron-core)
+ACCOUNTING = {"bridge": "megatron"}
 FRAMEWORKS = tuple(_MODULES)
 NAMES = {k: m.NAME for k, m in _MODULES.items()}
 RESEARCH_TOP = 5        # plans of the framework-restricted search re-ranked by their expressible layout
@@ -42,18 +46,24 @@ def _module(framework: str):
     return _MODULES[framework]
 
 
+def _accounting(framework: str) -> str:
+    """The framework whose memory accounting and rules `framework`'s plans follow (ACCOUNTING)."""
+    name = split_target(framework)[0]
+    return ACCOUNTING.get(name, name)
+
+
 def unsupported(framework: str, model: ModelSpec, st: Strategy) -> str | None:
     """Why `framework` cannot run this plan at all (with the nearest plan it can), or None: the framework's
     rules in planner/solve/rules.py."""
     _module(framework)
-    return framework_problem(framework, model, st)
+    return framework_problem(_accounting(framework), model, st)
 
 
 def space_for(framework: str, opts):
     """The part of a search space (planner.solve.space.SpaceOptions) that `framework` can express: the
     search applies the framework's rules."""
     _module(framework)
-    return for_framework(opts, framework)
+    return for_framework(opts, _accounting(framework))
 
 
 def nearest_layout(framework: str, model: ModelSpec, st: Strategy) -> tuple[Strategy, list[str]]:
@@ -77,7 +87,7 @@ def export(framework: str, model: ModelSpec, st: Strategy, cluster: Cluster) -> 
             raise ExportError("export needs one GPU type; a cluster of several GPU pools cannot be written as one "
                               "framework config")
         cluster = cluster[0]
-    st = st.with_(framework=framework)        # priced in the accounting of the framework that will run it
+    st = st.with_(framework=_accounting(framework))   # priced in the accounting of the framework that runs it
     reason = unsupported(framework, model, st)
     if reason:
         raise ExportError(reason)
@@ -126,7 +136,7 @@ def export_best(framework: str, model: ModelSpec, cluster: Cluster, result, opts
         first = next(k for k in alt.files if not k.endswith(".json"))
         files = {k: prepend_note(v, note) if k == first else v for k, v in alt.files.items()}
         return replace(alt, files=files, notes=(note, *alt.notes))
-    if setting_problem(framework, model, best):      # no structure helps: say what to change
+    if setting_problem(_accounting(framework), model, best):      # no structure helps: say what to change
         raise ExportError(reason)
     again = search(model, cluster, top=RESEARCH_TOP, time_limit_s=time_limit_s, space=space_for(framework, opts))
     # the search chooses layouts freely; rank its best few again by the layout the framework can write

@@ -104,6 +104,7 @@ TARGETS = {
     "vllm": ("0.11", "vLLM 0.11 engine arguments"),
     "sglang": ("0.5", "SGLang 0.5 server arguments (python -m sglang.launch_server)"),
     "trtllm": ("1.0", "TensorRT-LLM 1.0 trtllm-serve, PyTorch backend"),
+    "bridge": ("0.3", "Megatron-Bridge 0.3 (its recipe with the plan's ConfigContainer settings; megatron-core 0.16)"),
 }
 SERVING_ENGINES = ("vllm", "sglang", "trtllm")
 # older versions an exporter also writes for, behind `--emit NAME@VERSION`
