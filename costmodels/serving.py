@@ -69,6 +69,11 @@ class Deployment:
     # (TensorRT-LLM before 0.7's "MMHA optimization for MQA and GQA" and 0.8's XQA kernel, which its blog
     # credits with 1.9-2.4x Llama-70B throughput). Current engines read each KV head once.
     kv_read_per_query_head: bool = False
+    # Attention data parallelism (MoE models): the tp GPUs run attention as attn_dp groups of tp / attn_dp GPUs,
+    # each over its own 1/attn_dp of the sequences and their KV caches, while the experts span all tp GPUs
+    # (SGLang --enable-dp-attention --dp-size, vLLM --data-parallel-size with --enable-expert-parallel,
+    # TensorRT-LLM enable_attention_dp; DeepSeek-V3 report 3.4.2: decoding with DP attention and EP experts)
+    attn_dp: int = 1
 
     def __post_init__(self) -> None:
         if self.tp < 1 or self.pp < 1:
@@ -79,10 +84,18 @@ class Deployment:
             raise ServingError(f"KV-cache precision {self.kv!r}; allowed: {', '.join(KV_PRECISIONS)}")
         if self.ep not in (1, self.tp):
             raise ServingError(f"ep={self.ep}: expert parallelism spans the tp group, so ep is 1 or tp={self.tp}")
+        if self.attn_dp < 1 or self.tp % self.attn_dp or (self.attn_dp > 1 and self.pp > 1):
+            raise ServingError(f"attn_dp={self.attn_dp}: attention data parallelism splits the tp={self.tp} GPUs "
+                               f"of one pipeline stage into groups; it must divide tp, with pp=1")
 
     @property
     def gpus(self) -> int:
         return self.tp * self.pp
+
+    @property
+    def attn_tp(self) -> int:
+        """GPUs splitting one attention (tensor parallel) within an attention data-parallel group."""
+        return self.tp // self.attn_dp
 
 
 def compute_precision(gpu: GPUSpec, weights: str) -> str:
@@ -122,11 +135,15 @@ def _stage_layers(model: ModelSpec, pp: int) -> int:
 
 
 def kv_bytes_per_token_per_gpu(model: ModelSpec, dep: Deployment) -> float:
-    """KV cache one GPU of the fullest pipeline stage holds per token of context (an MLA latent is not split by
-    heads: every tensor-parallel rank holds it whole, as SGLang / vLLM / TensorRT-LLM run DeepSeek models)."""
+    """KV cache one GPU of the fullest pipeline stage holds per token of context of the replica's sequences (an
+    MLA latent is not split by heads: every tensor-parallel rank holds it whole, as SGLang / vLLM / TensorRT-LLM
+    run DeepSeek models). With attention data parallelism a GPU holds 1/attn_dp of the sequences, split over
+    its attention group's attn_tp GPUs."""
     if model.mla is not None:
-        return _stage_layers(model, dep.pp) * _latent_width(model) * BYTES[dep.kv]
-    return 2.0 * _stage_layers(model, dep.pp) * _kv_heads_per_gpu(model, dep.tp) * model.head_dim * BYTES[dep.kv]
+        per = _stage_layers(model, dep.pp) * _latent_width(model) * BYTES[dep.kv]
+    else:
+        per = 2.0 * _stage_layers(model, dep.pp) * _kv_heads_per_gpu(model, dep.attn_tp) * model.head_dim * BYTES[dep.kv]
+    return per / dep.attn_dp
 
 
 def _layer_matrix_params(model: ModelSpec) -> tuple[float, float]:
@@ -161,7 +178,9 @@ def _weight_bytes_per_gpu(model: ModelSpec, dep: Deployment) -> float:
     layers = _stage_layers(model, dep.pp) * avg_layer * BYTES[dep.weights]
     embed, head = _embed_head_params(model)
     ends = (embed + head) if dep.pp == 1 else max(embed, head)
-    return (layers + ends * 2.0) / dep.tp
+    # attention data parallelism: every attention group holds the attention weights, split over attn_tp
+    attn = _stage_layers(model, dep.pp) * (model.params_attention() + model.params_norms()) * BYTES[dep.weights]
+    return (layers + ends * 2.0) / dep.tp + attn * (1.0 / dep.attn_tp - 1.0 / dep.tp)
 
 
 def _activation_bytes_per_token(model: ModelSpec, tp: int) -> float:
@@ -324,17 +343,20 @@ def _token_parts(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploy
     t, h = dep.tp, model.hidden
     tokens = np.asarray(tokens, dtype=float)
     prefill = np.asarray(prefill, dtype=bool)
+    # attention data parallelism: this GPU's attention group runs 1/attn_dp of the tokens over attn_tp GPUs
+    ta, a_tokens = dep.attn_tp, tokens / dep.attn_dp
 
     def gemm(M, N, K, wbytes, peak):
         return np.where(prefill, _gemm_prefill(M, N, K, wbytes, peak, r, cal), _gemm_decode(M, N, K, wbytes, peak, r, cal))
 
-    kvh, d = _kv_heads_per_gpu(model, t), model.head_dim
-    # attention projections, column / row split over t (Shoeybi et al. 2019)
+    kvh, d = _kv_heads_per_gpu(model, ta), model.head_dim
+    # attention projections, column / row split over the attention group's ta GPUs (Shoeybi et al. 2019)
     q = model.q_dim
-    if model.mla is not None:   # down projections on every rank, up projections and output split over t
-        t_attn = sum(gemm(tokens, n, k, r.wbytes, r.peak) for n, k in model.attention_gemm_widths(t))
+    if model.mla is not None:   # down projections on every rank, up projections and output split over ta
+        t_attn = sum(gemm(a_tokens, n, k, r.wbytes, r.peak) for n, k in model.attention_gemm_widths(ta))
     else:
-        t_attn = gemm(tokens, (q + 2 * kvh * d * t) / t, h, r.wbytes, r.peak) + gemm(tokens, h, q / t, r.wbytes, r.peak)
+        t_attn = (gemm(a_tokens, (q + 2 * kvh * d * ta) / ta, h, r.wbytes, r.peak)
+                  + gemm(a_tokens, h, q / ta, r.wbytes, r.peak))
     dense_mlp = sum(gemm(tokens, n, k, r.wbytes, r.peak) for n, k in mlp_gemm_widths(model.ffn_type, h, model.ffn_hidden, t))
     mlp = dense_mlp
     comm_extra = 0.0
@@ -361,8 +383,11 @@ def _token_parts(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploy
         comm_extra = frac * comm_extra
     # element-wise (16-bit): 2 norms read+write (4h), 2 residual adds (6h), activation 3f/t SwiGLU, 2f/t GELU
     elem = tokens * 2.0 * (10 * h + (3 if model.ffn_type == "swiglu" else 2) * model.ffn_hidden / t) / r.hbm
-    # two all-reduces of tokens x h 16-bit activations per layer (attention output, MLP output)
-    comm = 2 * tp_collective_time("all_reduce", tokens * h * 2.0, t, gpu, gpus_per_node, cal, srv) + comm_extra
+    # two all-reduces of tokens x h 16-bit activations per layer (attention output, MLP output); with attention
+    # data parallelism the first within the attention group, and gathering the groups' tokens for the experts and
+    # scattering them back moves what the MLP's all-reduce does
+    comm = (tp_collective_time("all_reduce", a_tokens * h * 2.0, ta, gpu, gpus_per_node, cal, srv)
+            + tp_collective_time("all_reduce", tokens * h * 2.0, t, gpu, gpus_per_node, cal, srv) + comm_extra)
     return {"gemm": t_attn + mlp, "elementwise": elem, "tp_comm": comm,
             "overhead": np.full_like(tokens, srv.layer_overhead_s)}
 
@@ -373,18 +398,20 @@ def _token_parts(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploy
 def _prefill_attention(model: ModelSpec, dep: Deployment, seqs, prompt, new, cached, r: _Rates, cal: Calibration):
     """`seqs` prompts' new tokens (`new` each, after a `cached` prefix; prompt = cached + new) attending
     causally: per new token 4 x (cached + new / 2) x heads x d FLOPs; the prefix's KV read once."""
-    heads, d = model.heads / dep.tp, model.head_dim
-    seqs = np.asarray(seqs, dtype=float)
+    heads, d = model.heads / dep.attn_tp, model.head_dim
+    seqs = np.asarray(seqs, dtype=float) / dep.attn_dp       # this GPU's attention group's share
     flops = 4.0 * seqs * new * (cached + new / 2.0) * heads * d
     kv_read = seqs * prompt * (_latent_width(model) if model.mla is not None
-                               else 2.0 * _kv_heads_per_gpu(model, dep.tp) * d) * r.kvbytes
+                               else 2.0 * _kv_heads_per_gpu(model, dep.attn_tp) * d) * r.kvbytes
     return np.maximum(flops / (r.peak_attn * attention_efficiency(prompt, cal)), kv_read / r.hbm)
 
 
 def _decode_attention(model: ModelSpec, dep: Deployment, tokens, ctx_tokens, seqs, r: _Rates, cal: Calibration):
     """Every query token attends to the cache; each sequence's cache is read once per step, however many of its
     tokens are checked in it (speculative verification: seqs < tokens)."""
-    heads, d = model.heads / dep.tp, model.head_dim
+    heads, d = model.heads / dep.attn_tp, model.head_dim
+    tokens = np.asarray(tokens, dtype=float) / dep.attn_dp     # this GPU's attention group's share
+    seqs = np.asarray(seqs, dtype=float) / dep.attn_dp
     if model.mla is not None:
         # absorbed MLA decode (DeepSeek-V2, Liu et al. 2024, 2.1.2: W_UK into the query, W_UV into the output):
         # every head scores the latent and RoPE key (kv_lora + rope wide) and sums the latents (kv_lora), one
@@ -393,7 +420,7 @@ def _decode_attention(model: ModelSpec, dep: Deployment, tokens, ctx_tokens, seq
         flops = 2.0 * np.asarray(tokens, dtype=float) * ctx_tokens * heads * (_latent_width(model) + a.kv_lora_rank)
         kv_read = np.asarray(seqs, dtype=float) * ctx_tokens * _latent_width(model) * r.kvbytes
         return np.maximum(flops / (r.peak_attn * cal.attention_efficiency), kv_read / r.hbm)
-    kvh = _kv_heads_per_gpu(model, dep.tp)
+    kvh = _kv_heads_per_gpu(model, dep.attn_tp)
     flops = 4.0 * np.asarray(tokens, dtype=float) * ctx_tokens * heads * d
     kv_read = np.asarray(seqs, dtype=float) * ctx_tokens * 2.0 * (heads if dep.kv_read_per_query_head else kvh) * d * r.kvbytes
     return np.maximum(flops / (r.peak_attn * cal.attention_efficiency), kv_read / r.hbm)

@@ -33,6 +33,7 @@ from planner.validation.runs import validate_file
 SERVING_PUBLIC = Path(__file__).resolve().parents[1] / "planner/validation/data/serving-public.json"
 CAT = load_catalog()
 A10, A100, H100 = (CAT.resolve(n)[0] for n in ("A10", "A100-80GB", "H100-SXM"))
+H200 = CAT.resolve("H200")[0]
 
 
 def model(name: str) -> ModelSpec:
@@ -399,6 +400,43 @@ def test_mla_serving_caches_one_latent_per_token_and_layer(capsys):
     p = json.loads(out)["plan"]
     assert p["kv_cache_bytes_per_token"] == 61 * 576 * {"fp8": 1, "bf16": 2}[p["kv_cache"]]
     assert p["tpot_s"] <= 0.050 and p["tokens_per_s"] == pytest.approx(p["requests_per_s"] * 512, rel=1e-9)
+
+
+def test_attention_data_parallel_for_moe_serving(capsys):
+    """Attention data parallelism (SGLang --enable-dp-attention, DeepSeek-V3 report 3.4.2): the tp GPUs run
+    attention in attn_dp groups, each over its own share of the sequences, and the experts span all tp GPUs.
+    Each GPU then holds the attention weights of its group (replicated attn_dp / ... times) but only its own
+    sequences' KV cache: for MLA, whose latent TP cannot split, the KV cache per GPU falls attn_dp-fold and more
+    requests fit. attn_dp = 1 is the plain deployment, bit for bit."""
+    from costmodels.serving import _weight_bytes_per_gpu, kv_bytes_per_token_per_gpu
+    m = model("deepseek-v3")
+    plain, adp = Deployment(tp=8, ep=8, weights="fp8", kv="fp8"), Deployment(tp=8, ep=8, weights="fp8", kv="fp8",
+                                                                             attn_dp=8)
+    with pytest.raises(ServingError, match="attn_dp"):
+        Deployment(tp=8, attn_dp=3)
+    with pytest.raises(ServingError, match="attn_dp"):
+        Deployment(tp=4, pp=2, attn_dp=4)
+    assert kv_bytes_per_token_per_gpu(m, adp) == pytest.approx(kv_bytes_per_token_per_gpu(m, plain) / 8)
+    attn = m.layers * (m.params_attention() + m.params_norms())          # fp8: a byte each
+    assert _weight_bytes_per_gpu(m, adp) - _weight_bytes_per_gpu(m, plain) == pytest.approx(attn * (1 - 1 / 8))
+    assert max_batch(m, H200, adp, 2560) > 4 * max_batch(m, H200, plain, 2560)
+    same = Deployment(tp=8, ep=8, weights="fp8", kv="fp8", attn_dp=1)
+    assert decode_step_time(m, H200, 8, same, [64], 2048)["total"][0] == decode_step_time(m, H200, 8, plain, [64],
+                                                                                          2048)["total"][0]
+    # attention: every GPU scores all 128 heads of its 1/8 of the sequences instead of 16 heads of all of them
+    # (the same FLOPs) and reads only its sequences' latents (an eighth of the bytes): never slower
+    long = [decode_step_time(m, H200, 8, d, [64], 100_000)["attention"][0] for d in (plain, adp)]
+    assert long[1] <= long[0] * (1 + 1e-12)
+    code, out, err = run_main(["serve", "--model", "deepseek-v3", "--gpus", "8xH200", "--prompt", "2048", "--output",
+                               "512", "--tpot-ms", "50", "--mode", "aggregated", "--format", "json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert {p["attn_dp"] for p in [doc["plan"], *doc["alternatives"]]} >= {1, 8}
+    p = doc["plan"]
+    assert p["requests_per_s"] == pytest.approx(p["replicas"] * p["batch"] / p["e2e_latency_s"], rel=1e-9)
+    code, out, err = run_main(["serve", "--model", "deepseek-v3", "--gpus", "8xH200", "--prompt", "2048", "--output",
+                               "512", "--tpot-ms", "50", "--mode", "aggregated", "--emit", "sglang"], capsys)
+    assert ("--enable-dp-attention" in out) == (p["attn_dp"] > 1)
 
 
 def test_moe_decode_reads_only_routed_experts():

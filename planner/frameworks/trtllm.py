@@ -19,6 +19,8 @@ def trtllm_command(model: ModelSpec, plan: ServePlan, prompt: int, output: int, 
         lines.append(note.rstrip("\n"))
     if plan.kv_cache == "fp8":
         lines.append("# FP8 KV cache: pass --extra_llm_api_options FILE.yaml holding kv_cache_config: {dtype: fp8}")
+    if plan.attn_dp > 1 or (plan.prefill or {}).get("attn_dp", 1) > 1:
+        lines.append("# attention data parallel: the same --extra_llm_api_options FILE.yaml holds enable_attention_dp: true")
     if plan.prefill is None:
         lines.append(f"# start {plan.replicas} instance(s) of this command behind a load balancer")
         return "\n".join(lines) + "\n" + _one(model, plan, prompt, output, util, model_path, plan.tp, plan.pp,

@@ -31,23 +31,30 @@ def _commands(model: ModelSpec, plan: ServePlan, prompt: int, output: int, util:
     if plan.prefill is not None:
         pre = plan.prefill
         prefill = _one_command(model, plan, prompt, output, util, model_path, pre["tp"], pre["pp"], pre["ep"],
-                               pre["replicas"], pre["prompts_per_pass"], [_KV_TRANSFER])
+                               pre["replicas"], pre["prompts_per_pass"], [_KV_TRANSFER], pre.get("attn_dp", 1))
         decode = _one_command(model, plan, prompt, output, util, model_path, plan.tp, plan.pp, plan.ep,
-                              plan.replicas, plan.batch, [_KV_TRANSFER])
+                              plan.replicas, plan.batch, [_KV_TRANSFER], plan.attn_dp)
         return (f"# disaggregated: {pre['replicas']} prefill instance(s) and {plan.replicas} decode instance(s), "
                 f"KV caches over NIXL\n# prefill\n{prefill}\n# decode\n{decode}")
     return _one_command(model, plan, prompt, output, util, model_path, plan.tp, plan.pp, plan.ep, plan.replicas,
-                        plan.batch, [])
+                        plan.batch, [], plan.attn_dp)
 
 
 def _one_command(model: ModelSpec, plan: ServePlan, prompt: int, output: int, util: float, model_path: str | None,
-                 tp: int, pp: int, ep: int, replicas: int, seqs: int, extra: list[str]) -> str:
+                 tp: int, pp: int, ep: int, replicas: int, seqs: int, extra: list[str], attn_dp: int = 1) -> str:
     name = model_name(model, model_path)
-    args = ["vllm serve", name, f"--tensor-parallel-size {tp}", f"--pipeline-parallel-size {pp}"]
-    if replicas > 1:
-        args.append(f"--data-parallel-size {replicas}")
-    if ep > 1:
-        args.append("--enable-expert-parallel")
+    note = ""
+    if attn_dp > 1:     # attention data parallel: tp / attn_dp per data-parallel rank, experts over all of them
+        args = ["vllm serve", name, f"--tensor-parallel-size {tp // attn_dp}", f"--pipeline-parallel-size {pp}",
+                f"--data-parallel-size {attn_dp}", "--enable-expert-parallel"]
+        note = f"# start {replicas} such instances behind a load balancer\n" if replicas > 1 else ""
+        seqs = -(-seqs // attn_dp)      # --max-num-seqs is per data-parallel rank
+    else:
+        args = ["vllm serve", name, f"--tensor-parallel-size {tp}", f"--pipeline-parallel-size {pp}"]
+        if replicas > 1:
+            args.append(f"--data-parallel-size {replicas}")
+        if ep > 1:
+            args.append("--enable-expert-parallel")
     args += [f"--max-model-len {prompt + output}", f"--max-num-seqs {seqs}",
              f"--gpu-memory-utilization {util:g}", *extra]
     if plan.weights in _VLLM_QUANT:
@@ -55,7 +62,7 @@ def _one_command(model: ModelSpec, plan: ServePlan, prompt: int, output: int, ut
     else:
         args.append(f"--dtype {'float16' if plan.weights == 'fp16' else 'bfloat16'}")
     args.append(f"--kv-cache-dtype {'fp8' if plan.kv_cache == 'fp8' else 'auto'}")
-    return checkpoint_note(plan.weights) + " \\\n    ".join(args)
+    return checkpoint_note(plan.weights) + note + " \\\n    ".join(args)
 
 
 

@@ -18,14 +18,14 @@ def render_serve(result: ServeResult, console) -> None:
     t.add_column("what")
     t.add_column("value")
     if p.prefill is None:
-        t.add_row("replica", f"tp={p.tp} x pp={p.pp}" + (f", expert parallel over {p.ep}" if p.ep > 1 else "")
+        t.add_row("replica", f"tp={p.tp} x pp={p.pp}" + _moe_text(p)
                   + f"; {p.replicas} replica(s) prefilling and decoding (aggregated), {p.gpus} GPUs used")
     else:
         f = p.prefill
         t.add_row("prefill", f"tp={f['tp']} x pp={f['pp']}; {f['replicas']} replica(s), {f['gpus']} GPUs: "
                              f"{f['prompts_per_pass']} prompt(s) per {f['pass_ms']:,.1f} ms pass, "
                              f"{f['prompts_per_s']:,.2f} prompts/s; KV cache to decode in {p.kv_transfer_ms:,.2f} ms")
-        t.add_row("decode", f"tp={p.tp} x pp={p.pp}" + (f", expert parallel over {p.ep}" if p.ep > 1 else "")
+        t.add_row("decode", f"tp={p.tp} x pp={p.pp}" + _moe_text(p)
                   + f"; {p.replicas} replica(s), {p.gpus - f['gpus']} GPUs (disaggregated: {p.gpus} GPUs used)")
     t.add_row("precision", f"weights {p.weights}, KV cache {p.kv_cache}")
     t.add_row("batch", f"{p.batch} concurrent requests per " + ("replica" if p.prefill is None else "decode replica")
@@ -57,14 +57,23 @@ def render_serve(result: ServeResult, console) -> None:
         for a in result.alternatives:
             pre = "" if a.prefill is None else (f"{a.prefill['replicas']}P tp{a.prefill['tp']}"
                                                 f"{' pp' + str(a.prefill['pp']) if a.prefill['pp'] > 1 else ''} + D ")
-            alt.add_row(pre + f"{a.tp} x {a.pp}" + (f" ep{a.ep}" if a.ep > 1 else ""), str(a.replicas),
+            alt.add_row(pre + f"{a.tp} x {a.pp}" + (f" ep{a.ep}" if a.ep > 1 else "")
+                        + (f" adp{a.attn_dp}" if a.attn_dp > 1 else ""), str(a.replicas),
                         f"{a.weights}/{a.kv_cache}", str(a.batch), f"{a.ttft_s * 1e3:,.1f}", f"{a.tpot_s * 1e3:,.2f}",
                         f"{a.tokens_per_s_per_gpu:,.0f}", f"{a.usd_per_million_tokens:,.3f}")
         console.print(alt)
 
 
 def _config(p) -> str:
-    return f"tp{p.tp} pp{p.pp}" + (f" ep{p.ep}" if p.ep > 1 else "") + f" {p.weights}/{p.kv_cache}"
+    return (f"tp{p.tp} pp{p.pp}" + (f" ep{p.ep}" if p.ep > 1 else "") + (f" adp{p.attn_dp}" if p.attn_dp > 1 else "")
+            + f" {p.weights}/{p.kv_cache}")
+
+
+def _moe_text(p) -> str:
+    """Expert parallelism and attention data parallelism of a replica, in words."""
+    return ((f", expert parallel over {p.ep}" if p.ep > 1 else "")
+            + (f", attention data parallel in {p.attn_dp} groups of {p.tp // p.attn_dp} GPU(s), each its own "
+               f"sequences" if p.attn_dp > 1 else ""))
 
 
 def render_serve_front(front: ServeFront, console, rows: int = 3) -> None:

@@ -17,6 +17,8 @@ class ServePlan(Out):
     ep: int
     replicas: int
     gpus: int                          # GPUs the plan uses (tp x pp x replicas)
+    # attention data parallel groups within a replica's tp GPUs (each its own sequences; experts span all tp)
+    attn_dp: int = 1
     weights: str
     kv_cache: str
     batch: int                         # requests in the engine at once per replica, its concurrency (vLLM --max-num-seqs)

@@ -100,8 +100,8 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
         eps = [1, tp_] if (model.moe is not None and tp_ > 1) else [1]
         for w in wlist:
             for kv in kvlist:
-                for ep in eps:
-                    dep = Deployment(tp=tp_, pp=pp_, weights=w, kv=kv, ep=ep)
+                for ep, adp in _moe_layouts(model, tp_, pp_, eps):
+                    dep = Deployment(tp=tp_, pp=pp_, weights=w, kv=kv, ep=ep, attn_dp=adp)
                     bmax = max_batch(model, gpu, dep, ctx, srv)
                     if bmax < 1:
                         continue
@@ -172,8 +172,8 @@ def serve_front(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *,
         eps = [1, tp_] if (model.moe is not None and tp_ > 1) else [1]
         for w in ([weights] if weights else SEARCH_WEIGHTS):
             for kv in ([kv_cache] if kv_cache else SEARCH_KV):
-                for ep in eps:
-                    dep = Deployment(tp=tp_, pp=pp_, weights=w, kv=kv, ep=ep)
+                for ep, adp in _moe_layouts(model, tp_, pp_, eps):
+                    dep = Deployment(tp=tp_, pp=pp_, weights=w, kv=kv, ep=ep, attn_dp=adp)
                     bmax = max_batch(model, gpu, dep, prompt + output, srv)
                     if bmax < 1:
                         continue
@@ -278,7 +278,7 @@ def _disaggregated(model: ModelSpec, cluster: Cluster, prompt: int, output: int,
                 j = np.unravel_index(int(np.argmin(score)), score.shape)
                 k = int(idx[j[-1]])
                 key = (round(float(score[j]), 12), int(gpus[j]), _PRECISION_RANK[dd.weights], _PRECISION_RANK[dd.kv],
-                       dd.gpus, dd.pp, dd.ep, int(bs[k]), 1, dp.gpus, n)
+                       dd.gpus, dd.pp, dd.ep, dd.attn_dp, int(bs[k]), 1, dp.gpus, n)
                 if best is None or key < best["key"]:
                     best = {"key": key, "i": k, "replicas": int(ys[j]), "dep": dd, "bmax": bmax, "perf": perf,
                             "prefill": {"dep": dp, "replicas": int(xs[j]), "prompts_per_pass": n},
@@ -286,6 +286,16 @@ def _disaggregated(model: ModelSpec, cluster: Cluster, prompt: int, output: int,
             if best is not None:
                 out.append(best)
     return out, points
+
+
+def _moe_layouts(model: ModelSpec, tp: int, pp: int, eps: list[int]) -> list[tuple[int, int]]:
+    """(ep, attn_dp) pairs searched for a replica shape: every expert layout, and for an MoE model on one
+    pipeline stage also attention data parallel over all tp GPUs (each GPU its own sequences; SGLang's
+    --enable-dp-attention with --dp-size tp, what DeepSeek serves with)."""
+    out = [(ep, 1) for ep in eps]
+    if model.moe is not None and tp > 1 and pp == 1:
+        out += [(ep, tp) for ep in eps]
+    return out
 
 
 def _score(objective: str, tps, gpus, e2e, price: float, served=None):
@@ -327,7 +337,7 @@ def _best_for_shape(dep: Deployment, bs: np.ndarray, perf, num_gpus: int, output
         j = int(np.argmin(score))   # first (smallest batch) among equals
         i = int(idx[j])
         key = (round(float(score[j]), 12), gpus, _PRECISION_RANK[dep.weights], _PRECISION_RANK[dep.kv], dep.gpus,
-               dep.pp, dep.ep, int(bs[i]))
+               dep.pp, dep.ep, dep.attn_dp, int(bs[i]))
         if best is None or key < best["key"]:
             best = {"key": key, "i": i, "replicas": r}
     return best
@@ -353,7 +363,7 @@ def _plan_out(rank: int, c: dict, model: ModelSpec, cluster: Cluster, prompt: in
         tps = rps * output
         ttft = float(perf.ttft_s)
         transfer = perf.kv_transfer_s
-        prefill = {"tp": dp.tp, "pp": dp.pp, "ep": dp.ep, "replicas": pre["replicas"],
+        prefill = {"tp": dp.tp, "pp": dp.pp, "ep": dp.ep, "attn_dp": dp.attn_dp, "replicas": pre["replicas"],
                    "gpus": pre["replicas"] * dp.gpus, "prompts_per_pass": pre["prompts_per_pass"],
                    "prompts_per_s": pre["replicas"] * perf.prefill_rate,
                    "pass_ms": round(1e3 * pre["prompts_per_pass"] / perf.prefill_rate, 4)}
@@ -367,7 +377,7 @@ def _plan_out(rank: int, c: dict, model: ModelSpec, cluster: Cluster, prompt: in
     parts["others_prefill"] = (float(perf.tpot_s[i]) - parts["total"] / perf.tokens_per_step) if pre is None else 0.0
     return ServePlan(
         rank=rank, mode="aggregated" if pre is None else "disaggregated", tp=dep.tp, pp=dep.pp, ep=dep.ep,
-        replicas=r, gpus=gpus, weights=dep.weights, kv_cache=dep.kv,
+        attn_dp=dep.attn_dp, replicas=r, gpus=gpus, weights=dep.weights, kv_cache=dep.kv,
         batch=b, max_batch=c["bmax"], ttft_s=ttft, tpot_s=float(perf.tpot_s[i]),
         e2e_latency_s=float(perf.e2e_s[i]), tokens_per_s=tps,
         tokens_per_s_per_replica=tps / r, tokens_per_s_per_gpu=tps / gpus, requests_per_s=rps,
