@@ -908,13 +908,24 @@ def test_deepspeed_auto_values_are_named_not_guessed(config, needle, tmp_path, c
 
 
 def test_deepspeed_launcher_says_what_must_be_set_in_code():
-    """DeepSpeed takes the pipeline stages and the layers to checkpoint from the training script (its
-    PipelineModule and deepspeed.checkpointing calls), not from the JSON config: the launcher says so."""
+    """DeepSpeed takes the pipeline stages from the training script (PipelineModule(num_stages=...)) and, without
+    pipeline parallelism, the layers to checkpoint from its deepspeed.checkpointing calls: the launcher says so.
+    The pipeline engine itself applies ds_config's pipeline.activation_checkpoint_interval to the module
+    (deepspeed/runtime/pipe/engine.py), which DeepSpeed's own config parser reads where it is installed."""
     model, _ = get_model("gpt3-1.3b")
     cluster = parse_cluster("16xA100")
     pipe = Strategy(pp=2, dp=8, micro_batch=1, global_batch=64, zero_stage=1, recompute="full", framework="deepspeed")
-    launch = export("deepspeed", model, pipe, cluster).files["launch.sh"]
-    assert "PipelineModule(layers, num_stages=2" in launch and "activation_checkpoint_interval=1" in launch
+    ex = export("deepspeed", model, pipe, cluster)
+    launch = ex.files["launch.sh"]
+    assert "PipelineModule(layers, num_stages=2" in launch and "applied by DeepSpeed's pipeline engine" in launch
+    cfg = json.loads(ex.files["ds_config.json"])
+    assert cfg["pipeline"]["activation_checkpoint_interval"] == 1
+    try:
+        from deepspeed.runtime.config import get_pipeline_config
+    except ImportError:
+        get_pipeline_config = None
+    if get_pipeline_config is not None:
+        assert get_pipeline_config(cfg)["activation_checkpoint_interval"] == 1
     flat = Strategy(dp=16, micro_batch=1, global_batch=64, zero_stage=1, recompute="full", framework="deepspeed")
     launch = export("deepspeed", model, flat, cluster).files["launch.sh"]
     assert "deepspeed.checkpointing.checkpoint" in launch and "PipelineModule" not in launch

@@ -77,7 +77,8 @@ def deepspeed_config(model: ModelSpec, st: Strategy) -> dict:
         cfg["activation_checkpointing"] = {"partition_activations": False, "contiguous_memory_optimization": False,
                                            "cpu_checkpointing": False}
     if st.pp > 1:
-        # read by the training script for PipelineModule(num_stages=...); the engine reads the interval
+        # stages: for the training script's PipelineModule(num_stages=...), which DeepSpeed takes from code;
+        # activation_checkpoint_interval: the pipeline engine sets it on the module (deepspeed/runtime/pipe/engine.py)
         cfg["pipeline"] = {"stages": st.pp, "activation_checkpoint_interval": 1 if st.recompute == "full" else 0}
     return cfg
 
@@ -85,11 +86,12 @@ def deepspeed_config(model: ModelSpec, st: Strategy) -> dict:
 def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str], version: str | None = None
           ) -> dict[str, str]:
     head = header(model, st, cluster, "DeepSpeed launch", notes, "deepspeed")
-    pipe = (["# Set in train.py (DeepSpeed takes these from code, not from ds_config.json):",
+    pipe = (["# Set in train.py (DeepSpeed takes the stage count from code, not from ds_config.json):",
              f"#   pipeline: deepspeed.pipe.PipelineModule(layers, num_stages={st.pp}, "
-             "partition_method='type:<your transformer layer class>'"
-             + (", activation_checkpoint_interval=1" if st.recompute == "full" else "") + "), which gives layers "
-             f"per stage {list(st.stage_layers)}; ds_config['pipeline'] records the same for the script to read"]
+             "partition_method='type:<your transformer layer class>'), which gives layers "
+             f"per stage {list(st.stage_layers)}; ds_config['pipeline']['stages'] records the count for the script "
+             "to read, while its activation_checkpoint_interval is applied by DeepSpeed's pipeline engine itself "
+             "(deepspeed/runtime/pipe/engine.py)"]
             if st.pp > 1 else [])
     if st.recompute == "full" and st.pp == 1:
         pipe += ["# Set in train.py: activation checkpointing runs only where the model calls",
