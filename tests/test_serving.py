@@ -460,6 +460,8 @@ def test_moe_decode_reads_only_routed_experts():
     (["--tp", "3"], r"--tp 3"),
     (["--price", "cheap"], r"--price 'cheap'"),
     (["--batch", "100000"], r"--batch 100000 does not fit"),
+    # 8B on one GPU: disaggregated serving needs two replicas, the request sets no limit to relax
+    (["--gpus", "1xH100", "--mode", "disaggregated"], r"needs a prefill and a decode replica.*at least 2 GPUs"),
 ])
 def test_bad_serve_input_is_one_line_exit_2(argv, needle, capsys):
     base = ["serve", "--model", "8b", "--gpus", "8xH100", "--prompt", "512", "--output", "128"]

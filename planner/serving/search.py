@@ -128,6 +128,14 @@ def serve_plan(model: ModelSpec, cluster: Cluster, prompt: int, output: int, *, 
         evaluated += n_points
     seconds = time.perf_counter() - t0
     if not cands:
+        if mode == "disaggregated" and fits_any and decoders and (
+                cluster.num_gpus < 2 * min(d.gpus for d, _, _ in decoders) or output <= 1):
+            smallest = min(d.gpus for d, _, _ in decoders)
+            raise ServeError(f"--mode disaggregated needs a prefill and a decode replica: the smallest replica of "
+                             f"{model.name} that fits takes {smallest} x {cluster.gpu.name}, so at least "
+                             f"{2 * smallest} GPUs (the cluster has {cluster.num_gpus})"
+                             + ("; and an output of more than one token" if output <= 1 else "")
+                             + "; use --mode aggregated or more GPUs")
         raise ServeError(_why_none(model, cluster, prompt, output, qps, batch, ttft_ms, tpot_ms, weights, kv_cache,
                                    tp, pp, srv, fits_any, best_batch_fit, e2e_ms))
     cands.sort(key=lambda c: c["key"])
