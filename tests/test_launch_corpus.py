@@ -19,7 +19,7 @@ from planner.frameworks.base import ConfigImportError
 from planner.frameworks.deepspeed import read_deepspeed_config
 from planner.frameworks.megatron import read_megatron_args
 from planner.frameworks.nemo import read_nemo_config
-from planner.frameworks.torchtitan import read_torchtitan_config
+from planner.frameworks.torchtitan import read_torchtitan_config, torchtitan_model
 
 CORPUS = Path(__file__).parent / "data" / "launch" / "real"
 ENTRIES = json.loads((CORPUS / "SOURCES.json").read_text())
@@ -35,8 +35,10 @@ def _read(entry: dict):
         return read_megatron_args(text, model, cluster)
     if kind == "nemo-yaml":
         return read_nemo_config(text, model, cluster)
-    reader = read_deepspeed_config if kind == "deepspeed-config" else read_torchtitan_config
-    return model, reader(text, model, cluster)
+    if kind == "torchtitan-config":
+        model = torchtitan_model(text, model)
+        return model, read_torchtitan_config(text, model, cluster)
+    return model, read_deepspeed_config(text, model, cluster)
 
 
 def test_corpus_is_real_and_cited():
@@ -76,6 +78,22 @@ def test_import_refuses_what_it_cannot_model_in_one_line(entry, capsys):
               "--gpus", entry["gpus"]])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and entry["refused_with"] in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if "refused_with" not in e], ids=lambda e: e["file"])
+def test_import_names_every_key_read_and_ignored(entry, capsys):
+    """Every importer prints what it read and what it ignored (JSON: read / ignored), together every key of the
+    file: nothing is silently assumed."""
+    with pytest.raises(SystemExit) as exc:
+        main(["import", OPTION[entry["kind"]], str(CORPUS / entry["file"]), "--model", entry["model"], "--gpus",
+              entry["gpus"], "--time-limit", "1", "--format", "json"])
+    assert exc.value.code in (0, 2, 3)
+    out = capsys.readouterr().out
+    if exc.value.code == 2:          # nothing fits on the file's cluster: a one-line error, checked elsewhere
+        return
+    doc = json.loads(out)
+    assert doc["read"] and isinstance(doc["ignored"], list)
+    assert not set(doc["read"]) & set(doc["ignored"])
 
 
 def test_recipe_settings_are_printed_read_and_ignored(capsys):

@@ -549,10 +549,10 @@ def import_config(megatron_file, deepspeed_file, torchtitan_file, nemo_file, mod
     """
     from planner.frameworks.api import import_plan
     from planner.solve.evaluate import parse_headroom
-    from planner.frameworks.deepspeed import read_deepspeed_config
+    from planner.frameworks.deepspeed import deepspeed_settings, read_deepspeed_config
     from planner.frameworks.megatron import megatron_settings, read_megatron_args
     from planner.frameworks.nemo import nemo_settings, read_nemo_config
-    from planner.frameworks.torchtitan import read_torchtitan_config
+    from planner.frameworks.torchtitan import read_torchtitan_config, torchtitan_model, torchtitan_settings
 
     if sum(bool(f) for f in (megatron_file, deepspeed_file, torchtitan_file, nemo_file)) != 1:
         raise UserError("give exactly one of --megatron-args FILE, --deepspeed-config FILE, --torchtitan-config FILE "
@@ -574,9 +574,13 @@ def import_config(megatron_file, deepspeed_file, torchtitan_file, nemo_file, mod
     elif nemo_file:
         model, st = read_nemo_config(text, model, cluster)
         read, ignored = nemo_settings(text)
+    elif deepspeed_file:
+        st = read_deepspeed_config(text, model, cluster)
+        read, ignored = deepspeed_settings(text)
     else:
-        st = read_deepspeed_config(text, model, cluster) if deepspeed_file else \
-            read_torchtitan_config(text, model, cluster)
+        model = torchtitan_model(text, model)
+        st = read_torchtitan_config(text, model, cluster)
+        read, ignored = torchtitan_settings(text)
     if framework:    # priced in another framework's accounting than the file's own
         st = st.with_(framework=framework)
     res = import_plan(model, cluster, st, time_limit, room)
@@ -584,11 +588,10 @@ def import_config(megatron_file, deepspeed_file, torchtitan_file, nemo_file, mod
     if fmt == "json":
         doc = {"imported": res.imported.model_dump(mode="json"), "best": res.best.model_dump(mode="json"),
                "speedup": res.speedup}
-        if megatron_file or nemo_file:
-            doc["read"], doc["ignored"] = read, ignored
+        doc["read"], doc["ignored"] = read, ignored
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
     else:
-        if megatron_file or nemo_file:
+        if read:
             click.echo("Read from " + source + ": " + ", ".join(k if v is True else f"{k} {v}"
                                                                 for k, v in read.items()))
             if ignored:

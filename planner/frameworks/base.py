@@ -184,3 +184,16 @@ def checkpoint_note(weights: str) -> str:
     """'# needs ...' (with its newline) when the plan's weights need a quantised checkpoint, else ''."""
     need = _CHECKPOINTS.get(weights)
     return f"# needs {need}\n" if need else ""
+
+
+def flatten(doc: dict, prefix: str = "") -> dict[str, object]:
+    """The leaves of a nested config (JSON, TOML, YAML) as dotted keys: {"zero_optimization.stage": 2, ...};
+    what each importer reports as read and as ignored."""
+    out: dict[str, object] = {}
+    for k, v in doc.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -11,7 +11,7 @@ from costmodels.model import ModelSpec
 from costmodels.memory import DS_ALLGATHER_BUCKET, DS_PREFETCH_BUCKET, DS_REDUCE_BUCKET
 from costmodels.strategy import Strategy
 from hardware import Cluster
-from planner.frameworks.base import ConfigImportError, canonical, chunks, header
+from planner.frameworks.base import ConfigImportError, canonical, chunks, flatten, header
 
 NAME = "DeepSpeed"
 
@@ -105,6 +105,26 @@ def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str], ve
 
 
 # ---- import ------------------------------------------------------------------------------------------
+
+# the ds_config keys read_deepspeed_config reads (dotted); every other leaf is reported as ignored
+DEEPSPEED_READ = frozenset({
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "zero_optimization.stage",
+    "zero_optimization.offload_optimizer.device", "zero_optimization.offload_param.device", "bf16.enabled",
+    "fp16.enabled", "optimizer.type", "pipeline.stages", "pipeline.activation_checkpoint_interval",
+    "data_types.grad_accum_dtype"})
+
+
+def deepspeed_settings(config: dict | str) -> tuple[dict[str, object], list[str]]:
+    """What read_deepspeed_config reads from a ds_config (dotted key -> value) and the keys it ignores."""
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except json.JSONDecodeError as e:
+            raise ConfigImportError(f"DeepSpeed config is not JSON: {e}") from None
+    leaves = flatten(config if isinstance(config, dict) else {})
+    return ({k: v for k, v in leaves.items() if k in DEEPSPEED_READ},
+            sorted(k for k in leaves if k not in DEEPSPEED_READ))
+
 
 def read_deepspeed_config(config: dict | str, model: ModelSpec, cluster: Cluster) -> Strategy:
     """The Strategy of a DeepSpeed JSON config (tp = cp = 1; pp from its "pipeline": {"stages": n})."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
-from planner.frameworks.base import ConfigImportError, canonical
+from planner.frameworks.base import ConfigImportError, canonical, flatten
 
 # what read_nemo_config reads (section.key); every other leaf of the file is reported as ignored
 PARALLEL_KEYS = ("model.tensor_model_parallel_size", "model.pipeline_model_parallel_size",
@@ -40,20 +40,9 @@ def load_yaml(text: str) -> dict:
     return doc
 
 
-def _leaves(doc: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in doc.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_leaves(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def nemo_settings(text: str) -> tuple[dict[str, object], list[str]]:
     """What read_nemo_config reads from a recipe (section.key -> value, nulls left out) and the keys it ignores."""
-    leaves = _leaves(load_yaml(text))
+    leaves = flatten(load_yaml(text))
     return ({k: v for k, v in leaves.items() if k in NEMO_READ and v is not None},
             sorted(k for k in leaves if k not in NEMO_READ))
 
@@ -95,7 +84,7 @@ def read_nemo_config(text: str, model: ModelSpec, cluster: Cluster) -> tuple[Mod
     """The model (with the recipe's sequence length) and the Strategy of a NeMo / Megatron-Bridge YAML recipe.
     dp = the cluster's GPUs / (tp x pp x cp), as Megatron derives it; an input without any parallel setting
     is an error, never a default plan."""
-    leaves = _leaves(load_yaml(text))
+    leaves = flatten(load_yaml(text))
     for key, have in (("model.num_layers", model.layers), ("model.hidden_size", model.hidden)):
         v = leaves.get(key)
         if isinstance(v, int) and not isinstance(v, bool) and v != have:

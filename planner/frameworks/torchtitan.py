@@ -12,7 +12,7 @@ import json
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
-from planner.frameworks.base import ConfigImportError, canonical, chunks, header
+from planner.frameworks.base import ConfigImportError, canonical, chunks, flatten, header
 
 NAME = "torchtitan"
 TORCHTITAN_FLAVORS = {"llama3-8b": ("llama3", "8B"), "llama3-70b": ("llama3", "70B"),
@@ -207,6 +207,46 @@ def _files_v02(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str
 # ---- import ------------------------------------------------------------------------------------------
 
 _SCHEDULES = {"1F1B": "1f1b", "GPipe": "gpipe", "Interleaved1F1B": "1f1b"}
+
+
+# the job-config keys read_torchtitan_config reads (table.key); every other key is reported as ignored
+TORCHTITAN_READ = frozenset({
+    "parallelism.data_parallel_replicate_degree", "parallelism.data_parallel_shard_degree",
+    "parallelism.tensor_parallel_degree", "parallelism.context_parallel_degree", "parallelism.pipeline_parallel_degree",
+    "parallelism.expert_parallel_degree", "parallelism.expert_tensor_parallel_degree",
+    "parallelism.fsdp_reshard_after_forward", "parallelism.pipeline_parallel_microbatch_size",
+    "parallelism.module_fqns_per_model_part", "parallelism.pipeline_parallel_schedule",
+    "training.global_batch_size", "training.local_batch_size", "training.mixed_precision_param",
+    "training.mixed_precision_reduce", "training.enable_cpu_offload", "activation_checkpoint.mode",
+    "model.converters", "training.seq_len"})
+
+
+def torchtitan_model(text: str, model: ModelSpec) -> ModelSpec:
+    """The model with the job config's training.seq_len, when it sets one (the plan is priced at it)."""
+    import tomllib
+
+    try:
+        seq = (tomllib.loads(text).get("training") or {}).get("seq_len")
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigImportError(f"torchtitan config is not TOML: {e}") from None
+    if seq is None or seq == model.seq_len:
+        return model
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise ConfigImportError(f"training.seq_len {seq!r} is not a whole number >= 1")
+    return ModelSpec(**{**model.model_dump(), "seq_len": seq})
+
+
+def torchtitan_settings(text: str) -> tuple[dict[str, object], list[str]]:
+    """What read_torchtitan_config reads from a TOML job config (table.key -> value) and the keys it ignores."""
+    import tomllib
+
+    try:
+        cfg = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigImportError(f"torchtitan config is not TOML: {e}") from None
+    leaves = flatten(cfg)
+    return ({k: v for k, v in leaves.items() if k in TORCHTITAN_READ},
+            sorted(k for k in leaves if k not in TORCHTITAN_READ))
 
 
 def read_torchtitan_config(text: str, model: ModelSpec, cluster: Cluster) -> Strategy:
