@@ -433,7 +433,7 @@ def serve(model_name, gpus, prompt, output, qps, batch, ttft_ms, tpot_ms, weight
     Plans are priced under continuous batching in steady state (docs/serving.md); `--front` lists the whole
     tokens/s-per-GPU against tokens/s-per-user front."""
     from costmodels.presets import get_model
-    from hardware import HardwareError, load_catalog, parse_cluster
+    from hardware import HardwareError, parse_cluster
     from hardware.catalog import parse_prices, price_for
     from planner.frameworks.api import with_serving_commands
     from planner.frameworks.vllm import model_path_for

@@ -13,7 +13,7 @@ from costmodels.model import ModelSpec
 from costmodels.performance import resolve_layout
 from costmodels.strategy import FP8_RECIPES, Strategy
 from hardware import Cluster
-from planner.frameworks.base import ConfigImportError, canonical, chunks, header, stage_chunks
+from planner.frameworks.base import ConfigImportError, canonical, header, stage_chunks
 
 NAME = "Megatron-LM"
 

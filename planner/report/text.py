@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from planner.solve.result import FRAMEWORK_ACCOUNTING, PlanOut, SearchResult, describe_strategy, recompute_label, zero_label
+from planner.solve.result import FRAMEWORK_ACCOUNTING, PlanOut, SearchResult, describe_strategy, recompute_label
 from planner.solve.stages import BYTE_PARTS
 
 TIME_LABELS = {

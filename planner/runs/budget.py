@@ -26,7 +26,6 @@ from planner.runs.estimate import DEFAULT_PUE, run_figures
 from planner.solve.optimize import NoPlanError, default_global_batch, search
 from planner.solve.result import describe_strategy
 from planner.solve.solver import cp_model
-from planner.solve.space import SpaceOptions
 
 MAX_NODE_FACTOR_3 = 2  # node counts 2^a x 3^b with b <= 2: 1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, ...
 
