@@ -397,6 +397,17 @@ def test_bridge_job_sets_megatron_core_fields_the_megatron_export_sets(name, gpu
     assert "# targets: Megatron-Bridge 0.3" in job and "pretrain(plan(), forward_step)" in job
 
 
+def test_framework_tables_name_real_presets():
+    """Every model the exporters map to a framework's own recipe, flavor or checkpoint id is a preset (a
+    misspelt key would silently fall back to the generic recipe or a placeholder)."""
+    from costmodels.presets import PRESETS
+    from planner.frameworks.base import HF_IDS
+    from planner.frameworks.bridge import RECIPES
+    from planner.frameworks.torchtitan import TORCHTITAN_FLAVORS
+    for table in (HF_IDS, RECIPES, TORCHTITAN_FLAVORS):
+        assert set(table) <= set(PRESETS), set(table) - set(PRESETS)
+
+
 def test_16bit_gradients_in_every_framework():
     # Megatron-LM arguments.py --grad-reduce-in-bf16; DeepSpeed "data_types": {"grad_accum_dtype": "bf16"}
     # (PR 4713; fp32 is its default); torchtitan training.mixed_precision_reduce. fp16 always keeps an fp32

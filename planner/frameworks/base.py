@@ -167,6 +167,7 @@ HF_IDS = {
     "llama2-70b": "meta-llama/Llama-2-70b-hf", "llama3-8b": "meta-llama/Llama-3.1-8B-Instruct",
     "llama3-70b": "meta-llama/Llama-3.1-70B-Instruct", "llama3-405b": "meta-llama/Llama-3.1-405B-Instruct",
     "mixtral-8x7b": "mistralai/Mixtral-8x7B-Instruct-v0.1", "mixtral-8x22b": "mistralai/Mixtral-8x22B-Instruct-v0.1",
+    "deepseek-v3": "deepseek-ai/DeepSeek-V3", "qwen3-235b-a22b": "Qwen/Qwen3-235B-A22B",
 }
 
 

@@ -19,7 +19,7 @@ ACCOUNTING = "megatron"      # Megatron-core underneath: its memory accounting a
 RECIPES = {"llama3-8b": ("llama", "llama3_8b_pretrain_config"), "llama3-70b": ("llama", "llama3_70b_pretrain_config"),
            "llama3-405b": ("llama", "llama31_405b_pretrain_config"),
            "deepseek-v3": ("deepseek", "deepseek_v3_pretrain_config"),
-           "qwen3-235b": ("qwen", "qwen3_235b_a22b_pretrain_config")}
+           "qwen3-235b-a22b": ("qwen", "qwen3_235b_a22b_pretrain_config")}
 
 # Megatron-LM flag -> (ConfigContainer section, field); a value-less flag sets True
 _FIELDS = {
