@@ -437,7 +437,7 @@ def mixed_step_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Dep
     srv = srv or calibration.SERVING
     cal = cal or calibration_for(gpu.family)
     r = _rates(gpu, dep, cal)
-    m, x = _micro_batches(dep, np.maximum(decoding, 1.0))
+    m, _ = _micro_batches(dep, np.maximum(decoding, 1.0))
     x = np.asarray(decoding, dtype=float) / m
     pre = np.asarray(prefill_tokens, dtype=float) / m
     new = max(prompt - cached, 1)
@@ -654,11 +654,15 @@ def continuous_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, d
     life = k + (output - 1) / per_step
     q = k / life                    # share of its stay a request spends prefilling
 
+    def decoders(n):
+        """(share of steps in which any of n requests decodes, 1 - q^n; how many decode in those steps)."""
+        busy = 1.0 - q ** n
+        return busy, np.maximum(n * (1 - q) / np.maximum(busy, 1e-300), 1e-9)
+
     def decoding_cost(n):
         """Mean decode cost of a step over n requests, each prefilling a share q of the time: a decode step
-        of those decoding, when any is (1 - q^n of the steps)."""
-        busy = 1.0 - q ** n
-        seqs = np.maximum(n * (1 - q) / np.maximum(busy, 1e-300), 1e-9)
+        of those decoding, when any is."""
+        busy, seqs = decoders(n)
         if spec is None:
             dec = decode_step_time(model, gpu, gpus_per_node, dep, seqs, prompt + output / 2.0, cal, srv)
         else:
@@ -674,8 +678,7 @@ def continuous_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, d
         """Seconds one prompt's prefill adds to the steps it rides among n requests: its k chunks joined to
         the decode pass of those decoding (the weights read and the layers' latencies paid once for both:
         the step with the chunk less the step without), or a pass of its own when none decodes."""
-        busy = 1.0 - q ** n
-        seqs = np.maximum(n * (1 - q) / np.maximum(busy, 1e-300), 1e-9)
+        busy, seqs = decoders(n)
         chunk = (prompt - cached) / k
         extra = k * (mixed_step_time(model, gpu, gpus_per_node, dep, seqs, ctx, chunk, prompt, cached, cal, srv)
                      - mixed_step_time(model, gpu, gpus_per_node, dep, seqs, ctx, 0.0, prompt, cached, cal, srv))

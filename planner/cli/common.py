@@ -326,8 +326,9 @@ def _framework_option(f):
 
 def _resolve_framework(framework: str | None, emit: str | None) -> str | None:
     """The framework a command prices and checks the plan for: --framework, else the --emit target."""
-    emit = emit.partition("@")[0] if emit else emit      # --emit torchtitan@0.2 writes for torchtitan
-    emit = {"bridge": "megatron"}.get(emit, emit)         # Megatron-Bridge runs Megatron-core (api.ACCOUNTING)
+    if emit:     # priced and checked in the accounting its exporter follows (bridge: Megatron-core's)
+        from planner.frameworks.api import accounting
+        emit = accounting(emit)
     if framework and emit and framework != emit:
         raise UserError(f"--framework {framework} and --emit {emit} name different frameworks; give one (the "
                         f"plan is priced and checked for the framework it is written for)")

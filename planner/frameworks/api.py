@@ -46,7 +46,7 @@ def _module(framework: str):
     return _MODULES[framework]
 
 
-def _accounting(framework: str) -> str:
+def accounting(framework: str) -> str:
     """The framework whose memory accounting and rules `framework`'s plans follow (ACCOUNTING)."""
     name = split_target(framework)[0]
     return ACCOUNTING.get(name, name)
@@ -56,14 +56,14 @@ def unsupported(framework: str, model: ModelSpec, st: Strategy) -> str | None:
     """Why `framework` cannot run this plan at all (with the nearest plan it can), or None: the framework's
     rules in planner/solve/rules.py."""
     _module(framework)
-    return framework_problem(_accounting(framework), model, st)
+    return framework_problem(accounting(framework), model, st)
 
 
 def space_for(framework: str, opts):
     """The part of a search space (planner.solve.space.SpaceOptions) that `framework` can express: the
     search applies the framework's rules."""
     _module(framework)
-    return for_framework(opts, _accounting(framework))
+    return for_framework(opts, accounting(framework))
 
 
 def nearest_layout(framework: str, model: ModelSpec, st: Strategy) -> tuple[Strategy, list[str]]:
@@ -87,7 +87,7 @@ def export(framework: str, model: ModelSpec, st: Strategy, cluster: Cluster) -> 
             raise ExportError("export needs one GPU type; a cluster of several GPU pools cannot be written as one "
                               "framework config")
         cluster = cluster[0]
-    st = st.with_(framework=_accounting(framework))   # priced in the accounting of the framework that runs it
+    st = st.with_(framework=accounting(framework))   # priced in the accounting of the framework that runs it
     reason = unsupported(framework, model, st)
     if reason:
         raise ExportError(reason)
@@ -136,7 +136,7 @@ def export_best(framework: str, model: ModelSpec, cluster: Cluster, result, opts
         first = next(k for k in alt.files if not k.endswith(".json"))
         files = {k: prepend_note(v, note) if k == first else v for k, v in alt.files.items()}
         return replace(alt, files=files, notes=(note, *alt.notes))
-    if setting_problem(_accounting(framework), model, best):      # no structure helps: say what to change
+    if setting_problem(accounting(framework), model, best):      # no structure helps: say what to change
         raise ExportError(reason)
     again = search(model, cluster, top=RESEARCH_TOP, time_limit_s=time_limit_s, space=space_for(framework, opts))
     # the search chooses layouts freely; rank its best few again by the layout the framework can write

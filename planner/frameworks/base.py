@@ -198,3 +198,10 @@ def flatten(doc: dict, prefix: str = "") -> dict[str, object]:
         else:
             out[key] = v
     return out
+
+
+def read_and_ignored(doc: dict, read_keys) -> tuple[dict[str, object], list[str]]:
+    """An importer's report on a config: the leaves it reads (dotted key -> value; `read_keys`) and the sorted
+    keys of the others, which it ignores."""
+    leaves = flatten(doc)
+    return ({k: v for k, v in leaves.items() if k in read_keys}, sorted(k for k in leaves if k not in read_keys))

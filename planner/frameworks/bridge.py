@@ -11,7 +11,7 @@ from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
 from planner.frameworks.base import header
-from planner.frameworks.megatron import megatron_args
+from planner.frameworks.megatron import megatron_args, nearest_layout  # noqa: F401 (Megatron-core's layouts)
 
 NAME = "Megatron-Bridge"
 ACCOUNTING = "megatron"      # Megatron-core underneath: its memory accounting and rules
@@ -103,11 +103,6 @@ def _literal(text: str) -> object:
         return float(text)
     except ValueError:
         return text
-
-
-def nearest_layout(model: ModelSpec, st: Strategy, Ls: list[int], Rs: list[int]):
-    from planner.frameworks import megatron
-    return megatron.nearest_layout(model, st, Ls, Rs)
 
 
 def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str], version: str | None = None

@@ -11,7 +11,7 @@ from costmodels.model import ModelSpec
 from costmodels.memory import DS_ALLGATHER_BUCKET, DS_PREFETCH_BUCKET, DS_REDUCE_BUCKET
 from costmodels.strategy import Strategy
 from hardware import Cluster
-from planner.frameworks.base import ConfigImportError, canonical, chunks, flatten, header
+from planner.frameworks.base import ConfigImportError, canonical, chunks, header, read_and_ignored
 
 NAME = "DeepSpeed"
 
@@ -114,20 +114,8 @@ DEEPSPEED_READ = frozenset({
     "data_types.grad_accum_dtype"})
 
 
-def deepspeed_settings(config: dict | str) -> tuple[dict[str, object], list[str]]:
-    """What read_deepspeed_config reads from a ds_config (dotted key -> value) and the keys it ignores."""
-    if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except json.JSONDecodeError as e:
-            raise ConfigImportError(f"DeepSpeed config is not JSON: {e}") from None
-    leaves = flatten(config if isinstance(config, dict) else {})
-    return ({k: v for k, v in leaves.items() if k in DEEPSPEED_READ},
-            sorted(k for k in leaves if k not in DEEPSPEED_READ))
-
-
-def read_deepspeed_config(config: dict | str, model: ModelSpec, cluster: Cluster) -> Strategy:
-    """The Strategy of a DeepSpeed JSON config (tp = cp = 1; pp from its "pipeline": {"stages": n})."""
+def _load_json(config: dict | str) -> dict:
+    """A ds_config given as JSON text or already parsed, a JSON object."""
     if isinstance(config, str):
         try:
             config = json.loads(config)
@@ -135,6 +123,17 @@ def read_deepspeed_config(config: dict | str, model: ModelSpec, cluster: Cluster
             raise ConfigImportError(f"DeepSpeed config is not JSON: {e}") from None
     if not isinstance(config, dict):
         raise ConfigImportError("DeepSpeed config must be a JSON object")
+    return config
+
+
+def deepspeed_settings(config: dict | str) -> tuple[dict[str, object], list[str]]:
+    """What read_deepspeed_config reads from a ds_config (dotted key -> value) and the keys it ignores."""
+    return read_and_ignored(_load_json(config), DEEPSPEED_READ)
+
+
+def read_deepspeed_config(config: dict | str, model: ModelSpec, cluster: Cluster) -> Strategy:
+    """The Strategy of a DeepSpeed JSON config (tp = cp = 1; pp from its "pipeline": {"stages": n})."""
+    config = _load_json(config)
     stages = (config.get("pipeline") or {}).get("stages", 1)
     pp = 1 if stages in ("auto", None) else stages
     if not isinstance(pp, int) or pp < 1 or cluster.num_gpus % pp:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
-from planner.frameworks.base import ConfigImportError, canonical, flatten
+from planner.frameworks.base import ConfigImportError, canonical, flatten, read_and_ignored
 
 # what read_nemo_config reads (section.key); every other leaf of the file is reported as ignored
 PARALLEL_KEYS = ("model.tensor_model_parallel_size", "model.pipeline_model_parallel_size",
@@ -42,9 +42,8 @@ def load_yaml(text: str) -> dict:
 
 def nemo_settings(text: str) -> tuple[dict[str, object], list[str]]:
     """What read_nemo_config reads from a recipe (section.key -> value, nulls left out) and the keys it ignores."""
-    leaves = flatten(load_yaml(text))
-    return ({k: v for k, v in leaves.items() if k in NEMO_READ and v is not None},
-            sorted(k for k in leaves if k not in NEMO_READ))
+    read, ignored = read_and_ignored(load_yaml(text), NEMO_READ)
+    return {k: v for k, v in read.items() if v is not None}, ignored
 
 
 def _first(leaves: dict, *keys: str):

@@ -12,7 +12,7 @@ import json
 from costmodels.model import ModelSpec
 from costmodels.strategy import Strategy
 from hardware import Cluster
-from planner.frameworks.base import ConfigImportError, canonical, chunks, flatten, header
+from planner.frameworks.base import ConfigImportError, canonical, chunks, header, read_and_ignored
 
 NAME = "torchtitan"
 TORCHTITAN_FLAVORS = {"llama3-8b": ("llama3", "8B"), "llama3-70b": ("llama3", "70B"),
@@ -221,14 +221,18 @@ TORCHTITAN_READ = frozenset({
     "model.converters", "training.seq_len"})
 
 
-def torchtitan_model(text: str, model: ModelSpec) -> ModelSpec:
-    """The model with the job config's training.seq_len, when it sets one (the plan is priced at it)."""
+def _load_toml(text: str) -> dict:
     import tomllib
 
     try:
-        seq = (tomllib.loads(text).get("training") or {}).get("seq_len")
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigImportError(f"torchtitan config is not TOML: {e}") from None
+
+
+def torchtitan_model(text: str, model: ModelSpec) -> ModelSpec:
+    """The model with the job config's training.seq_len, when it sets one (the plan is priced at it)."""
+    seq = (_load_toml(text).get("training") or {}).get("seq_len")
     if seq is None or seq == model.seq_len:
         return model
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
@@ -238,26 +242,13 @@ def torchtitan_model(text: str, model: ModelSpec) -> ModelSpec:
 
 def torchtitan_settings(text: str) -> tuple[dict[str, object], list[str]]:
     """What read_torchtitan_config reads from a TOML job config (table.key -> value) and the keys it ignores."""
-    import tomllib
-
-    try:
-        cfg = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigImportError(f"torchtitan config is not TOML: {e}") from None
-    leaves = flatten(cfg)
-    return ({k: v for k, v in leaves.items() if k in TORCHTITAN_READ},
-            sorted(k for k in leaves if k not in TORCHTITAN_READ))
+    return read_and_ignored(_load_toml(text), TORCHTITAN_READ)
 
 
 def read_torchtitan_config(text: str, model: ModelSpec, cluster: Cluster) -> Strategy:
     """The Strategy of a torchtitan v0.2 TOML job config (torchtitan/config/job_config.py, its defaults where a
     key is absent: data_parallel_shard_degree -1 = the GPUs left, expert_tensor_parallel_degree 1)."""
-    import tomllib
-
-    try:
-        cfg = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigImportError(f"torchtitan config is not TOML: {e}") from None
+    cfg = _load_toml(text)
     par, training = cfg.get("parallelism"), cfg.get("training") or {}
     if not isinstance(par, dict) or not par:
         raise ConfigImportError("no [parallelism] table: give the job config that sets the parallel degrees")

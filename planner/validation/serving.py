@@ -8,7 +8,7 @@ import numpy as np
 from costmodels.model import ModelError
 from hardware import load_catalog
 from costmodels.serving import (Deployment, ServingError, continuous_performance, disaggregated_performance, max_batch,
-                                memory_anatomy, replica_performance)
+                                memory_anatomy, prefill_pass, replica_performance)
 from planner.solve.rules import check_deployment
 from planner.validation.schema import field, group, run_model
 
@@ -120,7 +120,7 @@ def _predict_online(run: dict, rid: str, model, gpu, gpn: int, dep: Deployment, 
     wanted = [m for m in ONLINE_METRICS if measured.get(m) is not None]
     split = c.get("disaggregated")
     if split:
-        pred = _online_disaggregated(run, model, gpu, gpn, dep, split, rate, conc, prompt, output)
+        pred = _online_disaggregated(model, gpu, gpn, dep, split, rate, conc, prompt, output)
     else:
         pred = _online_aggregated(model, gpu, gpn, dep, replicas, rate, conc, prompt, output)
     if isinstance(pred, str):
@@ -187,7 +187,7 @@ def _online_aggregated(model, gpu, gpn, dep, replicas, rate, conc, prompt, outpu
             "output_tokens_per_s_per_gpu": tps / (replicas * dep.gpus), "concurrency": b}
 
 
-def _online_disaggregated(run, model, gpu, gpn, dep, split, rate, conc, prompt, output) -> dict | str:
+def _online_disaggregated(model, gpu, gpn, dep, split, rate, conc, prompt, output) -> dict | str:
     """Prefill workers run passes of prompts and hand each KV cache to a decode worker (DistServe, Splitwise);
     decode concurrency per decode worker is its share of the requests decoding (Little's law over the decode
     phase); a prompt's wait for a prefill worker is M/D/1 queueing at the arrival rate."""
@@ -216,8 +216,7 @@ def _online_disaggregated(run, model, gpu, gpn, dep, split, rate, conc, prompt, 
                 f"{p_rep * full.prefill_rate:.3g} requests/s")
     # a prefill pass takes the prompts that arrived during the last one: the fewest per pass that keep up
     n = 1
-    while n < full.prefill_batch and disaggregated_performance(
-            model, gpu, gpn, p_dep, d_dep, 1.0, prompt, output, same_node, prefill_batch=n).prefill_rate * p_rep <= rate:
+    while n < full.prefill_batch and n / prefill_pass(model, gpu, gpn, p_dep, n, prompt)[1] * p_rep <= rate:
         n += 1
 
     def perf(b):
