@@ -170,7 +170,7 @@ def layer_times_of(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _La
     dense_widths = mlp_gemm_widths(model.ffn_type, h, f, t)
     dense_mlp = sum(gemm_time(M, n, k, peak, cal) for n, k in dense_widths)
     mlp = dense_mlp
-    frac = moe_mlp = moe_act_bytes = 0.0
+    frac = moe_mlp = moe_act_bytes = moe_copy_bytes = 0.0
     act_per_f = 6.0 if model.ffn_type == "swiglu" else 4.0
     # elements per GPU of the GEMM inputs (forward) and output gradients (backward), for FP8 casts
     dense_in, dense_out = M * sum(k for _, k in dense_widths), M * sum(n for n, _ in dense_widths)
@@ -195,6 +195,12 @@ def layer_times_of(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _La
         mlp = frac * moe_mlp + (1 - frac) * dense_mlp
         routed = tokens_per_expert * local_experts
         moe_act_bytes = act_per_f * routed * moe.expert_ffn_hidden / etp
+        # Token copies around the dispatch, 16-bit, read + write of each routed token: permute into expert
+        # order and unpermute after the combine, plus a sort of the received chunks by local expert and back
+        # when a rank holds several (alltoall dispatcher; the flex / DeepEP dispatcher permutes once after
+        # its dispatch kernel) (megatron/core/transformer/moe/token_dispatcher.py, moe_utils.py permute)
+        n_copies = 2 + (2 if st.dispatcher != "deepep" and local_experts > 1 else 0)
+        moe_copy_bytes = n_copies * 2 * 2.0 * routed * h
         moe_in = routed * sum(k for _, k in widths) + moe.shared_experts * M * (h + moe.expert_ffn_hidden / t)
         moe_out = routed * sum(n for n, _ in widths) + moe.shared_experts * M * sum(
             n for n, _ in mlp_gemm_widths(model.ffn_type, h, moe.expert_ffn_hidden, t))
@@ -223,7 +229,7 @@ def layer_times_of(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _La
     # (14sbh incl. 1-byte masks), split by t with sequence parallel; activation function 4sbf (GELU)
     # or 6sbf (SwiGLU) over t; fused scale-mask-softmax + dropout 9*a*s^2*b over t without flash.
     sp_div = t if st.sequence_parallel else 1
-    elem = 22.0 * M * h / sp_div + (6.0 if model.ffn_type == "swiglu" else 4.0) * M * f / t
+    elem = 22.0 * M * h / sp_div + (1 - frac) * act_per_f * M * f / t + frac * moe_act_bytes
     softmax_bytes = 0.0 if st.flash_attention else 9.0 * model.heads * M * s_full / t
     elem_fwd = memory_bound_time(elem + softmax_bytes, gpu.hbm_gbps, cal)
     # FP8 recipes quantize every FP8 GEMM's input in forward and its output gradient in backward: read 16
@@ -232,10 +238,11 @@ def layer_times_of(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _La
     cast = CAST_BYTES.get(st.recipe, 0.0)      # 0 unless fp8 (Strategy.recipe)
     cast_fwd = memory_bound_time(cast * cast_in, gpu.hbm_gbps, cal)
     cast_bwd = memory_bound_time(cast * cast_out, gpu.hbm_gbps, cal)
-    compute_fwd = attn_gemm + mlp + attn_core + elem_fwd + cast_fwd + cal.kernel_overhead_s
+    copy_time = memory_bound_time(frac * moe_copy_bytes, gpu.hbm_gbps, cal)   # the same copies of the gradients backward
+    compute_fwd = attn_gemm + mlp + attn_core + elem_fwd + cast_fwd + copy_time + cal.kernel_overhead_s
     # frozen base weights (LoRA) need no weight-gradient GEMMs: their backward is the input gradient alone
     gemm_bwd = (1.0 if st.lora else 2.0) * (attn_gemm + mlp)
-    compute_bwd = gemm_bwd + 2.0 * (attn_core + elem_fwd) + cast_bwd + cal.kernel_overhead_s
+    compute_bwd = gemm_bwd + 2.0 * (attn_core + elem_fwd) + cast_bwd + copy_time + cal.kernel_overhead_s
     # Tensor parallel: 2 all-reduces of s*b*h forward and 2 backward (Shoeybi et al. 2019); with sequence
     # parallel the same volume as all-gather + reduce-scatter (Korthikanti et al. 2022, section 4.2.2).
     if st.a2a_overlap and ep_comm:

@@ -384,3 +384,21 @@ def test_dualpipe_schedule_as_deepseek_describes_it():
     cands = candidate_strategies(run_model(row["model"], row["notes"]), {**row["strategy"], "global_batch": 15360},
                                  run_cluster(row["hardware"]), True, False, "megatron", row["notes"])
     assert {(c.pipeline_schedule, c.moe_a2a_overlap, c.virtual_stages) for c in cands} == {("dualpipe", True, 1)}
+
+
+def test_moe_token_copies_are_memory_traffic_the_deepep_dispatcher_halves():
+    # Megatron-core's alltoall dispatcher permutes the routed tokens, sorts the received chunks by local
+    # expert, and undoes both after the combine (4 copies); the flex (DeepEP) dispatcher permutes once after
+    # its kernel (2 copies). Each copy reads and writes a 16-bit token of `hidden` values.
+    from costmodels.calibration import calibration_for
+    from costmodels.performance import layer_times
+    model = PRESETS["qwen3-235b-a22b"]
+    cluster = parse_cluster("256xH100")
+    st = Strategy(tp=2, pp=8, dp=16, ep=8, expert_tp=1, micro_batch=1, global_batch=2048, zero_stage=1)
+    cal = calibration_for("hopper")
+    a2a = layer_times(model, st, cluster, cal)
+    dee = layer_times(model, st.with_(moe_dispatcher="deepep"), cluster, cal)
+    routed = model.seq_len / st.tp * model.moe.top_k             # tokens each rank sends and receives
+    two_copies = 2 * 2 * 2.0 * routed * model.hidden / (cluster.gpu.hbm_gbps * 1e9 * cal.hbm_efficiency)
+    assert a2a.compute_fwd - dee.compute_fwd == pytest.approx(two_copies, rel=1e-9)
+    assert a2a.compute_bwd - dee.compute_bwd == pytest.approx(two_copies, rel=1e-9)     # the gradients, once
