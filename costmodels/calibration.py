@@ -75,9 +75,28 @@ CALIBRATION: dict[str, Calibration] = {
 # taken, not fitted: too few rows to fit (one B200, five GB200 and one MI300X row, all held out). The
 # newest fitted generation, whose large peaks are also hard to saturate, is the better guess than Ampere.
 BORROWING = {"blackwell": "hopper", "cdna3": "hopper", "cdna4": "hopper", "default": "ampere"}
-CALIBRATION["blackwell"] = CALIBRATION["hopper"]
-CALIBRATION["cdna3"] = CALIBRATION["hopper"]
-CALIBRATION["cdna4"] = CALIBRATION["hopper"]
+# taken, not fitted: the largest matmul throughput each GPU reaches, as a share of its dense peak, measured
+# the same way on both (S. Bekman, ml-engineering, compute/accelerator/README.md, "Maximum achievable matmul
+# FLOPS comparison table", mamf-finder, 2025: BF16 794.5 of 989 TFLOPS on H100 SXM, 668.4 of 1300 on
+# MI300X; FP8 1402.6 of 1979 on H100 SXM) and AMD's own FP8 figure (ROCm blog "Measuring max-achievable
+# FLOPs, part 2", Feb 2025, hipBLASLt: 1273 of 2615 on MI300X). A borrowing family listed here scales the
+# GEMM shares it borrows by its share over the source's (CDNA3 reaches 0.64x Hopper's in BF16, 0.69x in
+# FP8); one not listed borrows them as they are.
+MATMUL_SHARE = {"hopper": {"bf16": 794.5 / 989, "fp8": 1402.6 / 1979},
+                "cdna3": {"bf16": 668.4 / 1300, "fp8": 1273 / 2614.9}}
+
+
+def borrowed(family: str, source: Calibration) -> Calibration:
+    """The constants a family with no fit of its own takes from `source`'s (BORROWING names the source)."""
+    own, theirs = MATMUL_SHARE.get(family), MATMUL_SHARE.get(BORROWING.get(family, BORROWING["default"]))
+    if own is None or theirs is None:
+        return source
+    return replace(source, gemm_efficiency=round(source.gemm_efficiency * own["bf16"] / theirs["bf16"], 4),
+                   fp8_gemm_efficiency=round(source.fp8_gemm_efficiency * own["fp8"] / theirs["fp8"], 4))
+
+
+for _family in ("blackwell", "cdna3", "cdna4"):
+    CALIBRATION[_family] = borrowed(_family, CALIBRATION[BORROWING[_family]])
 FITTED = ("ampere", "hopper")     # the families with constants of their own (planner.validation.split)
 
 
@@ -91,8 +110,10 @@ def calibration_note(family: str) -> str | None:
     if family in FITTED:
         return None
     source = BORROWING.get(family, BORROWING["default"])
-    return (f"no measured runs fit {family} GPUs: speeds use {source}'s fitted constants (docs/validation.md gives "
-            f"the held-out error of such rows)")
+    scaled = (" with GEMM shares scaled by measured matmul throughput (costmodels/calibration.py MATMUL_SHARE)"
+              if family in MATMUL_SHARE else "")
+    return (f"no measured runs fit {family} GPUs: speeds use {source}'s fitted constants{scaled} (docs/validation.md "
+            f"gives the held-out error of such rows)")
 
 
 # ---- serving ---------------------------------------------------------------------------------------
@@ -115,20 +136,21 @@ class ServingCalibration:
     # CUDA graphs, NCCL / custom all-reduce buffers, sampler and allocator slack per GPU; assumption.
     workspace_bytes: float = 1.0e9
     # Fixed latency of one small all-reduce of the tensor-parallel group. Over NVLink / NVSwitch engines run
-    # one-shot custom all-reduce kernels (vLLM custom_all_reduce, TensorRT-LLM): fitted, 16 us (before: 1 us
+    # one-shot custom all-reduce kernels (vLLM custom_all_reduce, TensorRT-LLM): fitted, 17 us (before: 1 us
     # fitted on serving-public.json alone, whose large static batches hide it; the online rows at small batch
     # and tp 2-8 do not). Over PCIe (A10, L40S, H100-PCIe: intra_node_link "PCIe...") NCCL rings through the
     # PCIe switch or, without peer-to-peer, through host memory: 50 us, an assumption (no PCIe row to fit it
     # on), of the order nccl-tests reports for small messages over PCIe.
-    allreduce_latency_nvlink_s: float = 16e-6
+    allreduce_latency_nvlink_s: float = 17e-6
     allreduce_latency_pcie_s: float = 50e-6
     # Host / launch overhead per transformer layer per forward pass that the GPU work does not hide (the
-    # floor of a layer's many small kernels, attention metadata, sampling amortised): fitted, 32 us (before:
+    # floor of a layer's many small kernels, attention metadata, sampling amortised): fitted, 38 us (before:
     # 0 on serving-public.json alone; the online rows' small-batch decode steps, 35-60 us per layer above the
-    # weights' read time, set it). Fit: grid 0-60 us x NVLink latency 1-21 us, minimum mean
+    # weights' read time, set it; 32 us before an FP8 checkpoint's rows read an FP8 KV cache,
+    # costmodels.serving.checkpoint_kv). Fit: grid 0-60 us x NVLink latency 1-21 us, minimum mean
     # |ln(predicted / measured)| over the fit rows (an online row's TTFT and TPOT both), with the training
     # constants above (planner/validation/fit.py).
-    layer_overhead_s: float = 32e-6
+    layer_overhead_s: float = 38e-6
 
 
 SERVING = ServingCalibration()

@@ -154,7 +154,16 @@ def test_unfitted_family_warning_names_it(family):
     assert note is not None and family in note and "hopper" in note
     assert BORROWING[family] == "hopper"
     assert calibration_for(family) is CALIBRATION["hopper"]
-    assert calibration_for("cdna4") == calibration_for("cdna3")
+
+
+def test_cdna3_scales_hoppers_gemm_shares_by_measured_matmul_throughput():
+    # Bekman's mamf-finder table: MI300X BF16 668.4 / 1300 TFLOPS against H100 SXM 794.5 / 989; FP8 AMD's
+    # 1273 / 2615 against H100 SXM 1402.6 / 1979: CDNA3 GEMMs reach 0.64x and 0.69x Hopper's share of peak
+    hop, cdna3 = calibration_for("hopper"), calibration_for("cdna3")
+    assert cdna3.gemm_efficiency == pytest.approx(0.640 * hop.gemm_efficiency, rel=2e-3)
+    assert cdna3.fp8_gemm_efficiency == pytest.approx(0.687 * hop.fp8_gemm_efficiency, rel=2e-3)
+    assert cdna3.attention_efficiency == hop.attention_efficiency and cdna3.gemm_half_dim == hop.gemm_half_dim
+    assert "scaled by measured matmul throughput" in calibration_note("cdna3")
 
 
 # ---- CLI -------------------------------------------------------------------------------------------------

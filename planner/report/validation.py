@@ -78,11 +78,12 @@ def render_markdown(results: ValidationResult | list[ValidationResult], plot: st
     lines += ["## Constants (costmodels/calibration.py)", "",
               "Fitted by `python -m planner.validation.fit` on the fit rows named above; the others are taken "
               "from the sources calibration.py cites.", "",
-              "| family | GEMM efficiency | GEMM half-efficiency dim | flash attention efficiency | HBM efficiency | "
-              "provenance |", "|---|---:|---:|---:|---:|---|"]
+              "| family | GEMM efficiency | GEMM half-efficiency dim | FP8 GEMM efficiency | flash attention efficiency | "
+              "HBM efficiency | provenance |", "|---|---:|---:|---:|---:|---:|---|"]
     for fam, c in CALIBRATION.items():
         how = CALIBRATION_PROVENANCE.get(fam, "")
-        lines.append(f"| {fam} | {c.gemm_efficiency:g} | {c.gemm_half_dim:g} | {c.attention_efficiency:g} | "
+        lines.append(f"| {fam} | {c.gemm_efficiency:g} | {c.gemm_half_dim:g} | {c.fp8_gemm_efficiency:g} | "
+                     f"{c.attention_efficiency:g} | "
                      f"{c.hbm_efficiency:g} | {how} |")
     lines += ["", f"Serving: layer overhead {1e6 * SERVING.layer_overhead_s:g} us and NVLink all-reduce latency "
               f"{1e6 * SERVING.allreduce_latency_nvlink_s:g} us, fitted on the fit rows of serving-public.json and "
@@ -126,10 +127,14 @@ def _memory_markdown(results: list[ValidationResult]) -> list[str]:
 
 CALIBRATION_PROVENANCE = {
     "default": "taken: ampere's (families without a fit)",
-    "ampere": "GEMM and attention: fitted on the ampere fit rows of runs-public.json and runs-modern.json; HBM: taken",
-    "hopper": "GEMM and attention: fitted on the hopper fit rows of runs-public.json and runs-modern.json; HBM: taken",
+    "ampere": "GEMM and attention: fitted on the ampere fit rows of runs-public.json and runs-modern.json; FP8 "
+              "(no FP8 on Ampere) and HBM: taken",
+    "hopper": "GEMM, FP8 GEMM and attention: fitted on the hopper fit rows of runs-public.json and runs-modern.json; "
+              "HBM: taken",
     "blackwell": "taken: hopper's (one B200 and five GB200 rows, all held out)",
-    "cdna3": "taken: hopper's (one MI300X row, held out)",
+    "cdna3": "taken: hopper's, GEMM shares scaled by measured matmul throughput, MI300X against H100 (x0.64 BF16, "
+             "x0.69 FP8; calibration.py MATMUL_SHARE); one MI300X row, held out",
+    "cdna4": "taken: hopper's (no rows; no matmul measurement found for MI355X)",
 }
 
 
