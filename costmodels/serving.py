@@ -98,6 +98,15 @@ class Deployment:
         return self.tp // self.attn_dp
 
 
+def checkpoint_kv(gpu: GPUSpec, weights: str) -> str:
+    """The KV-cache precision an engine runs when none is set: FP8 for an FP8 checkpoint on a GPU with FP8
+    (NVIDIA ModelOpt FP8 checkpoints declare "kv_cache_quant_algo": "FP8" in hf_quant_config.json, and
+    vLLM / SGLang / TensorRT-LLM follow it under kv_cache_dtype "auto"), 16-bit otherwise."""
+    if weights == "fp8" and gpu.tflops.get("fp8"):
+        return "fp8"
+    return "bf16" if gpu.tflops.get("bf16") else "fp16"
+
+
 def compute_precision(gpu: GPUSpec, weights: str) -> str:
     """GEMM precision: fp8 weights run W8A8 on fp8 tensor cores where the GPU has them (Hopper, Ada,
     Blackwell, MI300); other quantised weights are dequantised into 16-bit GEMMs (W8A16 / W4A16, e.g.

@@ -7,7 +7,7 @@ import numpy as np
 
 from costmodels.model import ModelError
 from hardware import load_catalog
-from costmodels.serving import (Deployment, ServingError, continuous_performance, disaggregated_performance, max_batch,
+from costmodels.serving import (Deployment, ServingError, checkpoint_kv, continuous_performance, disaggregated_performance, max_batch,
                                 memory_anatomy, prefill_pass, replica_performance)
 from planner.solve.rules import check_deployment
 from planner.validation.schema import field, group, run_model
@@ -43,8 +43,9 @@ def predict_serving_run(run: dict) -> dict:
     n = field(run, "hardware", "num_gpus", required=False, default=tp * pp)
     gpn = field(run, "hardware", "gpus_per_node", required=False, default=gpu.gpus_per_node)
     replicas = field(run, "config", "replicas", required=False, default=max(1, n // (tp * pp)))
-    dep = Deployment(tp=tp, pp=pp, weights=_precision(c.get("weights_precision")),
-                     kv=_precision(c.get("kv_precision")), kv_read_per_query_head=_pre_gqa_engine(run.get("engine")))
+    weights = _precision(c.get("weights_precision"))
+    kv = _precision(c.get("kv_precision")) if c.get("kv_precision") else checkpoint_kv(gpu, weights)
+    dep = Deployment(tp=tp, pp=pp, weights=weights, kv=kv, kv_read_per_query_head=_pre_gqa_engine(run.get("engine")))
     check_deployment(model, dep)
     mode = c.get("mode")
     filled: dict = {}
