@@ -99,8 +99,14 @@ def test_prices_of_one_kind(catalog):
     # lists H200 and B200 so, ~3.5-4.5 and ~5-6; A100 80GB and H100 were hyperscaler list prices there, $5.12 and
     # $12.29, which made every comparison favour H200): each price names its kind, and the sourced ranges hold
     gpus = catalog.gpus
-    for name in ("A100-80GB", "H100-SXM", "H200", "B200", "MI300X"):
+    for name in ("V100-16GB", "A100-40GB", "A100-80GB", "A100-PCIe-80GB", "A10", "L40S", "H100-SXM", "H200", "B200",
+                 "MI300X"):
         assert gpus[name].price_kind == "on-demand, specialist cloud", name
+    # no hyperscaler list price is left: every price is specialist-cloud on-demand or a stated assumption
+    assert not [g.name for g in gpus.values() if g.price_kind == "on-demand, hyperscaler"]
+    # Lambda Cloud's list (lambda.ai/instances, 2026-09): V100 16GB $0.79, A100 SXM 40GB $1.99, A10 $1.29
+    assert (gpus["V100-16GB"].price_usd_per_gpu_hour, gpus["A100-40GB"].price_usd_per_gpu_hour,
+            gpus["A10"].price_usd_per_gpu_hour) == (0.79, 1.99, 1.29)
     assert 1.49 <= gpus["A100-80GB"].price_usd_per_gpu_hour <= 2.49
     assert 2.49 <= gpus["H100-SXM"].price_usd_per_gpu_hour <= 3.99
     assert 3.5 <= gpus["H200"].price_usd_per_gpu_hour <= 4.5 and 5 <= gpus["B200"].price_usd_per_gpu_hour <= 6
