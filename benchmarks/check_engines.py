@@ -6,7 +6,8 @@ part of the test run: install one of them (`pip install vllm`, `pip install "sgl
 
     python benchmarks/check_engines.py
 
-For five serving plans (Llama 3.1 8B / 70B, Mixtral 8x7B on H100 and A100, aggregated and disaggregated) it
+For six serving plans (Llama 3.1 8B / 70B, Mixtral 8x7B on H100 and A100, aggregated and disaggregated, 16-bit
+and FP8) it
 builds every engine's command (planner.frameworks.api.with_serving_commands), splits it as a shell would and
 hands the flags to the engine's parser: vLLM's engine arguments (AsyncEngineArgs.add_cli_args), SGLang's
 ServerArgs.add_cli_args + ServerArgs.from_cli_args, TensorRT-LLM's trtllm-serve click command. It prints one
@@ -33,6 +34,7 @@ CASES = [  # (model, gpus, prompt, output, keyword arguments of serve_plan)
     ("llama3-70b", "8xH100", 2048, 256, {"ttft_ms": 1000.0, "tpot_ms": 50.0, "mode": "disaggregated"}),
     ("mixtral-8x7b", "8xH100", 1024, 256, {"mode": "aggregated"}),
     ("llama3-70b", "8xA100", 1024, 256, {"weights": "bf16", "kv_cache": "bf16", "mode": "aggregated"}),
+    ("llama3-70b", "8xH100", 2048, 256, {"weights": "fp8", "kv_cache": "fp8", "mode": "aggregated"}),
 ]
 
 
@@ -60,6 +62,12 @@ def check_vllm(argv: list[str]) -> str:
         from vllm.utils import FlexibleArgumentParser
     except ImportError:   # newer releases
         from vllm.utils.argparse_utils import FlexibleArgumentParser
+    import vllm.platforms
+    if not vllm.platforms.current_platform.device_type:
+        # a CUDA wheel on a machine without a GPU finds no platform, and the parser's defaults need one: parse
+        # as vLLM's CPU platform would (the flags are the same; only device defaults differ)
+        from vllm.platforms.cpu import CpuPlatform
+        vllm.platforms.current_platform = CpuPlatform()
     parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())
     model, flags = argv[2], argv[3:]          # vllm serve MODEL --flag ...
     try:
