@@ -101,6 +101,25 @@ def test_compare_three_clusters_and_price_override():
     assert rows["64xH100-SXM"]["days"] < rows["64xA100-80GB"]["days"]
 
 
+def test_estimate_and_compare_take_the_sequence_length():
+    # the planner searches the shorter sequences (same tokens per step at 4x the batch): the days follow the
+    # best plan found for that length, equal to planning it directly with plan --seq-len
+    model, _ = get_model("gpt3-1.3b")
+    short = model.model_copy(update={"seq_len": 512, "global_batch": 4 * model.global_batch})
+    args = ["--model", "gpt3-1.3b", "--tokens", "26e9", "--seq-len", "512", "--global-batch",
+            str(4 * model.global_batch), "--format", "json"]
+    est = CliRunner().invoke(cli, ["estimate", "--gpus", "64xA100", *args])
+    cmp = CliRunner().invoke(cli, ["compare", "--gpus", "64xA100", *args])
+    assert est.exit_code == 0 and cmp.exit_code == 0, est.output + cmp.output
+    best = search(short, parse_cluster("64xA100"), top=1).plans[0]
+    assert json.loads(est.output)["days"] == pytest.approx(26e9 / best.tokens_per_s / 86400, rel=1e-6)
+    assert json.loads(cmp.output)["rows"][0]["days"] == pytest.approx(26e9 / best.tokens_per_s / 86400, rel=1e-6)
+    # past the model's context: one line, exit 2
+    long = CliRunner().invoke(cli, ["compare", "--model", "llama3-70b", "--gpus", "64xH100", "--tokens", "1e12",
+                                    "--seq-len", "300000"])
+    assert long.exit_code == 2 and "past llama3-70b's context of 131,072 tokens" in long.output
+
+
 def test_node_counts_and_front():
     assert node_counts(8, 100) == [8, 16, 24, 32, 48, 64, 72, 96]
     model, _ = get_model("gpt3-1.3b")

@@ -43,8 +43,9 @@ def _tokens_ok(tokens: float | None, required: bool = True) -> None:
 @click.option("--mfu", type=float, help="Model FLOPs utilisation (0..1) [default: the best plan's, found by the planner].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "fp8"]), help="[default: the preset's]")
 @click.option("--global-batch", type=int, help="Sequences per step for the planner [default: the preset's].")
+@click.option("--seq-len", type=int, help="Training sequence length in tokens [default: the preset's].")
 @_run_cost_options
-def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_files, prices, pue, fmt):
+def estimate(model_name, tokens, gpus, mfu, precision, global_batch, seq_len, hardware_files, prices, pue, fmt):
     """Whole-run estimate: training FLOPs (6ND; 8ND with full recompute), GPU-hours, days, $ and kWh.
 
     Without --mfu the MFU of the best plan the planner finds for the cluster is used, and the output says so.
@@ -55,7 +56,7 @@ def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_fi
     pue = resolve_pue(pue)
     if mfu is not None and not 0 < mfu <= 1:
         raise UserError(f"--mfu {mfu} is not allowed; give a share of peak in (0, 1], e.g. 0.462")
-    model, note, pools = _load(model_name, gpus, hardware_files, None, global_batch, precision, prices)
+    model, note, pools = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision, prices)
     if len(pools) != 1:
         raise UserError(f"--gpus {gpus!r}: `plan estimate` takes one GPU type")
     try:
@@ -67,7 +68,8 @@ def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_fi
         click.echo(json.dumps(est.model_dump(mode="json"), indent=2, sort_keys=True))
         return
     c = _console()
-    c.print(f"[bold]{est.model}[/] on {est.num_gpus} x {est.gpu}, {est.tokens:.3g} tokens")
+    c.print(f"[bold]{est.model}[/] on {est.num_gpus} x {est.gpu}, {est.tokens:.3g} tokens in sequences of "
+            f"{model.seq_len:,} tokens")
     c.print(f"  training FLOPs  {est.training_flops:.3e} (6ND; {est.hardware_flops:.3e} executed with recompute)")
     c.print(f"  MFU             {est.mfu:.1%} ({est.mfu_source})")
     c.print(f"  GPU-hours       {est.gpu_hours:,.0f} ({est.gpu_days:,.0f} GPU-days)")
@@ -83,8 +85,9 @@ def estimate(model_name, tokens, gpus, mfu, precision, global_batch, hardware_fi
 @click.option("--tokens", type=float, required=True, help="Training tokens of the whole run, e.g. 300e9.")
 @click.option("--global-batch", type=int, help="Sequences per step [default: the preset's].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "fp8"]), help="[default: the preset's]")
+@click.option("--seq-len", type=int, help="Training sequence length in tokens [default: the preset's].")
 @_run_cost_options
-def compare(model_name, gpus, tokens, global_batch, precision, hardware_files, prices, pue, fmt):
+def compare(model_name, gpus, tokens, global_batch, precision, seq_len, hardware_files, prices, pue, fmt):
     """The best plan on each cluster in one table: step time, tokens/s, MFU, days, GPU-hours, $, kWh."""
     from hardware import parse_cluster
     from planner.runs.budget import compare as compare_api
@@ -95,12 +98,12 @@ def compare(model_name, gpus, tokens, global_batch, precision, hardware_files, p
     clusters = [parse_cluster(x, catalog) for x in gpus.split(",") if x.strip()]
     if not clusters:
         raise UserError(f"--gpus {gpus!r} names no cluster; {_CLUSTERS_HELP}")
-    model, _, _ = _load(model_name, "", hardware_files, None, global_batch, precision, prices)
+    model, _, _ = _load(model_name, "", hardware_files, seq_len, global_batch, precision, prices)
     res = compare_api(model, clusters, tokens, pue, global_batch=global_batch, precision=precision)
     if fmt == "json":
         click.echo(json.dumps(res.model_dump(mode="json"), indent=2, sort_keys=True))
         return
-    render_points(res.rows, f"{model.name}, {tokens:.3g} tokens: best plan per cluster")
+    render_points(res.rows, f"{model.name}, {tokens:.3g} tokens in sequences of {model.seq_len:,}: best plan per cluster")
     for s in res.skipped:
         _console().print(f"  {s['cluster']}: no plan fits ({s['reason']})")
 
