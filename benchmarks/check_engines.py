@@ -109,12 +109,19 @@ def check_trtllm(argv: list[str]) -> str:
 CHECKS = {"vllm": check_vllm, "sglang": check_sglang, "trtllm": check_trtllm}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Parse plan serve's commands with the engines' own parsers.")
+    ap.add_argument("--engine", choices=sorted(CHECKS), action="append",
+                    help="Check only this engine (repeatable); engines installed side by side may need separate "
+                         "environments (vLLM and SGLang pin different openai versions)")
+    engines = ap.parse_args(argv).engine or list(CHECKS)
     refused = 0
     for name, gpus, prompt, output, kw in CASES:
         model, _ = get_model(name)
         res = with_serving_commands(serve_plan(model, parse_cluster(gpus), prompt, output, **kw), model)
         for engine, text in res.commands.items():
+            if engine not in engines:
+                continue
             for argv in commands(text):
                 verdict = CHECKS[engine](argv)
                 refused += verdict.startswith("refused")

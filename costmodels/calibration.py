@@ -10,6 +10,7 @@ them here and nowhere else, and rerun the fit (`--check` says whether these valu
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 
 # Not fitted: NCCL runs its collectives as kernels on the SMs (one block per channel; 8-16 channels is
@@ -75,43 +76,66 @@ CALIBRATION: dict[str, Calibration] = {
 # taken, not fitted: too few rows to fit (one B200, five GB200 and one MI300X row, all held out). The
 # newest fitted generation, whose large peaks are also hard to saturate, is the better guess than Ampere.
 BORROWING = {"blackwell": "hopper", "cdna3": "hopper", "cdna4": "hopper", "default": "ampere"}
-# taken, not fitted: the largest matmul throughput each GPU reaches, as a share of its dense peak, measured
-# the same way on both (S. Bekman, ml-engineering, compute/accelerator/README.md, "Maximum achievable matmul
-# FLOPS comparison table", mamf-finder, 2025: BF16 794.5 of 989 TFLOPS on H100 SXM, 668.4 of 1300 on
-# MI300X; FP8 1402.6 of 1979 on H100 SXM) and AMD's own FP8 figure (ROCm blog "Measuring max-achievable
-# FLOPs, part 2", Feb 2025, hipBLASLt: 1273 of 2615 on MI300X). A borrowing family listed here scales the
-# GEMM shares it borrows by its share over the source's (CDNA3 reaches 0.64x Hopper's in BF16, 0.69x in
-# FP8); one not listed borrows them as they are.
-MATMUL_SHARE = {"hopper": {"bf16": 794.5 / 989, "fp8": 1402.6 / 1979},
-                "cdna3": {"bf16": 668.4 / 1300, "fp8": 1273 / 2614.9}}
-
-
-def borrowed(family: str, source: Calibration) -> Calibration:
-    """The constants a family with no fit of its own takes from `source`'s (BORROWING names the source)."""
-    own, theirs = MATMUL_SHARE.get(family), MATMUL_SHARE.get(BORROWING.get(family, BORROWING["default"]))
-    if own is None or theirs is None:
-        return source
-    return replace(source, gemm_efficiency=round(source.gemm_efficiency * own["bf16"] / theirs["bf16"], 4),
-                   fp8_gemm_efficiency=round(source.fp8_gemm_efficiency * own["fp8"] / theirs["fp8"], 4))
-
-
-for _family in ("blackwell", "cdna3", "cdna4"):
-    CALIBRATION[_family] = borrowed(_family, CALIBRATION[BORROWING[_family]])
+CALIBRATION["blackwell"] = CALIBRATION["hopper"]
+CALIBRATION["cdna3"] = CALIBRATION["hopper"]
+CALIBRATION["cdna4"] = CALIBRATION["hopper"]
 FITTED = ("ampere", "hopper")     # the families with constants of their own (planner.validation.split)
 
+# taken, not fitted: the largest matmul throughput each GPU reaches, as a share of its dense peak (BF16, FP8),
+# measured the same way on every GPU (S. Bekman, ml-engineering, compute/accelerator/README.md, "Maximum
+# achievable matmul FLOPS comparison table", mamf-finder: mean of 100 iterations at the best shape found);
+# MI300X's FP8 is AMD's own hipBLASLt figure (ROCm blog "Measuring max-achievable FLOPs, part 2", Feb 2025),
+# the table has none. A GPU listed here runs its family's constants (or the ones its family borrows) with
+# the GEMM shares scaled by its share over the family's reference GPU (REFERENCE_GPU: the GPU of most fit
+# rows); an FP8 share not measured follows the BF16 ratio. GPUs not listed (H800, V100, A10, L40S, ...) run
+# them as they are.
+MATMUL_SHARE: dict[str, tuple[float, float | None]] = {
+    "A100-80GB": (271.2 / 312, None),        # "NVIDIA A100 SXM"
+    "A100-40GB": (271.2 / 312, None),        # the same SXM chip
+    "A100-PCIe-80GB": (252.9 / 312, None),   # "NVIDIA A100 PCIe"
+    "H100-SXM": (794.5 / 989, 1402.6 / 1979),
+    "H200": (794.5 / 989, 1453.4 / 1979),    # BF16: "H200 is the same"
+    "B200": (1745.0 / 2250, 3432.5 / 4500),
+    "B300": (1769.0 / 2250, 3353.3 / 4500),
+    "GB200": (1822.0 / 2500, 3615.6 / 5000),
+    "MI300X": (668.4 / 1300, 1273 / 2614.9),
+    "MI325X": (784.9 / 1300, None),
+    "MI355X": (1565.0 / 2300, None),
+}
+REFERENCE_GPU = {"ampere": "A100-80GB", "hopper": "H100-SXM"}
 
-def calibration_for(family: str) -> Calibration:
-    """Constants for a GPU family ('ampere', 'hopper', ...); families not fitted use the defaults."""
-    return CALIBRATION.get(family, CALIBRATION["default"])
+
+def calibration_for(family: str, gpu: str | None = None) -> Calibration:
+    """Constants for a GPU family ('ampere', 'hopper', ...); families not fitted use the defaults. With the
+    GPU's catalog name, its GEMM shares scaled by its measured matmul share (MATMUL_SHARE)."""
+    cal = CALIBRATION.get(family, CALIBRATION["default"])
+    if gpu is None or gpu not in MATMUL_SHARE:
+        return cal
+    source = family if family in FITTED else BORROWING.get(family, BORROWING["default"])
+    ref = MATMUL_SHARE.get(REFERENCE_GPU.get(source, ""))
+    return _scaled(cal, *matmul_ratios(MATMUL_SHARE[gpu], ref)) if ref else cal
 
 
-def calibration_note(family: str) -> str | None:
+def matmul_ratios(own: tuple[float, float | None], ref: tuple[float, float | None]) -> tuple[float, float]:
+    """(BF16, FP8) matmul share of a GPU over its reference's; FP8 follows BF16 where either lacks it."""
+    r16 = own[0] / ref[0]
+    return r16, (own[1] / ref[1] if own[1] and ref[1] else r16)
+
+
+@lru_cache(maxsize=256)
+def _scaled(cal: Calibration, r16: float, r8: float) -> Calibration:
+    if r16 == 1.0 and r8 == 1.0:
+        return cal
+    return replace(cal, gemm_efficiency=cal.gemm_efficiency * r16, fp8_gemm_efficiency=cal.fp8_gemm_efficiency * r8)
+
+
+def calibration_note(family: str, gpu: str | None = None) -> str | None:
     """A warning for a GPU family with no fitted constants of its own (None for a fitted one)."""
     if family in FITTED:
         return None
     source = BORROWING.get(family, BORROWING["default"])
-    scaled = (" with GEMM shares scaled by measured matmul throughput (costmodels/calibration.py MATMUL_SHARE)"
-              if family in MATMUL_SHARE else "")
+    scaled = (f", GEMM shares scaled by the {gpu}'s measured matmul throughput (costmodels/calibration.py "
+              f"MATMUL_SHARE)" if gpu in MATMUL_SHARE else "")
     return (f"no measured runs fit {family} GPUs: speeds use {source}'s fitted constants{scaled} (docs/validation.md "
             f"gives the held-out error of such rows)")
 

@@ -299,7 +299,7 @@ def layer_times_of(model: ModelSpec, cluster: Cluster, cal: Calibration, st: _La
 def stage_costs(model: ModelSpec, st: Strategy, cluster: Cluster, cal: Calibration | None = None) -> StageCosts:
     """Parts of a strategy's structure (everything but the layer and recompute split)."""
     gpu = cluster.gpu
-    cal = cal or calibration_for(gpu.family)
+    cal = cal or calibration_for(gpu.family, gpu.name)
     p, m, v, t = st.pp, st.micro_batches, st.virtual_stages, st.tp
     lt = layer_times(model, st, cluster, cal)
     M = st.micro_batch * model.seq_len / st.cp

@@ -444,7 +444,7 @@ def mixed_step_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Dep
     and the per-layer latencies paid once; attention is each kind's own. Arrays broadcast. Pipeline: as
     decode_step_time, m = min(pp, decoding) micro-batches, each token through every stage."""
     srv = srv or calibration.SERVING
-    cal = cal or calibration_for(gpu.family)
+    cal = cal or calibration_for(gpu.family, gpu.name)
     r = _rates(gpu, dep, cal)
     m, _ = _micro_batches(dep, np.maximum(decoding, 1.0))
     x = np.asarray(decoding, dtype=float) / m
@@ -489,7 +489,7 @@ def decode_step_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: De
     Pipeline: m = min(pp, batch) micro-batches of batch/m sequences; every token passes all stages, so
     TPOT = layers x layer(batch/m) + head + (pp - 1) sends, and each stage is busy m/pp of the time."""
     srv = srv or calibration.SERVING
-    cal = cal or calibration_for(gpu.family)
+    cal = cal or calibration_for(gpu.family, gpu.name)
     _, x = _micro_batches(dep, batch)
     parts = _layer_time(model, gpu, gpus_per_node, dep, x * tokens_per_seq, context, x, False, cal, srv)
     out = {k: v * model.layers for k, v in parts.items()}
@@ -510,7 +510,7 @@ def prefill_time(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep: Deploy
 def _prefill_parts(model, gpu, gpus_per_node, dep, seqs, prompt, cal, srv):
     """(pipeline scale, one layer's parts, LM head, pipeline sends) of prefill_time."""
     srv = srv or calibration.SERVING
-    cal = cal or calibration_for(gpu.family)
+    cal = cal or calibration_for(gpu.family, gpu.name)
     m, x = _micro_batches(dep, seqs)
     parts = _layer_time(model, gpu, gpus_per_node, dep, x * prompt, prompt, x, True, cal, srv)
     p2p = (dep.pp - 1) * _p2p(model, gpu, gpus_per_node, dep, x * prompt, cal)
@@ -564,7 +564,7 @@ def replica_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, dep:
     static batch, and the steady state of continuous batching at that concurrency (each request's prefill
     is paid once, its decode steps are shared)."""
     srv = srv or calibration.SERVING
-    cal = cal or calibration_for(gpu.family)
+    cal = cal or calibration_for(gpu.family, gpu.name)
     b = np.atleast_1d(np.asarray(batch, dtype=float))
     dec = decode_step_time(model, gpu, gpus_per_node, dep, b, prompt + output / 2.0, cal, srv)
     tpot = dec["total"]
@@ -655,7 +655,7 @@ def continuous_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, d
       tokens: (B - 1) F / (k + output - 1) per token); w, with others running, is the wait for the step
       running when it arrives, t / 2 on average (0 alone)."""
     srv = srv or calibration.SERVING
-    cal = cal or calibration_for(gpu.family)
+    cal = cal or calibration_for(gpu.family, gpu.name)
     B = np.atleast_1d(np.asarray(concurrency, dtype=float))
     cached = cached_prefix(prompt, prefix_hit)     # a prefix-cache hit leaves only the rest to prefill
     k = max(1, math.ceil((prompt - cached) / srv.prefill_chunk_tokens))
@@ -713,7 +713,7 @@ def kv_transfer_time(model: ModelSpec, gpu: GPUSpec, prefill: Deployment, decode
     serving): prompt x KV bytes per token, sent over min(prefill GPUs, decode GPUs) links at once, NVLink
     within a node and the network across (costmodels.comm.p2p_time; NIXL / Mooncake transfers in
     vLLM, SGLang and Dynamo move each rank's KV shard directly)."""
-    cal = cal or calibration_for(gpu.family)
+    cal = cal or calibration_for(gpu.family, gpu.name)
     links = min(prefill.gpus, decode.gpus)
     return p2p_time(prompt * kv_cache_bytes_per_token(model, prefill.kv) / links, not same_node, gpu, cal)
 
@@ -744,7 +744,7 @@ def disaggregated_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int
     (Little's law over its slots). `prefill_batch` sets n (fewer prompts per pass: a shorter TTFT, a lower
     prefill rate). Queueing for a prefill pass is left out."""
     srv = srv or calibration.SERVING
-    cal = cal or calibration_for(gpu.family)
+    cal = cal or calibration_for(gpu.family, gpu.name)
     n = prefill_batch or max(1, min(srv.prefill_chunk_tokens // prompt, max_batch(model, gpu, prefill, prompt, srv)))
     return combine_disaggregated(prefill_pass(model, gpu, gpus_per_node, prefill, n, prompt, cal, srv, prefix_hit),
                                  decode_pool(model, gpu, gpus_per_node, decode, concurrency, prompt, output, cal, srv),

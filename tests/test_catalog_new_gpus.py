@@ -156,14 +156,28 @@ def test_unfitted_family_warning_names_it(family):
     assert calibration_for(family) is CALIBRATION["hopper"]
 
 
-def test_cdna3_scales_hoppers_gemm_shares_by_measured_matmul_throughput():
-    # Bekman's mamf-finder table: MI300X BF16 668.4 / 1300 TFLOPS against H100 SXM 794.5 / 989; FP8 AMD's
-    # 1273 / 2615 against H100 SXM 1402.6 / 1979: CDNA3 GEMMs reach 0.64x and 0.69x Hopper's share of peak
-    hop, cdna3 = calibration_for("hopper"), calibration_for("cdna3")
-    assert cdna3.gemm_efficiency == pytest.approx(0.640 * hop.gemm_efficiency, rel=2e-3)
-    assert cdna3.fp8_gemm_efficiency == pytest.approx(0.687 * hop.fp8_gemm_efficiency, rel=2e-3)
-    assert cdna3.attention_efficiency == hop.attention_efficiency and cdna3.gemm_half_dim == hop.gemm_half_dim
-    assert "scaled by measured matmul throughput" in calibration_note("cdna3")
+def test_gpus_scale_their_familys_gemm_shares_by_measured_matmul_throughput():
+    # Bekman's mamf-finder table (BF16 / FP8 share of dense peak): H100 SXM 80.3% / 70.9%, H200 the same /
+    # 73.4%, B200 77.6% / 76.3%, MI300X 51.4% (FP8 AMD's 1273 of 2615, 48.7%), A100 SXM 86.9%, A100 PCIe 81.1%
+    hop = calibration_for("hopper")
+    assert calibration_for("hopper", "H100-SXM") == hop and calibration_for("hopper", "H800") == hop
+    h200 = calibration_for("hopper", "H200")
+    assert h200.gemm_efficiency == hop.gemm_efficiency
+    assert h200.fp8_gemm_efficiency == pytest.approx(hop.fp8_gemm_efficiency * 0.734 / 0.709, rel=2e-3)
+    b200 = calibration_for("blackwell", "B200")
+    assert b200.gemm_efficiency == pytest.approx(hop.gemm_efficiency * 0.776 / 0.803, rel=2e-3)
+    assert b200.fp8_gemm_efficiency == pytest.approx(hop.fp8_gemm_efficiency * 0.763 / 0.709, rel=2e-3)
+    mi300x = calibration_for("cdna3", "MI300X")          # CDNA3 reaches 0.64x Hopper's share in BF16, 0.69x in FP8
+    assert mi300x.gemm_efficiency == pytest.approx(0.640 * hop.gemm_efficiency, rel=2e-3)
+    assert mi300x.fp8_gemm_efficiency == pytest.approx(0.687 * hop.fp8_gemm_efficiency, rel=2e-3)
+    assert mi300x.attention_efficiency == hop.attention_efficiency and mi300x.gemm_half_dim == hop.gemm_half_dim
+    mi325x = calibration_for("cdna3", "MI325X")          # no FP8 figure: its FP8 follows the BF16 ratio
+    assert mi325x.fp8_gemm_efficiency / hop.fp8_gemm_efficiency == pytest.approx(0.604 / 0.803, rel=2e-3)
+    amp = calibration_for("ampere")
+    assert calibration_for("ampere", "A100-PCIe-80GB").gemm_efficiency == pytest.approx(
+        amp.gemm_efficiency * 0.811 / 0.869, rel=2e-3)
+    assert "MI300X's measured matmul throughput" in calibration_note("cdna3", "MI300X")
+    assert "measured matmul" not in calibration_note("blackwell", "GB300")     # no measurement: as borrowed
 
 
 # ---- CLI -------------------------------------------------------------------------------------------------

@@ -339,7 +339,7 @@ def test_search_json_is_deterministic_across_processes(json_175b, background):
 
 # Gates on the held-out rows (out of sample: constants were not fitted on them, planner.validation.fit),
 # set from the measured figures with a small margin: (median |error| at most, share within 10% at least).
-# Measured (docs/validation.md): public 3.8% and 13 of 14 within 10%; modern 7.6% and 16 of 26, every held-out
+# Measured (docs/validation.md): public 3.8% and 13 of 14 within 10%; modern 7.1% and 16 of 26, every held-out
 # row predicted (the GB200, B200 and MI300X rows are held out since their families borrow Hopper's constants;
 # the largest errors are DeepSeek-V3's unoptimised GB200 baseline, Qwen3 TP4/EP8 and MLPerf's FP8 on H100; the
 # modern gates are the issue's targets, 10% and 60%); serving 7.3% and 7 of 12; online serving (its primary

@@ -23,7 +23,8 @@ def _set_name(result: ValidationResult) -> str:
 def render_markdown(results: ValidationResult | list[ValidationResult], plot: str | None = None) -> str:
     """docs/validation.md: per set, the errors in sample (rows constants were fitted on) and out of sample
     (held out), every row, and the constants with where they come from."""
-    from costmodels.calibration import CALIBRATION, SERVING
+    from costmodels.calibration import CALIBRATION, MATMUL_SHARE, SERVING, calibration_for
+    from hardware import load_catalog
 
     results = [results] if isinstance(results, ValidationResult) else list(results)
     bundled = all(Path(r.file).resolve() in {p.resolve() for p in BUNDLED.values()} for r in results)
@@ -85,6 +86,16 @@ def render_markdown(results: ValidationResult | list[ValidationResult], plot: st
         lines.append(f"| {fam} | {c.gemm_efficiency:g} | {c.gemm_half_dim:g} | {c.fp8_gemm_efficiency:g} | "
                      f"{c.attention_efficiency:g} | "
                      f"{c.hbm_efficiency:g} | {how} |")
+    ratios = []
+    for gpu, share in MATMUL_SHARE.items():
+        fam = next((g.family for g in load_catalog().gpus.values() if g.name == gpu), None)
+        base, scaled = calibration_for(fam), calibration_for(fam, gpu)
+        if scaled != base:
+            ratios.append(f"{gpu} x{scaled.gemm_efficiency / base.gemm_efficiency:.2f} / "
+                          f"x{scaled.fp8_gemm_efficiency / base.fp8_gemm_efficiency:.2f}")
+    lines += ["", "Per GPU, taken: each GPU with a measured matmul share (costmodels/calibration.py MATMUL_SHARE: "
+              "Bekman's mamf-finder table) scales its family's GEMM and FP8 GEMM shares by its share over the "
+              "family's reference GPU (A100-80GB, H100-SXM): " + "; ".join(ratios) + "."]
     lines += ["", f"Serving: layer overhead {1e6 * SERVING.layer_overhead_s:g} us and NVLink all-reduce latency "
               f"{1e6 * SERVING.allreduce_latency_nvlink_s:g} us, fitted on the fit rows of serving-public.json and "
               "serving-online.json; "
@@ -131,10 +142,9 @@ CALIBRATION_PROVENANCE = {
               "(no FP8 on Ampere) and HBM: taken",
     "hopper": "GEMM, FP8 GEMM and attention: fitted on the hopper fit rows of runs-public.json and runs-modern.json; "
               "HBM: taken",
-    "blackwell": "taken: hopper's (one B200 and five GB200 rows, all held out)",
-    "cdna3": "taken: hopper's, GEMM shares scaled by measured matmul throughput, MI300X against H100 (x0.64 BF16, "
-             "x0.69 FP8; calibration.py MATMUL_SHARE); one MI300X row, held out",
-    "cdna4": "taken: hopper's (no rows; no matmul measurement found for MI355X)",
+    "blackwell": "taken: hopper's, GEMM shares scaled per GPU (below); one B200 and five GB200 rows, all held out",
+    "cdna3": "taken: hopper's, GEMM shares scaled per GPU (below); one MI300X row, held out",
+    "cdna4": "taken: hopper's, GEMM shares scaled per GPU (below); no rows",
 }
 
 

@@ -124,7 +124,7 @@ def choose_hardware(model: ModelSpec, gpu_types: list[GPUSpec], max_gpus: int, t
     precision = precision or model.precision
     blocks = []
     for gpu in gpu_types:
-        cal = calibration_for(gpu.family)
+        cal = calibration_for(gpu.family, gpu.name)
         e_max = max(cal.gemm_efficiency, 2 * cal.attention_efficiency)  # flash runs half the counted FLOPs
         for n in node_counts(gpu.gpus_per_node, max_gpus):
             cluster = Cluster(gpu=gpu, num_nodes=n // gpu.gpus_per_node, gpus_per_node=gpu.gpus_per_node)

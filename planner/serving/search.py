@@ -401,7 +401,7 @@ def _plan_out(rank: int, c: dict, model: ModelSpec, cluster: Cluster, prompt: in
 def _decode_compute_bound(gpu: GPUSpec, dep: Deployment, b: int) -> bool:
     """Is a decode step's GEMM work past the ridge point: 2 b FLOPs per weight at the GEMM peak take longer
     than reading the weight's bytes from HBM (roofline, Williams et al. 2009)?"""
-    cal = calibration_for(gpu.family)
+    cal = calibration_for(gpu.family, gpu.name)
     flops_t = 2.0 * b / (gpu.peak_tflops(compute_precision(gpu, dep.weights)) * 1e12 * cal.gemm_efficiency)
     bytes_t = BYTES[dep.weights] / (gpu.hbm_gbps * 1e9 * cal.hbm_efficiency)
     return flops_t > bytes_t

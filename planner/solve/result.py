@@ -96,7 +96,7 @@ def _note(c: Cluster) -> str | None:
     """The cluster's note (alias resolution, rack-scale domains) and the warning for a GPU family without
     fitted constants (costmodels.calibration.calibration_note)."""
     from costmodels.calibration import calibration_note
-    notes = [n for n in (c.note, calibration_note(c.gpu.family)) if n]
+    notes = [n for n in (c.note, calibration_note(c.gpu.family, c.gpu.name)) if n]
     return "; ".join(notes) or None
 
 

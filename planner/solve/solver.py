@@ -360,7 +360,7 @@ def layer_bounds(model, space, cluster) -> np.ndarray:
     the balanced slowest stage is at least layer_ns x max(ceil(layers / p), the most any stage must hold).
     Builds no stage costs and few Strategies: the search uses it to score only the structures that can still
     win (planner.solve.optimize)."""
-    cal = calibration_for(cluster.gpu.family)
+    cal = calibration_for(cluster.gpu.family, cluster.gpu.name)
     col = space.column
     tp, pp, dp, cp, ep = col("tp"), col("pp"), col("dp"), col("cp"), col("ep")
     mb, v, rec = col("micro_batch"), col("virtual_stages"), col("recompute")

@@ -14,8 +14,8 @@ separately.
 What is fitted, on which rows (constants not named here are taken, with their sources, in calibration.py):
 - per GPU family, `gemm_efficiency`, `gemm_half_dim` and `attention_efficiency`, on the fit rows of that
   family in runs-public.json and runs-modern.json: ampere (A100) and hopper (H100 / H200 / H800). The
-  other families have too few rows (B200 one, GB200 five, MI300X one) and borrow hopper's (CDNA3 with its
-  GEMM shares scaled by measured matmul throughput, costmodels.calibration.MATMUL_SHARE).
+  other families have too few rows (B200 one, GB200 five, MI300X one) and borrow hopper's. Every GPU with a
+  measured matmul share (costmodels.calibration.MATMUL_SHARE) scales its GEMM shares by it, in the fit too.
 - per GPU family, `fp8_gemm_efficiency`, on the fit rows of that family that train in FP8, after the three
   above in each round (hopper: FP8-LM with Transformer Engine, MLPerf; ampere has no FP8 row and keeps it).
 - serving `layer_overhead_s` and `allreduce_latency_nvlink_s`, on the fit rows of serving-public.json
@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import costmodels.calibration as calibration
-from costmodels.calibration import BORROWING, CALIBRATION, ServingCalibration, borrowed
+from costmodels.calibration import BORROWING, CALIBRATION, ServingCalibration
 from planner.validation.runs import Completion, load_runs, validate_file
 from planner.validation.split import BUNDLED, FIT, FITTED_FAMILIES, bundled_split
 
@@ -83,8 +83,8 @@ def training_constants(values: dict[str, dict[str, float]]):
         for fam, v in values.items():
             CALIBRATION[fam] = replace(saved[fam], **v)
         for fam, source in BORROWING.items():
-            if source in values and fam in saved:
-                CALIBRATION[fam] = borrowed(fam, CALIBRATION[source])
+            if source in values:
+                CALIBRATION[fam] = replace(saved[fam], **values[source])
         yield
     finally:
         CALIBRATION.clear()
