@@ -52,13 +52,18 @@ _FIELDS = {
 _SHAPE = {"model.num_layers", "model.hidden_size", "model.ffn_hidden_size", "model.num_attention_heads",
           "model.num_query_groups", "model.kv_channels"}
 _LIST = {"--recompute-modules"}
+# value-less switches of the Megatron-LM export (megatron/training/arguments.py store_true flags)
+_SWITCHES = {"--overlap-moe-expert-parallel-comm", "--sequence-parallel", "--use-distributed-optimizer",
+             "--overlap-grad-reduce", "--overlap-param-gather", "--optimizer-cpu-offload",
+             "--use-precision-aware-optimizer"}
 
 
 def bridge_settings(model: ModelSpec, st: Strategy) -> dict[str, object]:
     """{"section.field": value} of the plan: the Megatron-LM export's arguments (megatron_args) under their
     Megatron-core / Megatron-Bridge field names, with the layers per virtual stage turned into the virtual
     stage count, the mixed-precision recipe and the TP communication overlap added."""
-    out: dict[str, object] = {}
+    # a switch the Megatron-LM export leaves out is off there: off here too, whatever the recipe set
+    out: dict[str, object] = {f"{sec}.{name}": False for flag, (sec, name) in _FIELDS.items() if flag in _SWITCHES}
     for group in megatron_args(model, st):
         i = 0
         while i < len(group):
@@ -81,18 +86,44 @@ def bridge_settings(model: ModelSpec, st: Strategy) -> dict[str, object]:
             else:
                 value = _literal(values[0])
             out[f"{sec}.{name}"] = value
+    # every parallel size, also where it is 1 (the Megatron-LM export leaves defaults out; a recipe's are not 1:
+    # Llama 3 70B's runs context parallel 2)
+    out.update({"model.tensor_model_parallel_size": st.tp, "model.pipeline_model_parallel_size": st.pp,
+                "model.context_parallel_size": st.cp, "model.expert_model_parallel_size": st.ep,
+                "model.expert_tensor_parallel_size": st.etp if model.moe is not None else None})
     if st.pp > 1 and st.virtual_stages == 1:
         out["model.virtual_pipeline_model_parallel_size"] = None
+    if st.pp > 1:
+        # the plan's layers per stage, as written: a recipe's own layout (Llama 3.1 405B's counts the embedding
+        # and the loss as layers; DeepSeek-V3's is a layout string) would move layers between stages, and
+        # Megatron-core refuses first / last stage layers beside the accounting flags
+        # (megatron/core/transformer/transformer_config.py __post_init__)
+        out["model.account_for_embedding_in_pipeline_split"] = False
+        out["model.account_for_loss_in_pipeline_split"] = False
+        out.setdefault("model.pipeline_model_parallel_layout", None)
     if st.recompute == "none":
         out["model.recompute_granularity"] = None
     recipe = {"bf16": "bf16_mixed", "fp16": "fp16_mixed", "fp32": None,
               "fp8": {"mxfp8": "bf16_with_mxfp8_mixed", "tensorwise": "bf16_with_fp8_current_scaling_mixed",
                       "blockwise": "bf16_with_fp8_subchannel_scaling_mixed"}.get(st.recipe,
                                                                               "bf16_with_fp8_delayed_scaling_mixed")}
+    # the planner prices no multi-token-prediction module (costmodels.hf_config): a recipe's MTP layers are off
+    out["model.mtp_num_layers"] = None
     out["mixed_precision"] = recipe[st.precision]
+    if not out.get("optimizer.use_precision_aware_optimizer"):
+        # fp32 main weights, gradients and Adam moments, as priced (a recipe's 16-bit ones need the
+        # precision-aware optimizer, megatron/core/optimizer/optimizer_config.py)
+        for name in ("main_grads_dtype", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype"):
+            out[f"optimizer.{name}"] = _Code("torch.float32")
     out["ddp.grad_reduce_in_fp32"] = st.fp32_grads
     out["dataset.seq_length"] = model.seq_len
     return out
+
+
+class _Code(str):
+    """A value written into the job as Python code (not as a string literal)."""
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def _literal(text: str) -> object:
@@ -115,8 +146,13 @@ def files(model: ModelSpec, st: Strategy, cluster: Cluster, notes: list[str], ve
         f"positions, vocabulary)"]
     if model.name in RECIPES:
         settings = {k: v for k, v in settings.items() if k not in _SHAPE}
+    if model.name == "deepseek-v3":
+        more.append("the recipe's multi-token-prediction layer is switched off (model.mtp_num_layers = None): the "
+                    "plan does not price it; set it back to 1 to train with it (about one more layer's time and "
+                    "memory on the last stage)")
     head = header(model, st, cluster, "Megatron-Bridge job (recipe + the plan's settings)", notes + more, "bridge")
     lines = [*head,
+             *(["import torch"] if any(isinstance(v, _Code) for v in settings.values()) else []),
              "from megatron.bridge.training.comm_overlap import CommOverlapConfig",
              "from megatron.bridge.training.gpt_step import forward_step",
              "from megatron.bridge.training.pretrain import pretrain",
