@@ -798,7 +798,7 @@ def test_deepep_sends_one_copy_per_node():
 def test_fp8_gain_is_what_fp8_lm_measured():
     # FP8-LM (Peng et al. 2023) Table 5: GPT-175B on H100, Transformer Engine FP8 459.2 vs BF16 358.4
     # tokens/s per GPU, 1.28x; published end-to-end FP8 gains are 1.3-1.5x, not the 2x of the FP8 peak. A
-    # 175B layer at tp 8 (GEMMs at the fitted FP8 share, casts, attention in 16 bits) gains about that
+    # 175B layer at tp 8 (GEMMs at the derived FP8 share, casts, attention in 16 bits) gains about that
     m, _ = get_model("gpt3-175b")
     st = Strategy(tp=8, pp=1, dp=8, micro_batch=1, global_batch=8, zero_stage=1, recompute="none")
     bf16 = layer_times(m, st, H100_64, HOPPER)

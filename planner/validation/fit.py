@@ -16,8 +16,9 @@ What is fitted, on which rows (constants not named here are taken, with their so
   family in runs-public.json and runs-modern.json: ampere (A100) and hopper (H100 / H200 / H800). The
   other families have too few rows (B200 one, GB200 five, MI300X one) and borrow hopper's. Every GPU with a
   measured matmul share (costmodels.calibration.MATMUL_SHARE) scales its GEMM shares by it, in the fit too.
-- per GPU family, `fp8_gemm_efficiency`, on the fit rows of that family that train in FP8, after the three
-  above in each round (hopper: FP8-LM with Transformer Engine, MLPerf; ampere has no FP8 row and keeps it).
+- not `fp8_gemm_efficiency`: it follows the family's 16-bit share by a measured kernel ratio
+  (costmodels.calibration.with_fp8), in every grid point too; the FP8 fit rows enter the fit above like the
+  others.
 - serving `layer_overhead_s` and `allreduce_latency_nvlink_s`, on the fit rows of serving-public.json
   (all H100), with the training constants above already fitted (decode and prefill GEMMs use them).
 
@@ -41,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import costmodels.calibration as calibration
-from costmodels.calibration import BORROWING, CALIBRATION, ServingCalibration
+from costmodels.calibration import BORROWING, CALIBRATION, ServingCalibration, with_fp8
 from planner.validation.runs import Completion, load_runs, validate_file
 from planner.validation.split import BUNDLED, FIT, FITTED_FAMILIES, bundled_split
 
@@ -61,13 +62,14 @@ def _frange(lo: float, hi: float, step: float) -> tuple[float, ...]:
 # hopper fit runs along a ridge (a higher efficiency with a larger half-efficiency dimension fits as well).
 TRAINING_AXES = {
     "gemm_efficiency": (_frange(0.50, 0.85, 0.05), 0.01),
-    "gemm_half_dim": ((0.0, 32.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 768.0, 1024.0), None),
+    # up to 512: the training rows alone run along a ridge here too (hopper: 0.79 at 768 fits them a little
+    # better, 0.0732 against 0.0740), but serving's fit rows of 128-token prompts then come out 32-50% slow,
+    # and the measured matmul table (MATMUL_SHARE) has H100 at 80% of peak on a 2048 x 2048 x 13312 GEMM,
+    # which a larger half dimension puts further below
+    "gemm_half_dim": ((0.0, 32.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0), None),
     "attention_efficiency": (_frange(0.10, 0.60, 0.05), 0.01),
 }
-# fitted after the three above, on the fit rows that train in FP8 (coordinate-wise: each round fits the three
-# with the FP8 share in force, then the FP8 share with the three)
-FP8_AXES = {"fp8_gemm_efficiency": (_frange(0.40, 0.85, 0.05), 0.01)}
-FAMILY_CONSTANTS = (*TRAINING_AXES, *FP8_AXES)
+FAMILY_CONSTANTS = tuple(TRAINING_AXES)
 SERVING_AXES = {
     "layer_overhead_s": (_frange(0.0, 60e-6, 5e-6), 1e-6),
     "allreduce_latency_nvlink_s": (_frange(1e-6, 21e-6, 2e-6), 1e-6),
@@ -81,10 +83,10 @@ def training_constants(values: dict[str, dict[str, float]]):
     saved = dict(CALIBRATION)
     try:
         for fam, v in values.items():
-            CALIBRATION[fam] = replace(saved[fam], **v)
+            CALIBRATION[fam] = with_fp8(replace(saved[fam], **v), fam)
         for fam, source in BORROWING.items():
             if source in values:
-                CALIBRATION[fam] = replace(saved[fam], **values[source])
+                CALIBRATION[fam] = CALIBRATION[source]
         yield
     finally:
         CALIBRATION.clear()
@@ -159,15 +161,6 @@ def fit_training(log=print) -> dict[str, dict[str, float]]:
 
             point, v = grid_search(TRAINING_AXES, objective)
             new[fam] = {**current[fam], **point}
-            fp8_rows = [c for c in rows if c.evaluation.strategy.precision == "fp8"]
-            if fp8_rows:
-                def objective8(point, fam=fam, rows=fp8_rows, base=new[fam]):
-                    with training_constants({fam: {**base, **point}}):
-                        return statistics.fmean(log_error(c.predicted(), c.measured) for c in rows)
-
-                point8, v8 = grid_search(FP8_AXES, objective8)
-                new[fam].update(point8)
-                log(f"round {rnd}, {fam}: {len(fp8_rows)} FP8 fit rows, mean |ln(pred/meas)| {v8:.4f} at {point8}")
             log(f"round {rnd}, {fam}: {len(rows)} fit rows, mean |ln(pred/meas)| {v:.4f} at {point}")
         if new == current:
             break
