@@ -23,13 +23,13 @@ planner's preset as the real hub config would give them.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.metadata
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -42,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from costmodels.presets import get_model  # noqa: E402
 from hardware import parse_cluster  # noqa: E402
+
+from check_megatron import planned  # noqa: E402  (the job's "# plan:" line, read the same way)
 
 CASES = [("llama3-8b", "8xH100"), ("llama3-70b", "64xH100"), ("llama3-405b", "1024xH100"),
          ("qwen3-235b-a22b", "256xH100"), ("deepseek-v3", "1024xH100")]
@@ -86,7 +88,7 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def stub_transformer_engine() -> bool:
     try:
-        import transformer_engine.pytorch  # noqa: F401
+        importlib.import_module("transformer_engine.pytorch")
         return False
     except Exception:       # not installed, or no CUDA to load it
         for name in [n for n in sys.modules if n.startswith("transformer_engine")]:
@@ -135,13 +137,6 @@ def local_hub(names: list[str], root: Path) -> dict[str, str]:
         (d / "config.json").write_text(json.dumps(hf_config(name)))
         dirs[name] = str(d)
     return dirs
-
-
-def planned(job: Path) -> dict[str, int]:
-    """The parallel sizes the job's header states (its "# plan: TP 4 x PP 4 x DP 4 ..." line); 1 where absent."""
-    line = next(x for x in job.read_text().splitlines() if x.startswith("# plan:"))
-    sizes = dict(re.findall(r"\b(TP|PP|DP|CP|EP) (\d+)", line))
-    return {k: int(sizes.get(k, 1)) for k in ("TP", "PP", "CP", "DP", "EP")}
 
 
 @contextmanager

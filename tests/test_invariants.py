@@ -82,4 +82,4 @@ def test_cli_writes_nothing_unless_asked(tmp_path, monkeypatch, capsys):
     assert os.listdir(tmp_path) == []
     with pytest.raises(SystemExit):
         main(["--model", "gpt3-1.3b", "--gpus", "16xA100", "--report", str(tmp_path / "r" / "plan.md")])
-    assert sorted(os.listdir(tmp_path / "r")) == ["plan.md", "plan_memory.png", "plan_time.png"]
+    assert sorted(os.listdir(tmp_path / "r")) == ["plan.md", "plan_memory.png", "plan_schedule.png", "plan_time.png"]

@@ -55,7 +55,9 @@ from planner.cli.common import (EXAMPLES, EXIT_DOES_NOT_FIT, GRADS_HELP, HEADROO
 @click.option("--deadline-days", type=float, help="Time limit for the whole run (needs --tokens): minimise $ under it.")
 @click.option("--gpu-types", help="Let the planner choose the GPU type (and count), e.g. A100,H100,H200.")
 @click.option("--max-gpus", type=int, help="Most GPUs the planner may use when it chooses the count.")
-@click.option("--plot", type=click.Path(), help="With budgets or --gpu-types: write the time/cost front as a PNG.")
+@click.option("--plot", type=click.Path(), help="Write a PNG: the pipeline schedule of one step of the best plan "
+              "(stages x time: forward, backward, recompute, send / receive, idle) beside each stage's memory; "
+              "with budgets or --gpu-types, the time/cost front.")
 @click.option("--report", type=click.Path(), help="Write a report (.md or .html) with memory and time charts beside it.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @_framework_option
@@ -156,14 +158,17 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
         ex = export_best(emit, model, cluster, result, opts, time_limit)
     if ex is None or fmt == "table":
         _emit(result, fmt)
+    sched = _schedule(model, result.plans[0].strategy, cluster) if (report or plot) else None
     if report:
         from planner.report.file import write_report
         try:
-            files = write_report(result, report)
+            files = write_report(result, report, schedule=sched)
         except ValueError as e:
             raise UserError(str(e)) from None
         if fmt == "table":
             _console().print("report written: " + ", ".join(str(f) for f in files))
+    if plot:
+        _plot_schedule(sched, plot, fmt)
     if explain and fmt == "table":
         from planner.report.text import explain as explain_lines
         console = _console()
@@ -172,6 +177,24 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
         for line in explain_lines(result.plans):
             console.print(line)
     _show_export(result, fmt, ex, out_dir)
+
+
+def _schedule(model, strategy: dict, cluster):
+    """The pipeline schedule of a plan (planner.solve.schedule), None on several GPU pools (not drawn)."""
+    if isinstance(cluster, tuple):
+        return None
+    from planner.frameworks.base import strategy_from_plan
+    from planner.solve.schedule import pipeline_schedule
+    return pipeline_schedule(model, strategy_from_plan(strategy), cluster)
+
+
+def _plot_schedule(sched, path: str, fmt: str) -> None:
+    if sched is None:
+        raise UserError("--plot draws one GPU type's pipeline schedule; a plan on several GPU pools is not drawn")
+    from planner.report.file import schedule_chart
+    schedule_chart(sched, path)
+    if fmt == "table":
+        _console().print(f"pipeline schedule written: {path}")
 
 
 @cli.command()
@@ -198,11 +221,13 @@ def cli(ctx, model_name, gpus, hardware_files, seq_len, global_batch, precision,
                    "bidirectional schedule, two copies of the weights, pp + 1 micro-batches in flight, the MoE "
                    "all-to-all overlapped with --moe-a2a-overlap; its bubble priced as 1F1B's).")
 @click.option("--headroom", help=HEADROOM_HELP)
+@click.option("--plot", type=click.Path(), help="Write a PNG: the pipeline schedule of one step (stages x time: "
+              "forward, backward, recompute, send / receive, idle) beside each stage's memory.")
 @_framework_option
 @_comm_options
 def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision, optimizer, no_flash_attention,
              grads, fmt, tp, pp, dp, micro_batch, zero, recompute, recompute_layers, sequence_parallel, virtual_stages,
-             stage_layers, cp, ep, expert_tp, offload_optimizer, offload_params, schedule, headroom, framework,
+             stage_layers, cp, ep, expert_tp, offload_optimizer, offload_params, schedule, headroom, plot, framework,
              moe_dispatcher, lora_rank, fp8_recipe, moe_a2a_overlap, tp_comm_overlap, emit, out_dir):
     """Predict step time, throughput, MFU and memory of one given strategy, with the memory verdict in words
     ("fits, X GB to spare ..." or "does not fit: needs X GB of Y GB on stage k ...").
@@ -214,6 +239,8 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
     from planner.solve.optimize import default_global_batch, evaluate_strategy
 
     _check_export_options(emit, out_dir)
+    if plot:
+        check_writable(plot, "--plot")
     framework = _resolve_framework(framework, emit)
     room = parse_headroom(headroom)
     model, note, pools = _load(model_name, gpus, hardware_files, seq_len, global_batch, precision)
@@ -252,6 +279,8 @@ def evaluate(model_name, gpus, hardware_files, seq_len, global_batch, precision,
     if ex is None or fmt == "table":
         _emit(result, fmt, title="Plan")
     _show_export(result, fmt, ex, out_dir)
+    if plot:
+        _plot_schedule(_schedule(model, result.plans[0].strategy, cluster), plot, fmt)
     if not result.plans[0].fits:
         raise PlanDoesNotFit()
 

@@ -1,7 +1,8 @@
 """`--report out.md` / `out.html`: a written report of a search, with PNG charts beside it.
 
 Charts (matplotlib, Agg): the memory anatomy of every pipeline stage of the best plan as stacked bars
-against the GPU capacity, and the step-time breakdown of the best plan and its runner-ups.
+against the GPU capacity, the step-time breakdown of the best plan and its runner-ups, and the pipeline
+schedule of one step of the best plan (stages x time) beside each stage's memory.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def time_chart(plans: list[PlanOut], path: str | Path) -> None:
     plt.close(fig)
 
 
-def write_report(result: SearchResult, path: str | Path, extra_sections: list[tuple[str, str]] = ()) -> list[Path]:
+def write_report(result: SearchResult, path: str | Path, extra_sections: list[tuple[str, str]] = (),
+                 schedule=None) -> list[Path]:
     """Write a Markdown (.md) or HTML (.html) report and its charts; returns the files written."""
     path = Path(path)
     if path.suffix.lower() not in (".md", ".html", ".htm"):
@@ -73,12 +75,61 @@ def write_report(result: SearchResult, path: str | Path, extra_sections: list[tu
     time_png = path.with_name(path.stem + "_time.png")
     memory_chart(best, mem_png)
     time_chart(result.plans, time_png)
+    written = [path, mem_png, time_png]
+    if schedule is not None:     # planner.solve.schedule.PipelineSchedule of the best plan
+        sched_png = path.with_name(path.stem + "_schedule.png")
+        schedule_chart(schedule, sched_png)
+        written.append(sched_png)
+        extra_sections = [("Pipeline schedule of one step", None, sched_png.name, schedule), *extra_sections]
     md = _markdown(result, mem_png.name, time_png.name, extra_sections)
     if path.suffix.lower() == ".md":
         path.write_text(md)
     else:
         path.write_text(_html(md))
-    return [path, mem_png, time_png]
+    return written
+
+
+SCHEDULE_COLORS = {"forward": "#4C72B0", "backward": "#DD8452", "recompute": "#C44E52", "send_recv": "#8C8C8C",
+                   "dp_sync_optimizer": "#8172B2"}
+SCHEDULE_LABELS = {"forward": "forward", "backward": "backward", "recompute": "recompute (in the backward)",
+                   "send_recv": "pipeline send / receive", "dp_sync_optimizer": "data-parallel sync + optimizer"}
+
+
+def schedule_chart(sched, path: str | Path, title: str = "") -> None:
+    """One step of a plan (planner.solve.schedule.PipelineSchedule): each stage's ops in time, white where
+    it idles (the pipeline bubble), and beside it each stage's memory by part against the GPU capacity."""
+    plt = _pyplot()
+    p = len(sched.stages)
+    height = max(CHART_SIZE_PX[1] / _DPI, 1.2 + 0.32 * p)
+    fig, (ax, mx) = plt.subplots(1, 2, figsize=(CHART_SIZE_PX[0] / _DPI * 1.5, height), dpi=_DPI, sharey=True,
+                                 gridspec_kw={"width_ratios": [3, 1]})
+    for row, segs in enumerate(sched.stages):
+        for kind, color in SCHEDULE_COLORS.items():
+            bars = [(x.start_s, x.duration_s) for x in segs if x.kind == kind]
+            if bars:
+                ax.broken_barh(bars, (row - 0.4, 0.8), facecolors=color, edgecolor="none",
+                               label=SCHEDULE_LABELS[kind] if row == 0 else None)
+    ax.set_yticks(range(p), [f"stage {i}" for i in range(p)], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, sched.makespan_s)
+    ax.set_xlabel("seconds into the step")
+    chunks = f", {sched.virtual_stages} chunks per stage" if sched.virtual_stages > 1 else ""
+    ax.set_title(f"{title}{sched.schedule}, {sched.micro_batches} micro-batches{chunks}: {sched.makespan_s:.3f} s drawn, "
+                 f"{sched.step_time_s:.3f} s priced; white = idle (bubble)", fontsize=8)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / height), ncol=3)
+    left = [0.0] * p
+    for k in MEMORY_LABELS:
+        vals = [m.get(k, 0.0) for m in sched.stage_memory_gb]
+        if any(vals):
+            mx.barh(range(p), vals, left=left, color=COLORS[k], label=k, height=0.8)
+            left = [a + b for a, b in zip(left, vals)]
+    mx.axvline(sched.capacity_gb, color="k", ls="--", lw=1)
+    mx.set_xlabel(f"GB per GPU (capacity {sched.capacity_gb:.0f})")
+    mx.set_title("memory per stage", fontsize=8)
+    mx.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / height), ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
 
 
 def _markdown(res: SearchResult, mem_png: str, time_png: str, extra_sections) -> str:
@@ -113,7 +164,18 @@ def _markdown(res: SearchResult, mem_png: str, time_png: str, extra_sections) ->
         sr = res.search
         lines += ["", "## Search", "", f"{sr.candidates} structures bounded, {sr.structures_solved} layouts solved "
                   f"({sr.cp_sat_calls} with CP-SAT), status {sr.status}, {sr.seconds:.2f} s."]
-    for title, body in extra_sections:
+    for title, body, *image in extra_sections:
+        if image:     # the schedule: its picture and what it shows
+            png, sched = image
+            idle = [1 - sched.busy_s(i) / sched.makespan_s for i in range(len(sched.stages))]
+            lines += ["", f"## {title}", "",
+                      f"{sched.schedule}, {sched.micro_batches} micro-batches per step"
+                      + (f", {sched.virtual_stages} model chunks per stage" if sched.virtual_stages > 1 else "")
+                      + f": the drawn schedule ends at {sched.makespan_s:.3f} s, the priced step is "
+                      f"{sched.step_time_s:.3f} s. Each stage idles {min(idle):.1%}-{max(idle):.1%} of the step "
+                      "(the pipeline bubble, white); beside it, each stage's memory by part.", "",
+                      *[f"{n}" for n in sched.notes], f"![pipeline schedule]({png})"]
+            continue
         lines += ["", f"## {title}", "", "```", body.rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
