@@ -172,12 +172,12 @@ class ServingCalibration:
     # CUDA graphs, NCCL / custom all-reduce buffers, sampler and allocator slack per GPU; assumption.
     workspace_bytes: float = 1.0e9
     # Fixed latency of one small all-reduce of the tensor-parallel group. Over NVLink / NVSwitch engines run
-    # one-shot custom all-reduce kernels (vLLM custom_all_reduce, TensorRT-LLM): fitted, 18 us (before: 1 us
+    # one-shot custom all-reduce kernels (vLLM custom_all_reduce, TensorRT-LLM): fitted, 17 us (before: 1 us
     # fitted on serving-public.json alone, whose large static batches hide it; the online rows at small batch
     # and tp 2-8 do not). Over PCIe (A10, L40S, H100-PCIe: intra_node_link "PCIe...") NCCL rings through the
     # PCIe switch or, without peer-to-peer, through host memory: 50 us, an assumption (no PCIe row to fit it
     # on), of the order nccl-tests reports for small messages over PCIe.
-    allreduce_latency_nvlink_s: float = 18e-6
+    allreduce_latency_nvlink_s: float = 17e-6
     allreduce_latency_pcie_s: float = 50e-6
     # Host / launch overhead per transformer layer per forward pass that the GPU work does not hide (the
     # floor of a layer's many small kernels, attention metadata, sampling amortised): fitted, 37 us (before:

@@ -653,7 +653,9 @@ def continuous_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, d
       step of the other B - 1 requests, D', and the share of their prefills that falls in its prefill steps),
       tpot = (e2e - ttft) / (output - 1)  (a decode step, and the rest of the others' prefills between its
       tokens: (B - 1) F / (k + output - 1) per token); w, with others running, is the wait for the step
-      running when it arrives, t / 2 on average (0 alone)."""
+      running when it arrives, t / 2 on average (0 alone), plus the wait for room in a step's token budget,
+      which holds c = floor(prefill_chunk_tokens / chunk) prompts' chunks (queue_wait, M/D/c at the arrival
+      rate B / e2e; only the (c - 1) / c share of the others' prefill that fits beside its own shares its steps)."""
     srv = srv or calibration.SERVING
     cal = cal or calibration_for(gpu.family, gpu.name)
     B = np.atleast_1d(np.asarray(concurrency, dtype=float))
@@ -695,16 +697,40 @@ def continuous_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, d
 
     F_others = riding(B - 1)       # a prompt's chunks ride the decode steps of the other B - 1 requests
     step = D + B / life * F_others
+    # a step's token budget holds the chunks of c prompts: the others' prefill work falling in its k steps is
+    # the share that fits beside its own, (c - 1) / c, and a prompt finding c others prefilling waits for one
+    # to finish (M/D/c at the arrival rate B / (life x step), each prompt holding its place for its k steps)
+    c = max(1, int(srv.prefill_chunk_tokens // ((prompt - cached) / k)))
+    own = k * D_others + F_others
+    queued = np.where(B > 1, queue_wait(B / (life * step), own, c), 0.0)
+    queued = np.minimum(queued, (B - 1) / c * own)       # a closed loop: at most the B - 1 others are ahead
     # it arrives during a running step and waits for its end, half a step on average (B > 1; alone it
-    # starts at once), then its own chunks and the others' prefill work falling in its k steps, riding the
-    # others' decode steps
-    wait = np.where(B > 1, step / 2.0, 0.0)
+    # starts at once), then for a place in the budget, then its own chunks and the others' prefill work
+    # falling in its k steps, riding the others' decode steps
+    wait = np.where(B > 1, step / 2.0, 0.0) + queued
     e2e = wait + life * step
-    ttft = wait + k * D_others + F_others * (1 + (B - 1) * k / life)
+    ttft = wait + own + F_others * (B - 1) * k / life * (c - 1) / c
     tpot = (e2e - ttft) / (output - 1) if output > 1 else np.zeros_like(B)
     return ContinuousPerformance(concurrency=B, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e, step_s=step,
                                  tokens_per_s=B * output / e2e, requests_per_s=B / e2e, prefill_steps=k,
                                  decode_parts=dec, tokens_per_step=per_step)
+
+
+def queue_wait(rate, service_s, servers: int = 1):
+    """Mean wait in queue of Poisson arrivals at `rate` per second for one of `servers` places, each held for
+    a deterministic `service_s` seconds: M/D/c, taken as half the M/M/c wait (Cosmetatos 1976's first-order
+    form; exact, Pollaczek-Khinchine's rho S / (2 (1 - rho)), at c = 1). Infinite at or past saturation."""
+    rate, S = np.asarray(rate, dtype=float), np.asarray(service_s, dtype=float)
+    a = rate * S                                    # offered load, in places
+    rho = a / servers
+    term, total = np.ones_like(a), np.ones_like(a)  # sum of a^j / j! for j < c, by running terms
+    for j in range(1, servers):
+        term = term * a / j
+        total = total + term
+    last = term * a / servers / np.maximum(1.0 - rho, 1e-12)      # a^c / c! / (1 - rho)
+    erlang_c = last / (total + last)
+    wait = 0.5 * erlang_c * S / (servers * np.maximum(1.0 - rho, 1e-12))
+    return np.where(rho < 1.0, wait, np.inf)
 
 
 def kv_transfer_time(model: ModelSpec, gpu: GPUSpec, prefill: Deployment, decode: Deployment, prompt: int,

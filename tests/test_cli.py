@@ -342,13 +342,14 @@ def test_search_json_is_deterministic_across_processes(json_175b, background):
 # Measured (docs/validation.md): public 3.9% and 13 of 14 within 10%; modern 5.6% and 18 of 26, every held-out
 # row predicted (the GB200, B200 and MI300X rows are held out since their families borrow Hopper's constants;
 # the largest errors are DeepSeek-V3's unoptimised GB200 baseline, Qwen3 TP4/EP8 and MLPerf's FP8 on H100; the
-# modern gates are the issue's targets, 10% and 60%); serving 8.3% and 7 of 12; online serving (its primary
-# figure, TPOT) 12.1% and 4 of 14, its TTFT gated apart (ONLINE_TTFT_GATE: 35.5%, docs/serving.md says where
-# it misses). Serving moved from 7.3% / 11.3% (6 of 14) when the FP8 GEMM share became derived instead of
+# modern gates are the issue's targets, 10% and 60%); serving 8.2% and 7 of 12; online serving (its primary
+# figure, TPOT) 12.1% and 5 of 14, its TTFT gated apart at the 15% target (ONLINE_TTFT_GATE; measured 11.9%
+# since prompts that cannot share a step's token budget queue for it, costmodels.serving.queue_wait; 35.5%
+# before). Serving moved from 7.3% / 11.3% (6 of 14) when the FP8 GEMM share became derived instead of
 # fitted (costmodels.calibration.with_fp8) and the shared GEMM constants and the serving ones were refitted.
 HELD_OUT_GATES = {"runs-public.json": (0.07, 0.85), "runs-modern.json": (0.10, 0.60),
                   "serving-public.json": (0.09, 0.50), "serving-online.json": (0.14, 0.25)}
-ONLINE_TTFT_GATE = 0.38
+ONLINE_TTFT_GATE = 0.15
 
 
 def test_validate_public_runs(background):
