@@ -768,7 +768,8 @@ def disaggregated_performance(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int
     which decodes `concurrency` requests per step with no prefill work in between. TTFT = F(n) + transfer,
     TPOT = D(concurrency), and a decode replica serves concurrency / ((output - 1) TPOT) requests per second
     (Little's law over its slots). `prefill_batch` sets n (fewer prompts per pass: a shorter TTFT, a lower
-    prefill rate). Queueing for a prefill pass is left out."""
+    prefill rate). The wait for a pass depends on the served rate: the search adds it (planner.serving.search
+    prefill_wait, M/D/1 through queue_wait)."""
     srv = srv or calibration.SERVING
     cal = cal or calibration_for(gpu.family, gpu.name)
     n = prefill_batch or max(1, min(srv.prefill_chunk_tokens // prompt, max_batch(model, gpu, prefill, prompt, srv)))

@@ -618,7 +618,15 @@ def test_served_plans_obey_littles_law(name, gpus, prompt, output, ttft, tpot, q
             assert p.requests_per_s <= p.replicas * p.batch / ((output - 1) * p.tpot_s) * (1 + 1e-9)
             assert p.requests_per_s <= p.prefill["prompts_per_s"] * (1 + 1e-9)
             assert p.gpus == p.prefill["gpus"] + p.replicas * p.tp * p.pp
-            assert p.ttft_s == pytest.approx(p.prefill["pass_ms"] / 1e3 + p.kv_transfer_ms / 1e3, abs=1e-6)
+            # TTFT: the wait for a prefill pass (M/D/1 per prefill replica at the served rate, at most the
+            # passes the decode slots' requests fill ahead of it), the pass, the KV transfer
+            pre = p.prefill
+            S, n = pre["pass_ms"] / 1e3, pre["prompts_per_pass"]
+            rho = p.requests_per_s / pre["replicas"] / n * S
+            cap = (p.replicas * p.batch - 1) / (pre["replicas"] * n) * S
+            md1 = rho * S / (2 * (1 - rho)) if rho < 1 else float("inf")
+            assert pre["queue_ms"] / 1e3 == pytest.approx(min(md1, cap), rel=1e-3, abs=1e-6) or rho > 0.99
+            assert p.ttft_s == pytest.approx((pre["queue_ms"] + pre["pass_ms"] + p.kv_transfer_ms) / 1e3, abs=1e-6)
         assert p.tokens_per_s == pytest.approx(p.requests_per_s * output, rel=1e-9)
         assert p.e2e_latency_s == pytest.approx(p.ttft_s + (output - 1) * p.tpot_s, rel=1e-9)
         assert p.decode_ms["total"] + p.decode_ms["others_prefill"] == pytest.approx(p.tpot_s * 1e3, abs=2e-4)
@@ -744,7 +752,8 @@ def test_disaggregated_plan_against_brute_force():
     perf = disaggregated_performance(m, H100, 8, Deployment(tp=1, weights=p.weights, kv=p.kv_cache),
                                      Deployment(tp=1, weights=p.weights, kv=p.kv_cache), [p.batch], 1000, 200, True,
                                      prefill_batch=p.prefill["prompts_per_pass"])
-    assert p.tpot_s == pytest.approx(perf.tpot_s[0]) and p.ttft_s == pytest.approx(perf.ttft_s)
+    assert p.tpot_s == pytest.approx(perf.tpot_s[0])
+    assert p.ttft_s == pytest.approx(perf.ttft_s + p.prefill["queue_ms"] / 1e3)    # and its wait for a pass
     # decode replicas never share a step with a prefill: TPOT is the decode step alone, below the aggregated
     # TPOT at the same concurrency
     agg = continuous_performance(m, H100, 8, Deployment(tp=1, weights=p.weights, kv=p.kv_cache), [p.batch], 1000, 200)
@@ -862,3 +871,16 @@ def test_prompts_that_cannot_share_a_step_queue_for_it():
         assert got == pytest.approx(measured, rel=0.15)
     # Little's law still holds with the wait inside each request's stay
     assert perf.tokens_per_s == pytest.approx(perf.concurrency * 500 / perf.e2e_s, rel=1e-12)
+
+
+def test_disaggregated_prompts_wait_for_a_prefill_pass():
+    # the prefill replicas are a queue: a pool run at its full rate makes prompts wait without end, so under a
+    # TTFT limit the plan keeps it below saturation and its TTFT counts the M/D/1 wait (Pollaczek-Khinchine)
+    m = model("llama3-70b")
+    p = serve_plan(m, parse_cluster("8xH100"), 2048, 256, ttft_ms=1000, tpot_ms=50, mode="disaggregated").plan
+    pre = p.prefill
+    S, n = pre["pass_ms"] / 1e3, pre["prompts_per_pass"]
+    rho = p.requests_per_s / pre["replicas"] / n * S
+    assert 0 < rho < 1 and p.requests_per_s < pre["prompts_per_s"]
+    assert pre["queue_ms"] / 1e3 == pytest.approx(rho * S / (2 * (1 - rho)), rel=1e-4)
+    assert p.ttft_s <= 1.0 and p.ttft_s > S + pre["queue_ms"] / 1e3 * 0.999

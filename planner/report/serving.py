@@ -24,7 +24,9 @@ def render_serve(result: ServeResult, console) -> None:
         f = p.prefill
         t.add_row("prefill", f"tp={f['tp']} x pp={f['pp']}; {f['replicas']} replica(s), {f['gpus']} GPUs: "
                              f"{f['prompts_per_pass']} prompt(s) per {f['pass_ms']:,.1f} ms pass, "
-                             f"{f['prompts_per_s']:,.2f} prompts/s; KV cache to decode in {p.kv_transfer_ms:,.2f} ms")
+                             f"{f['prompts_per_s']:,.2f} prompts/s, {p.requests_per_s / f['prompts_per_s']:.0%} busy: a "
+                             f"prompt waits {f.get('queue_ms', 0.0):,.1f} ms for a pass (M/D/1); KV cache to decode in "
+                             f"{p.kv_transfer_ms:,.2f} ms")
         t.add_row("decode", f"tp={p.tp} x pp={p.pp}" + _moe_text(p)
                   + f"; {p.replicas} replica(s), {p.gpus - f['gpus']} GPUs (disaggregated: {p.gpus} GPUs used)")
     t.add_row("precision", f"weights {p.weights}, KV cache {p.kv_cache}")

@@ -22,7 +22,7 @@ from costmodels.model import ModelSpec
 from costmodels.serving import (BYTES, Deployment, ServingError, Speculation, combine_disaggregated,
                                 compute_precision, continuous_performance, decode_pool, kv_bytes_per_token_per_gpu,
                                 kv_cache_bytes_per_token, kv_transfer_time, max_batch, memory_anatomy, prefill_pass,
-                                usd_per_million_tokens)
+                                queue_wait, usd_per_million_tokens)
 from hardware import Cluster, GPUSpec
 from planner.errors import PlannerError
 from planner.serving.result import GB, ServeFront, ServePlan, ServeResult, assumptions
@@ -276,11 +276,16 @@ def _disaggregated(model: ModelSpec, cluster: Cluster, prompt: int, output: int,
                     ys = np.floor((N - xs * dp.gpus) / dd.gpus)
                 gpus = xs * dp.gpus + ys * dd.gpus
                 rate = np.minimum(xs * perf.prefill_rate, ys * mu_d)
+                wait = prefill_wait(rate, xs, n, perf.prefill_rate, ys * np.asarray(bs, dtype=float)[idx])
                 valid = (ys >= 1) & (xs >= 1) & (gpus <= N)
+                if ttft_ms is not None:
+                    valid &= perf.ttft_s + wait <= ttft_ms / 1e3
+                e2e = np.broadcast_to(perf.e2e_s[idx], gpus.shape) + wait
+                if e2e_ms is not None:
+                    valid &= e2e <= e2e_ms / 1e3
                 if not valid.any():
                     continue
                 tps = rate * output
-                e2e = np.broadcast_to(perf.e2e_s[idx], gpus.shape)
                 score = _score(objective, tps, gpus, e2e, price, None if qps is None else qps * output)
                 score = np.where(valid, score, np.inf)
                 j = np.unravel_index(int(np.argmin(score)), score.shape)
@@ -289,11 +294,23 @@ def _disaggregated(model: ModelSpec, cluster: Cluster, prompt: int, output: int,
                        dd.gpus, dd.pp, dd.ep, dd.attn_dp, int(bs[k]), 1, dp.gpus, n)
                 if best is None or key < best["key"]:
                     best = {"key": key, "i": k, "replicas": int(ys[j]), "dep": dd, "bmax": bmax, "perf": perf,
-                            "prefill": {"dep": dp, "replicas": int(xs[j]), "prompts_per_pass": n},
+                            "prefill": {"dep": dp, "replicas": int(xs[j]), "prompts_per_pass": n,
+                                        "wait_s": float(wait[j])},
                             "rate": float(rate[j]), "gpus": int(gpus[j])}
             if best is not None:
                 out.append(best)
     return out, points
+
+
+def prefill_wait(rate, replicas, n: int, pass_rate: float, population):
+    """Seconds a prompt waits for its prefill replica's next pass: M/D/1 at the served rate per replica, passes
+    of n prompts (costmodels.serving.queue_wait), at most the passes that the requests in the system (the
+    decode slots, `population`) fill ahead of it, as a closed loop of that many users bounds it."""
+    pass_s = n / pass_rate
+    with np.errstate(divide="ignore", invalid="ignore"):
+        md1 = queue_wait(rate / np.maximum(replicas, 1) / n, pass_s)
+    cap = np.maximum(population - 1, 0) / (np.maximum(replicas, 1) * n) * pass_s
+    return np.minimum(md1, cap)
 
 
 def _moe_layouts(model: ModelSpec, tp: int, pp: int, eps: list[int]) -> list[tuple[int, int]]:
@@ -369,12 +386,13 @@ def _plan_out(rank: int, c: dict, model: ModelSpec, cluster: Cluster, prompt: in
         dp = pre["dep"]
         gpus, rps = c["gpus"], c["rate"]
         tps = rps * output
-        ttft = float(perf.ttft_s)
+        ttft = float(perf.ttft_s) + pre["wait_s"]
         transfer = perf.kv_transfer_s
         prefill = {"tp": dp.tp, "pp": dp.pp, "ep": dp.ep, "attn_dp": dp.attn_dp, "replicas": pre["replicas"],
                    "gpus": pre["replicas"] * dp.gpus, "prompts_per_pass": pre["prompts_per_pass"],
                    "prompts_per_s": pre["replicas"] * perf.prefill_rate,
-                   "pass_ms": round(1e3 * pre["prompts_per_pass"] / perf.prefill_rate, 4)}
+                   "pass_ms": round(1e3 * pre["prompts_per_pass"] / perf.prefill_rate, 4),
+                   "queue_ms": round(1e3 * pre["wait_s"], 4)}
     usd_m = float(usd_per_million_tokens(gpu.price_usd_per_gpu_hour, gpus, tps if qps is None else qps * output))
     mem = memory_anatomy(model, gpu, dep, b, prompt + output, srv)
     memory = {"capacity": mem.capacity, "usable": mem.usable, "weights": mem.weights, "kv_cache": mem.kv_cache,
@@ -387,7 +405,7 @@ def _plan_out(rank: int, c: dict, model: ModelSpec, cluster: Cluster, prompt: in
         rank=rank, mode="aggregated" if pre is None else "disaggregated", tp=dep.tp, pp=dep.pp, ep=dep.ep,
         attn_dp=dep.attn_dp, replicas=r, gpus=gpus, weights=dep.weights, kv_cache=dep.kv,
         batch=b, max_batch=c["bmax"], ttft_s=ttft, tpot_s=float(perf.tpot_s[i]),
-        e2e_latency_s=float(perf.e2e_s[i]), tokens_per_s=tps,
+        e2e_latency_s=float(perf.e2e_s[i]) + (0.0 if pre is None else pre["wait_s"]), tokens_per_s=tps,
         tokens_per_s_per_replica=tps / r, tokens_per_s_per_gpu=tps / gpus, requests_per_s=rps,
         usd_per_million_tokens=usd_m, usd_per_1k_tokens=usd_m / 1e3,
         kv_cache_bytes_per_token=kv_cache_bytes_per_token(model, dep.kv),

@@ -7,8 +7,9 @@ import numpy as np
 
 from costmodels.model import ModelError
 from hardware import load_catalog
-from costmodels.serving import (Deployment, ServingError, checkpoint_kv, queue_wait, continuous_performance, disaggregated_performance, max_batch,
+from costmodels.serving import (Deployment, ServingError, checkpoint_kv, continuous_performance, disaggregated_performance, max_batch,
                                 memory_anatomy, prefill_pass, replica_performance)
+from planner.serving.search import prefill_wait
 from planner.solve.rules import check_deployment
 from planner.validation.schema import field, group, run_model
 
@@ -238,8 +239,8 @@ def _online_disaggregated(model, gpu, gpn, dep, split, rate, conc, prompt, outpu
     q = perf(b)
     # a prompt waits for the prefill workers: M/D/1 with Poisson arrivals at rate / p_rep per worker and a
     # pass of n prompts as the service (Pollaczek-Khinchine, deterministic service: rho S / (2 (1 - rho)))
-    S = n / q.prefill_rate
-    ttft, tpot = float(q.ttft_s) + float(queue_wait(rate / p_rep / n, S)), float(q.tpot_s[0])
+    ttft = float(q.ttft_s) + float(prefill_wait(rate, p_rep, n, q.prefill_rate, d_rep * b))
+    tpot = float(q.tpot_s[0])
     tps = conc * output / float(q.e2e_s[0]) if closed else rate * output
     gpus = p_dep.gpus * p_rep + d_dep.gpus * d_rep
     return {"ttft_ms": 1e3 * ttft, "tpot_ms": 1e3 * tpot, "output_tokens_per_s": tps,
