@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from costmodels.presets import get_model  # noqa: E402
 from costmodels.serving import Deployment, continuous_performance  # noqa: E402
 from hardware import parse_cluster  # noqa: E402
-from planner.serving.search import serve_plan  # noqa: E402
+from planner.serving.search import ServeError, serve_plan  # noqa: E402
 
 # (preset, cluster, aiconfigurator system, prompt, output, TTFT ms, TPOT ms): Llama 3.1 8B and 70B on 8 x H100 /
 # 8 x H200, prompts 2048-4000, outputs 256-1000, TTFT <= 1000 ms, TPOT <= 20-50 ms
@@ -107,12 +107,16 @@ def main(argv: list[str] | None = None) -> int:
             cfg.mkdir(exist_ok=True)
             (cfg / "config.json").write_text(json.dumps(hf_config(name)))
             t0 = time.perf_counter()
-            res = serve_plan(get_model(name)[0], parse_cluster(gpus), prompt, output, ttft_ms=ttft, tpot_ms=tpot,
+            serve_plan(get_model(name)[0], parse_cluster(gpus), prompt, output, ttft_ms=ttft, tpot_ms=tpot,
                              weights="bf16", kv_cache="bf16")
             ours_wall = time.perf_counter() - t0
             agg = serve_plan(get_model(name)[0], parse_cluster(gpus), prompt, output, ttft_ms=ttft, tpot_ms=tpot,
                              weights="bf16", kv_cache="bf16", mode="aggregated").plan
-            dis = next((p for p in [res.plan, *res.alternatives] if p.mode == "disaggregated"), None)
+            try:      # the best disaggregated plan, whether or not it beats the aggregated ones
+                dis = serve_plan(get_model(name)[0], parse_cluster(gpus), prompt, output, ttft_ms=ttft, tpot_ms=tpot,
+                                 weights="bf16", kv_cache="bf16", mode="disaggregated").plan
+            except ServeError:
+                dis = None
             a_agg, a_dis, aic_wall = aic_default(args.aiconfigurator, cfg, system, prompt, output, ttft, tpot,
                                                  Path(tmp) / f"save-{len(rows)}")
             row = {"problem": f"{name} {gpus} {prompt}/{output} TTFT<={ttft:g} TPOT<={tpot:g}",
