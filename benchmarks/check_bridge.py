@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from costmodels.presets import get_model  # noqa: E402
 from hardware import parse_cluster  # noqa: E402
 
-from check_megatron import planned  # noqa: E402  (the job's "# plan:" line, read the same way)
+from check_megatron import COMPUTE_MAJOR, planned  # noqa: E402  (the job's "# plan:" line, read the same way)
 
 CASES = [("llama3-8b", "8xH100"), ("llama3-70b", "64xH100"), ("llama3-405b", "1024xH100"),
          ("qwen3-235b-a22b", "256xH100"), ("deepseek-v3", "1024xH100")]
@@ -147,7 +147,7 @@ def gpu_properties(gpu):
     if torch.cuda.is_available():
         yield
         return
-    major = {"ampere": 8, "hopper": 9, "blackwell": 10}.get(gpu.family, 9)
+    major = COMPUTE_MAJOR.get(gpu.family, 9)
     props = types.SimpleNamespace(name=f"NVIDIA {gpu.name}", major=major, minor=0,
                                   total_memory=int(gpu.memory_gb * 1e9), multi_processor_count=132)
     with mock.patch.object(torch.cuda, "get_device_properties", lambda *a, **k: props):

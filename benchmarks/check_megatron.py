@@ -30,6 +30,7 @@ from hardware import parse_cluster  # noqa: E402
 
 CASES = [("gpt3-175b", "1024xA100"), ("llama3-70b", "64xH100"), ("llama3-405b", "16384xH100"),
          ("mixtral-8x22b", "256xH100"), ("gpt3-13b", "64xA100")]
+COMPUTE_MAJOR = {"ampere": 8, "hopper": 9, "blackwell": 10}   # CUDA compute capability (major) per GPU family
 USER_ARGS = ["--mock-data", "--tokenizer-type", "NullTokenizer", "--train-iters", "10"]
 
 
@@ -58,7 +59,7 @@ def check(name: str, gpus: str, tmp: Path) -> str:
     vocab = next((argv[i + 1] for i, a in enumerate(argv) if a == "--vocab-size"), None)
     env = exports(out / "launch.sh")
     num_gpus = int(gpus.split("x")[0])
-    major = {"ampere": 8, "hopper": 9, "blackwell": 10}.get(parse_cluster(gpus).gpu.family, 9)
+    major = COMPUTE_MAJOR.get(parse_cluster(gpus).gpu.family, 9)
     code = f"""
 import os, sys, types
 import torch

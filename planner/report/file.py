@@ -76,12 +76,13 @@ def write_report(result: SearchResult, path: str | Path, extra_sections: list[tu
     memory_chart(best, mem_png)
     time_chart(result.plans, time_png)
     written = [path, mem_png, time_png]
+    sched_png = None
     if schedule is not None:     # planner.solve.schedule.PipelineSchedule of the best plan
         sched_png = path.with_name(path.stem + "_schedule.png")
         schedule_chart(schedule, sched_png)
         written.append(sched_png)
-        extra_sections = [("Pipeline schedule of one step", None, sched_png.name, schedule), *extra_sections]
-    md = _markdown(result, mem_png.name, time_png.name, extra_sections)
+    md = _markdown(result, mem_png.name, time_png.name, extra_sections,
+                   (sched_png.name, schedule) if schedule is not None else None)
     if path.suffix.lower() == ".md":
         path.write_text(md)
     else:
@@ -132,7 +133,7 @@ def schedule_chart(sched, path: str | Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def _markdown(res: SearchResult, mem_png: str, time_png: str, extra_sections) -> str:
+def _markdown(res: SearchResult, mem_png: str, time_png: str, extra_sections, schedule=None) -> str:
     m, c, a = res.model, res.cluster, res.assumptions
     best = res.plans[0]
     s = best.strategy
@@ -164,18 +165,17 @@ def _markdown(res: SearchResult, mem_png: str, time_png: str, extra_sections) ->
         sr = res.search
         lines += ["", "## Search", "", f"{sr.candidates} structures bounded, {sr.structures_solved} layouts solved "
                   f"({sr.cp_sat_calls} with CP-SAT), status {sr.status}, {sr.seconds:.2f} s."]
-    for title, body, *image in extra_sections:
-        if image:     # the schedule: its picture and what it shows
-            png, sched = image
-            idle = [1 - sched.busy_s(i) / sched.makespan_s for i in range(len(sched.stages))]
-            lines += ["", f"## {title}", "",
-                      f"{sched.schedule}, {sched.micro_batches} micro-batches per step"
-                      + (f", {sched.virtual_stages} model chunks per stage" if sched.virtual_stages > 1 else "")
-                      + f": the drawn schedule ends at {sched.makespan_s:.3f} s, the priced step is "
-                      f"{sched.step_time_s:.3f} s. Each stage idles {min(idle):.1%}-{max(idle):.1%} of the step "
-                      "(the pipeline bubble, white); beside it, each stage's memory by part.", "",
-                      *[f"{n}" for n in sched.notes], f"![pipeline schedule]({png})"]
-            continue
+    if schedule is not None:      # (its picture's file name, planner.solve.schedule.PipelineSchedule)
+        png, sched = schedule
+        idle = [1 - sched.busy_s(i) / sched.makespan_s for i in range(len(sched.stages))]
+        lines += ["", "## Pipeline schedule of one step", "",
+                  f"{sched.schedule}, {sched.micro_batches} micro-batches per step"
+                  + (f", {sched.virtual_stages} model chunks per stage" if sched.virtual_stages > 1 else "")
+                  + f": the drawn schedule ends at {sched.makespan_s:.3f} s, the priced step is "
+                  f"{sched.step_time_s:.3f} s. Each stage idles {min(idle):.1%}-{max(idle):.1%} of the step "
+                  "(the pipeline bubble, white); beside it, each stage's memory by part.", "",
+                  *sched.notes, f"![pipeline schedule]({png})"]
+    for title, body in extra_sections:
         lines += ["", f"## {title}", "", "```", body.rstrip(), "```"]
     return "\n".join(lines) + "\n"
 

@@ -87,8 +87,9 @@ def render_markdown(results: ValidationResult | list[ValidationResult], plot: st
                      f"{c.attention_efficiency:g} | "
                      f"{c.hbm_efficiency:g} | {how} |")
     ratios = []
-    for gpu, share in MATMUL_SHARE.items():
-        fam = next((g.family for g in load_catalog().gpus.values() if g.name == gpu), None)
+    gpus = load_catalog().gpus
+    for gpu in MATMUL_SHARE:
+        fam = gpus[gpu].family
         base, scaled = calibration_for(fam), calibration_for(fam, gpu)
         if scaled != base:
             ratios.append(f"{gpu} x{scaled.gemm_efficiency / base.gemm_efficiency:.2f} / "

@@ -70,8 +70,7 @@ def op_order(p: int, m: int, v: int, stage: int, gpipe: bool = False) -> list[tu
         return [("F", *fwd(k)) for k in range(total)] + [("B", *bwd(k)) for k in range(total)]
     warm = min((p - stage - 1) if v == 1 else (p - stage - 1) * 2 + (v - 1) * p, total)
     ops = [("F", *fwd(k)) for k in range(warm)]
-    f = b = 0
-    f = warm
+    f, b = warm, 0
     while f < total:
         ops += [("F", *fwd(f)), ("B", *bwd(b))]
         f, b = f + 1, b + 1
